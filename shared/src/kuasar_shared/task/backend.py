@@ -1,0 +1,172 @@
+"""The TaskBackend interface: what a sandbox type implements to serve the Task API.
+
+The ttrpc servicer (:mod:`kuasar_shared.task.service`) validates and converts wire messages into
+the plain dataclasses below and calls one backend method per RPC; backends never see protobuf.
+Errors are raised as :mod:`kuasar_shared.errors` types (NotFound for unknown ids, FailedPrecondition
+for wrong states, ...). ``exec_id == ""`` always means the container's init process.
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from kuasar_shared.errors import Unimplemented
+
+__all__ = ["TaskStatus", "Mount", "Stdio", "CreateTask", "ExecProcess", "ProcessState", "ExitInfo",
+           "CgroupStats", "TaskBackend"]
+
+
+class TaskStatus(enum.IntEnum):
+    """containerd.v1.types.Status."""
+
+    UNKNOWN = 0
+    CREATED = 1
+    RUNNING = 2
+    STOPPED = 3
+    PAUSED = 4
+    PAUSING = 5
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str
+    source: str
+    target: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """Stdio strings as the engine sent them: FIFO paths, streaming URLs
+    (``ttrpc+unix:///x.sock?streaming_id=<id>-stdout``) or empty."""
+
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class CreateTask:
+    id: str
+    bundle: str
+    rootfs: tuple[Mount, ...] = ()
+    stdio: Stdio = Stdio()
+    namespace: str = ""
+    #: containerd.runc.v1.Options fields when the engine sent them (binary_name, root, systemd_cgroup...).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecProcess:
+    id: str
+    exec_id: str
+    stdio: Stdio
+    #: the OCI Process object (decoded JSON of ExecProcessRequest.spec)
+    spec: dict[str, Any]
+
+
+@dataclass
+class ProcessState:
+    id: str
+    exec_id: str
+    bundle: str
+    pid: int
+    status: TaskStatus
+    stdio: Stdio
+    exit_status: int = 0
+    exited_at: Optional[datetime] = None
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    pid: int
+    exit_status: int
+    exited_at: Optional[datetime]
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """The cgroup numbers CRI reads from Task.Stats (rendered as io.containerd.cgroups.v1.Metrics)."""
+
+    cpu_total_ns: int = 0
+    cpu_user_ns: int = 0
+    cpu_kernel_ns: int = 0
+    memory_usage: int = 0
+    memory_limit: int = 0
+    memory_max_usage: int = 0
+    memory_failcnt: int = 0
+    memory_rss: int = 0
+    memory_cache: int = 0
+    memory_total_inactive_file: int = 0
+    pids_current: int = 0
+    pids_limit: int = 0
+
+
+class TaskBackend(abc.ABC):
+    """One implementation per sandbox type; one instance serves every pod of the type."""
+
+    @abc.abstractmethod
+    async def create(self, req: CreateTask) -> int:
+        """Create the container (not started); return its init pid."""
+
+    @abc.abstractmethod
+    async def start(self, id: str, exec_id: str) -> int:
+        """Start the init process or a previously added exec; return its pid."""
+
+    @abc.abstractmethod
+    async def delete(self, id: str, exec_id: str) -> ExitInfo:
+        """Delete a stopped (or never started) process; for the init process, the container."""
+
+    @abc.abstractmethod
+    async def exec(self, req: ExecProcess) -> None:
+        """Register an additional process in a running container (started by :meth:`start`)."""
+
+    @abc.abstractmethod
+    async def state(self, id: str, exec_id: str) -> ProcessState:
+        ...
+
+    @abc.abstractmethod
+    async def kill(self, id: str, exec_id: str, signal: int, all: bool) -> None:
+        ...
+
+    @abc.abstractmethod
+    async def wait(self, id: str, exec_id: str) -> ExitInfo:
+        """Block until the process exits."""
+
+    @abc.abstractmethod
+    async def pids(self, id: str) -> list[int]:
+        ...
+
+    @abc.abstractmethod
+    async def stats(self, id: str) -> CgroupStats:
+        ...
+
+    async def pause(self, id: str) -> None:
+        raise Unimplemented("pause is not supported by this sandbox type")
+
+    async def resume(self, id: str) -> None:
+        raise Unimplemented("resume is not supported by this sandbox type")
+
+    async def update(self, id: str, resources: dict[str, Any], annotations: dict[str, str]) -> None:
+        """Apply new OCI linux.resources (decoded JSON of UpdateTaskRequest.resources)."""
+        raise Unimplemented("update is not supported by this sandbox type")
+
+    async def close_io(self, id: str, exec_id: str, stdin: bool) -> None:
+        ...
+
+    async def resize_pty(self, id: str, exec_id: str, width: int, height: int) -> None:
+        raise Unimplemented("terminals are not supported by this sandbox type")
+
+    async def checkpoint(self, id: str, path: str) -> None:
+        raise Unimplemented("checkpoint is not supported")
+
+    async def connect(self, id: str) -> int:
+        """Return the init pid of a known container (NotFound otherwise)."""
+        return (await self.state(id, "")).pid
+
+    async def shutdown(self, id: str, now: bool) -> None:
+        """Called when the engine has no more use for a pod's tasks; the server itself stays up."""
