@@ -1,0 +1,16 @@
+"""The Sandbox API: the :class:`Sandboxer` interface every sandbox type implements, and its gRPC server.
+
+Layers: :mod:`.api` (interface + plain data) <- :mod:`.tasks` (``extensions.tasks`` contract)
+<- :mod:`.controller` (grpc.aio servicer: validate, convert, delegate) <- :mod:`.server`
+(unix-socket server). Sandboxers import from here and never touch protobuf.
+"""
+from __future__ import annotations
+
+from kuasar_shared.sandbox.api import (TASK_API_VERSION, CreateSandbox, ExitStatus, ProcessResource,
+                                       Sandboxer, SandboxStatus, TaskDiff, TaskResource, TaskResources)
+from kuasar_shared.sandbox.server import SandboxApiServer, serve_sandbox_api
+from kuasar_shared.sandbox.tasks import diff, encode_tasks, parse_tasks
+
+__all__ = ["Sandboxer", "CreateSandbox", "SandboxStatus", "ExitStatus", "ProcessResource", "TaskResource",
+           "TaskResources", "TaskDiff", "TASK_API_VERSION", "parse_tasks", "encode_tasks", "diff",
+           "serve_sandbox_api", "SandboxApiServer"]

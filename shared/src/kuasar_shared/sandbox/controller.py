@@ -1,0 +1,309 @@
+"""The gRPC servicer of ``containerd.services.sandbox.v1.Controller``: validate, convert, delegate.
+
+This is the protocol edge of the Sandbox API. Each method validates the request (ids through
+:func:`kuasar_shared.ids.validate_id`), converts it into the plain dataclasses of
+:mod:`kuasar_shared.sandbox.api`, calls one :class:`~kuasar_shared.sandbox.api.Sandboxer` method
+and converts the answer back. Typed errors are mapped to gRPC codes once, here, through
+:func:`kuasar_shared.errors.code_of`; anything untyped becomes INTERNAL with its message and is
+logged with its traceback, and the server keeps serving. Cancellation (the engine dropped a
+long-held Wait) is never caught.
+
+Wire behaviour that differs from a literal reading of the proto, on purpose:
+  * Stop and Shutdown of an unknown id answer OK (as Kuasar does; containerd retries them).
+  * Start answers ``version = 3`` and the sandboxer's ``ttrpc+unix://`` address; a pod that does
+    not become ready is stopped again and reported INTERNAL.
+  * Platform answers the real machine (``linux``/``amd64``), not Kuasar's ``x86``.
+  * Update only acts on ``fields`` containing ``extensions.tasks``; other fields are ignored with
+    a warning, as Kuasar does.
+"""
+from __future__ import annotations
+
+import asyncio
+import calendar
+import functools
+import logging
+import platform
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, json_format, timestamp_pb2
+from google.protobuf.message import DecodeError, Message
+
+from kuasar_shared.api.cgroups.v1 import metrics_pb2 as cgroups_pb2
+from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from kuasar_shared.api.containerd.types import metrics_pb2, platform_pb2
+from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
+from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFound, code_of
+from kuasar_shared.ids import validate_id
+from kuasar_shared.sandbox.api import CreateSandbox, Sandboxer
+from kuasar_shared.sandbox.tasks import TASKS_EXTENSION, diff, parse_tasks
+from kuasar_shared.task.backend import CgroupStats, Mount
+
+__all__ = ["SandboxController", "add_controller_to_server", "DecodeErrorInterceptor", "READY",
+           "NOT_READY", "METRICS_TYPE_URL", "host_platform"]
+
+_log = logging.getLogger(__name__)
+
+#: CRI PodSandboxState names; containerd looks Status.state up in runtime.PodSandboxState_value.
+READY = "SANDBOX_READY"
+NOT_READY = "SANDBOX_NOTREADY"
+#: type_url of ControllerMetricsResponse.metrics.data, spelled the way containerd's typeurl does.
+METRICS_TYPE_URL = cgroups_pb2.Metrics.DESCRIPTOR.full_name
+_UPDATE_TASKS_FIELD = "extensions." + TASKS_EXTENSION
+
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+# Errors that are a normal part of the conversation with an engine, not worth a warning.
+_QUIET = (NotFound,)
+
+# GOARCH names for platform.machine() values (containerd's platforms.Normalize).
+_ARCHITECTURES = {
+    "x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("arm64", ""), "arm64": ("arm64", ""),
+    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "i386": ("386", ""), "i686": ("386", ""),
+    "ppc64le": ("ppc64le", ""), "s390x": ("s390x", ""), "riscv64": ("riscv64", ""),
+    "loongarch64": ("loong64", ""),
+}
+
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+
+
+def host_platform() -> platform_pb2.Platform:
+    """The real platform of this machine in containerd's spelling (``linux``/``amd64``)."""
+    machine = platform.machine().lower()
+    arch, variant = _ARCHITECTURES.get(machine, (machine, ""))
+    return platform_pb2.Platform(os="linux", architecture=arch, variant=variant)
+
+
+def _timestamp(value: Optional[datetime]) -> Optional[timestamp_pb2.Timestamp]:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return timestamp_pb2.Timestamp(seconds=calendar.timegm(value.utctimetuple()),
+                                   nanos=value.microsecond * 1000)
+
+
+def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    return datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
+
+
+def _metrics(stats: CgroupStats) -> cgroups_pb2.Metrics:
+    return cgroups_pb2.Metrics(
+        cpu=cgroups_pb2.CPUStat(usage=cgroups_pb2.CPUUsage(
+            total=stats.cpu_total_ns, user=stats.cpu_user_ns, kernel=stats.cpu_kernel_ns)),
+        memory=cgroups_pb2.MemoryStat(
+            cache=stats.memory_cache, rss=stats.memory_rss,
+            total_inactive_file=stats.memory_total_inactive_file,
+            usage=cgroups_pb2.MemoryEntry(usage=stats.memory_usage, limit=stats.memory_limit,
+                                          max=stats.memory_max_usage, failcnt=stats.memory_failcnt)),
+        pids=cgroups_pb2.PidsStat(current=stats.pids_current, limit=stats.pids_limit))
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so :func:`_edge` can answer
+    INVALID_ARGUMENT (grpc itself would answer UNKNOWN and log an error with a traceback)."""
+
+    def __init__(self, method: str, error: DecodeError) -> None:
+        self.method = method
+        self.error = error
+
+
+class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg,misc,unused-ignore]
+    """Makes malformed protobuf requests reach the servicer as :class:`_Undecodable`."""
+
+    async def intercept_service(self, continuation: Callable[..., Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        method = details.method
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except DecodeError as err:
+                return _Undecodable(method, err)
+
+        return grpc.unary_unary_rpc_method_handler(handler.unary_unary, request_deserializer=lenient,
+                                                   response_serializer=handler.response_serializer)
+
+
+def _edge(method: Callable[[Any, _Req], Awaitable[_Resp]]) -> Callable[..., Awaitable[_Resp]]:
+    """Run a servicer method and map its errors to a gRPC status, once.
+
+    A request that did not decode -> INVALID_ARGUMENT; KuasarError -> its code and message; any
+    other Exception -> INTERNAL with the message and a logged traceback. CancelledError and the
+    AbortError raised by ``context.abort`` pass through.
+    """
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: _Req, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
+        try:
+            if isinstance(request, _Undecodable):
+                raise InvalidArgument("malformed %s request: %s" % (request.method, request.error))
+            return await method(self, request)
+        except KuasarError as err:
+            level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
+            _log.log(level, "%s: %s (%s)", method.__name__, err, code_of(err).name)
+            await context.abort(_GRPC_CODES[int(code_of(err))], err.message)
+        except Exception as err:  # an unexpected failure must not take the server down
+            _log.exception("%s failed unexpectedly", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "%s: %s" % (type(err).__name__, err))
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    return handler
+
+
+class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[misc,unused-ignore]
+    """``containerd.services.sandbox.v1.Controller`` over one :class:`Sandboxer`.
+
+    Holds no pod state of its own except one lock per pod while an Update is diffed and applied.
+    """
+
+    def __init__(self, sandboxer: Sandboxer) -> None:
+        self._sandboxer = sandboxer
+        # pod id -> (lock, number of Update calls using it); dropped when the last one is done
+        self._update_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @_edge
+    async def Create(self, request: sandbox_pb2.ControllerCreateRequest
+                     ) -> sandbox_pb2.ControllerCreateResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        config: dict[str, Any] = {}
+        raw = b""
+        if request.HasField("options") and request.options.value:
+            raw = request.options.value
+            try:
+                pod = cri_pb2.PodSandboxConfig.FromString(raw)
+            except DecodeError as err:
+                raise InvalidArgument("sandbox %s: options (type %r) is not a runtime.v1.PodSandboxConfig: %s"
+                                      % (sandbox_id, request.options.type_url, err)) from err
+            config = json_format.MessageToDict(pod, preserving_proto_field_name=True)
+        sandbox = request.sandbox
+        created_at = (_datetime(sandbox.created_at) if sandbox.HasField("created_at")
+                      else datetime.now(timezone.utc))
+        req = CreateSandbox(
+            id=sandbox_id, netns_path=request.netns_path, config=config, config_raw=raw,
+            annotations=dict(request.annotations), labels=dict(sandbox.labels),
+            sandboxer=request.sandboxer,
+            rootfs=tuple(Mount(type=m.type, source=m.source, target=m.target, options=tuple(m.options))
+                         for m in request.rootfs),
+            extensions={key: (value.type_url, value.value) for key, value in sandbox.extensions.items()},
+            created_at=created_at)
+        await self._sandboxer.create(req)
+        _log.info("sandbox %s created (netns %r)", sandbox_id, request.netns_path)
+        return sandbox_pb2.ControllerCreateResponse(sandbox_id=sandbox_id)
+
+    @_edge
+    async def Start(self, request: sandbox_pb2.ControllerStartRequest
+                    ) -> sandbox_pb2.ControllerStartResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        status = await self._sandboxer.start(sandbox_id)
+        if not status.ready:
+            await self._sandboxer.stop(sandbox_id, None)
+            raise Internal("sandbox %s did not become ready after start (pid %d); it was stopped again"
+                           % (sandbox_id, status.pid))
+        _log.info("sandbox %s started (pid %d, task address %s)", sandbox_id, status.pid, status.address)
+        return sandbox_pb2.ControllerStartResponse(
+            sandbox_id=sandbox_id, pid=status.pid, created_at=_timestamp(status.created_at),
+            address=status.address, version=status.version)
+
+    @_edge
+    async def Platform(self, request: sandbox_pb2.ControllerPlatformRequest
+                       ) -> sandbox_pb2.ControllerPlatformResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        await self._sandboxer.status(sandbox_id)
+        return sandbox_pb2.ControllerPlatformResponse(platform=host_platform())
+
+    @_edge
+    async def Stop(self, request: sandbox_pb2.ControllerStopRequest
+                   ) -> sandbox_pb2.ControllerStopResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        try:
+            await self._sandboxer.stop(sandbox_id, request.timeout_secs or None)
+        except NotFound:
+            _log.info("sandbox %s: stop of an unknown sandbox ignored", sandbox_id)
+        else:
+            _log.info("sandbox %s stopped", sandbox_id)
+        return sandbox_pb2.ControllerStopResponse()
+
+    @_edge
+    async def Wait(self, request: sandbox_pb2.ControllerWaitRequest
+                   ) -> sandbox_pb2.ControllerWaitResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        exit_status = await self._sandboxer.wait(sandbox_id)
+        return sandbox_pb2.ControllerWaitResponse(exit_status=exit_status.exit_status,
+                                                  exited_at=_timestamp(exit_status.exited_at))
+
+    @_edge
+    async def Status(self, request: sandbox_pb2.ControllerStatusRequest
+                     ) -> sandbox_pb2.ControllerStatusResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        status = await self._sandboxer.status(sandbox_id, request.verbose)
+        return sandbox_pb2.ControllerStatusResponse(
+            sandbox_id=sandbox_id, pid=status.pid, state=READY if status.ready else NOT_READY,
+            info=status.info, created_at=_timestamp(status.created_at),
+            exited_at=_timestamp(status.exited_at), address=status.address, version=status.version)
+
+    @_edge
+    async def Shutdown(self, request: sandbox_pb2.ControllerShutdownRequest
+                       ) -> sandbox_pb2.ControllerShutdownResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        try:
+            await self._sandboxer.shutdown(sandbox_id)
+        except NotFound:
+            _log.info("sandbox %s: shutdown of an unknown sandbox ignored", sandbox_id)
+        else:
+            _log.info("sandbox %s shut down", sandbox_id)
+        return sandbox_pb2.ControllerShutdownResponse()
+
+    @_edge
+    async def Metrics(self, request: sandbox_pb2.ControllerMetricsRequest
+                      ) -> sandbox_pb2.ControllerMetricsResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        stats = await self._sandboxer.metrics(sandbox_id)
+        if stats is None:
+            return sandbox_pb2.ControllerMetricsResponse()
+        data = any_pb2.Any(type_url=METRICS_TYPE_URL, value=_metrics(stats).SerializeToString())
+        metric = metrics_pb2.Metric(timestamp=_timestamp(datetime.now(timezone.utc)), id=sandbox_id,
+                                    data=data)
+        return sandbox_pb2.ControllerMetricsResponse(metrics=metric)
+
+    @_edge
+    async def Update(self, request: sandbox_pb2.ControllerUpdateRequest
+                     ) -> sandbox_pb2.ControllerUpdateResponse:
+        sandbox_id = validate_id(request.sandbox_id, "sandbox")
+        if _UPDATE_TASKS_FIELD not in request.fields:
+            _log.warning("sandbox %s: update of fields %s ignored (only %s is supported)",
+                         sandbox_id, list(request.fields), _UPDATE_TASKS_FIELD)
+            return sandbox_pb2.ControllerUpdateResponse()
+        if TASKS_EXTENSION not in request.sandbox.extensions:
+            raise InvalidArgument("sandbox %s: fields names %s but sandbox.extensions has no %r entry"
+                                  % (sandbox_id, _UPDATE_TASKS_FIELD, TASKS_EXTENSION))
+        new = parse_tasks(request.sandbox.extensions[TASKS_EXTENSION].value)
+        lock, users = self._update_locks.get(sandbox_id, (asyncio.Lock(), 0))
+        self._update_locks[sandbox_id] = (lock, users + 1)
+        try:
+            async with lock:
+                change = diff((await self._sandboxer.status(sandbox_id)).tasks, new)
+                await self._sandboxer.update_tasks(sandbox_id, change)
+        finally:
+            lock, users = self._update_locks[sandbox_id]
+            if users == 1:
+                del self._update_locks[sandbox_id]
+            else:
+                self._update_locks[sandbox_id] = (lock, users - 1)
+        _log.info("sandbox %s: tasks updated (+%d -%d tasks, +%d -%d processes)", sandbox_id,
+                  len(change.added_tasks), len(change.removed_tasks), len(change.added_processes),
+                  len(change.removed_processes))
+        return sandbox_pb2.ControllerUpdateResponse()
+
+
+def add_controller_to_server(sandboxer: Sandboxer, server: grpc.aio.Server) -> SandboxController:
+    """Register a :class:`SandboxController` for ``sandboxer`` on ``server`` (not started)."""
+    controller = SandboxController(sandboxer)
+    register = sandbox_pb2_grpc.add_ControllerServicer_to_server
+    register(controller, server)  # type: ignore[no-untyped-call,unused-ignore]
+    return controller

@@ -1,0 +1,109 @@
+"""Serving the Sandbox API: a grpc.aio server on a unix socket with the Controller servicer.
+
+containerd dials a sandbox proxy plugin as gRPC on ``unix://<address>`` with 16 MiB message
+limits; this module binds that socket the way Kuasar does (stale file removed, parent created)
+and restricts it to its owner (mode 0600) because the API can start and remove pods.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import grpc
+
+from kuasar_shared.errors import Unavailable
+from kuasar_shared.sandbox.api import Sandboxer
+from kuasar_shared.sandbox.controller import DecodeErrorInterceptor, add_controller_to_server
+
+__all__ = ["SandboxApiServer", "serve_sandbox_api", "MAX_MESSAGE_SIZE"]
+
+_log = logging.getLogger(__name__)
+
+#: containerd's default gRPC message size limit, used in both directions.
+MAX_MESSAGE_SIZE = 16 << 20
+_SOCKET_MODE = 0o600
+
+
+def _socket_path(listen: str) -> str:
+    path = listen[len("unix://"):] if listen.startswith("unix://") else listen
+    if not path:
+        raise ValueError("empty listen address")
+    return os.path.abspath(path)
+
+
+class SandboxApiServer:
+    """A running Sandbox API server. Resource handling: owns the gRPC server and the socket file,
+    both released by :meth:`stop`; the sandboxer stays owned by the caller."""
+
+    def __init__(self, server: grpc.aio.Server, path: str) -> None:
+        self._server = server
+        self._path = path
+        self._stopped = False
+
+    @property
+    def path(self) -> str:
+        """Absolute path of the listening unix socket."""
+        return self._path
+
+    @property
+    def address(self) -> str:
+        """The gRPC target for clients: ``unix://<path>``."""
+        return "unix://" + self._path
+
+    async def stop(self, grace: Optional[float] = None) -> None:
+        """Stop accepting calls, let running calls finish for ``grace`` seconds (None = cancel them
+        at once; a pending Wait is cancelled either way when the grace ends), remove the socket.
+        Calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._server.stop(grace)
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        _log.info("sandbox API on %s stopped", self._path)
+
+    async def wait_for_termination(self) -> None:
+        """Block until :meth:`stop` has completed (from another task)."""
+        await self._server.wait_for_termination()
+
+    def __repr__(self) -> str:
+        return "<SandboxApiServer %s %s>" % (self._path, "stopped" if self._stopped else "serving")
+
+
+async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServer:
+    """Serve ``containerd.services.sandbox.v1.Controller`` for ``sandboxer`` on a unix socket.
+
+    The caller recovers the sandboxer (``await sandboxer.recover()``) before calling this, so the
+    engine never sees a pod missing that is still on disk.
+
+    :param listen: socket path, or ``unix://<path>``; a stale socket file is removed and the parent
+        directory created.
+    :param sandboxer: the implementation every call is delegated to.
+    :raise Unavailable: when the socket cannot be bound (the message names the path).
+    :return: the started server; stop it with :meth:`SandboxApiServer.stop`.
+    """
+    path = _socket_path(listen)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    server = grpc.aio.server(interceptors=[DecodeErrorInterceptor()], options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+        ("grpc.so_reuseport", 0),
+    ])
+    add_controller_to_server(sandboxer, server)
+    try:
+        port = server.add_insecure_port("unix:" + path)
+    except RuntimeError as err:
+        raise Unavailable("cannot listen on %s: %s" % (path, err)) from err
+    if port == 0:
+        raise Unavailable("cannot listen on %s" % path)
+    await server.start()
+    os.chmod(path, _SOCKET_MODE)
+    _log.info("sandbox API listening on %s", path)
+    return SandboxApiServer(server, path)

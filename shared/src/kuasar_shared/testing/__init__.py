@@ -1,0 +1,13 @@
+"""Test helpers shared by every package: fakes named as such, reusable suites, trace replay helpers.
+
+  memory       InMemorySandboxer, a toy Sandboxer keeping pods in memory
+  conformance  SandboxerConformance, the Sandbox API suite every sandbox type runs (needs pytest)
+  traces       loading the real containerd traces and rendering messages like they do
+
+Only :class:`InMemorySandboxer` is imported here, so importing this package needs no pytest.
+"""
+from __future__ import annotations
+
+from kuasar_shared.testing.memory import InMemorySandboxer
+
+__all__ = ["InMemorySandboxer"]
