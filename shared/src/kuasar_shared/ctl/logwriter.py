@@ -1,0 +1,120 @@
+"""The detached per-container log writer: copies a container's stdout/stderr into its CRI log file.
+
+containerd keeps a goroutine per container that reads the container's FIFOs (or streams) and
+writes the CRI log; kuasar-ctl exits after every command, so it starts this small process at
+container create time instead. It opens its inputs first (FIFO read sides, or the two streams,
+which must exist before task Create), reports ``ready <pid>`` on stdout, detaches and copies until
+both inputs end (the container exited and its stdio was closed) or it receives SIGTERM (``rm``).
+
+    python -m kuasar_shared.ctl.logwriter --log FILE (--fifo OUT ERR | --stream ADDRESS OUT_ID ERR_ID)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+from kuasar_shared.ctl.io import CriLogWriter, copy_fifo, copy_stream, open_fifo_reader, open_stream
+from kuasar_shared.errors import Unavailable
+from kuasar_shared.ttrpc import Client
+
+__all__ = ["main", "spawn"]
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kuasar-ctl-logwriter")
+    parser.add_argument("--log", required=True, help="CRI log file to append to")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--fifo", nargs=2, metavar=("STDOUT", "STDERR"))
+    group.add_argument("--stream", nargs=3, metavar=("ADDRESS", "STDOUT_ID", "STDERR_ID"))
+    return parser.parse_args(argv)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
+    log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    writers = [CriLogWriter(lambda b: os.write(log_fd, b), name) for name in ("stdout", "stderr")]
+    client: Optional[Client] = None
+    try:
+        if args.fifo:
+            fds = [open_fifo_reader(path) for path in args.fifo]
+            copies = [copy_fifo(fd, w.feed) for fd, w in zip(fds, writers)]
+        else:
+            client = await Client.connect(args.stream[0])
+            streams = [await open_stream(client, sid) for sid in args.stream[1:]]
+            copies = [copy_stream(st, w.feed) for st, w in zip(streams, writers)]
+        sys.stdout.write(f"ready {os.getpid()}\n")
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        tasks = [asyncio.ensure_future(c) for c in copies]
+        stop = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+        try:
+            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not stop.done():
+                await asyncio.wait([asyncio.gather(*tasks, return_exceptions=True), stop],
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for w in writers:
+            w.close()
+        os.close(log_fd)
+        if client is not None:
+            await client.close()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parse(argv)
+    # Detach: new session, and the parent (kuasar-ctl's direct child) exits at once so we are
+    # re-parented to init and never become a zombie of the short-lived kuasar-ctl.
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    try:
+        return asyncio.run(_run(args))
+    except Exception as err:  # report start-up failures to kuasar-ctl, which is reading stdout
+        sys.stdout.write(f"error {err}\n")
+        sys.stdout.flush()
+        return 1
+
+
+def spawn(log_path: str, fifo: Optional[Sequence[str]] = None, stream: Optional[Sequence[str]] = None,
+          timeout: float = 15.0) -> int:
+    """Start a detached log writer and wait until its inputs are open; returns its pid.
+
+    :raise Unavailable: when it fails to open its inputs (with the writer's message).
+    """
+    argv = [sys.executable, "-m", "kuasar_shared.ctl.logwriter", "--log", log_path]
+    argv += ["--fifo", *fifo] if fifo else ["--stream", *(stream or ())]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True)
+    try:
+        proc.wait(timeout)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline().decode().strip() if ready else "timed out opening its inputs"
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not line.startswith("ready "):
+        detail = line[len("error "):] if line.startswith("error ") else (line or "it exited without answer")
+        raise Unavailable(f"cannot open the container's stdio for {log_path}: {detail}")
+    return int(line.split()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Fixtures for end-to-end tests through kuasar-ctl: a private runc-sandboxer and a busybox image."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def _tool(name: str) -> str:
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else (shutil.which(name) or name)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("images")
+    subprocess.run(["sh", os.path.join(REPO, "hack", "make-busybox-rootfs.sh"), str(out / "busybox")],
+                   check=True, stdout=subprocess.DEVNULL)
+    return str(out)
+
+
+@pytest.fixture
+def runc_sandboxer(tmp_path):
+    """A runc-sandboxer on a private socket and dir; stopped (and its task server) afterwards."""
+    if os.geteuid() != 0 or not shutil.which("runc"):
+        pytest.skip("needs root and runc")
+    listen, state = str(tmp_path / "runc.sock"), str(tmp_path / "dir")
+    log = open(tmp_path / "sandboxer.log", "wb")
+    proc = subprocess.Popen([_tool("runc-sandboxer"), "--listen", listen, "--dir", state, "--log-level", "debug"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(listen):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("runc-sandboxer did not start:\n" + (tmp_path / "sandboxer.log").read_text())
+        time.sleep(0.05)
+    yield listen, state
+    task_pids = _task_server_pids(state)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for pid in task_pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    log.close()
+
+
+def _task_server_pids(state_dir: str) -> list[int]:
+    """runc-task processes serving this private dir (they outlive the sandboxer by design)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"runc-task" in a for a in argv[:2]) and any(state_dir.encode() in a for a in argv):
+            pids.append(int(entry))
+    return pids
