@@ -1,0 +1,218 @@
+"""The ``[sandbox-parent]`` helper: forks the tiny processes that hold a pod's namespaces.
+
+Forking a process that runs an asyncio loop and grpc threads is unsafe, so — like upstream's
+``runc/src/main.rs`` — the sandboxer forks this helper first, while still single-threaded, and asks
+it for holders over a socketpair. For each request the helper double-forks: the intermediate child
+unshares IPC, UTS and PID namespaces and forks the holder, which becomes PID 1 of the new PID
+namespace, joins the pod's network namespace (unless host network), sets the pod hostname and
+pauses forever. Holders ignore every signal sent from outside their namespace except SIGKILL.
+
+Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname"}`` answered by a
+JSON line ``{"pid": n}`` or ``{"error": "..."}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+from typing import Any, Optional
+
+from kuasar_shared.daemon.reaper import set_child_subreaper
+from kuasar_shared.errors import Internal, InvalidArgument, Unavailable
+
+__all__ = ["HolderParent"]
+
+log = logging.getLogger(__name__)
+
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWUTS = 0x04000000
+_CLONE_NEWPID = 0x20000000
+_PR_SET_NAME = 15
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _set_name(name: str) -> None:
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def _reap_all(_signum: int = 0, _frame: Any = None) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _holder(netns: str, hostname: str, report: int) -> None:
+    """Body of the holder (grandchild, PID 1 of the pod's PID namespace). Never returns."""
+    try:
+        if netns:
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                _check(_libc.setns(fd, _CLONE_NEWNET), f"setns {netns}")
+            finally:
+                os.close(fd)
+        if hostname:
+            socket.sethostname(hostname)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+        os.write(report, b'{"ok": true}\n')
+    except BaseException as err:  # report anything, the parent turns it into a typed error
+        os.write(report, (json.dumps({"error": str(err)}) + "\n").encode())
+        os._exit(1)
+    os.close(report)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_IGN)
+    while True:
+        signal.pause()
+
+
+def _spawn_holder(request: dict[str, Any]) -> dict[str, Any]:
+    """In the helper: double-fork one holder and return ``{"pid"}`` or ``{"error"}``."""
+    netns = str(request.get("netns") or "")
+    hostname = str(request.get("hostname") or "")
+    name = "sandbox-" + str(request.get("id", ""))
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            _check(_libc.unshare(_CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWPID), "unshare")
+            holder = os.fork()
+            if holder == 0:
+                _set_name(name)
+                os.closerange(3, write_end)
+                os.closerange(write_end + 1, 65536)
+                _holder(netns, hostname, write_end)
+            os.write(write_end, (json.dumps({"pid": holder}) + "\n").encode())
+            os._exit(0)
+        except BaseException as err:
+            os.write(write_end, (json.dumps({"error": str(err)}) + "\n").encode())
+            os._exit(1)
+    os.close(write_end)
+    data = b""
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    answer: dict[str, Any] = {}
+    for line in data.splitlines():
+        message = json.loads(line)
+        if "error" in message:
+            if "pid" in answer:
+                _kill(int(answer["pid"]))
+            return {"error": message["error"]}
+        answer.update(message)
+    if "pid" not in answer or not answer.get("ok"):
+        if "pid" in answer:
+            _kill(int(answer["pid"]))
+        return {"error": "namespace holder died during set-up"}
+    return {"pid": answer["pid"]}
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _serve(sock: socket.socket) -> None:
+    """Main loop of the helper process; exits when the sandboxer closes its end."""
+    _set_name("sandbox-parent")
+    set_child_subreaper()
+    signal.signal(signal.SIGCHLD, _reap_all)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    with sock, sock.makefile("rwb") as stream:
+        for line in stream:
+            try:
+                answer = _spawn_holder(json.loads(line))
+            except Exception as err:  # a bad request must not end the helper
+                answer = {"error": f"{type(err).__name__}: {err}"}
+            stream.write((json.dumps(answer) + "\n").encode())
+            stream.flush()
+
+
+class HolderParent:
+    """The sandboxer's end of the ``[sandbox-parent]`` helper.
+
+    Resource handling: :meth:`fork` must run before any thread or event loop exists; the helper
+    lives as long as the sandboxer's end of the socketpair (:meth:`fileno`, to keep across
+    daemonizing) is open: :meth:`close`, or the sandboxer's exit, ends it; holders keep running.
+    """
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self._sock = sock
+        self._lock: Optional[asyncio.Lock] = None
+
+    @classmethod
+    def fork(cls) -> "HolderParent":
+        """Fork the helper. Call while the process is still single-threaded."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            code = 0
+            try:
+                _serve(theirs)
+            except BaseException:  # the helper must never return into the sandboxer's code
+                code = 1
+            os._exit(code)
+        theirs.close()
+        ours.setblocking(False)
+        return cls(pid, ours)
+
+    async def spawn(self, sandbox_id: str, netns: str, hostname: str) -> int:
+        """Create a holder for a pod and return its pid (host PID namespace).
+
+        :raise InvalidArgument: when the netns cannot be joined or the hostname set.
+        :raise Unavailable: when the helper is gone.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        request = json.dumps({"id": sandbox_id, "netns": netns, "hostname": hostname}) + "\n"
+        async with self._lock:
+            try:
+                await loop.sock_sendall(self._sock, request.encode())
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await loop.sock_recv(self._sock, 4096)
+                    if not chunk:
+                        raise Unavailable("the sandbox-parent helper exited")
+                    line += chunk
+            except OSError as err:
+                raise Unavailable(f"the sandbox-parent helper is unreachable: {err}") from err
+        answer = json.loads(line)
+        if "error" in answer:
+            raise InvalidArgument(f"cannot create the namespaces of sandbox {sandbox_id}: "
+                                  f"{answer['error']}")
+        pid = int(answer.get("pid", 0))
+        if pid <= 0:
+            raise Internal(f"sandbox-parent answered no pid for sandbox {sandbox_id}")
+        return pid
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """Close the channel; the helper exits on EOF (holders are unaffected)."""
+        self._sock.close()

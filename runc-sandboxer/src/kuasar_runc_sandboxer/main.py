@@ -1,0 +1,47 @@
+"""``runc-sandboxer``: wiring only — helper fork, task server, recovery, Sandbox API."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+from kuasar_shared.daemon.args import parse_args
+from kuasar_shared.daemon.run import DaemonContext, run_daemon
+from kuasar_shared.sandbox import serve_sandbox_api
+
+from kuasar_runc_sandboxer import __version__
+from kuasar_runc_sandboxer.holder import HolderParent
+from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
+from kuasar_runc_sandboxer.taskserver import TaskServer
+
+NAME = "runc-sandboxer"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(NAME, __version__, argv, sandbox_type="runc")
+    args.dir = os.path.abspath(args.dir)
+    # Fork the namespace-holder helper while still single-threaded (no loop, no grpc threads).
+    holders = HolderParent.fork()
+
+    async def serve(ctx: DaemonContext) -> None:
+        os.makedirs(args.dir, mode=0o700, exist_ok=True)
+        task_server = await TaskServer.ensure(args.dir, args.log_level)
+        task_server.supervise()
+        sandboxer = RuncSandboxer(args.dir, holders, task_server)
+        try:
+            await sandboxer.recover()
+            server = await serve_sandbox_api(args.listen, sandboxer)
+            ctx.ready(f"{args.listen}, tasks at {task_server.address}")
+            try:
+                await ctx.shutdown_event.wait()
+            finally:
+                await server.stop(1.0)
+        finally:
+            await sandboxer.close()
+            holders.close()
+
+    return run_daemon(NAME, __version__, args, serve, keep_fds=[holders.fileno()])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Starting, re-adopting and supervising the runc-task process."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+
+from kuasar_shared.oci import start_time
+from kuasar_runc_sandboxer.taskserver import TaskServer
+
+
+@pytest.mark.asyncio
+async def test_ensure_readopts_a_live_server_and_replaces_a_dead_one(tmp_path, stop_pid) -> None:
+    directory = str(tmp_path)
+    first = await TaskServer.ensure(directory)
+    try:
+        assert first.address == "ttrpc+unix://" + os.path.join(directory, "task.sock")
+        assert await first.ping()
+        again = await TaskServer.ensure(directory)
+        assert again.pid == first.pid
+        await again.close()
+        os.kill(first.pid, signal.SIGKILL)
+        await asyncio.sleep(0.1)
+        replaced = await TaskServer.ensure(directory)
+        assert replaced.pid != first.pid and await replaced.ping()
+        with open(os.path.join(directory, "task-server.json")) as handle:
+            assert json.load(handle)["pid"] == replaced.pid
+        await replaced.close()
+        stop_pid(replaced.pid)
+    finally:
+        await first.close()
+        stop_pid(first.pid)
+
+
+@pytest.mark.asyncio
+async def test_supervise_restarts_a_killed_server_on_the_same_socket(tmp_path, stop_pid) -> None:
+    server = await TaskServer.ensure(str(tmp_path))
+    old_pid, address = server.pid, server.address
+    server.supervise()
+    try:
+        os.kill(old_pid, signal.SIGKILL)
+        for _ in range(200):
+            if server.pid != old_pid and await server.ping():
+                break
+            await asyncio.sleep(0.05)
+        assert server.pid != old_pid and start_time(server.pid) is not None
+        assert server.address == address
+    finally:
+        await server.close()
+        stop_pid(server.pid)
+    await asyncio.sleep(0.1)
+    assert start_time(server.pid) is None
+
+
+@pytest.mark.asyncio
+async def test_corrupt_record_starts_a_new_server(tmp_path, stop_pid) -> None:
+    (tmp_path / "task-server.json").write_text("{torn")
+    server = await TaskServer.ensure(str(tmp_path))
+    try:
+        assert await server.ping()
+    finally:
+        await server.close()
+        stop_pid(server.pid)
