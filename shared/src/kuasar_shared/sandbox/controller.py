@@ -30,7 +30,6 @@ import grpc
 from google.protobuf import any_pb2, json_format, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
-from kuasar_shared.api.cgroups.v1 import metrics_pb2 as cgroups_pb2
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from kuasar_shared.api.containerd.types import metrics_pb2, platform_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
@@ -38,7 +37,8 @@ from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFoun
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import CreateSandbox, Sandboxer
 from kuasar_shared.sandbox.tasks import TASKS_EXTENSION, diff, parse_tasks
-from kuasar_shared.task.backend import CgroupStats, Mount
+from kuasar_shared.task.backend import Mount
+from kuasar_shared.task.service import METRICS_TYPE_URL, metrics_any
 
 __all__ = ["SandboxController", "add_controller_to_server", "DecodeErrorInterceptor", "READY",
            "NOT_READY", "METRICS_TYPE_URL", "host_platform"]
@@ -49,7 +49,6 @@ _log = logging.getLogger(__name__)
 READY = "SANDBOX_READY"
 NOT_READY = "SANDBOX_NOTREADY"
 #: type_url of ControllerMetricsResponse.metrics.data, spelled the way containerd's typeurl does.
-METRICS_TYPE_URL = cgroups_pb2.Metrics.DESCRIPTOR.full_name
 _UPDATE_TASKS_FIELD = "extensions." + TASKS_EXTENSION
 
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -86,18 +85,6 @@ def _timestamp(value: Optional[datetime]) -> Optional[timestamp_pb2.Timestamp]:
 
 def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
     return datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
-
-
-def _metrics(stats: CgroupStats) -> cgroups_pb2.Metrics:
-    return cgroups_pb2.Metrics(
-        cpu=cgroups_pb2.CPUStat(usage=cgroups_pb2.CPUUsage(
-            total=stats.cpu_total_ns, user=stats.cpu_user_ns, kernel=stats.cpu_kernel_ns)),
-        memory=cgroups_pb2.MemoryStat(
-            cache=stats.memory_cache, rss=stats.memory_rss,
-            total_inactive_file=stats.memory_total_inactive_file,
-            usage=cgroups_pb2.MemoryEntry(usage=stats.memory_usage, limit=stats.memory_limit,
-                                          max=stats.memory_max_usage, failcnt=stats.memory_failcnt)),
-        pids=cgroups_pb2.PidsStat(current=stats.pids_current, limit=stats.pids_limit))
 
 
 class _Undecodable:
@@ -266,9 +253,8 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
         stats = await self._sandboxer.metrics(sandbox_id)
         if stats is None:
             return sandbox_pb2.ControllerMetricsResponse()
-        data = any_pb2.Any(type_url=METRICS_TYPE_URL, value=_metrics(stats).SerializeToString())
         metric = metrics_pb2.Metric(timestamp=_timestamp(datetime.now(timezone.utc)), id=sandbox_id,
-                                    data=data)
+                                    data=metrics_any(stats))
         return sandbox_pb2.ControllerMetricsResponse(metrics=metric)
 
     @_edge

@@ -23,10 +23,11 @@ from kuasar_shared.ids import validate_id
 from kuasar_shared.task.backend import CgroupStats, CreateTask, ExecProcess, ExitInfo, Mount, Stdio, TaskBackend
 from kuasar_shared.ttrpc.service import CallContext, Service
 
-__all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "timestamp", "metrics_any"]
+__all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "METRICS_TYPE_URL", "timestamp", "metrics_any"]
 
 TASK_SERVICES = ("containerd.task.v3.Task", "containerd.task.v2.Task")
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
+METRICS_TYPE_URL = metrics_pb2.Metrics.DESCRIPTOR.full_name
 
 
 def timestamp(when: Optional[datetime]) -> Optional[timestamp_pb2.Timestamp]:
@@ -52,9 +53,7 @@ def metrics_any(stats: CgroupStats) -> any_pb2.Any:
     m.memory.rss = stats.memory_rss
     m.memory.cache = stats.memory_cache
     m.memory.total_inactive_file = stats.memory_total_inactive_file
-    out = any_pb2.Any()
-    out.Pack(m)
-    return out
+    return any_pb2.Any(type_url=METRICS_TYPE_URL, value=m.SerializeToString())
 
 
 def _json_any(value: any_pb2.Any, what: str) -> Dict[str, Any]:
