@@ -12,11 +12,12 @@ from google.protobuf import empty_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.mounts import mountinfo
-from kuasar_shared.oci import start_time
+from kuasar_shared.daemon.reaper import get_reaper
+from kuasar_shared.oci import ExitRecorder, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
-from kuasar_runc_sandboxer.taskserver import TASK_SERVICE, TaskServer
+from kuasar_runc_sandboxer.taskserver import EXITS_DIR, TASK_SERVICE, TaskServer
 
 
 def _pod(netns: str = "", hostname: str = "", pid_mode: str = "CONTAINER", network: str = "POD",
@@ -151,7 +152,8 @@ async def test_stop_and_shutdown_leave_nothing(sandboxer: RuncSandboxer, netns: 
         await sandboxer.status(req.id)
     assert not os.path.exists(pod_dir)
     assert _mounts_under(pod_dir) == []
-    assert not os.path.exists("/sys/fs/cgroup/memory" + cgroup_parent)
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        assert not os.path.exists(f"/sys/fs/cgroup/{hierarchy}{cgroup_parent}"), hierarchy
 
 
 @pytest.mark.asyncio
@@ -192,7 +194,7 @@ async def test_restart_recovers_ready_pods_and_cleans_unrecoverable(holders, tas
     for watch in first._watches.values():
         watch.cancel()
     os.kill(dead_pid, signal.SIGKILL)
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(wait_exit(dead_pid), 10)
     corrupt = os.path.join(task_server.directory, "corrupt-pod")
     os.makedirs(corrupt)
     with open(os.path.join(corrupt, "sandbox.json"), "w") as handle:
@@ -219,27 +221,41 @@ async def test_task_server_kill_9_readopts_containers(sandboxer: RuncSandboxer, 
     req = _pod()
     await sandboxer.create(req)
     status = await sandboxer.start(req.id)
+    # the test process is the subreaper the orphaned containers re-parent to, as runc-sandboxer is
+    recorder = ExitRecorder(os.path.join(sandboxer.directory, EXITS_DIR))
+    listener = recorder.listener(lambda pid: False)
+    get_reaper().add_listener(listener)
     client = await Client.connect_unix(sandboxer.task_server.socket_path)
-    cid = f"{req.id}-c"
-    pid = await run_container(client, cid, container_bundle(req.id, status.pid, ["sleep", "1000"], net=False), "")
+    script = "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 42"
+    bundles = {name: container_bundle(req.id, status.pid, ["sh", "-c", script], net=False)
+               for name in ("exits", "killed")}
+    pids = {name: await run_container(client, f"{req.id}-{name}", bundle, "") for name, bundle in bundles.items()}
     await client.close()
     old = sandboxer.task_server
     await old.close()
     os.kill(old.pid, signal.SIGKILL)
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(wait_exit(old.pid), 10)
     new = await TaskServer.ensure(old.directory)
     assert new.pid != old.pid
     sandboxer.task_server = new
     client = await Client.connect_unix(new.socket_path)
     try:
-        state = await client.call(TASK_SERVICE, "State", shim_pb2.StateRequest(id=cid), shim_pb2.StateResponse)
-        assert state.status == 2 and state.pid == pid  # RUNNING, same process
-        waiter = asyncio.ensure_future(client.call(TASK_SERVICE, "Wait", shim_pb2.WaitRequest(id=cid),
-                                                   shim_pb2.WaitResponse))
-        await client.call(TASK_SERVICE, "Kill", shim_pb2.KillRequest(id=cid, signal=9), empty_pb2.Empty)
-        waited = await asyncio.wait_for(waiter, 10)
-        assert waited.exit_status == 137 and waited.HasField("exited_at")
+        waiters = {}
+        for name, pid in pids.items():
+            cid = f"{req.id}-{name}"
+            state = await client.call(TASK_SERVICE, "State", shim_pb2.StateRequest(id=cid), shim_pb2.StateResponse)
+            assert state.status == 2 and state.pid == pid  # RUNNING, the same process
+            waiters[name] = asyncio.ensure_future(client.call(TASK_SERVICE, "Wait", shim_pb2.WaitRequest(id=cid),
+                                                              shim_pb2.WaitResponse))
+        await client.call(TASK_SERVICE, "Kill", shim_pb2.KillRequest(id=f"{req.id}-killed", signal=9),
+                          empty_pb2.Empty)
+        open(os.path.join(bundles["exits"], "rootfs", "tmp", "go"), "w").close()
+        exited = await asyncio.wait_for(waiters["exits"], 10)
+        killed = await asyncio.wait_for(waiters["killed"], 10)
+        assert exited.exit_status == 42 and exited.HasField("exited_at")
+        assert killed.exit_status == 137 and killed.HasField("exited_at")
     finally:
+        get_reaper().remove_listener(listener)
         await client.close()
         await sandboxer.shutdown(req.id)
         await new.close()

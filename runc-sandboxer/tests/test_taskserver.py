@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from kuasar_shared.oci import start_time
+from kuasar_shared.oci import start_time, wait_exit
 from kuasar_runc_sandboxer.taskserver import TaskServer
 
 
@@ -23,7 +23,7 @@ async def test_ensure_readopts_a_live_server_and_replaces_a_dead_one(tmp_path, s
         assert again.pid == first.pid
         await again.close()
         os.kill(first.pid, signal.SIGKILL)
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(wait_exit(first.pid), 10)
         replaced = await TaskServer.ensure(directory)
         assert replaced.pid != first.pid and await replaced.ping()
         with open(os.path.join(directory, "task-server.json")) as handle:
@@ -51,8 +51,7 @@ async def test_supervise_restarts_a_killed_server_on_the_same_socket(tmp_path, s
     finally:
         await server.close()
         stop_pid(server.pid)
-    await asyncio.sleep(0.1)
-    assert start_time(server.pid) is None
+    await asyncio.wait_for(wait_exit(server.pid), 10)
 
 
 @pytest.mark.asyncio

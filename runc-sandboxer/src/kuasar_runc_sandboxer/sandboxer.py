@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from kuasar_shared.cgroups import Cgroup
+from kuasar_shared.cgroups import DEFAULT_ROOT, Cgroup, CgroupV2
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
 from kuasar_shared.sandbox import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff,
@@ -241,10 +241,7 @@ class RuncSandboxer(Sandboxer):
         """Forget a stopped pod and remove its mounts, cgroup and directory."""
         self._pods.pop(pod.id, None)
         if pod.cgroup_parent:
-            try:
-                Cgroup.open(pod.cgroup_parent, owned_depth=pod.cgroup_owned_depth).delete()
-            except (OSError, KuasarError) as err:
-                log.warning("sandbox %s: cannot remove cgroup %s: %s", pod.id, pod.cgroup_parent, err)
+            _remove_cgroup(pod)
         try:
             self.store.remove(pod.id)
         except KuasarError as err:
@@ -300,3 +297,16 @@ class RuncSandboxer(Sandboxer):
             watch.cancel()
         self._watches.clear()
         await self.task_server.close()
+
+
+def _remove_cgroup(pod: Pod) -> None:
+    """Remove the pod's cgroup; on a hybrid v1 host also the copy runc makes in the unified tree."""
+    cgroups = [Cgroup.open(pod.cgroup_parent, owned_depth=pod.cgroup_owned_depth)]
+    unified = os.path.join(DEFAULT_ROOT, "unified")
+    if cgroups[0].version == "v1" and os.path.isdir(unified):
+        cgroups.append(CgroupV2(pod.cgroup_parent, root=unified, owned_depth=pod.cgroup_owned_depth))
+    for cgroup in cgroups:
+        try:
+            cgroup.delete()
+        except (OSError, KuasarError) as err:
+            log.warning("sandbox %s: cannot remove cgroup %r: %s", pod.id, cgroup, err)

@@ -24,7 +24,7 @@ from kuasar_shared.oci import ExitWatch, is_same_process, start_time
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 
-__all__ = ["TaskServer", "TASK_SERVICE"]
+__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ _RECORD = "task-server.json"
 _SOCKET = "task.sock"
 #: the task server's state directory; the leading dot keeps it out of the pod id namespace
 _TASKS_DIR = ".tasks"
+#: where exits of containers orphaned by a dead task server are recorded (runc-task's --pods-dir/.exits)
+EXITS_DIR = ".exits"
 
 
 def _task_command() -> list[str]:
@@ -56,11 +58,13 @@ class TaskServer:
     #: seconds to wait for a new server's socket
     start_timeout = 10.0
 
-    def __init__(self, directory: str, pid: int, socket_path: str, log_level: str = "info") -> None:
+    def __init__(self, directory: str, pid: int, socket_path: str, log_level: str = "info",
+                 log_file: Optional[str] = None) -> None:
         self.directory = directory
         self.pid = pid
         self.socket_path = socket_path
         self.log_level = log_level
+        self.log_file = log_file
         self._client: Optional[Client] = None
         self._watch: Optional[ExitWatch] = None
         self._restart: Optional["asyncio.Task[None]"] = None
@@ -74,12 +78,15 @@ class TaskServer:
         return f"TaskServer(pid={self.pid}, address={self.address!r})"
 
     @classmethod
-    async def ensure(cls, directory: str, log_level: str = "info") -> "TaskServer":
-        """Re-adopt the recorded task server of ``directory`` or start a new one."""
+    async def ensure(cls, directory: str, log_level: str = "info", log_file: Optional[str] = None) -> "TaskServer":
+        """Re-adopt the recorded task server of ``directory`` or start a new one.
+
+        A new server logs to our stderr, or appends to ``log_file`` when given (``--daemon``).
+        """
         record_path = os.path.join(directory, _RECORD)
         try:
             record = read_json(record_path)
-            server = cls(directory, int(record["pid"]), str(record["socket"]), log_level)
+            server = cls(directory, int(record["pid"]), str(record["socket"]), log_level, log_file)
             if is_same_process(server.pid, record.get("start_time")) and await server.ping():
                 log.info("re-adopted task server pid %d at %s", server.pid, server.address)
                 return server
@@ -89,11 +96,7 @@ class TaskServer:
             pass
         except (CorruptState, KeyError, TypeError, ValueError) as err:
             log.warning("ignoring unreadable %s: %s", record_path, err)
-        return await cls._start(directory, log_level)
-
-    @classmethod
-    async def _start(cls, directory: str, log_level: str) -> "TaskServer":
-        server = cls(directory, 0, os.path.join(os.path.abspath(directory), _SOCKET), log_level)
+        server = cls(directory, 0, os.path.join(os.path.abspath(directory), _SOCKET), log_level, log_file)
         await server._spawn()
         return server
 
@@ -105,7 +108,14 @@ class TaskServer:
                                   "--pods-dir", os.path.abspath(directory), "--log-level", log_level]
         if os.path.exists(socket_path):
             os.unlink(socket_path)
-        child = process.spawn(argv, stdin=process.DEVNULL, start_new_session=True)
+        log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) \
+            if self.log_file else None
+        try:
+            child = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                  start_new_session=True)
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
         self.pid = child.pid
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout

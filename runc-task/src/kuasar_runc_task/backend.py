@@ -5,8 +5,9 @@ when runc exits; their exit statuses come from :mod:`kuasar_shared.daemon.reaper
 the pid runc wrote to ``--pid-file`` (the reaper keeps exits that happen before the subscription).
 Each container is saved in ``<dir>/<id>.json`` after every change. After ``kill -9`` and a
 restart, :meth:`RuncTaskBackend.recover` re-adopts processes whose pid and start time still match
-and watches them with pidfds; their exit code is no longer ours to reap, so it is reported as
-128 + the last signal this server sent, or 255 (containerd's "unknown") when it sent none.
+and watches them with pidfds. Their exit status is no longer ours to reap: it is claimed from the
+:class:`~kuasar_shared.oci.ExitRecorder` of the subreaper they re-parented to (runc-sandboxer),
+else reported as 128 + the last signal this server sent, or 255 (containerd's "unknown").
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError,
 from kuasar_shared.ids import validate_id
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
 from kuasar_shared.mounts import mount_all, unmount_recursive
-from kuasar_shared.oci import (ExitWatch, OciRuntime, StdioFds, clamp_oom_score_adj, drop_hostname_if_shared_uts,
+from kuasar_shared.oci import (ExitRecorder, ExitWatch, OciRuntime, StdioFds, clamp_oom_score_adj, drop_hostname_if_shared_uts,
                                is_same_process, load_spec, rootfs_path, save_spec, set_cgroups_path,
                                start_time)
 from kuasar_shared.store import CorruptState
@@ -66,13 +67,15 @@ class RuncTaskBackend(TaskBackend):
         pods_dir: the sandboxer's ``--dir``, holding ``<pod id>/ns/<type>`` pinned namespaces.
         binary: default OCI runtime binary; ``runtime_root``: default ``--root`` (per namespace).
         hub: the Streaming service of this server, for ``io_type = "streaming"`` stdio.
+        exits: where the sandboxer records exits of processes orphaned by a dead task server.
     """
 
     #: seconds Delete/Shutdown wait for a killed process to be reaped
     kill_timeout = 10.0
 
     def __init__(self, directory: str, pods_dir: str = "", binary: str = "runc",
-                 runtime_root: str = "", hub: Optional[StreamingHub] = None) -> None:
+                 runtime_root: str = "", hub: Optional[StreamingHub] = None,
+                 exits: Optional[ExitRecorder] = None) -> None:
         self.store = ContainerStore(directory)
         self.pods_dir = pods_dir
         self.binary = binary
@@ -81,6 +84,8 @@ class RuncTaskBackend(TaskBackend):
         self._locks: dict[str, asyncio.Lock] = {}
         self._watches: set[Any] = set()
         self.hub = hub
+        self.exits = exits
+        self._tasks: set[asyncio.Task[None]] = set()
         #: stdio copiers per (container id, exec id); FIFO output needs none and survives restarts
         self._io: dict[tuple[str, str], ProcessIO] = {}
 
@@ -112,10 +117,18 @@ class RuncTaskBackend(TaskBackend):
         """Resolve ``proc``'s exit through a pidfd (re-adopted, not our child)."""
         def done() -> None:
             self._watches.discard(watch)
-            status = 128 + proc.signal if proc.signal else UNKNOWN_EXIT
-            self._exited(container, proc, status, _now())
+            task = asyncio.ensure_future(self._adopted_exit(container, proc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         watch = ExitWatch(proc.pid, done)
         self._watches.add(watch)
+
+    async def _adopted_exit(self, container: Container, proc: Proc) -> None:
+        claimed = await self.exits.claim(proc.pid) if self.exits is not None else None
+        if claimed is None:
+            self._exited(container, proc, 128 + proc.signal if proc.signal else UNKNOWN_EXIT, _now())
+        else:
+            self._exited(container, proc, *claimed)
 
     def _exited(self, container: Container, proc: Proc, status: int, at: datetime) -> None:
         proc.exited(status, at)
@@ -276,6 +289,7 @@ class RuncTaskBackend(TaskBackend):
             await self._close_io(container.id, exec_id)
         _unmount(container)
         self._containers.pop(container.id, None)
+        self._locks.pop(container.id, None)
         self.store.remove(container.id)
         log.info("container %s deleted", container.id)
 
@@ -368,6 +382,8 @@ class RuncTaskBackend(TaskBackend):
                 if proc.status is TaskStatus.STOPPED or not proc.pid:
                     continue
                 if is_same_process(proc.pid, proc.start_time):
+                    if self.exits is not None:
+                        self.exits.discard(proc.pid)
                     self._watch_adopted(container, proc)
                 else:
                     proc.exited(128 + proc.signal if proc.signal else UNKNOWN_EXIT, _now())
@@ -379,6 +395,9 @@ class RuncTaskBackend(TaskBackend):
         for watch in list(self._watches):
             watch.cancel()
         self._watches.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for pio in self._io.values():
             await pio.close()
         self._io.clear()

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from kuasar_shared.daemon.args import build_parser
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
+from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.task.service import TaskService
 from kuasar_shared.ttrpc import Server
 
@@ -15,6 +16,8 @@ from kuasar_runc_task import __version__
 from kuasar_runc_task.backend import RuncTaskBackend
 
 NAME = "runc-task"
+#: below --pods-dir: where runc-sandboxer records exits of containers orphaned by a dead runc-task
+EXITS_DIR = ".exits"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -28,7 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     async def serve(ctx: DaemonContext) -> None:
         hub = StreamingHub()
-        backend = RuncTaskBackend(args.dir, pods_dir=args.pods_dir, binary=args.runtime, hub=hub)
+        exits = ExitRecorder(os.path.join(args.pods_dir, EXITS_DIR)) if args.pods_dir else None
+        backend = RuncTaskBackend(args.dir, pods_dir=args.pods_dir, binary=args.runtime, hub=hub, exits=exits)
         await backend.recover()
         server = Server([*TaskService(backend).services(), hub.service()])
         try:

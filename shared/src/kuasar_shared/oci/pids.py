@@ -55,7 +55,7 @@ class ExitWatch:
         self._fd: Optional[int] = None
         self._timer: Optional[asyncio.Handle] = None
         try:
-            self._fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+            self._fd = os.pidfd_open(pid)
         except ProcessLookupError:
             self._timer = self._loop.call_soon(self._fire)
         except (AttributeError, OSError):
@@ -92,7 +92,11 @@ class ExitWatch:
 async def wait_exit(pid: int) -> None:
     """Return once ``pid`` has exited (at once if it is already gone); cancellable."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    watch = ExitWatch(pid, lambda: done.done() or done.set_result(None))
+
+    def fire() -> None:
+        if not done.done():
+            done.set_result(None)
+    watch = ExitWatch(pid, fire)
     try:
         await done
     finally:

@@ -172,7 +172,10 @@ class OciRuntime:
 
     async def state(self, container_id: str) -> dict[str, Any]:
         """``state``: the runtime's JSON view (``status``, ``pid``, ``bundle``...)."""
-        return _json(await self._call("state", container_id, "state", container_id), container_id)
+        state = _json(await self._call("state", container_id, "state", container_id), container_id)
+        if not isinstance(state, dict):
+            raise Internal(f"runtime answered a non-object state for {container_id}")
+        return state
 
     async def ps(self, container_id: str) -> list[int]:
         """``ps --format json``: pids of every process in the container."""

@@ -1,0 +1,96 @@
+"""Hand exit statuses of orphaned container processes from a subreaper to a restarted task server.
+
+When a task server dies, the container processes it was reaping re-parent to the nearest child
+subreaper (the sandboxer that started it), which collects their exit statuses. A new task server
+re-adopts those processes but can only see *that* they exited (pidfd), not how. The subreaper
+therefore records every exit it did not expect as ``<dir>/<pid>.json`` and the task server claims
+the record when its pidfd fires. Records are small, written atomically and pruned by age.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from datetime import datetime
+from typing import Callable, Optional
+
+from kuasar_shared.daemon.reaper import ExitEvent
+from kuasar_shared.store import CorruptState, read_json, write_json_atomic
+
+__all__ = ["ExitRecorder"]
+
+log = logging.getLogger(__name__)
+
+
+class ExitRecorder:
+    """Exit records of re-parented processes in one directory.
+
+    :param directory: created on first write.
+    :param max_age: seconds after which an unclaimed record is pruned.
+    """
+
+    poll_interval = 0.02
+
+    def __init__(self, directory: str, max_age: float = 600.0) -> None:
+        self.directory = directory
+        self.max_age = max_age
+
+    def _path(self, pid: int) -> str:
+        return os.path.join(self.directory, f"{int(pid)}.json")
+
+    def listener(self, ignore: Callable[[int], bool]) -> Callable[[ExitEvent], None]:
+        """A reaper listener recording every exit for which ``ignore(pid)`` is false."""
+        def on_exit(event: ExitEvent) -> None:
+            if not ignore(event.pid):
+                self.record(event)
+        return on_exit
+
+    def record(self, event: ExitEvent) -> None:
+        """Write the record of one exit (errors are logged: recording is best effort)."""
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            write_json_atomic(self._path(event.pid), {"pid": event.pid, "status": event.status,
+                                                      "exited_at": event.exited_at.isoformat()})
+            self._prune()
+        except OSError as err:
+            log.warning("cannot record the exit of pid %d: %s", event.pid, err)
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.max_age
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+
+    def discard(self, pid: int) -> None:
+        """Drop a stale record of ``pid`` (call when adopting a live process with that pid)."""
+        try:
+            os.unlink(self._path(pid))
+        except FileNotFoundError:
+            pass
+
+    async def claim(self, pid: int, timeout: float = 1.0) -> Optional[tuple[int, datetime]]:
+        """Wait up to ``timeout`` seconds for the record of ``pid``; consume and return
+        ``(status, exited_at)``, or None when no record appeared."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                record = read_json(self._path(pid))
+            except FileNotFoundError:
+                record = None
+            except CorruptState as err:
+                log.warning("%s", err)
+                record = None
+            if isinstance(record, dict):
+                self.discard(pid)
+                try:
+                    return int(record["status"]), datetime.fromisoformat(str(record["exited_at"]))
+                except (KeyError, TypeError, ValueError):
+                    return None
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(self.poll_interval)

@@ -1,0 +1,45 @@
+"""ExitRecorder: exits recorded by a subreaper, claimed by a restarted task server."""
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+
+import pytest
+
+from kuasar_shared.daemon.reaper import ExitEvent
+from kuasar_shared.oci import ExitRecorder
+
+
+@pytest.mark.asyncio
+async def test_record_then_claim_once(tmp_path) -> None:
+    recorder = ExitRecorder(str(tmp_path / "exits"))
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    listener = recorder.listener(lambda pid: pid == 1)
+    listener(ExitEvent(1, 0, when))
+    listener(ExitEvent(4242, 42, when))
+    assert os.listdir(tmp_path / "exits") == ["4242.json"]
+    assert await recorder.claim(4242) == (42, when)
+    assert await recorder.claim(4242, timeout=0.05) is None
+
+
+@pytest.mark.asyncio
+async def test_claim_waits_for_a_late_record_and_discard_drops_stale(tmp_path) -> None:
+    recorder = ExitRecorder(str(tmp_path))
+    when = datetime.now(timezone.utc)
+    recorder.record(ExitEvent(7, 137, when))
+    recorder.discard(7)
+    assert await recorder.claim(7, timeout=0.05) is None
+    asyncio.get_running_loop().call_later(0.1, recorder.record, ExitEvent(8, 3, when))
+    assert await recorder.claim(8, timeout=2) == (3, when)
+    (tmp_path / "9.json").write_text("{torn")
+    assert await recorder.claim(9, timeout=0.05) is None
+
+
+def test_old_records_are_pruned(tmp_path) -> None:
+    recorder = ExitRecorder(str(tmp_path), max_age=60)
+    old = tmp_path / "1.json"
+    old.write_text("{}")
+    os.utime(old, (0, 0))
+    recorder.record(ExitEvent(2, 0, datetime.now(timezone.utc)))
+    assert sorted(os.listdir(tmp_path)) == ["2.json"]
