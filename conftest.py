@@ -8,6 +8,10 @@ import os
 
 import pytest
 
+# Daemons fork their helpers before grpc starts; the test process, however, runs many grpc servers
+# before a fixture forks a runc holder helper, and grpc's fork handlers then abort the child.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 ALLOWED = "cannot exist on this machine"
 
 
