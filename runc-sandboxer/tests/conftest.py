@@ -18,7 +18,8 @@ from kuasar_shared.daemon.reaper import set_child_subreaper
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
-from kuasar_runc_sandboxer.taskserver import TASK_SERVICE, TaskServer
+from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
+from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNC = shutil.which("runc")
@@ -58,7 +59,7 @@ def holders(busybox_rootfs: str) -> Iterator[HolderParent]:
 async def task_server(tmp_path) -> AsyncIterator[TaskServer]:
     directory = str(tmp_path / "runc")
     os.makedirs(directory)
-    server = await TaskServer.ensure(directory)
+    server = await TaskServer.ensure(directory, RUNC_TASK)
     yield server
     await server.close()
     _stop_pid(server.pid)

@@ -17,7 +17,8 @@ from kuasar_shared.oci import ExitRecorder, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
-from kuasar_runc_sandboxer.taskserver import EXITS_DIR, TASK_SERVICE, TaskServer
+from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
+from kuasar_shared.sandbox.taskserver import EXITS_DIR, TASK_SERVICE, TaskServer
 
 
 def _pod(netns: str = "", hostname: str = "", pid_mode: str = "CONTAINER", network: str = "POD",
@@ -235,7 +236,7 @@ async def test_task_server_kill_9_readopts_containers(sandboxer: RuncSandboxer, 
     await old.close()
     os.kill(old.pid, signal.SIGKILL)
     await asyncio.wait_for(wait_exit(old.pid), 10)
-    new = await TaskServer.ensure(old.directory)
+    new = await TaskServer.ensure(old.directory, RUNC_TASK)
     assert new.pid != old.pid
     sandboxer.task_server = new
     client = await Client.connect_unix(new.socket_path)

@@ -9,22 +9,23 @@ import signal
 import pytest
 
 from kuasar_shared.oci import start_time, wait_exit
-from kuasar_runc_sandboxer.taskserver import TaskServer
+from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
+from kuasar_shared.sandbox.taskserver import TaskServer
 
 
 @pytest.mark.asyncio
 async def test_ensure_readopts_a_live_server_and_replaces_a_dead_one(tmp_path, stop_pid) -> None:
     directory = str(tmp_path)
-    first = await TaskServer.ensure(directory)
+    first = await TaskServer.ensure(directory, RUNC_TASK)
     try:
         assert first.address == "ttrpc+unix://" + os.path.join(directory, "task.sock")
         assert await first.ping()
-        again = await TaskServer.ensure(directory)
+        again = await TaskServer.ensure(directory, RUNC_TASK)
         assert again.pid == first.pid
         await again.close()
         os.kill(first.pid, signal.SIGKILL)
         await asyncio.wait_for(wait_exit(first.pid), 10)
-        replaced = await TaskServer.ensure(directory)
+        replaced = await TaskServer.ensure(directory, RUNC_TASK)
         assert replaced.pid != first.pid and await replaced.ping()
         with open(os.path.join(directory, "task-server.json")) as handle:
             assert json.load(handle)["pid"] == replaced.pid
@@ -37,7 +38,7 @@ async def test_ensure_readopts_a_live_server_and_replaces_a_dead_one(tmp_path, s
 
 @pytest.mark.asyncio
 async def test_supervise_restarts_a_killed_server_on_the_same_socket(tmp_path, stop_pid) -> None:
-    server = await TaskServer.ensure(str(tmp_path))
+    server = await TaskServer.ensure(str(tmp_path), RUNC_TASK)
     old_pid, address = server.pid, server.address
     server.supervise()
     try:
@@ -57,7 +58,7 @@ async def test_supervise_restarts_a_killed_server_on_the_same_socket(tmp_path, s
 @pytest.mark.asyncio
 async def test_corrupt_record_starts_a_new_server(tmp_path, stop_pid) -> None:
     (tmp_path / "task-server.json").write_text("{torn")
-    server = await TaskServer.ensure(str(tmp_path))
+    server = await TaskServer.ensure(str(tmp_path), RUNC_TASK)
     try:
         assert await server.ping()
     finally:

@@ -10,11 +10,11 @@ from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.oci import ExitRecorder, ExitWatch
 from kuasar_shared.sandbox import serve_sandbox_api
+from kuasar_shared.sandbox.taskserver import EXITS_DIR, TaskServer
 
 from kuasar_runc_sandboxer import __version__
 from kuasar_runc_sandboxer.holder import HolderParent
-from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
-from kuasar_runc_sandboxer.taskserver import EXITS_DIR, TaskServer
+from kuasar_runc_sandboxer.sandboxer import RUNC_TASK, RuncSandboxer
 
 NAME = "runc-sandboxer"
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     async def serve(ctx: DaemonContext) -> None:
         os.makedirs(args.dir, mode=0o700, exist_ok=True)
         log_file = os.path.join(args.dir, "runc-task.log") if args.daemon else None
-        task_server = await TaskServer.ensure(args.dir, args.log_level, log_file)
+        task_server = await TaskServer.ensure(args.dir, RUNC_TASK, args.log_level, log_file)
         task_server.supervise()
         # containers orphaned by a dead runc-task re-parent to us: keep their exits for its successor
         exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))

@@ -24,17 +24,19 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
 from kuasar_shared.sandbox import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff,
                                    TaskResources, encode_tasks, parse_tasks)
+from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.task.backend import CgroupStats
 
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.nsfiles import bind_namespaces, namespaces_match, unbind_namespaces
-from kuasar_runc_sandboxer.taskserver import TaskServer
 
-__all__ = ["RuncSandboxer", "PodState"]
+__all__ = ["RuncSandboxer", "PodState", "RUNC_TASK"]
 
 log = logging.getLogger(__name__)
 
+#: how to start the runc task server (see kuasar_shared.sandbox.taskserver)
+RUNC_TASK = find_command("runc-task", "kuasar_runc_task.main")
 #: status reported when a holder died without being stopped (its status is not ours to reap)
 UNEXPECTED_EXIT = 255
 

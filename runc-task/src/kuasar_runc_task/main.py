@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from kuasar_shared.daemon.args import build_parser
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
+from kuasar_shared.sandbox.taskserver import EXITS_DIR
 from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.task.service import TaskService
 from kuasar_shared.ttrpc import Server
@@ -17,7 +18,6 @@ from kuasar_runc_task.backend import RuncTaskBackend
 
 NAME = "runc-task"
 #: below --pods-dir: where runc-sandboxer records exits of containers orphaned by a dead runc-task
-EXITS_DIR = ".exits"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""Start, re-adopt and talk to the runc-task server (one process for every runc pod).
+"""Start, re-adopt and talk to a sandbox type's task server (one process for every pod of the type).
 
 The task server outlives the sandboxer: it is spawned in its own session and recorded in
 ``<dir>/task-server.json`` (pid, start time, socket). A restarted sandboxer re-adopts a recorded
@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 from google.protobuf import empty_pb2
 
@@ -24,7 +24,7 @@ from kuasar_shared.oci import ExitWatch, is_same_process, start_time
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 
-__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR"]
+__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command"]
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,20 @@ _RECORD = "task-server.json"
 _SOCKET = "task.sock"
 #: the task server's state directory; the leading dot keeps it out of the pod id namespace
 _TASKS_DIR = ".tasks"
-#: where exits of containers orphaned by a dead task server are recorded (runc-task's --pods-dir/.exits)
+#: where exits of containers orphaned by a dead task server are recorded (the task server's --pods-dir/.exits)
 EXITS_DIR = ".exits"
 
 
-def _task_command() -> list[str]:
-    """``runc-task`` next to our interpreter (same venv / prefix), else from PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "runc-task")
+def find_command(script: str, module: str) -> list[str]:
+    """The task server's console ``script`` next to our interpreter (same venv / prefix), else from
+    PATH, else ``python -m module``."""
+    beside = os.path.join(os.path.dirname(sys.executable), script)
     if os.access(beside, os.X_OK):
         return [beside]
-    found = shutil.which("runc-task")
+    found = shutil.which(script)
     if found:
         return [found]
-    return [sys.executable, "-m", "kuasar_runc_task.main"]
+    return [sys.executable, "-m", module]
 
 
 class TaskServer:
@@ -58,9 +59,10 @@ class TaskServer:
     #: seconds to wait for a new server's socket
     start_timeout = 10.0
 
-    def __init__(self, directory: str, pid: int, socket_path: str, log_level: str = "info",
-                 log_file: Optional[str] = None) -> None:
+    def __init__(self, directory: str, command: Sequence[str], pid: int, socket_path: str,
+                 log_level: str = "info", log_file: Optional[str] = None) -> None:
         self.directory = directory
+        self.command = list(command)
         self.pid = pid
         self.socket_path = socket_path
         self.log_level = log_level
@@ -78,15 +80,19 @@ class TaskServer:
         return f"TaskServer(pid={self.pid}, address={self.address!r})"
 
     @classmethod
-    async def ensure(cls, directory: str, log_level: str = "info", log_file: Optional[str] = None) -> "TaskServer":
-        """Re-adopt the recorded task server of ``directory`` or start a new one.
+    async def ensure(cls, directory: str, command: Sequence[str], log_level: str = "info",
+                     log_file: Optional[str] = None) -> "TaskServer":
+        """Re-adopt the recorded task server of ``directory`` or start ``command`` as a new one.
+
+        The command is called with ``--listen <socket> --dir <directory>/.tasks --pods-dir <directory>
+        --log-level <level>``.
 
         A new server logs to our stderr, or appends to ``log_file`` when given (``--daemon``).
         """
         record_path = os.path.join(directory, _RECORD)
         try:
             record = read_json(record_path)
-            server = cls(directory, int(record["pid"]), str(record["socket"]), log_level, log_file)
+            server = cls(directory, command, int(record["pid"]), str(record["socket"]), log_level, log_file)
             if is_same_process(server.pid, record.get("start_time")) and await server.ping():
                 log.info("re-adopted task server pid %d at %s", server.pid, server.address)
                 return server
@@ -96,7 +102,8 @@ class TaskServer:
             pass
         except (CorruptState, KeyError, TypeError, ValueError) as err:
             log.warning("ignoring unreadable %s: %s", record_path, err)
-        server = cls(directory, 0, os.path.join(os.path.abspath(directory), _SOCKET), log_level, log_file)
+        server = cls(directory, command, 0, os.path.join(os.path.abspath(directory), _SOCKET), log_level,
+                     log_file)
         await server._spawn()
         return server
 
@@ -104,7 +111,7 @@ class TaskServer:
         """Start a new server process on :attr:`socket_path` and record it."""
         directory, log_level, socket_path = self.directory, self.log_level, self.socket_path
         tasks_dir = os.path.join(os.path.abspath(directory), _TASKS_DIR)
-        argv = _task_command() + ["--listen", socket_path, "--dir", tasks_dir,
+        argv = self.command + ["--listen", socket_path, "--dir", tasks_dir,
                                   "--pods-dir", os.path.abspath(directory), "--log-level", log_level]
         if os.path.exists(socket_path):
             os.unlink(socket_path)
