@@ -62,8 +62,11 @@ class EngineOptions:
     """Where things are: the sandboxer socket, kuasar-ctl's state root, images and IO type."""
 
     def __init__(self, sandboxer: str, endpoint: str, root: str, images: str, io_type: str = "fifo",
-                 hint: str = "") -> None:
+                 hint: str = "", inline_logs: bool = False) -> None:
         self.sandboxer = sandboxer
+        #: copy container output into the CRI logs inside this process, as containerd does; only for
+        #: a long-lived engine process (the CLI exits after each command and starts a log writer instead)
+        self.inline_logs = inline_logs
         self.endpoint = endpoint
         self.root = root
         self.images = images
@@ -79,11 +82,14 @@ class Engine:
         self.store = CtlStore(options.root, options.sandboxer)
         self.sandbox = SandboxClient(options.endpoint, options.sandboxer, options.hint)
         self._tasks: dict[str, TaskClient] = {}
+        self._loggers: dict[str, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> "Engine":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for ctr_id in list(self._loggers):
+            await self._stop_inline_logger(ctr_id, 0.0)
         await self.sandbox.close()
         for client in self._tasks.values():
             await client.close()
@@ -232,15 +238,14 @@ class Engine:
                 record.stdout = streaming_url(address, f"{ctr_id}-stdout")
                 record.stderr = streaming_url(address, f"{ctr_id}-stderr")
                 stream = [address, f"{ctr_id}-stdout", f"{ctr_id}-stderr"]
-                record.logger_pid = await asyncio.to_thread(logwriter.spawn, log_path or os.devnull, None, stream)
+                await self._start_logger(record, log_path or os.devnull, None, stream)
             else:
                 paths = make_fifos(os.path.join(ctr_dir, "io"), ctr_id)
                 record.stdout, record.stderr = paths.stdout, paths.stderr
-                record.logger_pid = await asyncio.to_thread(logwriter.spawn, log_path or os.devnull,
-                                                            [paths.stdout, paths.stderr])
+                await self._start_logger(record, log_path or os.devnull, [paths.stdout, paths.stderr], None)
             self.store.save_container(record)
         except BaseException:
-            self._stop_logger(record)
+            await self._stop_logger(record)
             self.store.remove_container(ctr_id)
             raise
         return ctr_id
@@ -278,7 +283,7 @@ class Engine:
                 pass
             ctr.state, ctr.reason, ctr.exit_code, ctr.finished_at = EXITED, "StartError", 128, _now()
             ctr.reason = f"StartError: {err}"
-            self._stop_logger(ctr)
+            await self._stop_logger(ctr)
             self.store.save_container(ctr)
             raise
         await task.call("Connect", task_pb2.ConnectRequest(id=ctr_id), task_pb2.ConnectResponse, 10.0)
@@ -354,13 +359,36 @@ class Engine:
         ctr = self.store.load_container(ctr_id)
         if ctr.state in (RUNNING, UNKNOWN):
             await self.stop_container(ctr_id, 0)
-        await asyncio.to_thread(self._stop_logger, ctr, 2.0)
+        await self._stop_logger(ctr, 2.0)
         ctr_dir = self.store.container_dir(ctr_id)
         host.unmount_below(ctr_dir)
         self.store.remove_container(ctr_id)
 
+    async def _start_logger(self, record: ContainerRecord, log_path: str, fifo: Optional[list[str]],
+                            stream: Optional[list[str]]) -> None:
+        if self.options.inline_logs:
+            copier = await logwriter.LogCopier.open(log_path, fifo, stream)
+            self._loggers[record.id] = asyncio.ensure_future(copier.run())
+        else:
+            record.logger_pid = await asyncio.to_thread(logwriter.spawn, log_path, fifo, stream)
+
+    async def _stop_logger(self, ctr: ContainerRecord, grace: float = 0.0) -> None:
+        """Let the container's log copy finish (its stdio closed), else stop it."""
+        if ctr.id in self._loggers:
+            await self._stop_inline_logger(ctr.id, grace)
+        elif ctr.logger_pid:
+            await asyncio.to_thread(self._stop_logger_process, ctr, grace)
+
+    async def _stop_inline_logger(self, ctr_id: str, grace: float) -> None:
+        task = self._loggers.pop(ctr_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except asyncio.TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     @staticmethod
-    def _stop_logger(ctr: ContainerRecord, grace: float = 0.0) -> None:
+    def _stop_logger_process(ctr: ContainerRecord, grace: float) -> None:
         """Let the log writer finish (it exits after the task's stdio closed), else SIGTERM/SIGKILL it."""
         deadline = time.monotonic() + grace
         for sig in (None, signal.SIGTERM, signal.SIGKILL):

@@ -23,7 +23,7 @@ from kuasar_shared.ctl.io import CriLogWriter, copy_fifo, copy_stream, open_fifo
 from kuasar_shared.errors import Unavailable
 from kuasar_shared.ttrpc import Client
 
-__all__ = ["main", "spawn"]
+__all__ = ["main", "spawn", "LogCopier"]
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -35,43 +35,81 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
-    log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    writers = [CriLogWriter(lambda b: os.write(log_fd, b), name) for name in ("stdout", "stderr")]
-    client: Optional[Client] = None
-    try:
-        if args.fifo:
-            fds = [open_fifo_reader(path) for path in args.fifo]
-            copies = [copy_fifo(fd, w.feed) for fd, w in zip(fds, writers)]
-        else:
-            client = await Client.connect(args.stream[0])
-            streams = [await open_stream(client, sid) for sid in args.stream[1:]]
-            copies = [copy_stream(st, w.feed) for st, w in zip(streams, writers)]
-        sys.stdout.write(f"ready {os.getpid()}\n")
-        sys.stdout.flush()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
-        tasks = [asyncio.ensure_future(c) for c in copies]
-        stop = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+class LogCopier:
+    """A container's stdout/stderr readers and the copies into its CRI log file.
+
+    Resource handling: :meth:`open` opens the inputs (so the engine may create the task);
+    :meth:`run` copies until both inputs end or it is cancelled; :meth:`close` always.
+    """
+
+    def __init__(self, log_fd: int, writers: list, copies: list, client: Optional[Client]) -> None:
+        self._log_fd = log_fd
+        self._writers = writers
+        self._copies = copies
+        self._client = client
+
+    @classmethod
+    async def open(cls, log_path: str, fifo: Optional[Sequence[str]] = None,
+                   stream: Optional[Sequence[str]] = None) -> "LogCopier":
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        writers = [CriLogWriter(lambda b: os.write(log_fd, b), name) for name in ("stdout", "stderr")]
+        client: Optional[Client] = None
         try:
-            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
-            if not stop.done():
-                await asyncio.wait([asyncio.gather(*tasks, return_exceptions=True), stop],
-                                   return_when=asyncio.FIRST_COMPLETED)
+            if fifo:
+                fds = [open_fifo_reader(path) for path in fifo]
+                copies = [copy_fifo(fd, w.feed) for fd, w in zip(fds, writers)]
+            else:
+                assert stream is not None
+                client = await Client.connect(stream[0])
+                streams = [await open_stream(client, sid) for sid in stream[1:]]
+                copies = [copy_stream(st, w.feed) for st, w in zip(streams, writers)]
+        except BaseException:
+            os.close(log_fd)
+            if client is not None:
+                await client.close()
+            raise
+        return cls(log_fd, writers, copies, client)
+
+    async def run(self) -> None:
+        tasks = [asyncio.ensure_future(c) for c in self._copies]
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        for w in writers:
+            await self.close()
+
+    async def close(self) -> None:
+        for coro in self._copies:
+            coro.close()
+        self._copies = []
+        for w in self._writers:
             w.close()
-        os.close(log_fd)
-        if client is not None:
+        self._writers = []
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+        if self._client is not None:
+            client, self._client = self._client, None
             await client.close()
+
+
+async def _run(args: argparse.Namespace) -> int:
+    copier = await LogCopier.open(args.log, args.fifo, args.stream)
+    sys.stdout.write(f"ready {os.getpid()}\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    copy = asyncio.ensure_future(copier.run())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, copy.cancel)
+    try:
+        await copy
+    except asyncio.CancelledError:
+        pass
     return 0
 
 
