@@ -60,9 +60,10 @@ class SandboxClient:
         """
         stub = self._connect()
         if any(f.name == "sandboxer" for f in request.DESCRIPTOR.fields):
-            setattr(request, "sandboxer", self.sandboxer)
+            request.sandboxer = self.sandboxer
         try:
-            return await getattr(stub, method)(request, timeout=timeout, metadata=(("containerd-namespace", NAMESPACE),))
+            metadata = (("containerd-namespace", NAMESPACE),)
+            return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             code = err.code().value[0]
             message = err.details() or str(err.code())

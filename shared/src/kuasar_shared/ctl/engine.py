@@ -317,7 +317,8 @@ class Engine:
         task = self.task(pod.address)
         state = await task.call("State", task_pb2.StateRequest(id=ctr_id), task_pb2.StateResponse, 10.0)
         if state.status != _TASK_STOPPED:
-            waiter = asyncio.ensure_future(task.call("Wait", task_pb2.WaitRequest(id=ctr_id), task_pb2.WaitResponse, None))
+            wait = task.call("Wait", task_pb2.WaitRequest(id=ctr_id), task_pb2.WaitResponse, None)
+            waiter = asyncio.ensure_future(wait)
             try:
                 if timeout > 0:
                     await self._kill(task, ctr_id, signal.SIGTERM)

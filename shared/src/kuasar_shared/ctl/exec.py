@@ -106,7 +106,8 @@ async def exec_sync(engine: Engine, ctr_id: str, args: Sequence[str], *, stdin: 
             stream_client = await Client.connect(pod.address)
             outs = [await open_stream(stream_client, f"{exec_id}-{n}") for n in ("stdout", "stderr")]
             copies = [asyncio.ensure_future(copy_stream(s, sink)) for s, sink in zip(outs, sinks)]
-            request.stdout, request.stderr = (streaming_url(pod.address, f"{exec_id}-{n}") for n in ("stdout", "stderr"))
+            request.stdout = streaming_url(pod.address, f"{exec_id}-stdout")
+            request.stderr = streaming_url(pod.address, f"{exec_id}-stderr")
             if stdin:
                 in_stream = await open_stream(stream_client, f"{exec_id}-stdin", window=None)
                 request.stdin = streaming_url(pod.address, f"{exec_id}-stdin")

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, json_format, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from google.protobuf import any_pb2, empty_pb2, json_format, timestamp_pb2
 from google.protobuf.message import DecodeError
@@ -137,7 +137,8 @@ class TaskService:
         return shim_pb2.CreateTaskResponse(pid=await self.backend.create(create))
 
     async def start(self, ctx: CallContext, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
-        return shim_pb2.StartResponse(pid=await self.backend.start(validate_id(req.id, "container"), _exec_id(req.exec_id)))
+        pid = await self.backend.start(validate_id(req.id, "container"), _exec_id(req.exec_id))
+        return shim_pb2.StartResponse(pid=pid)
 
     async def delete(self, ctx: CallContext, req: shim_pb2.DeleteRequest) -> shim_pb2.DeleteResponse:
         info = await self.backend.delete(validate_id(req.id, "container"), _exec_id(req.exec_id))
