@@ -1,0 +1,157 @@
+"""WasmtimeEngine: load (cache or compile), link WASI and run one module in the current process.
+
+Imported only by the runner process (:mod:`kuasar_wasm_sandboxer.runner`): the task server never
+loads wasmtime, which keeps its memory small. WASI stdio is inherited, so the module writes
+straight to the runner's fds 0/1/2, which are the container's stdio. Memory: the store limit caps
+linear memory at the container's limit minus what the runner process already uses, so a module
+asking for more sees ``memory.grow`` fail (malloc returns NULL) before the cgroup would OOM-kill it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from importlib import metadata
+from typing import Optional
+
+import wasmtime
+
+from kuasar_wasm_sandboxer.cache import ModuleCache, content_key
+from kuasar_wasm_sandboxer.entrypoint import TRAP_EXIT, RunSpec
+
+__all__ = ["WasmtimeEngine", "Program", "LoadError", "engine_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+#: bytes kept free below the container limit for the runner's own allocations
+_HEADROOM = 4 << 20
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class LoadError(Exception):
+    """The module cannot be compiled, linked or instantiated (the message is for people)."""
+
+
+def engine_fingerprint() -> str:
+    """Short hex naming the wasmtime build: serialized code only loads into the same one."""
+    version = metadata.version("wasmtime")
+    return hashlib.sha256(f"wasmtime-py {version} default-config".encode()).hexdigest()[:16]
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * _PAGE
+
+
+class Program:
+    """An instantiated module ready to run; :meth:`run` returns the exit status."""
+
+    def __init__(self, store: wasmtime.Store, start: wasmtime.Func, name: str) -> None:
+        self._store = store
+        self._start = start
+        self.name = name
+
+    def run(self) -> int:
+        """Call ``_start``: 0 when it returns, the ``proc_exit`` code, or :data:`TRAP_EXIT` on a trap
+        (the trap message goes to the module's stderr)."""
+        try:
+            self._start(self._store)
+        except wasmtime.ExitTrap as exit_trap:
+            return int(exit_trap.code)
+        except wasmtime.Trap as trap:
+            _report(f"wasm trap in {self.name}: {trap.message.strip()}")
+            return TRAP_EXIT
+        except wasmtime.WasmtimeError as err:
+            _report(f"wasm error in {self.name}: {str(err).strip()}")
+            return TRAP_EXIT
+        return 0
+
+
+def _report(message: str) -> None:
+    data = (message + "\n").encode(errors="replace")
+    try:
+        os.write(2, data)
+    except OSError:
+        pass
+
+
+class WasmtimeEngine:
+    """One wasmtime Engine plus the compiled-module cache.
+
+    :ivar compiled: whether the last :meth:`load` compiled (False: served from the cache).
+    """
+
+    def __init__(self, cache: Optional[ModuleCache]) -> None:
+        self.engine = wasmtime.Engine()
+        self.cache = cache
+        self.compiled = False
+
+    def load(self, spec: RunSpec) -> wasmtime.Module:
+        """The compiled module of ``spec.module``, from the cache when possible.
+
+        :raise LoadError: unreadable file or invalid WebAssembly / WAT.
+        """
+        try:
+            with open(spec.module, "rb") as handle:
+                data = handle.read()
+        except OSError as err:
+            raise LoadError(f"cannot read {spec.argv[0]}: {err.strerror}") from err
+        key = content_key(data)
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            try:
+                module = wasmtime.Module.deserialize(self.engine, cached)
+                self.compiled = False
+                return module
+            except wasmtime.WasmtimeError as err:
+                log.warning("%s: cached code rejected (%s); recompiling", spec.name, err)
+        try:
+            if spec.kind == "wat":
+                module = wasmtime.Module(self.engine, data.decode("utf-8", errors="strict"))
+            else:
+                module = wasmtime.Module(self.engine, data)
+        except (wasmtime.WasmtimeError, UnicodeDecodeError) as err:
+            raise LoadError(f"{spec.argv[0]} is not a valid WebAssembly module: {_first_line(err)}") from err
+        self.compiled = True
+        if self.cache is not None:
+            self.cache.put(key, bytes(module.serialize()))
+        return module
+
+    def prepare(self, spec: RunSpec) -> Program:
+        """Load, link WASI (argv, env, preopens, inherited stdio) and instantiate.
+
+        :raise LoadError: the module is invalid, imports something other than WASI preview 1, has
+            no ``_start``, or does not fit the memory limit.
+        """
+        module = self.load(spec)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = list(spec.argv)
+        wasi.env = [list(pair) for pair in spec.env]
+        wasi.inherit_stdin()
+        wasi.inherit_stdout()
+        wasi.inherit_stderr()
+        for preopen in spec.preopens:
+            try:
+                wasi.preopen_dir(preopen.host, preopen.guest, not preopen.readonly)
+            except wasmtime.WasmtimeError as err:
+                raise LoadError(f"cannot preopen {preopen.host} as {preopen.guest}: {_first_line(err)}") from err
+        store = wasmtime.Store(self.engine)
+        store.set_wasi(wasi)
+        if spec.memory_limit > 0:
+            store.set_limits(memory_size=max(spec.memory_limit - _resident_bytes() - _HEADROOM, _PAGE))
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        try:
+            instance = linker.instantiate(store, module)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as err:
+            raise LoadError(f"cannot instantiate {spec.argv[0]}: {_first_line(err)}") from err
+        start = instance.exports(store).get("_start")
+        if not isinstance(start, wasmtime.Func):
+            raise LoadError(f"{spec.argv[0]} exports no _start function (not a WASI command module)")
+        return Program(store, start, spec.name)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", "") or err).strip()
+    return " ".join(text.split("\n")[:3])
+

@@ -1,0 +1,185 @@
+"""Map an OCI process + container rootfs onto what a WASI module gets: :class:`RunSpec`.
+
+- entrypoint: ``process.args[0]`` with a leading ``/`` stripped, resolved inside the rootfs. Symlinks
+  are followed relative to the rootfs; a path that leaves it (``../../etc/passwd``, or a symlink
+  pointing out) is refused, never clamped. The file must be a WebAssembly binary (``\\0asm``,
+  version 1) or WAT text (``.wat`` or starting with ``(module``).
+- argv = ``process.args``; env = ``process.env`` (``KEY=VALUE``); cwd = ``process.cwd``. WASI
+  preview 1 has no working directory, so the cwd is given the way WASI programs look for it: as
+  ``PWD`` (unless the env sets one); wasi-libc programs ``chdir(getenv("PWD"))`` to honour it.
+- preopens: the rootfs as ``/`` (read-only when ``root.readonly``) and every bind mount whose source
+  is a directory at its destination (``ro`` honoured). File binds (``/etc/hosts``...) cannot be
+  preopened in WASI and are skipped.
+- memory: ``linux.resources.memory.limit`` (bytes, 0 = none).
+
+Everything here runs in the task server before a runner is involved, so a bad request is a clear
+InvalidArgument at task Create.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional
+
+from kuasar_shared.errors import InvalidArgument
+
+__all__ = ["RunSpec", "Preopen", "build_run_spec", "resolve_in_root", "module_kind", "MAX_ARGS_BYTES",
+           "TRAP_EXIT"]
+
+#: the sum of argv and env bytes a module may get (the Linux exec limit is 2 MiB per process)
+MAX_ARGS_BYTES = 1 << 20
+#: exit status of a module that trapped (wasmtime's own CLI uses 128 + SIGABRT on Unix too)
+TRAP_EXIT = 134
+_SYMLINK_LIMIT = 40
+_WASM_MAGIC = b"\0asm"
+
+
+@dataclass(frozen=True)
+class Preopen:
+    host: str
+    guest: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one runner process runs (saved as JSON next to the container record)."""
+
+    name: str
+    module: str
+    kind: str
+    argv: list[str]
+    env: list[tuple[str, str]]
+    preopens: list[Preopen] = field(default_factory=list)
+    memory_limit: int = 0
+
+    def save(self, path: str) -> None:
+        """Write the spec for the runner (not fsynced: it is only read right away, never after a reboot)."""
+        with open(path, "w") as handle:
+            json.dump(asdict(self), handle)
+
+    @classmethod
+    def load(cls, path: str) -> "RunSpec":
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+        return cls(name=str(data["name"]), module=str(data["module"]), kind=str(data["kind"]),
+                   argv=[str(a) for a in data["argv"]], env=[(str(k), str(v)) for k, v in data["env"]],
+                   preopens=[Preopen(**p) for p in data.get("preopens", [])],
+                   memory_limit=int(data.get("memory_limit", 0)))
+
+
+def resolve_in_root(root: str, path: str) -> str:
+    """The host path of ``path`` inside ``root``, following symlinks as if ``root`` were ``/``.
+
+    :raise InvalidArgument: when a ``..`` or a symlink leads out of ``root``, or symlinks loop.
+    """
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    pending.reverse()
+    done: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part == "..":
+            if not done:
+                raise InvalidArgument(f"path {path!r} escapes the container rootfs")
+            done.pop()
+            continue
+        host = os.path.join(root, *done, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(host).st_mode)
+        except FileNotFoundError:
+            done.append(part)
+            continue
+        except OSError as err:
+            raise InvalidArgument(f"cannot resolve {path!r} in the container rootfs: {err.strerror}") from err
+        if not is_link:
+            done.append(part)
+            continue
+        hops += 1
+        if hops > _SYMLINK_LIMIT:
+            raise InvalidArgument(f"too many symbolic links resolving {path!r} in the container rootfs")
+        target = os.readlink(host)
+        if target.startswith("/"):
+            done = []
+        pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+    return os.path.join(root, *done)
+
+
+def module_kind(host_path: str, shown: str) -> str:
+    """``"wasm"`` or ``"wat"`` for the entrypoint file.
+
+    :raise InvalidArgument: missing, not a regular file, a component, or not WebAssembly at all.
+    """
+    try:
+        with open(host_path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise InvalidArgument(f"entrypoint {shown!r} is not a regular file")
+            head = handle.read(4096)
+    except FileNotFoundError:
+        raise InvalidArgument(f"entrypoint {shown!r} does not exist in the container rootfs") from None
+    except IsADirectoryError:
+        raise InvalidArgument(f"entrypoint {shown!r} is a directory, not a WebAssembly module") from None
+    except OSError as err:
+        raise InvalidArgument(f"cannot read entrypoint {shown!r}: {err.strerror}") from err
+    if head[:4] == _WASM_MAGIC:
+        if head[4:8] != b"\x01\0\0\0":
+            raise InvalidArgument(f"entrypoint {shown!r} is a WebAssembly component or an unknown binary "
+                                  f"version; only core modules (version 1) run here")
+        return "wasm"
+    text = head.lstrip()
+    if host_path.endswith(".wat") or text.startswith(b"(module"):
+        return "wat"
+    raise InvalidArgument(f"entrypoint {shown!r} is not a WebAssembly module (.wasm binary or .wat text)")
+
+
+def _env_pairs(env: list[Any]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in env:
+        key, sep, value = str(item).partition("=")
+        if not key or not sep:
+            raise InvalidArgument(f"env entry {item!r} is not KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def _is_bind(mount: Mapping[str, Any]) -> bool:
+    options = mount.get("options") or []
+    return mount.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
+def build_run_spec(name: str, process: Mapping[str, Any], rootfs: str, mounts: list[Any],
+                   readonly_root: bool = False, memory_limit: Optional[int] = None) -> RunSpec:
+    """The RunSpec for one process of a container (init or exec).
+
+    :param name: ``<container id>`` or ``<container id>/<exec id>`` (for the runner's messages).
+    :param process: the OCI Process object; ``mounts``: the spec's mounts list.
+    :raise InvalidArgument: no args, an entrypoint that escapes the rootfs or is not a module, NUL
+        bytes or more than :data:`MAX_ARGS_BYTES` of argv + env, a malformed env entry.
+    """
+    args = [str(a) for a in (process.get("args") or [])]
+    if not args or not args[0]:
+        raise InvalidArgument(f"{name}: process.args is empty; args[0] must name the .wasm module")
+    env = _env_pairs(list(process.get("env") or []))
+    size = sum(len(a.encode()) + 1 for a in args) + sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env)
+    if size > MAX_ARGS_BYTES:
+        raise InvalidArgument(f"{name}: argv and env take {size} bytes; at most {MAX_ARGS_BYTES} are allowed")
+    if any("\0" in a for a in args) or any("\0" in k or "\0" in v for k, v in env):
+        raise InvalidArgument(f"{name}: argv and env must not contain NUL bytes")
+    cwd = str(process.get("cwd") or "/")
+    if cwd != "/" and not any(k == "PWD" for k, _ in env):
+        env.append(("PWD", cwd))
+    module = resolve_in_root(rootfs, args[0])
+    kind = module_kind(module, args[0])
+    preopens = [Preopen(rootfs, "/", readonly_root)]
+    for mount in mounts:
+        if not isinstance(mount, dict) or not _is_bind(mount):
+            continue
+        source, dest = str(mount.get("source") or ""), str(mount.get("destination") or "")
+        if dest.startswith("/") and dest != "/" and os.path.isdir(source):
+            preopens.append(Preopen(source, os.path.normpath(dest), "ro" in (mount.get("options") or [])))
+    if memory_limit is not None and memory_limit < 0:
+        memory_limit = 0
+    return RunSpec(name=name, module=module, kind=kind, argv=args, env=env, preopens=preopens,
+                   memory_limit=int(memory_limit or 0))

@@ -1,0 +1,44 @@
+"""WasmtimeEngine in-process: compile vs cache, damaged cache entries, load errors (no module is run here:
+running needs the runner's own stdio, see test_backend.py)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kuasar_wasm_sandboxer.cache import ModuleCache, content_key
+from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine, engine_fingerprint
+from kuasar_wasm_sandboxer.entrypoint import Preopen, RunSpec
+
+
+def _spec(path: str, kind: str = "wat") -> RunSpec:
+    return RunSpec(name="t", module=path, kind=kind, argv=[os.path.basename(path)], env=[],
+                   preopens=[Preopen(os.path.dirname(path), "/")])
+
+
+def test_compile_then_cache_then_damaged_entry(tmp_path, modules) -> None:
+    cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint())
+    engine = WasmtimeEngine(cache)
+    engine.prepare(_spec(modules["hello.wat"]))
+    assert engine.compiled
+    engine.prepare(_spec(modules["hello.wat"]))
+    assert not engine.compiled
+    with open(modules["hello.wat"], "rb") as handle:
+        entry = cache.path(content_key(handle.read()))
+    with open(entry, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"garbage")
+    engine.prepare(_spec(modules["hello.wat"]))
+    assert engine.compiled  # recompiled, no crash
+    engine.prepare(_spec(modules["prog.wasm"], "wasm"))
+    assert engine.compiled
+
+
+def test_load_errors(modules) -> None:
+    engine = WasmtimeEngine(None)
+    with pytest.raises(LoadError, match="not a valid WebAssembly module"):
+        engine.prepare(_spec(modules["fake.wasm"], "wat"))
+    with pytest.raises(LoadError, match="no _start"):
+        engine.prepare(_spec(modules["nostart.wat"]))
+    with pytest.raises(LoadError, match="cannot read"):
+        engine.prepare(_spec(modules["hello.wat"] + ".missing"))
