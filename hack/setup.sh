@@ -10,24 +10,31 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-need_bins=(runc busybox ip python3)
-deb_pkgs=(runc busybox-static iproute2 python3 python3-venv python3-protobuf)
-rpm_pkgs=(runc busybox iproute python3 python3-protobuf)
-missing=0
-for b in "${need_bins[@]}"; do command -v "$b" >/dev/null 2>&1 || missing=1; done
-[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip, google.protobuf' 2>/dev/null || missing=1
-if [ "$missing" = 1 ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing system packages with apt: ${deb_pkgs[*]}"
+# runc: the runc type; busybox: image stand-in; clang/lld/wasi-libc: wasm test modules; runsc: the quark
+# type (gVisor); qemu: the vmm type; containerd: the shim v2 baseline of the benchmarks.
+deb_pkgs=(runc busybox-static iproute2 python3 python3-venv python3-protobuf
+          clang lld wasi-libc libclang-rt-dev-wasm32 runsc qemu-system-x86 containerd)
+rpm_pkgs=(runc busybox iproute python3 python3-protobuf clang lld qemu-system-x86_64 containerd)
+if command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for p in "${deb_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing system packages with apt: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${deb_pkgs[@]}" >/dev/null
-  elif command -v dnf >/dev/null 2>&1; then
-    echo "setup: installing system packages with dnf: ${rpm_pkgs[*]}"
-    dnf install -y -q "${rpm_pkgs[@]}"
-  else
-    echo "setup: neither apt-get nor dnf found; install: ${deb_pkgs[*]}" >&2
-    exit 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+elif command -v dnf >/dev/null 2>&1; then
+  missing=()
+  for p in "${rpm_pkgs[@]}"; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing system packages with dnf: ${missing[*]}"
+    dnf install -y -q --skip-broken "${missing[@]}"
+  fi
+else
+  echo "setup: neither apt-get nor dnf found; install: ${deb_pkgs[*]}" >&2
+  exit 1
 fi
 
 PY=${KUASAR_PYTHON:-python3}
@@ -36,12 +43,19 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.kuasar-setup
+packages=()
+for d in shared runc-task runc-sandboxer wasm-sandboxer quark-sandboxer vmm-sandboxer vmm-task; do
+  [ -f "$d/pyproject.toml" ] && packages+=(-e "$d")
+done
 want=$(cat hack/setup.sh */pyproject.toml hack/requirements-test.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -r hack/requirements-test.txt \
-    -e shared -e runc-task -e runc-sandboxer 2>&1 | grep -v '^WARNING: Location' || true
+  if ! .venv/bin/python -m pip install -q -r hack/requirements-test.txt "${packages[@]}" > .venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "setup: pip install failed (log above, also in .venv/pip.log)" >&2
+    exit 1
+  fi
   .venv/bin/python -c 'import kuasar_shared, kuasar_runc_sandboxer, kuasar_runc_task'
   echo "$want" > "$stamp"
 fi

@@ -11,7 +11,8 @@ import pytest
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Mount, Stdio, TaskStatus
 from kuasar_shared.oci import wait_exit
-from kuasar_runc_task.backend import UNKNOWN_EXIT, RuncTaskBackend
+from kuasar_shared.oci.task import UNKNOWN_EXIT
+from kuasar_runc_task.backend import RuncTaskBackend
 
 
 def _cid() -> str:

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import IO, Any, Optional, Sequence
 
 from kuasar_shared import process
 from kuasar_shared.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,
@@ -88,31 +88,39 @@ class OciRuntime:
         root: the runtime's ``--root`` state directory (created on first use by the runtime).
         extra_global_args: more global options placed before the sub-command (``--systemd-cgroup``,
             ``--platform=ptrace``...).
+        prefix: a wrapper command the binary is run under (``unshare --mount ...``), if any.
     """
 
     def __init__(self, binary: str = "runc", root: str = "/run/kuasar/runc",
-                 extra_global_args: Sequence[str] = ()) -> None:
+                 extra_global_args: Sequence[str] = (), prefix: Sequence[str] = ()) -> None:
         self.binary = binary
         self.root = root
         self.extra_global_args = tuple(extra_global_args)
+        self.prefix = tuple(prefix)
 
     def __repr__(self) -> str:
         return f"OciRuntime(binary={self.binary!r}, root={self.root!r})"
 
     def _argv(self, *args: str, log_file: Optional[str] = None) -> list[str]:
-        argv = [self.binary, "--root", self.root]
+        argv = [*self.prefix, self.binary, "--root", self.root]
         if log_file is not None:
             argv += ["--log", log_file]
         argv += ["--log-format", "json", *self.extra_global_args, *args]
         return argv
 
     async def _call(self, action: str, container_id: str, *args: str) -> bytes:
-        """Run a sub-command whose stderr is ours; return its stdout."""
-        done = await process.run(self._argv(*args), check=False)
+        """Run a sub-command whose output is ours; return its stdout.
+
+        Output goes to anonymous files, not pipes: a sub-command may leave helpers running that
+        inherit its stdio (``runsc start`` starts the container's gofer), and a pipe would then
+        never reach EOF.
+        """
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            done = await process.run(self._argv(*args), stdout=out.fileno(), stderr=err.fileno(), check=False)
+            stdout, stderr = _rewind(out), _rewind(err)
         if done.returncode != 0:
-            raise error_from_output(action, container_id, _text(done.stderr) or _text(done.stdout),
-                                    done.returncode)
-        return done.stdout or b""
+            raise error_from_output(action, container_id, _text(stderr) or _text(stdout), done.returncode)
+        return stdout
 
     async def _call_with_stdio(self, action: str, container_id: str, log_file: str, stdio: StdioFds,
                                *args: str) -> None:
@@ -140,15 +148,29 @@ class OciRuntime:
                                     *args, container_id)
         return read_pid_file(pid_file)
 
-    async def start(self, container_id: str) -> None:
-        """``start``: run the user process of a created container."""
-        await self._call("start", container_id, "start", container_id)
+    async def start(self, container_id: str, stdio: Optional[StdioFds] = None,
+                    log_file: Optional[str] = None) -> None:
+        """``start``: run the user process of a created container.
+
+        ``stdio`` (with ``log_file`` for the runtime's errors): the process's stdio, for runtimes
+        that take it from ``start`` rather than ``create`` (runsc sub-containers).
+        """
+        if stdio is None or log_file is None:
+            await self._call("start", container_id, "start", container_id)
+        else:
+            await self._call_with_stdio("start", container_id, log_file, stdio, "start", container_id)
 
     async def exec(self, container_id: str, process_json: str, pid_file: str, log_file: str,
                    stdio: StdioFds = StdioFds(), detach: bool = True,
-                   console_socket: Optional[str] = None) -> int:
-        """``exec --process``: start one more process in a running container; return its pid."""
+                   console_socket: Optional[str] = None, internal_pid_file: Optional[str] = None) -> int:
+        """``exec --process``: start one more process in a running container; return its pid.
+
+        ``internal_pid_file`` (runsc): where the runtime writes the process's pid inside the
+        sandbox; the returned host pid is then a waiter that exits with the process's status.
+        """
         args = ["exec", "--process", process_json, "--pid-file", pid_file]
+        if internal_pid_file:
+            args += ["--internal-pid-file", internal_pid_file]
         if detach:
             args.append("--detach")
         if console_socket:
@@ -156,12 +178,27 @@ class OciRuntime:
         await self._call_with_stdio("exec", container_id, log_file, stdio, *args, container_id)
         return read_pid_file(pid_file)
 
-    async def kill(self, container_id: str, signal: int, all: bool = False) -> None:
-        """``kill``: signal the init process (``all``: every process of the container)."""
+    async def kill(self, container_id: str, signal: int, all: bool = False, pid: int = 0) -> None:
+        """``kill``: signal the init process (``all``: every process of the container; ``pid``: the
+        process with that runtime-internal pid, runsc's ``--pid``)."""
         args = ["kill"]
         if all:
             args.append("--all")
+        if pid:
+            args += ["--pid", str(pid)]
         await self._call("kill", container_id, *args, container_id, str(signal))
+
+    async def wait(self, container_id: str) -> int:
+        """``wait`` (runsc): block until the container's init exits; return its exit status
+        (128 + signal when killed).
+
+        :raise Internal: when the runtime cannot tell (e.g. the sandbox process died).
+        """
+        result = _json(await self._call("wait", container_id, "wait", container_id), container_id)
+        try:
+            return int(result["exitStatus"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise Internal(f"runtime answered no exit status for {container_id}: {result!r}") from err
 
     async def delete(self, container_id: str, force: bool = False) -> None:
         """``delete``: remove the runtime's state and the container's cgroup."""
@@ -212,6 +249,11 @@ def read_pid_file(path: str) -> int:
             return int(handle.read().strip())
     except (OSError, ValueError) as err:
         raise Internal(f"runtime left no readable pid file {path}: {err}") from err
+
+
+def _rewind(handle: IO[bytes]) -> bytes:
+    handle.seek(0)
+    return handle.read()
 
 
 def _fd(fd: Optional[int]) -> int:

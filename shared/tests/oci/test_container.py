@@ -8,16 +8,16 @@ import pytest
 
 from kuasar_shared.errors import NotFound
 from kuasar_shared.task.backend import TaskStatus
-from kuasar_runc_task.container import Container, ContainerStore, Proc
+from kuasar_shared.oci.container import Container, ContainerStore, Proc
 
 
 @pytest.mark.asyncio
 async def test_record_roundtrip_and_exit_future(tmp_path) -> None:
     container = Container(id="c1", bundle="/b", namespace="k8s.io", sandbox_id="p1", root="/r", rootfs="/b/rootfs",
-                          mounted=1)
+                          mounted=1, global_args=("--platform=ptrace",))
     container.init = Proc(exec_id="", pid=10, start_time=123, status=TaskStatus.RUNNING,
                           stdio={"stdin": "", "stdout": "/o", "stderr": ""})
-    container.execs["e1"] = Proc(exec_id="e1", spec={"args": ["true"]})
+    container.execs["e1"] = Proc(exec_id="e1", spec={"args": ["true"]}, runtime_pid=7)
     waiter = asyncio.ensure_future(asyncio.shield(container.init.future()))
     await asyncio.sleep(0)
     assert not waiter.done()

@@ -1,8 +1,9 @@
-"""The per-container record runc-task keeps in memory and in ``<dir>/<id>.json``.
+"""The per-container record an OCI task server keeps in memory and in ``<dir>/<id>.json``.
 
-A record holds what a restarted task server needs to re-adopt a container: bundle, runtime root,
-the init and exec pids with their start times (a pid alone may be reused), states and exit
-statuses. Exit futures live only in memory and are rebuilt on adoption.
+A record holds what a restarted task server needs to re-adopt a container: bundle, runtime
+invocation (binary, root, global options), the init and exec pids with their start times (a pid
+alone may be reused), states and exit statuses. Exit futures live only in memory and are rebuilt
+on adoption. Used by :mod:`kuasar_shared.oci.task` for every runtime (runc, runsc...).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Proc:
     stdio: dict[str, Any] = field(default_factory=dict)
     #: OCI Process JSON of an exec (None for the init)
     spec: Optional[dict[str, Any]] = None
+    #: pid inside the runtime's own pid namespace, when the runtime reports one (runsc execs)
+    runtime_pid: int = 0
     #: last signal this server sent (used as the exit reason of an adopted process)
     signal: int = 0
     exit_future: Optional["asyncio.Future[None]"] = field(default=None, repr=False, compare=False)
@@ -39,7 +42,8 @@ class Proc:
     def to_json(self) -> dict[str, Any]:
         return {"exec_id": self.exec_id, "pid": self.pid, "start_time": self.start_time,
                 "status": int(self.status), "exit_status": self.exit_status, "exited_at": self.exited_at,
-                "stdio": dict(self.stdio), "spec": self.spec, "signal": self.signal}
+                "stdio": dict(self.stdio), "spec": self.spec, "signal": self.signal,
+                "runtime_pid": self.runtime_pid}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Proc":
@@ -71,12 +75,16 @@ class Proc:
 
 @dataclass
 class Container:
+    """One container: where it lives, how its runtime is invoked, and its processes."""
+
     id: str
     bundle: str
     namespace: str = ""
     sandbox_id: str = ""
     binary: str = "runc"
     root: str = ""
+    #: runtime options placed before every sub-command (``--platform=ptrace``...)
+    global_args: tuple[str, ...] = ()
     rootfs: str = ""
     #: number of request rootfs mounts this server mounted on ``rootfs``
     mounted: int = 0
@@ -100,14 +108,16 @@ class Container:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "bundle": self.bundle, "namespace": self.namespace,
                 "sandbox_id": self.sandbox_id, "binary": self.binary, "root": self.root,
-                "rootfs": self.rootfs, "mounted": self.mounted, "init": self.init.to_json(),
+                "global_args": list(self.global_args), "rootfs": self.rootfs, "mounted": self.mounted,
+                "init": self.init.to_json(),
                 "execs": {k: v.to_json() for k, v in self.execs.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Container":
         return cls(id=str(data["id"]), bundle=str(data["bundle"]), namespace=str(data.get("namespace", "")),
                    sandbox_id=str(data.get("sandbox_id", "")), binary=str(data.get("binary", "runc")),
-                   root=str(data.get("root", "")), rootfs=str(data.get("rootfs", "")),
+                   root=str(data.get("root", "")),
+                   global_args=tuple(str(a) for a in data.get("global_args", ())), rootfs=str(data.get("rootfs", "")),
                    mounted=int(data.get("mounted", 0)), init=Proc.from_json(data["init"]),
                    execs={k: Proc.from_json(v) for k, v in dict(data.get("execs", {})).items()})
 

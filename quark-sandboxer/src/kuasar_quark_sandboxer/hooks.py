@@ -1,0 +1,60 @@
+"""RunscHooks: how quark-task runs a container inside its pod's runsc sandbox.
+
+The pod is named by the CRI annotation ``io.kubernetes.cri.sandbox-id`` (or containerd's
+``<bundle>/sandbox`` file); its record ``<pods dir>/<pod id>/sandbox.json`` says how the pod's
+sandbox was made (runsc binary, ``--root``, platform and network flags). The spec gets the
+annotations runsc's multi-container support reads (``container-type = container``, ``sandbox-id``
+= the pod's root container, whose id is the pod id), so ``runsc create`` adds the container to the
+running Sentry instead of booting a new kernel. runsc reports the Sentry's pid for every
+container, gives a sub-container the stdio of ``runsc start``, and its exec pids are waiters:
+hence the hook flags.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from kuasar_shared.oci.pod import sandbox_id_of
+from kuasar_shared.oci.task import OciHooks, Placement
+from kuasar_shared.store import CorruptState, read_json
+from kuasar_shared.task.backend import CreateTask
+
+from kuasar_quark_sandboxer.pause import CONTAINER_TYPE, SANDBOX_ID
+from kuasar_quark_sandboxer.pod import RECORD_NAME, Pod, PodState
+
+__all__ = ["RunscHooks"]
+
+
+class RunscHooks(OciHooks):
+    """Containers join the runsc sandbox of the pod recorded under ``pods_dir``."""
+
+    name = "quark-task"
+    init_pid_is_own = False
+    stdio_at_start = True
+    internal_exec_pids = True
+
+    def __init__(self, pods_dir: str) -> None:
+        self.pods_dir = pods_dir
+
+    def _pod(self, sandbox_id: str) -> Pod:
+        try:
+            return Pod.from_json(read_json(os.path.join(self.pods_dir, sandbox_id, RECORD_NAME)))
+        except FileNotFoundError:
+            raise NotFound(f"sandbox {sandbox_id} not found") from None
+        except (CorruptState, TypeError, ValueError) as err:
+            raise FailedPrecondition(f"sandbox {sandbox_id}: unreadable record: {err}") from err
+
+    def place(self, req: CreateTask, spec: dict[str, Any], namespace: str) -> Placement:
+        sandbox_id = sandbox_id_of(spec, req.bundle)
+        if not sandbox_id:
+            raise InvalidArgument(f"container {req.id}: no pod named (annotation {SANDBOX_ID} or "
+                                  f"<bundle>/sandbox); quark containers run inside their pod's sandbox")
+        pod = self._pod(sandbox_id)
+        if pod.state is not PodState.READY or not pod.runtime.binary:
+            raise FailedPrecondition(f"container {req.id}: sandbox {sandbox_id} is {pod.state.value}, not ready")
+        annotations = spec.setdefault("annotations", {})
+        annotations[CONTAINER_TYPE] = "container"
+        annotations[SANDBOX_ID] = sandbox_id
+        return Placement(sandbox_id=sandbox_id, binary=pod.runtime.binary, root=pod.runtime.root,
+                         global_args=tuple(pod.runtime.global_args))

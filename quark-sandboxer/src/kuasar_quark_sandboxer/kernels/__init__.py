@@ -1,0 +1,1 @@
+"""Application kernels: one module per kernel, each defining one :class:`~..kernel.Kernel`."""

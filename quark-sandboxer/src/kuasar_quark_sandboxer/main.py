@@ -1,0 +1,67 @@
+"""``quark-sandboxer``: wiring only — config, kernel, task server, recovery, Sandbox API."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from kuasar_shared.config import ConfigError
+from kuasar_shared.daemon.args import parse_args
+from kuasar_shared.daemon.run import DaemonContext, run_daemon
+from kuasar_shared.oci import ExitRecorder
+from kuasar_shared.sandbox import serve_sandbox_api
+from kuasar_shared.sandbox.taskserver import EXITS_DIR, TaskServer, find_command
+
+from kuasar_quark_sandboxer import __version__, config
+from kuasar_quark_sandboxer.kernel import Kernel
+from kuasar_quark_sandboxer.kernels.quark import QuarkKernel
+from kuasar_quark_sandboxer.kernels.runsc import RunscKernel
+from kuasar_quark_sandboxer.sandboxer import QuarkSandboxer
+
+NAME = "quark-sandboxer"
+#: how to start the runsc task server (see kuasar_shared.sandbox.taskserver)
+QUARK_TASK = find_command("quark-task", "kuasar_quark_sandboxer.task")
+log = logging.getLogger(__name__)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(NAME, __version__, argv, sandbox_type="quark")
+    args.dir = os.path.abspath(args.dir)
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as err:
+        print(f"{NAME}: {err}", file=sys.stderr)
+        return 2
+    if cfg.sandbox.log_level:
+        args.log_level = cfg.sandbox.log_level
+    kernel: Kernel = RunscKernel(args.dir, cfg.runsc) if cfg.sandbox.kernel == "runsc" else QuarkKernel(cfg.quark)
+
+    async def serve(ctx: DaemonContext) -> None:
+        os.makedirs(args.dir, mode=0o700, exist_ok=True)
+        task_server: Optional[TaskServer] = None
+        if kernel.uses_task_server:
+            log_file = os.path.join(args.dir, "quark-task.log") if args.daemon else None
+            server = task_server = await TaskServer.ensure(args.dir, QUARK_TASK, args.log_level, log_file)
+            server.supervise()
+            # processes orphaned by a dead quark-task re-parent to us: keep their exits for its successor
+            exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
+            ctx.reaper.add_listener(exits.listener(lambda pid: pid == server.pid))
+        sandboxer = QuarkSandboxer(args.dir, kernel, task_server)
+        try:
+            await sandboxer.recover()
+            api = await serve_sandbox_api(args.listen, sandboxer)
+            ctx.ready(f"{args.listen}, {kernel.name} pods, tasks at "
+                      f"{task_server.address if task_server else 'each pod'}")
+            try:
+                await ctx.shutdown_event.wait()
+            finally:
+                await api.stop(1.0)
+        finally:
+            await sandboxer.close()
+
+    return run_daemon(NAME, __version__, args, serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

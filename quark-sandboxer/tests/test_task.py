@@ -1,0 +1,164 @@
+"""quark-task's backend (OciTaskBackend + RunscHooks) against real runsc pods: one kernel per pod,
+shared volumes, exec, exit codes, kill, re-adoption, and a Sentry killed with SIGKILL."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+
+import pytest
+
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from kuasar_shared.oci.task import UNKNOWN_EXIT, OciTaskBackend
+from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
+
+from kuasar_quark_sandboxer.hooks import RunscHooks
+
+
+def _cid() -> str:
+    return "ctr-" + uuid.uuid4().hex[:10]
+
+
+async def _read_fifo(path: str, timeout: float = 20.0) -> bytes:
+    """Read a FIFO to EOF without blocking the loop."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    done = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if data:
+            chunks.append(data)
+        elif not done.done():
+            done.set_result(None)
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(done, timeout)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _fifo(tmp_path, name: str) -> str:
+    path = str(tmp_path / name)
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture
+async def backend(tmp_path, runsc_pods):
+    task_backend = OciTaskBackend(str(tmp_path / "tasks"), RunscHooks(runsc_pods.directory))
+    yield task_backend
+    for container_id in list(task_backend._containers):
+        await task_backend.shutdown(container_id, now=True)
+    await task_backend.close()
+
+
+async def test_two_containers_share_one_kernel_and_a_volume(tmp_path, backend, bundle_factory, pod) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    outs = {}
+    for name, script in (("a", "uname -r; echo from-a > /vol/shared; cat /proc/version"),
+                         ("b", "while [ ! -s /vol/shared ]; do sleep 0.1; done; uname -r; cat /vol/shared")):
+        cid = _cid()
+        bundle = bundle_factory(cid, ["sh", "-c", script], pod, mounts=(("/vol", str(volume)),))
+        out = _fifo(tmp_path, name + ".out")
+        outs[name] = (cid, asyncio.ensure_future(_read_fifo(out)))
+        await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out)))
+        await backend.start(cid, "")
+    host_release = os.uname().release.encode()
+    a_out, b_out = await outs["a"][1], await outs["b"][1]
+    kernel = a_out.splitlines()[0]
+    assert kernel != host_release and b_out.splitlines() == [kernel, b"from-a"]
+    assert b"gVisor" in a_out or b"4.4.0" in a_out
+    for cid, _ in outs.values():
+        assert (await asyncio.wait_for(backend.wait(cid, ""), 20)).exit_status == 0
+        await backend.delete(cid, "")
+
+
+async def test_exec_exit_codes_kill_and_stats(tmp_path, backend, bundle_factory, pod) -> None:
+    cid = _cid()
+    pid = await backend.create(CreateTask(id=cid, bundle=bundle_factory(cid, ["sleep", "1000"], pod)))
+    assert (await backend.state(cid, "")).status is TaskStatus.CREATED
+    await backend.start(cid, "")
+    assert (await backend.state(cid, "")).pid == pid
+    assert len(await backend.pids(cid)) == 1
+
+    out = _fifo(tmp_path, "exec.out")
+    reader = asyncio.ensure_future(_read_fifo(out))
+    spec = {"args": ["sh", "-c", "echo in-exec; exit 3"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
+    await backend.exec(ExecProcess(id=cid, exec_id="e1", stdio=Stdio(stdout=out), spec=spec))
+    await backend.start(cid, "e1")
+    assert (await asyncio.wait_for(backend.wait(cid, "e1"), 20)).exit_status == 3
+    assert (await reader).strip() == b"in-exec"
+    await backend.delete(cid, "e1")
+
+    await backend.exec(ExecProcess(id=cid, exec_id="e2", stdio=Stdio(), spec=dict(spec, args=["sleep", "100"])))
+    await backend.start(cid, "e2")
+    await backend.kill(cid, "e2", signal.SIGKILL, False)
+    assert (await asyncio.wait_for(backend.wait(cid, "e2"), 20)).exit_status == 137
+    assert (await backend.stats(cid)).memory_usage > 0
+
+    await backend.kill(cid, "", signal.SIGTERM, False)
+    assert (await asyncio.wait_for(backend.wait(cid, ""), 20)).exit_status == 128 + signal.SIGTERM
+    info = await backend.delete(cid, "")
+    assert info.exit_status == 128 + signal.SIGTERM
+    with pytest.raises(NotFound):
+        await backend.state(cid, "")
+
+
+async def test_created_container_deleted_without_start(backend, bundle_factory, pod) -> None:
+    cid = _cid()
+    await backend.create(CreateTask(id=cid, bundle=bundle_factory(cid, ["sleep", "1000"], pod)))
+    info = await asyncio.wait_for(backend.delete(cid, ""), 20)
+    assert info.exit_status == 137
+
+
+async def test_bad_input(tmp_path, backend, bundle_factory, pod, runsc_pods) -> None:
+    bundle = bundle_factory("orphan", ["true"], "no-such-pod")
+    with pytest.raises(NotFound):
+        await backend.create(CreateTask(id=_cid(), bundle=bundle))
+    with pytest.raises(InvalidArgument):
+        await backend.create(CreateTask(id="../x", bundle=bundle))
+    unnamed = bundle_factory("unnamed", ["true"], "")
+    with pytest.raises(InvalidArgument):
+        await backend.create(CreateTask(id=_cid(), bundle=unnamed))
+    await runsc_pods.stop(pod, None)
+    with pytest.raises(FailedPrecondition):
+        await backend.create(CreateTask(id=_cid(), bundle=bundle_factory("late", ["true"], pod)))
+    for call in (backend.state("nope", ""), backend.wait("nope", ""), backend.kill("nope", "", 9, False)):
+        with pytest.raises(NotFound):
+            await call
+
+
+async def test_restart_readopts_and_sentry_kill_ends_waits(tmp_path, runsc_pods, bundle_factory, pod) -> None:
+    state_dir = str(tmp_path / "tasks")
+    first = OciTaskBackend(state_dir, RunscHooks(runsc_pods.directory))
+    cid = _cid()
+    await first.create(CreateTask(id=cid, bundle=bundle_factory(cid, ["sleep", "1000"], pod)))
+    await first.start(cid, "")
+    await first.close()  # the task server "dies": nothing is killed
+
+    second = OciTaskBackend(state_dir, RunscHooks(runsc_pods.directory))
+    await second.recover()
+    try:
+        assert (await second.state(cid, "")).status is TaskStatus.RUNNING
+        waiter = asyncio.ensure_future(second.wait(cid, ""))
+        pod_waiter = asyncio.ensure_future(runsc_pods.wait(pod))
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        os.kill((await runsc_pods.status(pod)).pid, signal.SIGKILL)  # the Sentry
+        assert (await asyncio.wait_for(waiter, 20)).exit_status == UNKNOWN_EXIT
+        assert (await asyncio.wait_for(pod_waiter, 20)).exit_status == 255
+        assert not (await runsc_pods.status(pod)).ready
+        await second.delete(cid, "")
+        await runsc_pods.shutdown(pod)
+        assert not os.listdir(os.path.join(runsc_pods.directory, ".runsc"))
+    finally:
+        await second.close()
