@@ -21,6 +21,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from kuasar_shared.ctl import config
+from kuasar_shared import __version__
 from kuasar_shared.ctl.engine import CREATED, EXITED, RUNNING, Engine, EngineOptions
 from kuasar_shared.ctl.exec import exec_sync
 from kuasar_shared.ctl.io import parse_cri_line
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="directory of rootfs images (default <root>/images)")
     p.add_argument("--io", choices=("fifo", "streaming"), default="fifo", help="stdio of new containers")
     p.add_argument("--debug", action="store_true", help="log every step")
+    p.add_argument("-v", "--version", action="version", version=f"kuasar-ctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run a pod and a container in it")
     run.add_argument("pod_config")
