@@ -11,6 +11,7 @@ from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.sandbox import serve_sandbox_api
+from kuasar_shared.store import PodStore
 from kuasar_shared.sandbox.taskserver import EXITS_DIR, TaskServer, find_command
 
 from kuasar_quark_sandboxer import __version__, config
@@ -51,8 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             await sandboxer.recover()
             api = await serve_sandbox_api(args.listen, sandboxer)
-            ctx.ready(f"{args.listen}, {kernel.name} pods, tasks at "
-                      f"{task_server.address if task_server else 'each pod'}")
+            ctx.ready(f"{kernel.name} pods, tasks at {task_server.address if task_server else 'each pod'}",
+                      recovered=len(PodStore(args.dir).ids()))
             try:
                 await ctx.shutdown_event.wait()
             finally:

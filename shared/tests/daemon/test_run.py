@@ -80,7 +80,7 @@ def test_ready_then_sigterm_is_a_clean_shutdown_leaving_children(tmp_path, notif
         assert proc.returncode == 0, err
         assert "reloaded" in out and "clean shutdown True" in out
         assert sock.recv(4096) == b"STOPPING=1"
-        assert "test-sandboxer 9.9 ready: serving" in err and "test-sandboxer stopped" in err
+        assert "test-sandboxer 9.9 ready: config (none), listening on" in err and ", serving" in err and "test-sandboxer stopped" in err
         child = int((tmp_path / "state" / "child.pid").read_text())
         os.kill(child, 0)  # the daemon's children (pods) survive a clean shutdown
     finally:
@@ -133,7 +133,7 @@ def test_daemon_flag_detaches_and_logs_to_dir(tmp_path, notify) -> None:
         else:
             pytest.fail("daemonized process did not stop on SIGTERM")
         log = (state / "test-sandboxer.log").read_text()
-        assert "ready: serving" in log and "test-sandboxer stopped" in log
+        assert ", serving" in log and "ready: config" in log and "test-sandboxer stopped" in log
     finally:
         kill_pidfile(state / "daemon.pid")
         kill_pidfile(state / "child.pid")

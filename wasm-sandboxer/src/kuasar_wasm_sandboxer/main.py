@@ -10,6 +10,7 @@ from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.sandbox import serve_sandbox_api
+from kuasar_shared.store import PodStore
 from kuasar_shared.sandbox.taskserver import EXITS_DIR, TaskServer
 
 from kuasar_wasm_sandboxer import __version__
@@ -35,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             await sandboxer.recover()
             server = await serve_sandbox_api(args.listen, sandboxer)
-            ctx.ready(f"{args.listen}, tasks at {task_server.address}")
+            ctx.ready(f"tasks at {task_server.address}", recovered=len(PodStore(args.dir).ids()))
             try:
                 await ctx.shutdown_event.wait()
             finally:

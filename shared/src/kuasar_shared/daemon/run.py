@@ -51,10 +51,19 @@ class DaemonContext:
     def shutdown_event(self) -> asyncio.Event:
         return self._signals.shutdown_event
 
-    def ready(self, status: Optional[str] = None) -> None:
-        """Tell systemd the daemon is ready; call once every listening socket is bound."""
+    def ready(self, status: Optional[str] = None, recovered: Optional[int] = None) -> None:
+        """Tell systemd the daemon is ready; call once every listening socket is bound.
+
+        Logs the one start-up line operators look for: version, config file, socket, recovered pods.
+        """
         self.is_ready = True
-        log.info("%s %s ready%s", self.name, self.version, ": " + status if status else "")
+        parts = [f"config {getattr(self.args, 'config', None) or '(none)'}",
+                 f"listening on {getattr(self.args, 'listen', '?')}"]
+        if recovered is not None:
+            parts.append(f"{recovered} pod{'' if recovered == 1 else 's'} recovered")
+        if status:
+            parts.append(status)
+        log.info("%s %s ready: %s", self.name, self.version, ", ".join(parts))
         self.notifier.ready(status)
 
     def status(self, text: str) -> None:
