@@ -148,7 +148,8 @@ class PodStore:
         """Sorted ids of the pod directories under the root (an absent root means none).
 
         Entries that are not directories or whose names are not valid ids are skipped and
-        recorded in :attr:`rejected`; symlinks are never followed.
+        recorded in :attr:`rejected`; symlinks are never followed. Hidden entries (``.tasks``,
+        ``.exits``: a sandboxer's own state next to its pods) are skipped silently.
         """
         self.rejected = []
         try:
@@ -157,7 +158,7 @@ class PodStore:
             return []
         found = []
         for entry in entries:
-            if not entry.is_dir(follow_symlinks=False):
+            if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
                 continue
             if is_valid_id(entry.name):
                 found.append(entry.name)
