@@ -1,0 +1,246 @@
+"""Our side: pods of one sandbox type through its sandboxer, driven by kuasar-ctl's Engine.
+
+The Engine is the client library behind ``kuasar-ctl``: it makes the Sandbox API + Task API call
+sequence containerd 2.x's CRI plugin makes (Controller Create/Start/Status, then task Create/
+Connect/Start/State), with FIFO stdio copied in-process (``inline_logs``, as containerd does; the
+CLI's per-container log-writer process would add ~0.2 s of Python start-up). Each pod runs one
+``sleep`` container on the host network (like the baseline, which has no pod network either).
+
+A sandbox type takes part when its console scripts are installed; :data:`PROFILES` names them and
+the processes that form its management plane. Everything else found below the sandboxer or task
+server (namespace holders, runsc sandboxes, QEMU) is per-pod infrastructure, reported apart.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import procstats
+from workload import SMOKE, Groups, Plan, Side
+
+from kuasar_shared.api.cri.runtime.v1 import api_pb2
+from kuasar_shared.ctl.config import ContainerConfig
+from kuasar_shared.ctl.engine import Engine, EngineOptions
+
+__all__ = ["Profile", "PROFILES", "available_profiles", "KuasarSide", "pod_config", "tool"]
+
+BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: processes that are the workload or a transient runtime call, never management or infrastructure
+_WORKLOAD_COMMS = ("sleep", "runc", "runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to benchmark one sandbox type."""
+
+    sandbox_type: str
+    sandboxer: str
+    task_server: str
+    image: str = "busybox"
+    command: Tuple[str, ...] = ("/bin/sleep", "100000")
+    plan: Plan = Plan()
+    #: None: left out of the smoke run (CI's budget is 2 minutes)
+    smoke: Optional[Plan] = SMOKE
+    #: when set, the image is a directory made of these files (name -> text) instead of the busybox rootfs
+    files: Tuple[Tuple[str, str], ...] = ()
+    #: ``--config`` candidates, first existing wins (relative paths are in the repository); none: defaults
+    configs: Tuple[str, ...] = ()
+
+
+#: a WASI module that sleeps 100000 s in poll_oneoff (subscription at 0, event at 64, count at 128)
+SLEEP_WAT = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 100000000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
+"""
+
+PROFILES: Dict[str, Profile] = {
+    "runc": Profile("runc", "runc-sandboxer", "runc-task"),
+    "wasm": Profile("wasm", "wasm-sandboxer", "wasm-task", image="wasm-sleep", command=("/sleep.wat",),
+                    files=(("sleep.wat", SLEEP_WAT),), plan=Plan(serial=50, pods=(1, 5, 10, 20, 50))),
+    "quark": Profile("quark", "quark-sandboxer", "quark-task", plan=Plan(serial=30, parallel=(10, 20),
+                                                                      pods=(1, 5, 10, 20))),
+    # QEMU under TCG boots in ~1.6 s and takes ~225 MiB per VM: small N on a 2-core machine
+    "vmm": Profile("vmm", "vmm-sandboxer", "vmm-task-relay",
+                   configs=("/var/lib/kuasar/config_qemu.toml", "vmm-sandboxer/config_qemu.toml"),
+                   plan=Plan(serial=5, parallel=(5,), pods=(1, 5), warmup=1), smoke=None),
+}
+
+
+def tool(name: str) -> Optional[str]:
+    """A console script from our environment, else from the repository's .venv (hack/setup.sh
+    installs every package there), else from PATH."""
+    for directory in (BIN, os.path.join(REPO, ".venv", "bin")):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return path
+    return shutil.which(name)
+
+
+def available_profiles() -> List[Profile]:
+    return [p for p in PROFILES.values() if tool(p.sandboxer) and tool(p.task_server)]
+
+
+def pod_config(index: int, log_dir: str, cgroup_parent: str) -> api_pb2.PodSandboxConfig:
+    config = api_pb2.PodSandboxConfig()
+    config.metadata.name = f"bench-{index}"
+    config.metadata.namespace = "bench"
+    config.metadata.uid = f"uid-{index}"
+    config.hostname = f"bench-{index}"
+    config.log_directory = log_dir
+    config.linux.cgroup_parent = cgroup_parent
+    ns = config.linux.security_context.namespace_options
+    ns.network, ns.pid = 2, 1  # NODE network, CONTAINER pid
+    return config
+
+
+class KuasarSide(Side):
+    """One sandboxer (and its task server) in a private directory, with an Engine session."""
+
+    def __init__(self, profile: Profile, work: str, images: str) -> None:
+        self.profile = profile
+        self.name = f"kuasar-{profile.sandbox_type}"
+        self.work = work
+        self.images = images
+        self.listen = os.path.join(work, f"{profile.sandbox_type}.sock")
+        self.state = os.path.join(work, "s")
+        self.cgroup_parent = f"/kuasar-bench-{profile.sandbox_type}"
+        self.proc: Optional[subprocess.Popen] = None
+        self.engine: Optional[Engine] = None
+        self._log: Any = None
+        self._counter = 0
+        self._pods: Dict[str, api_pb2.PodSandboxConfig] = {}
+        self._ctr = ContainerConfig(name="sleeper", image=profile.image, command=tuple(profile.command),
+                                    log_path="sleeper.log")
+
+    def _make_image(self) -> None:
+        image = os.path.join(self.work, "images", self.profile.image)
+        os.makedirs(image, exist_ok=True)
+        for name, text in self.profile.files:
+            with open(os.path.join(image, name), "w") as f:
+                f.write(text)
+        self._ctr = dataclasses.replace(self._ctr, image=image)
+
+    async def setup(self) -> None:
+        os.makedirs(self.work, exist_ok=True)
+        if self.profile.files:
+            self._make_image()
+        self._log = open(os.path.join(self.work, "sandboxer.log"), "wb")
+        sandboxer = tool(self.profile.sandboxer)
+        assert sandboxer is not None
+        argv = [sandboxer, "--listen", self.listen, "--dir", self.state, "--log-level", "warn"]
+        config = next((c for c in (os.path.join(REPO, p) for p in self.profile.configs) if os.path.exists(c)), None)
+        if config:
+            argv += ["--config", config]
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(600):
+            if os.path.exists(self.listen):
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.profile.sandboxer} exited; see {self._log.name}")
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError(f"{self.profile.sandboxer} did not listen within 30 s; see {self._log.name}")
+        self.engine = Engine(EngineOptions(self.profile.sandbox_type, self.listen, os.path.join(self.work, "ctl"),
+                                           self.images, inline_logs=True))
+
+    def versions(self) -> Dict[str, str]:
+        out = subprocess.run([tool(self.profile.sandboxer) or "", "--version"], capture_output=True, text=True)
+        return {self.profile.sandboxer: (out.stdout or out.stderr).strip()}
+
+    def diagnostics(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        with open(self._log.name, "rb") as f:
+            return f.read()[-4000:].decode(errors="replace")
+
+    async def start_pod(self) -> str:
+        assert self.engine is not None
+        self._counter += 1
+        config = pod_config(self._counter, os.path.join(self.work, "logs"), self.cgroup_parent)
+        t0 = time.perf_counter()
+        pod = await self.engine.run_pod(config)
+        self._pods[pod] = config
+        t1 = time.perf_counter()
+        ctr = await self.engine.create_container(pod, self._ctr, config)
+        t2 = time.perf_counter()
+        await self.engine.start_container(ctr)
+        t3 = time.perf_counter()
+        self.last_steps = {"run pod (Sandbox API)": (t1 - t0) * 1000, "create container (spec, IO)": (t2 - t1) * 1000,
+                           "start container (Task API)": (t3 - t2) * 1000}
+        return pod
+
+    async def remove_pods(self, pods: Sequence[str]) -> None:
+        assert self.engine is not None
+        for pod in pods:
+            await self.engine.stop_pod(pod)
+            await self.engine.remove_pod(pod)
+            self._pods.pop(pod, None)
+
+    def _task_servers(self) -> List[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                argv = procstats.cmdline(int(entry))
+                if any(self.profile.task_server in a for a in argv[:2]) and any(self.state in a for a in argv):
+                    found.append(int(entry))
+        return found
+
+    def groups(self) -> Groups:
+        groups = Groups()
+        if self.proc is None:
+            return groups
+        tree = procstats.children_map()
+        tasks = self._task_servers()
+        groups.management = {self.profile.sandboxer: [self.proc.pid], self.profile.task_server: tasks}
+        per_pod: List[int] = []
+        for pid in procstats.descendants(self.proc.pid, tree) + [d for t in tasks for d in
+                                                                  procstats.descendants(t, tree)]:
+            if pid in tasks:
+                continue
+            name = procstats.comm(pid)
+            if name == "sandbox-parent":
+                groups.management.setdefault("sandbox-parent", []).append(pid)
+            elif name and name not in _WORKLOAD_COMMS:
+                per_pod.append(pid)
+        groups.per_pod = {"pod processes": per_pod}
+        return groups
+
+    async def teardown(self) -> None:
+        if self.engine is not None:
+            try:
+                await self.remove_pods(list(self._pods))
+            finally:
+                await self.engine.__aexit__(None, None, None)
+        tasks = self._task_servers()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait)
+        for pid in tasks:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for _ in range(200):
+            if all(procstats.is_zombie(pid) for pid in tasks):
+                break
+            await asyncio.sleep(0.05)
+        if self._log is not None:
+            self._log.close()

@@ -1,0 +1,276 @@
+"""Turn one benchmark run (results.json) into RESULTS.md tables, PNG plots and a console summary.
+
+Everything here reads the JSON only, so a report can be regenerated from committed results
+(``python tests/benchmark/report.py results/results.json``) without running anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+__all__ = ["TARGETS", "write_markdown", "write_plots", "summary"]
+
+BASELINE = "containerd-shim-runc-v2"
+OURS = "kuasar-runc"
+#: ratio name -> (target, what it means), from issue 7
+TARGETS = {
+    "pss_50": (0.35, "management PSS at 50 pods"),
+    "pss_110": (0.2, "management PSS at 110 pods"),
+    "serial_p50": (1.0, "serial start p50"),
+    "parallel_50_completion": (1.0, "parallel-50 completion time"),
+}
+METHOD = """## Method
+
+- **Baseline** (`containerd-shim-runc-v2`): a private containerd 1.6 (config version 2, CRI plugin off) runs
+  only so shims can publish events. Per pod, one `containerd-shim-runc-v2 -namespace … -address … -publish-binary
+  … -id … start` in the bundle directory with `TTRPC_ADDRESS`, `GRPC_ADDRESS`, `NAMESPACE`, `GOMAXPROCS=2` and a
+  `log` FIFO, exactly as containerd's runtime v2 manager does; then task `Create`, `Start`, `Connect` over
+  `kuasar_shared.ttrpc` on the address the shim printed. Bundle: the OCI spec kuasar-ctl builds (fresh
+  namespaces: no pod to join), busybox overlay rootfs, FIFO stdio copied in-process. No pause container.
+- **Ours** (`kuasar-<type>`): the sandboxer on a private socket/dir, driven by `kuasar_shared.ctl.engine.Engine`
+  (kuasar-ctl's library, `inline_logs`): Sandbox API Create/Start/Status×2, Platform/Status, then task
+  Create/Connect/Start/Connect/State — the call sequence of containerd 2.x's CRI plugin. Pods use the host
+  network; each gets its own IPC/UTS namespace holder (the baseline pods have no such sandbox).
+- **`ctr run -d`**: `ctr run -d --null-io` end to end (image import, overlayfs snapshot, metadata, one shim).
+- Latency: from the first client call until task Start (ours: and State) returned. Serial pods are removed in
+  batches of 10. Parallel: N starts at once, `completion` = until the last one runs.
+- Memory: `/proc/<pid>/smaps_rollup` 1 s after the last start, pods accumulating 1 → max.
+- CPU: `/proc/<pid>/stat` deltas around each serial start (baseline: plus the rusage of the short-lived
+  `shim start` process).
+"""
+CDF_PNG = "start-cdf.png"
+MEMORY_PNG = "memory-vs-pods.png"
+
+
+def _mib(kb: float) -> str:
+    return f"{kb / 1024:.1f}"
+
+
+def _latency_row(label: str, lat: Dict[str, float], extra: str = "") -> str:
+    return (f"| {label} | {lat['n']} | {lat['min']:.1f} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
+            f"| {lat['max']:.1f} |{extra}")
+
+
+def _latency_tables(sides: Dict[str, Any]) -> List[str]:
+    lines = ["## Start latency (ms, one pod = one `sleep` container, until the task is running)", "",
+             "| side | n | min | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|---|"]
+    for name, side in sides.items():
+        if "serial" in side:
+            lines.append(_latency_row(f"{name} serial", side["serial"]["latency_ms"]))
+    lines += ["", "Parallel: N pods started at once; `completion` is the time until the last one runs.", "",
+              "| side | N | completion | min | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|---|---|"]
+    for name, side in sides.items():
+        for run in side.get("parallel", []):
+            lat = run["latency_ms"]
+            lines.append(f"| {name} | {run['n']} | {run['completion_ms']:.0f} | {lat['min']:.1f} | {lat['p50']:.1f} "
+                         f"| {lat['p90']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} |")
+    return lines
+
+
+def _memory_tables(sides: Dict[str, Any]) -> List[str]:
+    lines = ["## Management-plane memory (MiB, /proc/<pid>/smaps_rollup, 1 s after the last start)", "",
+             "Ours: sandboxer + its forked `sandbox-parent` helper + task server. Baseline: the sum of all "
+             "shims. The engine daemon (containerd) and per-pod infrastructure (ours: one namespace-holder "
+             "process per pod, the analogue of a pause container, which the baseline pods do not have) are "
+             "reported apart.", ""]
+    for name, side in sides.items():
+        rows = side.get("memory")
+        if not rows:
+            continue
+        groups = [g for g in rows[-1]["management"] if g != "total"]
+        head = ["pods", "mgmt PSS", "mgmt RSS"] + [f"{g} PSS" for g in groups] + ["daemon PSS", "daemon RSS",
+                                                                               "per-pod infra PSS", "processes"]
+        lines += [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in rows:
+            mgmt, daemon, infra = row["management"], row["daemon"]["total"], row["per_pod"]["total"]
+            cells = [str(row["pods"]), _mib(mgmt["total"]["pss_kb"]), _mib(mgmt["total"]["rss_kb"])]
+            cells += [_mib(mgmt.get(g, {}).get("pss_kb", 0)) for g in groups]
+            cells += [_mib(daemon["pss_kb"]), _mib(daemon["rss_kb"]), _mib(infra["pss_kb"]),
+                      str(mgmt["total"]["processes"])]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _cpu_table(sides: Dict[str, Any]) -> List[str]:
+    lines = ["## CPU time per pod start (ms, serial phase)", "",
+             "`management`: the management processes themselves (for the baseline including the short-lived "
+             "`shim start` process); `children`: the runtime binaries they ran and reaped (runc create/start); "
+             "`daemon`: containerd.", "", "| side | management | children | daemon |", "|---|---|---|---|"]
+    for name, side in sides.items():
+        cpu = side.get("serial", {}).get("cpu_per_start_ms")
+        if cpu:
+            lines.append(f"| {name} | {cpu['management']:.1f} | {cpu['management_children']:.1f} "
+                         f"| {cpu['daemon']:.1f} |")
+    return lines
+
+
+def _steps_table(sides: Dict[str, Any]) -> List[str]:
+    lines = ["## Where a serial start spends its time (p50 per step, ms)", "", "| side | step | p50 |", "|---|---|---|"]
+    for name, side in sides.items():
+        for step, ms in side.get("serial", {}).get("steps_p50_ms", {}).items():
+            lines.append(f"| {name} | {step} | {ms:.1f} |")
+    return lines
+
+
+def _profile_tables(sides: Dict[str, Any]) -> List[str]:
+    lines: List[str] = []
+    for name, side in sides.items():
+        prof = side.get("profile")
+        if not prof:
+            continue
+        lines += [f"## Profile: {name}, {prof['pods']} serial starts under py-spy ({prof['rate_hz']} Hz, "
+                  f"{prof['wall_s']} s)", ""]
+        for proc, summary in prof["processes"].items():
+            lines += [f"### {proc}: {summary['samples']} samples, ~{summary['cpu_s_per_pod'] * 1000:.0f} ms non-idle "
+                      f"per pod (raw stacks: `{summary['raw']}`)", "", "| self % | function | | inclusive % | function |",
+                      "|---|---|---|---|---|"]
+            for own, inc in zip(summary["self"][:12], summary["inclusive"][:12]):
+                lines.append(f"| {own['percent']} | `{own['function']}` | | {inc['percent']} | `{inc['function']}` |")
+            lines.append("")
+    return lines
+
+
+def _ratio_label(key: str) -> str:
+    if key in TARGETS:
+        return TARGETS[key][1]
+    if key.startswith("pss_with_pod_infra_"):
+        return f"PSS at {key.rsplit('_', 1)[1]} pods incl. per-pod infrastructure"
+    if key.startswith("pss_"):
+        return f"management PSS at {key[4:]} pods"
+    if key.startswith("parallel_"):
+        return f"parallel-{key.split('_')[1]} completion time"
+    return key
+
+
+def _ratio_order(key: str) -> tuple:
+    digits = "".join(c for c in key if c.isdigit())
+    return (key not in TARGETS, key.startswith("pss_with"), key.split("_")[0], int(digits or 0))
+
+
+def _ratio_table(results: Dict[str, Any]) -> List[str]:
+    lines = [f"## Ratios ours/baseline ({OURS} / {BASELINE}, same run)", "",
+             "| ratio | measured | target | met |", "|---|---|---|---|"]
+    for key in sorted(results.get("ratios", {}), key=_ratio_order):
+        value = results["ratios"][key]
+        target, label = TARGETS.get(key, (None, _ratio_label(key)))
+        met = "" if target is None else ("yes" if value <= target else "**no**")
+        lines.append(f"| {label} | {value:.2f} | {'' if target is None else f'<= {target}'} | {met} |")
+    return lines
+
+
+def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -> None:
+    """Write the report to ``path``; plots are linked as ``<image_prefix><name>.png``."""
+    m = results["machine"]
+    versions: Dict[str, str] = {}
+    for side in results["sides"].values():
+        versions.update(side.get("versions", {}))
+    lines = ["# Benchmark: Kuasar (Python) vs containerd shim v2", "",
+             f"Generated by `tox -e bench` (tests/benchmark/run.py) on {results['date']}"
+             + (" — **smoke run, numbers meaningless**" if results.get("smoke") else "") + ".", "",
+             f"Machine: {m.get('os', '?')}, kernel {m['kernel']}, {m['cpus']} CPUs ({m.get('cpu_model', '?')}), "
+             f"{m.get('memory_gib', '?')} GiB, Python {m['python']}.", "", "Versions:", ""]
+    lines += [f"- {k}: `{v}`" for k, v in sorted(versions.items())]
+    lines += ["", "Plans (serial N, parallel batch sizes, pod counts for memory):", ""]
+    lines += [f"- {k}: serial {p['serial']}, parallel {p['parallel']}, pods {p['pods']}"
+              for k, p in results.get("plans", {}).items()]
+    errors = {k: s["error"] for k, s in results["sides"].items() if "error" in s}
+    if errors:
+        lines += ["", "Failed sides:", ""] + [f"- {k}: {v}" for k, v in errors.items()]
+    load = m.get("loadavg_before")
+    if load:
+        lines += ["", f"Load average (1/5/15 min) when the run started: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+                  f"on {m['cpus']} CPUs; when it ended: "
+                  + " / ".join(f"{v:.1f}" for v in m.get("loadavg_1_5_15", [])) + "."]
+    lines += [""] + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
+    lines += _steps_table(results["sides"]) + [""] + _memory_tables(results["sides"]) + _cpu_table(results["sides"])
+    lines += [""] + _profile_tables(results["sides"]) + [METHOD]
+    lines += ["", f"![start-time CDF]({image_prefix}{CDF_PNG})", "", f"![memory vs pods]({image_prefix}{MEMORY_PNG})",
+              ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_plots(results: Dict[str, Any], out_dir: str) -> None:
+    """Start-time CDF (serial and the largest parallel batch) and management PSS/RSS vs pods."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = {k: v for k, v in results["sides"].items() if "error" not in v}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, phase in zip(axes, ("serial", "parallel")):
+        for name, side in sides.items():
+            if phase == "serial":
+                samples = side.get("serial", {}).get("samples_ms")
+                label = name
+            else:
+                runs = side.get("parallel") or [{}]
+                samples, label = runs[-1].get("samples_ms"), f"{name} (N={runs[-1].get('n')})"
+            if samples:
+                xs = sorted(samples)
+                ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=label)
+        ax.set_xlabel("pod start latency (ms)")
+        ax.set_ylabel("fraction of pods")
+        ax.set_title(f"start-time CDF, {phase}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, CDF_PNG), dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key in zip(axes, ("pss_kb", "rss_kb")):
+        for name, side in sides.items():
+            rows = side.get("memory")
+            if rows:
+                ax.plot([r["pods"] for r in rows], [r["management"]["total"][key] / 1024 for r in rows], "o-",
+                        label=f"{name} management")
+                if any(r["per_pod"]["total"][key] for r in rows):
+                    ax.plot([r["pods"] for r in rows],
+                            [(r["management"]["total"][key] + r["per_pod"]["total"][key]) / 1024 for r in rows], ":",
+                            label=f"{name} management + per-pod infra")
+                if any(r["daemon"]["total"][key] for r in rows):
+                    ax.plot([r["pods"] for r in rows], [r["daemon"]["total"][key] / 1024 for r in rows], "x--",
+                            label=f"{name} daemon (containerd)")
+        ax.set_xlabel("running pods")
+        ax.set_ylabel(f"{key[:3].upper()} (MiB)")
+        ax.set_title(f"management {key[:3].upper()} vs pods")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, MEMORY_PNG), dpi=110)
+    plt.close(fig)
+
+
+def summary(results: Dict[str, Any]) -> str:
+    """A few lines for the console: per side serial p50 and PSS at the largest pod count; the ratios."""
+    lines = []
+    for name, side in results["sides"].items():
+        if "error" in side:
+            lines.append(f"{name}: FAILED {side['error']}")
+            continue
+        parts = [name + ":"]
+        if "serial" in side:
+            parts.append(f"serial p50 {side['serial']['latency_ms']['p50']:.1f} ms")
+        for run in side.get("parallel", []):
+            parts.append(f"parallel-{run['n']} {run['completion_ms']:.0f} ms")
+        if side.get("memory"):
+            last = side["memory"][-1]
+            parts.append(f"PSS@{last['pods']} {_mib(last['management']['total']['pss_kb'])} MiB")
+        lines.append(" ".join(parts))
+    lines += [f"ratio {k}: {v:.2f}" for k, v in sorted(results.get("ratios", {}).items())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as fh:
+        loaded = json.load(fh)
+    out = os.path.dirname(os.path.abspath(sys.argv[1]))
+    write_markdown(loaded, os.path.join(out, "RESULTS.md"))
+    if os.path.basename(out) == "results":
+        write_markdown(loaded, os.path.join(os.path.dirname(out), "RESULTS.md"), image_prefix="results/")
+    write_plots(loaded, out)
+    print(summary(loaded))
