@@ -12,29 +12,7 @@ import pytest
 
 from kuasar_shared.errors import InvalidArgument
 
-from kuasar_quark_sandboxer.pause import PAUSE_PATH, pause_elf, write_sandbox_bundle
-
-
-def test_elf_headers_per_machine() -> None:
-    for machine, e_machine in (("x86_64", 0x3E), ("amd64", 0x3E), ("aarch64", 0xB7), ("arm64", 0xB7)):
-        elf = pause_elf(machine)
-        assert elf[:4] == b"\x7fELF" and elf[4] == 2 and int.from_bytes(elf[18:20], "little") == e_machine
-        entry = int.from_bytes(elf[24:32], "little")
-        assert entry == 0x400000 + 64 + 56
-    with pytest.raises(InvalidArgument):
-        pause_elf("mips")
-
-
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="runs the x86_64 program")
-def test_pause_program_waits_until_killed(tmp_path) -> None:
-    path = tmp_path / "pause"
-    path.write_bytes(pause_elf())
-    path.chmod(0o755)
-    proc = subprocess.Popen([str(path)])
-    time.sleep(0.2)
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(5) == -signal.SIGTERM
+from kuasar_quark_sandboxer.pause import PAUSE_PATH, write_sandbox_bundle
 
 
 def test_sandbox_bundle(tmp_path) -> None:

@@ -5,7 +5,9 @@ Forking a process that runs an asyncio loop and grpc threads is unsafe, so — l
 it for holders over a socketpair. For each request the helper double-forks: the intermediate child
 unshares IPC, UTS and PID namespaces and forks the holder, which becomes PID 1 of the new PID
 namespace, joins the pod's network namespace (unless host network), sets the pod hostname and
-pauses forever. Holders ignore every signal sent from outside their namespace except SIGKILL.
+execs kuasar_shared's tiny pause program (about 100 KB of memory instead of a Python process), with
+SIGCHLD ignored so the kernel reaps orphans of the pod's PID namespace. Holders ignore every signal
+sent from outside their namespace except SIGKILL.
 
 Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname"}`` answered by a
 JSON line ``{"pid": n}`` or ``{"error": "..."}``.
@@ -23,6 +25,7 @@ from typing import Any, Optional
 
 from kuasar_shared.daemon.reaper import set_child_subreaper
 from kuasar_shared.errors import Internal, InvalidArgument, Unavailable
+from kuasar_shared.pause import pause_elf
 
 __all__ = ["HolderParent"]
 
@@ -57,7 +60,14 @@ def _reap_all(_signum: int = 0, _frame: Any = None) -> None:
             return
 
 
-def _holder(netns: str, hostname: str, report: int) -> None:
+def _pause_program() -> int:
+    """An anonymous file holding the pause program, inherited by every holder, which execs it."""
+    fd = os.memfd_create("sandbox-pause", 0)
+    os.write(fd, pause_elf())
+    return fd
+
+
+def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> None:
     """Body of the holder (grandchild, PID 1 of the pod's PID namespace). Never returns."""
     try:
         if netns:
@@ -79,13 +89,15 @@ def _holder(netns: str, hostname: str, report: int) -> None:
         os._exit(1)
     os.close(report)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_IGN)
-    while True:
-        signal.pause()
+    try:
+        os.execv(f"/proc/self/fd/{pause}", [f"[{name}]"])
+    finally:
+        os._exit(1)
 
 
-def _spawn_holder(request: dict[str, Any]) -> dict[str, Any]:
+def _spawn_holder(request: dict[str, Any], pause: int) -> dict[str, Any]:
     """In the helper: double-fork one holder and return ``{"pid"}`` or ``{"error"}``."""
     netns = str(request.get("netns") or "")
     hostname = str(request.get("hostname") or "")
@@ -99,9 +111,11 @@ def _spawn_holder(request: dict[str, Any]) -> dict[str, Any]:
             holder = os.fork()
             if holder == 0:
                 _set_name(name)
-                os.closerange(3, write_end)
-                os.closerange(write_end + 1, 65536)
-                _holder(netns, hostname, write_end)
+                low, high = sorted((write_end, pause))
+                os.closerange(3, low)
+                os.closerange(low + 1, high)
+                os.closerange(high + 1, 65536)
+                _holder(netns, hostname, write_end, pause, name)
             os.write(write_end, (json.dumps({"pid": holder}) + "\n").encode())
             os._exit(0)
         except BaseException as err:
@@ -140,10 +154,11 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, _reap_all)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
+    pause = _pause_program()
     with sock, sock.makefile("rwb") as stream:
         for line in stream:
             try:
-                answer = _spawn_holder(json.loads(line))
+                answer = _spawn_holder(json.loads(line), pause)
             except Exception as err:  # a bad request must not end the helper
                 answer = {"error": f"{type(err).__name__}: {err}"}
             stream.write((json.dumps(answer) + "\n").encode())
