@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from kuasar_shared.daemon.args import build_parser
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.sandbox.taskserver import EXITS_DIR
+from kuasar_shared.oci.exits import EXITS_DIR
 from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.task.service import TaskService
 from kuasar_shared.ttrpc import Server

@@ -18,7 +18,10 @@ from typing import Callable, Optional
 from kuasar_shared.daemon.reaper import ExitEvent
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
 
-__all__ = ["ExitRecorder"]
+__all__ = ["ExitRecorder", "EXITS_DIR"]
+
+#: where exits of containers orphaned by a dead task server are recorded: ``<pods dir>/.exits``
+EXITS_DIR = ".exits"
 
 log = logging.getLogger(__name__)
 

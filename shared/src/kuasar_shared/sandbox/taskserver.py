@@ -21,6 +21,7 @@ from kuasar_shared import process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import Internal, KuasarError, NotFound, Unavailable
 from kuasar_shared.oci import ExitWatch, is_same_process, start_time
+from kuasar_shared.oci.exits import EXITS_DIR
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 
@@ -33,8 +34,6 @@ _RECORD = "task-server.json"
 _SOCKET = "task.sock"
 #: the task server's state directory; the leading dot keeps it out of the pod id namespace
 _TASKS_DIR = ".tasks"
-#: where exits of containers orphaned by a dead task server are recorded (the task server's --pods-dir/.exits)
-EXITS_DIR = ".exits"
 
 
 def find_command(script: str, module: str) -> list[str]:
