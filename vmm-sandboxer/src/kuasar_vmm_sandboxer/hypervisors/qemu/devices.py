@@ -1,0 +1,168 @@
+"""The QEMU devices a pod VM uses, as data (rendered by :mod:`kuasar_vmm_sandboxer.devices`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from kuasar_vmm_sandboxer.devices import Device, opt
+
+__all__ = ["Machine", "ChardevSocket", "ChardevFile", "VirtioSerial", "VirtSerialPort", "Fsdev", "Virtio9P",
+           "VhostUserFs", "MemoryBackendMemfd", "RngRandom", "VirtioRng", "TapNetdev", "VirtioNet",
+           "VhostVsock", "Drive", "VirtioBlk", "PcieRootPort"]
+
+
+@dataclass
+class Machine(Device):
+    option: ClassVar[str] = "-machine"
+    head: ClassVar[str] = "type"
+    type: str = "microvm"
+    accel: str = opt("accel", "kvm")
+    memory_backend: Optional[str] = opt("memory-backend")
+    extra: str = ""
+
+    def args(self) -> list[str]:
+        option, value = super().args()
+        return [option, value + ("," + self.extra if self.extra else "")]
+
+
+@dataclass
+class ChardevSocket(Device):
+    option: ClassVar[str] = "-chardev"
+    head: ClassVar[str] = "backend"
+    backend: str = "socket"
+    id: str = opt("id", "")
+    path: str = opt("path", "")
+    server: Optional[bool] = opt("server")
+    wait: Optional[bool] = opt("wait")
+
+
+@dataclass
+class ChardevFile(Device):
+    option: ClassVar[str] = "-chardev"
+    head: ClassVar[str] = "backend"
+    backend: str = "file"
+    id: str = opt("id", "")
+    path: str = opt("path", "")
+
+
+@dataclass
+class VirtioSerial(Device):
+    driver: str = "virtio-serial-pci"
+    id: str = opt("id", "vser0")
+
+
+@dataclass
+class VirtSerialPort(Device):
+    driver: str = "virtserialport"
+    bus: str = opt("bus", "vser0.0")
+    chardev: str = opt("chardev", "")
+    name: str = opt("name", "")
+    id: str = opt("id", "")
+
+
+@dataclass
+class Fsdev(Device):
+    option: ClassVar[str] = "-fsdev"
+    head: ClassVar[str] = "backend"
+    backend: str = "local"
+    id: str = opt("id", "")
+    path: str = opt("path", "")
+    security_model: str = opt("security_model", "none")
+    multidevs: str = opt("multidevs", "remap")
+
+
+@dataclass
+class Virtio9P(Device):
+    driver: str = "virtio-9p-pci"
+    fsdev: str = opt("fsdev", "")
+    mount_tag: str = opt("mount_tag", "kuasar")
+    id: str = opt("id", "")
+
+
+@dataclass
+class VhostUserFs(Device):
+    driver: str = "vhost-user-fs-pci"
+    chardev: str = opt("chardev", "")
+    tag: str = opt("tag", "kuasar")
+    id: str = opt("id", "")
+
+
+@dataclass
+class MemoryBackendMemfd(Device):
+    option: ClassVar[str] = "-object"
+    head: ClassVar[str] = "qom_type"
+    qom_type: str = "memory-backend-memfd"
+    id: str = opt("id", "mem0")
+    size: str = opt("size", "")
+    share: bool = opt("share", True)
+
+
+@dataclass
+class RngRandom(Device):
+    option: ClassVar[str] = "-object"
+    head: ClassVar[str] = "qom_type"
+    qom_type: str = "rng-random"
+    id: str = opt("id", "rng0")
+    filename: str = opt("filename", "/dev/urandom")
+
+
+@dataclass
+class VirtioRng(Device):
+    driver: str = "virtio-rng-pci"
+    rng: str = opt("rng", "rng0")
+    id: str = opt("id", "")
+
+
+@dataclass
+class TapNetdev(Device):
+    option: ClassVar[str] = "-netdev"
+    head: ClassVar[str] = "backend"
+    backend: str = "tap"
+    id: str = opt("id", "")
+    ifname: str = opt("ifname", "")
+    script: str = opt("script", "no")
+    downscript: str = opt("downscript", "no")
+
+
+@dataclass
+class VirtioNet(Device):
+    driver: str = "virtio-net-pci"
+    netdev: str = opt("netdev", "")
+    mac: str = opt("mac", "")
+    id: str = opt("id", "")
+
+
+@dataclass
+class VhostVsock(Device):
+    driver: str = "vhost-vsock-pci"
+    guest_cid: int = opt("guest-cid", 3)
+    id: str = opt("id", "vsock0")
+
+
+@dataclass
+class Drive(Device):
+    option: ClassVar[str] = "-drive"
+    head: ClassVar[str] = "unused"
+    unused: str = ""
+    file: str = opt("file", "")
+    format: str = opt("format", "raw")
+    if_: str = opt("if", "none")
+    id: str = opt("id", "")
+    readonly: Optional[bool] = opt("readonly")
+
+
+@dataclass
+class VirtioBlk(Device):
+    driver: str = "virtio-blk-pci"
+    drive: str = opt("drive", "")
+    id: str = opt("id", "")
+    bus: str = opt("bus", "")
+
+
+@dataclass
+class PcieRootPort(Device):
+    driver: str = "pcie-root-port"
+    id: str = opt("id", "")
+    bus: str = opt("bus", "pcie.0")
+    chassis: int = opt("chassis", 1)
+    slot: int = opt("slot", 1)

@@ -1,0 +1,66 @@
+"""``vmm-sandboxer``: wiring only — config, relay, recovery, Sandbox API."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from kuasar_shared.config import ConfigError
+from kuasar_shared.daemon.args import parse_args
+from kuasar_shared.daemon.run import DaemonContext, run_daemon
+from kuasar_shared.sandbox import serve_sandbox_api
+from kuasar_shared.sandbox.taskserver import TaskServer, find_command
+
+from kuasar_vmm_sandboxer import __version__, config
+from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
+
+NAME = "vmm-sandboxer"
+RELAY = find_command("vmm-task-relay", "kuasar_vmm_sandboxer.relay.main")
+log = logging.getLogger(__name__)
+
+
+def load_config(path: str, explicit: bool) -> config.VmmConfig:
+    """The config file; a missing default file means built-in defaults, a missing explicit one is an error."""
+    if not explicit and not os.path.exists(path):
+        log.warning("%s does not exist; using built-in defaults", path)
+        return config.VmmConfig()
+    return config.load(path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(NAME, __version__, argv, sandbox_type="vmm", config=None)
+    explicit = args.config is not None
+    args.config = args.config or config.DEFAULT_CONFIG
+    args.dir = os.path.abspath(args.dir)
+    try:
+        cfg = load_config(args.config, explicit)
+    except ConfigError as err:
+        print("%s: %s" % (NAME, err), file=sys.stderr)
+        return 2
+    if cfg.sandbox.log_level and "--log-level" not in (argv if argv is not None else sys.argv):
+        args.log_level = cfg.sandbox.log_level
+
+    async def serve(ctx: DaemonContext) -> None:
+        os.makedirs(args.dir, mode=0o700, exist_ok=True)
+        log_file = os.path.join(args.dir, "vmm-task-relay.log") if args.daemon else None
+        relay = await TaskServer.ensure(args.dir, RELAY, args.log_level, log_file)
+        relay.supervise()
+        sandboxer = VmmSandboxer(args.dir, cfg, relay, args.log_level)
+        try:
+            await sandboxer.recover()
+            server = await serve_sandbox_api(args.listen, sandboxer)
+            ctx.create_task(sandboxer.sync_clocks(), name="clock-sync")
+            ctx.ready("%s, relay pid %d" % (args.listen, relay.pid))
+            try:
+                await ctx.shutdown_event.wait()
+            finally:
+                await server.stop(1.0)
+        finally:
+            await sandboxer.close()
+
+    return run_daemon(NAME, __version__, args, serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

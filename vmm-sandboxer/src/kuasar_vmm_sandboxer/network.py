@@ -1,0 +1,189 @@
+"""Pod networking for VMs: a tap per veth, mirrored both ways with tc, described to the guest.
+
+For every veth in the pod network namespace (what CNI made) a tap ``tap_kua_<n>`` is created next to
+it with the same MTU; an ingress qdisc on both and a ``u32 match u8 0 0`` filter with a ``mirred egress
+redirect`` action on each make the pair one wire (matchall/flower are not always in host kernels).
+QEMU runs in the namespace and opens the tap by name; the guest NIC gets the veth's MAC, and the
+veth's addresses and routes go to the guest in SetupSandbox. All netlink goes through pyroute2, in a
+thread (its calls block). :func:`destroy` removes exactly what :func:`setup` made.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pyroute2 import NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kuasar_shared.errors import InvalidArgument
+
+from kuasar_vmm_sandboxer.vm import Nic
+
+__all__ = ["Address", "Interface", "Route", "PodNetwork", "setup", "destroy"]
+
+log = logging.getLogger(__name__)
+
+_ETH_P_ALL = 0x0003
+_INGRESS = 0xFFFF0000
+_TAP_PREFIX = "tap_kua_"
+_SCOPE_LINK = 253
+
+
+@dataclass
+class Address:
+    family: int  # socket.AF_INET / AF_INET6
+    address: str
+    prefixlen: int
+
+
+@dataclass
+class Interface:
+    """A pod interface as the guest must configure it (matched by MAC)."""
+
+    name: str
+    mac: str
+    mtu: int
+    tap: str
+    addresses: list[Address] = field(default_factory=list)
+    flags: int = 0
+
+
+@dataclass
+class Route:
+    dest: str = ""
+    gateway: str = ""
+    device: str = ""
+    source: str = ""
+    scope: int = 0
+    family: int = socket.AF_INET
+
+
+@dataclass
+class PodNetwork:
+    """What :func:`setup` made in one netns (persisted with the pod)."""
+
+    netns: str
+    interfaces: list[Interface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+
+    @property
+    def nics(self) -> tuple[Nic, ...]:
+        return tuple(Nic(tap=i.tap, mac=i.mac, mtu=i.mtu) for i in self.interfaces)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PodNetwork":
+        interfaces = [Interface(**{**i, "addresses": [Address(**a) for a in i.get("addresses", [])]})
+                      for i in data.get("interfaces", [])]
+        return cls(netns=data["netns"], interfaces=interfaces,
+                   routes=[Route(**r) for r in data.get("routes", [])])
+
+
+def _kind(link: Any) -> str:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+
+
+def _mirror(ns: NetNS, src: int, dst: int) -> None:
+    ns.tc("add", "ingress", index=src, handle="ffff:")
+    ns.tc("add-filter", "u32", index=src, parent=_INGRESS, protocol=_ETH_P_ALL, target=0, keys=["0x0/0x0+0"],
+          action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": dst})
+
+
+def _setup(netns: str) -> PodNetwork:
+    if not os.path.exists(netns):
+        raise FileNotFoundError(2, "network namespace does not exist", netns)
+    net = PodNetwork(netns=netns)
+    ns = NetNS(netns)
+    try:
+        names: dict[int, str] = {}
+        veths = []
+        for link in ns.get_links():
+            names[link["index"]] = link.get_attr("IFLA_IFNAME")
+            if _kind(link) == "veth":
+                veths.append(link)
+        for n, link in enumerate(veths):
+            index, name = link["index"], link.get_attr("IFLA_IFNAME")
+            tap = "%s%d" % (_TAP_PREFIX, n)
+            mtu = int(link.get_attr("IFLA_MTU") or 1500)
+            ns.link("add", ifname=tap, kind="tuntap", mode="tap")
+            tap_index = ns.link_lookup(ifname=tap)[0]
+            ns.link("set", index=tap_index, mtu=mtu, state="up")
+            iface = Interface(name=name, mac=link.get_attr("IFLA_ADDRESS"), mtu=mtu, tap=tap,
+                              flags=int(link["flags"]))
+            net.interfaces.append(iface)
+            _mirror(ns, index, tap_index)
+            _mirror(ns, tap_index, index)
+            for addr in ns.get_addr(index=index):
+                if addr["scope"] == _SCOPE_LINK:
+                    continue  # link-local: the guest makes its own
+                iface.addresses.append(Address(family=addr["family"], address=addr.get_attr("IFA_ADDRESS"),
+                                               prefixlen=addr["prefixlen"]))
+        pod_links = {i.name for i in net.interfaces}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in ns.get_routes(family=family):
+                device = names.get(r.get_attr("RTA_OIF"), "")
+                if device not in pod_links or r.get_attr("RTA_TABLE") not in (None, 254):
+                    continue
+                dst = r.get_attr("RTA_DST")
+                net.routes.append(Route(dest="%s/%d" % (dst, r["dst_len"]) if dst else "",
+                                        gateway=r.get_attr("RTA_GATEWAY") or "", device=device,
+                                        source=r.get_attr("RTA_PREFSRC") or "", scope=int(r["scope"]),
+                                        family=family))
+    except (NetlinkError, OSError):
+        ns.close()
+        _destroy(net)
+        raise
+    ns.close()
+    return net
+
+
+def _destroy(net: PodNetwork) -> None:
+    if not os.path.exists(net.netns):
+        log.info("netns %s is gone: nothing to clean", net.netns)
+        return  # pyroute2's NetNS would create a missing named namespace
+    try:
+        ns = NetNS(net.netns)
+    except (NetlinkError, OSError) as err:
+        log.info("netns %s is gone (%s): nothing to clean", net.netns, err)
+        return
+    try:
+        for iface in net.interfaces:
+            for name in (iface.tap, iface.name):
+                found = ns.link_lookup(ifname=name)
+                if not found:
+                    continue
+                if name == iface.tap:
+                    ns.link("del", index=found[0])
+                else:
+                    try:
+                        ns.tc("del", "ingress", index=found[0], handle="ffff:")
+                    except NetlinkError as err:
+                        log.debug("no ingress qdisc on %s: %s", name, err)
+    finally:
+        ns.close()
+
+
+async def setup(netns: str) -> PodNetwork:
+    """Create taps and mirrors for every veth in ``netns`` and collect addresses and routes.
+
+    :raise InvalidArgument: the namespace cannot be entered or configured (nothing is left behind).
+    """
+    try:
+        return await asyncio.to_thread(_setup, netns)
+    except (NetlinkError, OSError) as err:
+        raise InvalidArgument("cannot set up VM networking in %s: %s" % (netns, err)) from err
+
+
+async def destroy(net: PodNetwork) -> None:
+    """Remove the taps and ingress qdiscs :func:`setup` made; a vanished netns is fine."""
+    try:
+        await asyncio.to_thread(_destroy, net)
+    except (NetlinkError, OSError) as err:
+        log.warning("cannot clean up networking in %s: %s", net.netns, err)

@@ -1,0 +1,131 @@
+"""Bridges between host stdio FIFOs (containerd ``io_type = "fifo"``, iSulad) and guest Streaming ids.
+
+Processes in the guest only have streaming stdio; when an engine hands FIFO paths to the relay, the
+relay rewrites them to streaming URLs and copies between each FIFO and a
+``containerd.services.streaming.v1.Streaming/Stream`` call to the guest (its own mux channel).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from typing import Awaitable, Callable, Optional, Tuple
+
+from google.protobuf import any_pb2
+
+from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
+from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
+from kuasar_shared.errors import InvalidArgument, KuasarError
+from kuasar_shared.ttrpc import Client
+
+__all__ = ["StdioBridge", "guest_url", "STREAMING_SERVICE"]
+
+log = logging.getLogger(__name__)
+STREAMING_SERVICE = "containerd.services.streaming.v1.Streaming"
+_CHUNK = 32768
+Opener = Callable[[], Awaitable[Tuple[asyncio.StreamReader, object]]]
+
+
+def guest_url(stream_id: str) -> str:
+    """The stdio string the guest gets for a bridged FIFO."""
+    return "ttrpc+vsock://kuasar:1024?streaming_id=" + stream_id
+
+
+def _pack(msg: object) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.Pack(msg)  # type: ignore[arg-type]
+    return out
+
+
+def _open_fifo(path: str, flags: int) -> int:
+    if not os.path.isabs(path):
+        raise InvalidArgument("stdio path %r must be absolute" % path)
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise InvalidArgument("cannot open stdio FIFO %s: %s" % (path, err.strerror)) from err
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidArgument("stdio path %s is not a FIFO" % path)
+    return fd
+
+
+class StdioBridge:
+    """One FIFO <-> one guest stream id. ``direction`` is ``"in"`` (FIFO -> guest) or ``"out"``.
+
+    Resource handling: :meth:`open` opens the FIFO (errors reach the task Create/Exec caller);
+    :meth:`run` copies until either end finishes and closes both; cancel it to stop early.
+    """
+
+    def __init__(self, stream_id: str, path: str, direction: str, connect: Callable[[], Awaitable[Client]]) -> None:
+        self.stream_id = stream_id
+        self.path = path
+        self.direction = direction
+        self._connect = connect
+        self._fd: Optional[int] = None
+
+    def open(self) -> None:
+        self._fd = _open_fifo(self.path, os.O_RDONLY if self.direction == "in" else os.O_RDWR)
+
+    async def run(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        client: Optional[Client] = None
+        try:
+            client = await self._connect()
+            stream = await client.stream(STREAMING_SERVICE, "Stream")
+            await stream.send(_pack(streaming_pb2.StreamInit(id=self.stream_id)))
+            await stream.recv()  # google.protobuf.Empty: the guest accepted the id
+            if self.direction == "out":
+                await self._to_fifo(stream, fd)
+                fd = None
+            else:
+                await self._from_fifo(stream, fd)
+                fd = None
+        except KuasarError as err:
+            log.info("stdio %s: guest stream ended: %s", self.stream_id, err)
+        finally:
+            if fd is not None:
+                os.close(fd)
+            if client is not None:
+                await client.close()
+
+    async def _to_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", 0))
+        try:
+            while True:
+                raw = await stream.recv()
+                if raw is None:
+                    break
+                msg = any_pb2.Any.FromString(raw)
+                if msg.type_url.endswith(transfer_pb2.Data.DESCRIPTOR.full_name):
+                    transport.write(transfer_pb2.Data.FromString(msg.value).data)
+                    while transport.get_write_buffer_size() > 4 * _CHUNK:
+                        await asyncio.sleep(0.01)
+        finally:
+            transport.close()
+
+    async def _from_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(fd, "rb", 0))
+
+        async def drain_windows() -> None:
+            while await stream.recv() is not None:
+                pass
+        windows = asyncio.ensure_future(drain_windows())
+        try:
+            while True:
+                chunk = await reader.read(_CHUNK)
+                if not chunk:
+                    break
+                await stream.send(_pack(transfer_pb2.Data(data=chunk)))
+            await stream.close_send()
+        finally:
+            transport.close()
+            windows.cancel()
+            await asyncio.gather(windows, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""The QEMU command line as data: every device and option a pod VM gets."""
+from kuasar_vmm_sandboxer.config import SHARE_VIRTIOFS, HypervisorConfig
+from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuHooks, pod_resources
+from kuasar_vmm_sandboxer.hypervisors.qemu.vm import BASE_KERNEL_PARAMS, QemuVM
+from kuasar_vmm_sandboxer.vm import Nic, VMSpec
+
+
+def _cfg(**kw):
+    cfg = HypervisorConfig(accel="tcg", use_vsock=False, kernel_path="/k/vmlinux.bin", initrd_path="/k/kuasar.initrd")
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_microvm_9p_argv():
+    vm = QemuVM(VMSpec("p1", "/run/k/p1", 1, 256), _cfg())
+    assert vm.argv() == [
+        "/usr/bin/qemu-system-x86_64", "-name", "sandbox-p1", "-cpu", "max", "-smp", "1,maxcpus=1", "-m", "256M",
+        "-kernel", "/k/vmlinux.bin", "-initrd", "/k/kuasar.initrd",
+        "-append", BASE_KERNEL_PARAMS + " task.sharefs_type=9p task.log_level=info",
+        "-qmp", "unix:/run/k/p1/qmp.sock,server=on,wait=off", "-serial", "file:/run/k/p1/console.log",
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-machine", "microvm,accel=tcg",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-device,rng=rng0,id=rng",
+        "-device", "virtio-serial-device,id=vser0",
+        "-chardev", "socket,id=agent,path=/run/k/p1/agent.sock,server=on,wait=off",
+        "-device", "virtserialport,bus=vser0.0,chardev=agent,name=kuasar.agent,id=agent0",
+        "-fsdev", "local,id=extra-9p-kuasar,path=/run/k/p1/shared,security_model=none,multidevs=remap",
+        "-device", "virtio-9p-device,fsdev=extra-9p-kuasar,mount_tag=kuasar,id=fs0",
+    ]
+
+
+def test_q35_virtiofs_nics_debug_kvm():
+    cfg = _cfg(machine_type="q35", share_fs=SHARE_VIRTIOFS, accel="kvm", kernel_params="foo=1", debug=True)
+    vm = QemuVM(VMSpec("p2", "/d/p2", 2, 512, netns="/var/run/netns/x",
+                       nics=(Nic("tap_kua_0", "02:00:00:00:00:01"),)), cfg)
+    argv = vm.argv()
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert argv[argv.index("-append") + 1].endswith("task.sharefs_type=virtiofs task.log_level=info task.debug foo=1")
+    tail = argv[argv.index("-machine"):]
+    assert tail[:4] == ["-machine", "q35,accel=kvm,memory-backend=mem0", "-object",
+                        "memory-backend-memfd,id=mem0,size=512M,share=on"]
+    assert "virtio-serial-pci,id=vser0" in tail
+    assert "socket,id=virtiofs,path=/d/p2/virtiofs.sock" in tail
+    assert "vhost-user-fs-pci,chardev=virtiofs,tag=kuasar,id=fs0" in tail
+    assert "tap,id=net0,ifname=tap_kua_0,script=no,downscript=no" in tail
+    assert "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,id=nic0" in tail
+    assert tail[-2:] == ["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"]
+    assert vm.virtiofsd_argv()[:2] == ["/usr/lib/qemu/virtiofsd", "--socket-path=/d/p2/virtiofs.sock"]
+    assert vm._in_netns(["q"]) == ["nsenter", "--net=/var/run/netns/x", "--", "q"]
+
+
+def test_vsock_replaces_serial_port():
+    argv = QemuVM(VMSpec("p3", "/d/p3", 1, 256), _cfg(use_vsock=True)).argv()
+    assert any(a.startswith("vhost-vsock-device,guest-cid=") for a in argv)
+    assert not any("virtserialport" in a for a in argv)
+
+
+def test_pod_resources_upstream_rule():
+    cfg = {"linux": {"resources": {"cpu_quota": "150000", "cpu_period": "100000",
+                                   "memory_limit_in_bytes": str(300 << 20)}}}
+    assert pod_resources(cfg, 1, 1024) == (2, 300)
+    assert pod_resources({}, 1, 1024) == (1, 1024)
+    spec = QemuHooks(cfg).pre_start(VMSpec("p", "/d", 1, 1024))
+    assert (spec.vcpus, spec.memory_mb) == (2, 300)

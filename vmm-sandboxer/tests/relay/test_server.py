@@ -1,0 +1,184 @@
+"""The relay against a fake guest agent (mux + ttrpc over a unix socket standing in for agent.sock):
+forwarding, Create/Exec preparation, FIFO bridging, Delete clean-up, bad input, detach and guest loss."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from google.protobuf import empty_pb2
+
+from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
+from kuasar_shared.errors import InvalidArgument, NotFound, Unavailable
+from kuasar_shared.io import StreamingHub, stream_id_of
+from kuasar_shared.ttrpc import Client, Server, Service
+from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_vmm_sandboxer.relay.control import RelayControl
+from kuasar_vmm_sandboxer.relay.server import Relay
+
+TASK = "containerd.task.v3.Task"
+
+
+class FakeGuest:
+    """What vmm-task serves, reduced: Task Create/Exec/Delete recorded, Streaming from a hub."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.hub = StreamingHub()
+        self.requests: list = []
+        task = Service(TASK)
+        task.unary("Create", shim_pb2.CreateTaskRequest, self.create)
+        task.unary("Exec", shim_pb2.ExecProcessRequest, self.exec)
+        task.unary("Delete", shim_pb2.DeleteRequest, self.delete)
+        self.server = Server([task, self.hub.service()])
+        self.muxes: list = []
+
+    async def start(self) -> None:
+        self.listener = await asyncio.start_unix_server(self.accept, self.path)
+
+    async def accept(self, reader, writer) -> None:
+        mux = MuxConnection(reader, writer, is_host=False)
+        self.muxes.append(mux)
+        await mux.serve(self.server.serve_connection)
+
+    async def create(self, ctx, req):
+        self.requests.append(req)
+        sid = stream_id_of(req.stdout)
+        if sid:
+            ep = self.hub.endpoint(sid)
+            await ep.put(b"hello from the guest\n")
+            await ep.put(None)
+        return shim_pb2.CreateTaskResponse(pid=42)
+
+    async def exec(self, ctx, req):
+        self.requests.append(req)
+        return empty_pb2.Empty()
+
+    async def delete(self, ctx, req):
+        return shim_pb2.DeleteResponse(pid=42)
+
+    async def close(self) -> None:
+        self.listener.close()
+        for mux in self.muxes:
+            await mux.close()
+
+
+@pytest.fixture
+async def relay_env(short_tmp):
+    pods = os.path.join(short_tmp, "pods")
+    pod_dir = os.path.join(pods, "p1")
+    os.makedirs(pod_dir)
+    guest = FakeGuest(os.path.join(pod_dir, "agent.sock"))
+    await guest.start()
+    relay = Relay(pods, os.path.join(pods, ".tasks"))
+    server = Server(relay.services())
+    await server.listen_unix(os.path.join(pods, "task.sock"))
+    control = RelayControl(os.path.join(pods, "task.sock"))
+    await control.attach("p1")
+    yield {"dir": short_tmp, "pod_dir": pod_dir, "guest": guest, "relay": relay, "control": control}
+    await server.shutdown()
+    await relay.close()
+    await guest.close()
+
+
+def _host_bundle(root: str) -> str:
+    bundle = os.path.join(root, "bundle")
+    os.makedirs(os.path.join(bundle, "rootfs", "bin"))
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump({"root": {"path": "rootfs"}, "process": {"args": ["true"]},
+                   "linux": {"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}]}}, f)
+    return bundle
+
+
+async def test_create_prepares_bridges_and_delete_cleans(relay_env):
+    env = relay_env
+    fifo = os.path.join(env["dir"], "stdout")
+    os.mkfifo(fifo)
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    try:
+        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
+        resp = await engine.call(TASK, "Create", req, shim_pb2.CreateTaskResponse, timeout=10)
+        assert resp.pid == 42
+        seen = env["guest"].requests[0]
+        assert seen.bundle == "/run/kuasar/state/c1" and not seen.rootfs
+        assert stream_id_of(seen.stdout) == "c1-stdout"
+        prepared = os.path.join(env["pod_dir"], "shared", "c1")
+        with open(os.path.join(prepared, "config.json")) as f:
+            assert json.load(f)["linux"]["namespaces"] == []
+        out = b""
+        for _ in range(100):
+            try:
+                out += os.read(reader_fd, 100)
+            except BlockingIOError:
+                pass
+            if out.endswith(b"\n"):
+                break
+            await asyncio.sleep(0.02)
+        assert out == b"hello from the guest\n"
+        await engine.call(TASK, "Exec", shim_pb2.ExecProcessRequest(id="c1", exec_id="e1", stdout=fifo),
+                          empty_pb2.Empty, timeout=10)
+        assert stream_id_of(env["guest"].requests[1].stdout) == "c1-e1-stdout"
+        await engine.call(TASK, "Delete", shim_pb2.DeleteRequest(id="c1"), shim_pb2.DeleteResponse, timeout=10)
+        for _ in range(50):
+            if not os.path.exists(prepared):
+                break
+            await asyncio.sleep(0.02)
+        assert not os.path.exists(prepared)
+    finally:
+        os.close(reader_fd)
+        await engine.close()
+
+
+async def test_bad_input_is_answered_by_the_relay(relay_env):
+    env = relay_env
+    engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    try:
+        with pytest.raises(InvalidArgument, match="config.json"):
+            await engine.call(TASK, "Create", shim_pb2.CreateTaskRequest(id="c2", bundle="/nonexistent"),
+                              shim_pb2.CreateTaskResponse, timeout=10)
+        with pytest.raises(InvalidArgument):
+            await engine.call(TASK, "Create", shim_pb2.CreateTaskRequest(id="../x", bundle="/"),
+                              shim_pb2.CreateTaskResponse, timeout=10)
+        with pytest.raises(InvalidArgument, match="FIFO"):
+            await engine.call(TASK, "Exec", shim_pb2.ExecProcessRequest(id="c2", exec_id="e", stdout="/etc/hosts"),
+                              empty_pb2.Empty, timeout=10)
+        assert env["guest"].requests == []
+        assert not os.path.exists(os.path.join(env["pod_dir"], "shared", "c2"))
+        # the connection still works after the errors
+        await engine.call(TASK, "Delete", shim_pb2.DeleteRequest(id="c2"), shim_pb2.DeleteResponse, timeout=10)
+    finally:
+        await engine.close()
+
+
+async def test_detach_and_guest_loss(relay_env):
+    env = relay_env
+    engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    await engine.call(TASK, "Delete", shim_pb2.DeleteRequest(id="c3"), shim_pb2.DeleteResponse, timeout=10)
+    await env["guest"].close()
+    with pytest.raises(Unavailable):
+        await engine.call(TASK, "Delete", shim_pb2.DeleteRequest(id="c3"), shim_pb2.DeleteResponse, timeout=10)
+    await engine.close()
+    await env["control"].detach("p1")
+    await env["control"].detach("p1")  # idempotent
+    assert not os.path.exists(os.path.join(env["pod_dir"], "task.sock"))
+    with pytest.raises(NotFound):
+        await env["relay"].detach("p1")
+    with pytest.raises(Unavailable):
+        await env["control"].attach("p1")  # the agent socket is gone
+
+
+async def test_recover_reattaches_recorded_pods(relay_env):
+    env = relay_env
+    pods = os.path.dirname(env["pod_dir"])
+    again = Relay(pods, os.path.join(pods, ".tasks"))
+    await env["relay"].close()
+    await again.recover()
+    try:
+        assert list(again.links) == ["p1"]
+        engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+        await engine.call(TASK, "Delete", shim_pb2.DeleteRequest(id="c4"), shim_pb2.DeleteResponse, timeout=10)
+        await engine.close()
+    finally:
+        await again.close()

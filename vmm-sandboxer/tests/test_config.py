@@ -1,0 +1,44 @@
+import logging
+
+import pytest
+
+from kuasar_shared.config import ConfigError
+from kuasar_vmm_sandboxer import config
+
+
+def test_shipped_file_loads():
+    cfg = config.load(__file__.rsplit("/tests/", 1)[0] + "/config_qemu.toml")
+    assert cfg.hypervisor.accel == "tcg" and cfg.hypervisor.machine_type == "q35"
+    assert cfg.hypervisor.share_fs == config.SHARE_9P
+    assert cfg.hypervisor.cpu == "max"
+
+
+def test_upstream_names_and_aliases():
+    cfg = config.parse('[hypervisor]\nshare_fs = "VirtioFS"\nvcpus = 2\nmemory_in_mb = 512\naccel = "kvm"\n')
+    assert cfg.hypervisor.share_fs == config.SHARE_VIRTIOFS
+    assert cfg.hypervisor.cpu == "host"
+
+
+def test_unknown_key_warns(caplog):
+    with caplog.at_level(logging.WARNING):
+        config.parse("[hypervisor]\nblock_device_driver = 'VirtioBlk'\n", "x.toml")
+    assert "[hypervisor].block_device_driver" in caplog.text
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[hypervisor]\nvcpus = 'two'", "[hypervisor].vcpus"),
+    ("[hypervisor]\nmachine_type = 'virt'", "[hypervisor].machine_type"),
+    ("[hypervisor]\naccel = 'hvf'", "[hypervisor].accel"),
+    ("[hypervisor]\nshare_fs = 'nfs'", "[hypervisor].share_fs"),
+    ("[hypervisor]\nmemory_in_mb = 16", "[hypervisor].memory_in_mb"),
+    ("[hypervisor]\ninitrd_path = ''", "[hypervisor]"),
+])
+def test_bad_values_name_file_and_key(text, key):
+    with pytest.raises(ConfigError) as err:
+        config.parse(text, "/etc/x.toml")
+    assert err.value.path == "/etc/x.toml" and err.value.key == key
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load("/nonexistent/config_qemu.toml")

@@ -1,0 +1,9 @@
+#!/bin/sh
+# Build the vmm guest image into <outdir> (default /var/lib/kuasar): vmlinux.bin + kuasar.initrd.
+# Cached: nothing is rebuilt while the Debian package versions and the agent sources are unchanged.
+# Needs apt-get, apt-cache and dpkg (Debian/Ubuntu build host); any python3 >= 3.9 runs the builder.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+PYTHONPATH="$here/src:$here/../shared/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH
+exec python3 -m kuasar_vmm_task.image "$@"

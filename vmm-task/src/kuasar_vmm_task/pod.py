@@ -1,0 +1,176 @@
+"""Pod-level set-up inside the guest (SetupSandbox): sysctls, hostname and the pod namespaces.
+
+The host sends the CRI PodSandboxConfig as JSON (upstream: serde of the Rust CRI types, snake_case;
+protobuf JSON camelCase is accepted too). The pod's IPC and UTS namespaces (and its PID namespace
+when ``namespace_options.pid == POD``) are created once with busybox ``unshare`` and pinned at
+``/run/sandbox-ns/<type>``, where every container's spec then points.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+from kuasar_shared import process
+from kuasar_shared.errors import Internal, InvalidArgument
+
+from kuasar_vmm_task.boot import ENV, SHARE_DIR
+
+__all__ = ["PodConfig", "parse_pod_config", "apply_sysctls", "pod_hostname", "NS_DIR", "PodNamespaces"]
+
+log = logging.getLogger(__name__)
+
+NS_DIR = "/run/sandbox-ns"
+_SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,62})$")
+#: CRI NamespaceMode
+_POD, _CONTAINER, _NODE, _TARGET = 0, 1, 2, 3
+_MODES = {"POD": _POD, "CONTAINER": _CONTAINER, "NODE": _NODE, "TARGET": _TARGET}
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    hostname: str = ""
+    sysctls: Dict[str, str] = field(default_factory=dict)
+    share_pid: bool = False
+    pod_id: str = ""
+
+
+def _get(obj: Mapping[str, Any], snake: str) -> Any:
+    if snake in obj:
+        return obj[snake]
+    parts = snake.split("_")
+    return obj.get(parts[0] + "".join(p.title() for p in parts[1:]))
+
+
+def _mode(value: Any) -> int:
+    if isinstance(value, str):
+        return _MODES.get(value.upper(), _POD)
+    return int(value or 0)
+
+
+def parse_pod_config(raw: bytes) -> PodConfig:
+    """Decode the JSON PodSandboxConfig.
+
+    :raise InvalidArgument: not JSON, not an object, or a hostile hostname/sysctl key.
+    """
+    try:
+        data = json.loads(raw.decode() or "{}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidArgument(f"PodSandboxConfig is not JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise InvalidArgument("PodSandboxConfig must be a JSON object")
+    hostname = str(_get(data, "hostname") or "")
+    if hostname and not _HOSTNAME.match(hostname):
+        raise InvalidArgument(f"invalid pod hostname {hostname!r}")
+    linux = _get(data, "linux") or {}
+    sysctls = {str(k): str(v) for k, v in (_get(linux, "sysctls") or {}).items()}
+    for key in sysctls:
+        if not _SYSCTL_KEY.match(key) or ".." in key:
+            raise InvalidArgument(f"invalid sysctl name {key!r}")
+    options = _get(_get(linux, "security_context") or {}, "namespace_options") or {}
+    metadata = _get(data, "metadata") or {}
+    return PodConfig(hostname=hostname, sysctls=sysctls, share_pid=_mode(_get(options, "pid")) == _POD,
+                     pod_id=str(_get(metadata, "uid") or _get(metadata, "name") or ""))
+
+
+def apply_sysctls(sysctls: Mapping[str, str], proc_sys: str = "/proc/sys") -> None:
+    """Write each pod sysctl.
+
+    :raise InvalidArgument: the kernel refuses one (unknown key or bad value), naming it.
+    """
+    for key, value in sysctls.items():
+        path = os.path.join(proc_sys, key.replace(".", "/"))
+        try:
+            with open(path, "w") as handle:
+                handle.write(value)
+        except OSError as err:
+            raise InvalidArgument(f"cannot set sysctl {key}={value}: {err.strerror}") from err
+
+
+def pod_hostname(config: PodConfig, share: str = SHARE_DIR) -> str:
+    """The host-written ``<share>/hostname`` wins over the config (upstream behaviour)."""
+    try:
+        with open(os.path.join(share, "hostname")) as handle:
+            name = handle.read().strip()
+        if _HOSTNAME.match(name):
+            return name
+    except OSError:
+        pass
+    return config.hostname or "localhost"
+
+
+class PodNamespaces:
+    """The pinned IPC/UTS(/PID) namespaces of the one pod this VM runs.
+
+    With a shared PID namespace a ``sleep`` stays alive as the namespace's PID 1 (owned here and
+    killed by :meth:`close`).
+    """
+
+    def __init__(self, ns_dir: str = NS_DIR) -> None:
+        self.ns_dir = ns_dir
+        self.holder: Optional[process.Process] = None
+        self.types: tuple = ()
+
+    def __repr__(self) -> str:
+        return f"<PodNamespaces {self.ns_dir} {','.join(self.types) or 'none'}>"
+
+    async def create(self, hostname: str, share_pid: bool) -> None:
+        """Create and pin the namespaces, setting the hostname inside the new UTS namespace.
+
+        :raise Internal: unshare failed (message carries its stderr).
+        """
+        os.makedirs(self.ns_dir, exist_ok=True)
+        types = ("ipc", "uts", "pid") if share_pid else ("ipc", "uts")
+        for t in types:
+            open(os.path.join(self.ns_dir, t), "a").close()
+        argv = ["unshare", f"--ipc={self.ns_dir}/ipc", f"--uts={self.ns_dir}/uts"]
+        script = 'hostname "$1"'
+        if share_pid:
+            argv += [f"--pid={self.ns_dir}/pid", "-f"]
+            script += "; exec sleep 2147483647"
+        argv += ["sh", "-c", script, "sh", hostname]
+        if share_pid:
+            self.holder = process.spawn(argv, env=ENV)
+            await self._wait_pinned(os.path.join(self.ns_dir, "pid"))
+        else:
+            await process.run(argv, env=ENV, timeout=10)
+        self.types = types
+        log.info("pod namespaces %s pinned in %s (hostname %s)", ",".join(types), self.ns_dir, hostname)
+
+    async def _wait_pinned(self, path: str) -> None:
+        for _ in range(500):
+            if os.stat(path).st_dev != os.stat(self.ns_dir).st_dev:
+                return
+            if self.holder is not None and self.holder.returncode is not None:
+                break
+            await asyncio.sleep(0.01)
+        raise Internal(f"the pod PID namespace was not pinned at {path}")
+
+    async def close(self) -> None:
+        """Kill the PID namespace's init (and so everything in it); the VM normally just ends."""
+        if self.holder is None:
+            return
+        pid_ns = os.path.join(self.ns_dir, "pid")
+        inode = os.stat(pid_ns).st_ino
+        if inode == os.stat("/proc/self/ns/pid").st_ino:
+            raise Internal(f"{pid_ns} is not a pinned pod PID namespace")
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}/ns/pid").st_ino == inode:
+                        os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    continue
+        self.holder.kill()
+        await self.holder.wait()
+        self.holder = None
+
+    def path(self, ns_type: str) -> Optional[str]:
+        """Pinned path for an OCI namespace type (ipc, uts, pid), or None."""
+        return os.path.join(self.ns_dir, ns_type) if ns_type in self.types else None

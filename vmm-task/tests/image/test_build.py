@@ -1,0 +1,19 @@
+"""build: the real image from Debian packages (cached in /var/cache/kuasar-guest, shared by the tests)."""
+import gzip
+import json
+import os
+
+from kuasar_vmm_task.image.build import INITRD_NAME, KERNEL_NAME, build
+
+
+def test_image_outputs_and_cache(guest_image):
+    image_dir, record = guest_image
+    assert record["kernel_bytes"] > 10 << 20 and record["initrd_bytes"] < 64 << 20
+    with open(os.path.join(image_dir, KERNEL_NAME), "rb") as handle:
+        assert handle.read(4) == b"\x7fELF"
+    with gzip.open(os.path.join(image_dir, INITRD_NAME)) as handle:
+        assert handle.read(6) == b"070701"
+    again = build(image_dir, os.path.join(image_dir, ".cache"))
+    assert again["cached"] is True and again["digest"] == record["digest"]
+    with open(os.path.join(image_dir, "kuasar-image.stamp")) as handle:
+        assert json.load(handle)["packages"]["runc"]
