@@ -78,7 +78,7 @@ async def sandboxer(holders: HolderParent, task_server: TaskServer) -> AsyncIter
     runc = RuncSandboxer(task_server.directory, holders, task_server)
     await runc.recover()
     yield runc
-    for sandbox_id in list(runc._pods):
+    for sandbox_id in [pod.id for pod in runc.pods]:
         await runc.shutdown(sandbox_id)
     for watch in runc._watches.values():
         watch.cancel()

@@ -10,28 +10,25 @@ and forgotten (NOT_FOUND). Holder exits are watched with pidfds: no task per idl
 """
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 
-from kuasar_shared.cgroups import DEFAULT_ROOT, Cgroup, CgroupV2
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
+from kuasar_shared.cgroups import Cgroup
+from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
-from kuasar_shared.sandbox import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff,
-                                   TaskResources, encode_tasks, parse_tasks)
+from kuasar_shared.sandbox import CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff
+from kuasar_shared.sandbox.pods import PodRecord, PodState, PodTable, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
-from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.task.backend import CgroupStats
 
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.nsfiles import bind_namespaces, namespaces_match, unbind_namespaces
 
-__all__ = ["RuncSandboxer", "PodState", "RUNC_TASK"]
+__all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK"]
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +38,15 @@ RUNC_TASK = find_command("runc-task", "kuasar_runc_task.main")
 UNEXPECTED_EXIT = 255
 
 
-class PodState(str, enum.Enum):
-    CREATED = "created"
-    READY = "ready"
-    STOPPED = "stopped"
-
-
 @dataclass
-class Pod:
-    """The persisted record of one pod (``sandbox.json``)."""
+class Pod(PodRecord):
+    """The persisted record of one runc pod (``sandbox.json``)."""
 
-    id: str
-    state: PodState = PodState.CREATED
-    netns: str = ""
     hostname: str = ""
     shared_pid: bool = False
-    cgroup_parent: str = ""
-    #: how many trailing levels of ``cgroup_parent`` this sandboxer created (removed at shutdown)
-    cgroup_owned_depth: int = 0
     pid: int = 0
     holder_start: Optional[int] = None
-    created_at: str = ""
-    exited_at: str = ""
-    exit_status: int = 0
     ns_types: list[str] = field(default_factory=list)
-    #: the accepted ``extensions.tasks`` list (JSON); runc-task takes everything from task Create
-    tasks: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Pod":
-        pod = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        pod.state = PodState(pod.state)
-        return pod
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _time(value: str) -> Optional[datetime]:
-    return datetime.fromisoformat(value) if value else None
 
 
 class RuncSandboxer(Sandboxer):
@@ -98,39 +59,19 @@ class RuncSandboxer(Sandboxer):
 
     def __init__(self, directory: str, holders: HolderParent, task_server: TaskServer) -> None:
         self.directory = directory
-        self.store = PodStore(directory)
+        self.pods: PodTable[Pod] = PodTable(directory, Pod)
         self.holders = holders
         self.task_server = task_server
-        self._pods: dict[str, Pod] = {}
         self._watches: dict[str, ExitWatch] = {}
-        self._exited: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def _pod(self, sandbox_id: str) -> Pod:
-        try:
-            return self._pods[sandbox_id]
-        except KeyError:
-            raise NotFound(f"sandbox {sandbox_id} not found") from None
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
-    def _event(self, sandbox_id: str) -> asyncio.Event:
-        return self._exited.setdefault(sandbox_id, asyncio.Event())
-
-    def _save(self, pod: Pod) -> None:
-        self.store.save(pod.id, pod.to_json())
 
     def _status(self, pod: Pod) -> SandboxStatus:
         return SandboxStatus(id=pod.id, ready=pod.state is PodState.READY, pid=pod.pid,
-                             created_at=_time(pod.created_at), exited_at=_time(pod.exited_at),
+                             created_at=parse_time(pod.created_at), exited_at=parse_time(pod.exited_at),
                              address=self.task_server.address,
                              info={"netns": pod.netns, "shared_pid": str(pod.shared_pid).lower()},
-                             tasks=parse_tasks(pod.tasks.encode()) if pod.tasks else TaskResources())
+                             tasks=pod.task_resources)
 
     async def create(self, req: CreateSandbox) -> None:
-        if req.id in self._pods:
-            raise AlreadyExists(f"sandbox {req.id} already exists")
         if req.netns_path and not os.path.exists(req.netns_path):
             raise InvalidArgument(f"sandbox {req.id}: network namespace {req.netns_path} does not exist")
         if req.host_pid:
@@ -139,19 +80,17 @@ class RuncSandboxer(Sandboxer):
         pod = Pod(id=req.id, netns=req.netns_path, hostname=req.hostname, shared_pid=req.shared_pid,
                   cgroup_parent=req.cgroup_parent, created_at=created)
         try:
-            self._save(pod)
+            self.pods.add(pod)
         except OSError:
-            shutil.rmtree(self.store.pod_dir(req.id), ignore_errors=True)
+            shutil.rmtree(self.pods.pod_dir(req.id), ignore_errors=True)
             raise
-        self._pods[req.id] = pod
         log.info("sandbox %s created (netns %s, shared pid %s)", req.id, req.netns_path or "host",
                  req.shared_pid)
 
     async def start(self, id: str) -> SandboxStatus:
-        async with self._lock(id):
-            pod = self._pod(id)
-            if pod.state is not PodState.CREATED:
-                raise FailedPrecondition(f"sandbox {id} cannot start: it is {pod.state.value}, not created")
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
+            pod.require(PodState.CREATED, "start")
             if pod.cgroup_parent:
                 cgroup = Cgroup.open(pod.cgroup_parent)
                 try:
@@ -160,41 +99,36 @@ class RuncSandboxer(Sandboxer):
                     raise InvalidArgument(f"sandbox {id}: cannot create cgroup {pod.cgroup_parent}: "
                                           f"{err}") from err
                 pod.cgroup_owned_depth = cgroup.owned_depth
-                self._save(pod)
+                self.pods.save(pod)
             pid = await self.holders.spawn(id, pod.netns, pod.hostname)
             types = ["uts", "ipc", "net"] + (["pid"] if pod.shared_pid else [])
             try:
-                bind_namespaces(self.store.pod_dir(id), pid, types)
+                bind_namespaces(self.pods.pod_dir(id), pid, types)
             except KuasarError as err:
                 kill(pid)
-                unbind_namespaces(self.store.pod_dir(id))
+                unbind_namespaces(self.pods.pod_dir(id))
                 raise InvalidArgument(f"sandbox {id}: cannot pin its namespaces: {err}") from err
             pod.pid, pod.holder_start, pod.ns_types = pid, start_time(pid), types
-            pod.state = PodState.READY
-            self._save(pod)
+            self.pods.running(pod)
             self._watch(pod)
             log.info("sandbox %s ready, holder pid %d", id, pid)
             return self._status(pod)
 
     def _watch(self, pod: Pod) -> None:
-        self._event(pod.id).clear()
         self._watches[pod.id] = ExitWatch(pod.pid, lambda: self._on_holder_exit(pod.id))
 
     def _on_holder_exit(self, sandbox_id: str) -> None:
         self._watches.pop(sandbox_id, None)
-        pod = self._pods.get(sandbox_id)
+        pod = self.pods.find(sandbox_id)
         if pod is None:
             return
         if pod.state is PodState.READY:
             log.warning("sandbox %s: holder pid %d exited unexpectedly", sandbox_id, pod.pid)
-            pod.state, pod.exited_at, pod.exit_status = PodState.STOPPED, _now(), UNEXPECTED_EXIT
-            self._save(pod)
-        self._event(sandbox_id).set()
+        self.pods.stopped(pod, UNEXPECTED_EXIT)
 
     async def stop(self, id: str, timeout_secs: Optional[int]) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
-            await self._stop(pod)
+        async with self.pods.lock(id):
+            await self._stop(self.pods.get(id))
 
     async def _stop(self, pod: Pod) -> None:
         if pod.state is PodState.READY:
@@ -208,74 +142,43 @@ class RuncSandboxer(Sandboxer):
             if is_same_process(pod.pid, pod.holder_start):
                 kill(pod.pid)
                 await wait_exit(pod.pid)
-            pod.state, pod.exited_at, pod.exit_status = PodState.STOPPED, _now(), 0
-            self._save(pod)
+            self.pods.stopped(pod, 0)
             log.info("sandbox %s stopped", pod.id)
-        elif pod.state is PodState.CREATED:
-            pod.state, pod.exited_at = PodState.STOPPED, _now()
-            self._save(pod)
-        self._event(pod.id).set()
+        else:
+            self.pods.stopped(pod, pod.exit_status)
 
     async def wait(self, id: str) -> ExitStatus:
-        pod = self._pod(id)
-        if pod.state is not PodState.STOPPED:
-            await self._event(id).wait()
-            pod = self._pod(id)
-        return ExitStatus(exit_status=pod.exit_status, exited_at=_time(pod.exited_at))
+        return await self.pods.wait(id)
 
     async def status(self, id: str, verbose: bool = False) -> SandboxStatus:
-        return self._status(self._pod(id))
+        return self._status(self.pods.get(id))
 
     async def shutdown(self, id: str) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
             await self._stop(pod)
             try:
                 await self.task_server.shutdown_pod(id, now=True)
             except KuasarError as err:
                 log.warning("sandbox %s: task server could not remove its containers: %s", id, err)
-            self._remove(pod)
-            self._exited.pop(id, None)
-        self._locks.pop(id, None)
+            self.pods.remove(pod)
         log.info("sandbox %s removed", id)
 
-    def _remove(self, pod: Pod) -> None:
-        """Forget a stopped pod and remove its mounts, cgroup and directory."""
-        self._pods.pop(pod.id, None)
-        if pod.cgroup_parent:
-            _remove_cgroup(pod)
-        try:
-            self.store.remove(pod.id)
-        except KuasarError as err:
-            log.error("sandbox %s: cannot remove %s: %s", pod.id, self.store.pod_dir(pod.id), err)
-
     async def update_tasks(self, id: str, diff: TaskDiff) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
-            pod.tasks = encode_tasks(diff.new).decode()
-            self._save(pod)
+        await self.pods.update_tasks(id, diff)
 
     async def metrics(self, id: str) -> Optional[CgroupStats]:
-        pod = self._pod(id)
-        if not pod.cgroup_parent:
-            return None
-        try:
-            return Cgroup.open(pod.cgroup_parent).stats()
-        except NotFound:
-            return None
+        return self.pods.metrics(id)
 
     async def recover(self) -> None:
-        for sandbox_id in self.store.ids():
-            try:
-                pod = Pod.from_json(self.store.load(sandbox_id))
-            except (CorruptState, NotFound, TypeError, ValueError) as err:
-                log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, err)
-                self._remove(Pod(id=sandbox_id))
+        for sandbox_id, pod in self.pods.load_all():
+            if not isinstance(pod, Pod):
+                log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, pod)
+                self.pods.remove(Pod(id=sandbox_id))
                 continue
             if pod.state is PodState.READY:
-                pod_dir = self.store.pod_dir(pod.id)
                 if not (is_same_process(pod.pid, pod.holder_start)
-                        and namespaces_match(pod_dir, pod.pid, pod.ns_types)):
+                        and namespaces_match(self.pods.pod_dir(pod.id), pod.pid, pod.ns_types)):
                     log.error("sandbox %s: holder pid %d is gone or not the pod's; cleaning up",
                               pod.id, pod.pid)
                     if is_same_process(pod.pid, pod.holder_start):
@@ -284,14 +187,10 @@ class RuncSandboxer(Sandboxer):
                         await self.task_server.shutdown_pod(pod.id, now=True)
                     except KuasarError as err:
                         log.warning("sandbox %s: task server clean-up failed: %s", pod.id, err)
-                    self._remove(pod)
+                    self.pods.remove(pod)
                     continue
-                self._pods[pod.id] = pod
                 self._watch(pod)
-            else:
-                self._pods[pod.id] = pod
-                if pod.state is PodState.STOPPED:
-                    self._event(pod.id).set()
+            self.pods.adopt(pod)
             log.info("sandbox %s recovered (%s)", pod.id, pod.state.value)
 
     async def close(self) -> None:
@@ -299,16 +198,3 @@ class RuncSandboxer(Sandboxer):
             watch.cancel()
         self._watches.clear()
         await self.task_server.close()
-
-
-def _remove_cgroup(pod: Pod) -> None:
-    """Remove the pod's cgroup; on a hybrid v1 host also the copy runc makes in the unified tree."""
-    cgroups = [Cgroup.open(pod.cgroup_parent, owned_depth=pod.cgroup_owned_depth)]
-    unified = os.path.join(DEFAULT_ROOT, "unified")
-    if cgroups[0].version == "v1" and os.path.isdir(unified):
-        cgroups.append(CgroupV2(pod.cgroup_parent, root=unified, owned_depth=pod.cgroup_owned_depth))
-    for cgroup in cgroups:
-        try:
-            cgroup.delete()
-        except (OSError, KuasarError) as err:
-            log.warning("sandbox %s: cannot remove cgroup %r: %s", pod.id, cgroup, err)
