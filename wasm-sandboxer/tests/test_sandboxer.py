@@ -43,7 +43,7 @@ async def sandboxer(task_server):
     wasm = WasmSandboxer(task_server.directory, task_server)
     await wasm.recover()
     yield wasm
-    for sandbox_id in list(wasm._pods):
+    for sandbox_id in [pod.id for pod in wasm.pods]:
         await wasm.shutdown(sandbox_id)
 
 
@@ -89,7 +89,7 @@ async def test_pod_lifecycle_and_cgroup(sandboxer: WasmSandboxer, bundle_factory
     await sandboxer.shutdown(req.id)
     with pytest.raises(NotFound):
         await sandboxer.status(req.id)
-    assert not cgroup_exists(cgroup) and not os.path.exists(sandboxer.store.pod_dir(req.id))
+    assert not cgroup_exists(cgroup) and not os.path.exists(sandboxer.pods.pod_dir(req.id))
     assert not cgroup_exists(DEFAULT_CGROUP_ROOT)
 
 
@@ -142,11 +142,11 @@ async def test_unreadable_record_is_cleaned_up(task_server) -> None:
     req = _pod()
     await first.create(req)
     await first.start(req.id)
-    with open(os.path.join(first.store.pod_dir(req.id), "sandbox.json"), "w") as handle:
+    with open(os.path.join(first.pods.pod_dir(req.id), "sandbox.json"), "w") as handle:
         handle.write("{torn")
     second = WasmSandboxer(task_server.directory, task_server)
     await second.recover()
     with pytest.raises(NotFound):
         await second.status(req.id)
-    assert not os.path.exists(second.store.pod_dir(req.id))
+    assert not os.path.exists(second.pods.pod_dir(req.id))
     assert not cgroup_exists(f"{DEFAULT_CGROUP_ROOT}/{req.id}")

@@ -11,24 +11,20 @@ deleted through the task server, its cgroup removed) and the pod is NOT_FOUND.
 """
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 
 from kuasar_shared.cgroups import Cgroup
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
-from kuasar_shared.sandbox import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff,
-                                   TaskResources, encode_tasks, parse_tasks)
+from kuasar_shared.errors import InvalidArgument, KuasarError
+from kuasar_shared.sandbox import CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff
+from kuasar_shared.sandbox.pods import PodRecord, PodState, PodTable, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
-from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.task.backend import CgroupStats
 
-__all__ = ["WasmSandboxer", "PodState", "WASM_TASK", "DEFAULT_CGROUP_ROOT"]
+__all__ = ["WasmSandboxer", "Pod", "PodState", "WASM_TASK", "DEFAULT_CGROUP_ROOT"]
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +34,8 @@ WASM_TASK = find_command("wasm-task", "kuasar_wasm_sandboxer.task")
 DEFAULT_CGROUP_ROOT = "kuasar-wasm"
 
 
-class PodState(str, enum.Enum):
-    CREATED = "created"
-    READY = "ready"
-    STOPPED = "stopped"
-
-
-@dataclass
-class Pod:
-    """The persisted record of one pod (``sandbox.json``)."""
-
-    id: str
-    state: PodState = PodState.CREATED
-    netns: str = ""
-    #: the pod's cgroup (the config's cgroup_parent, else kuasar-wasm/<id>)
-    cgroup_parent: str = ""
-    cgroup_owned_depth: int = 0
-    created_at: str = ""
-    exited_at: str = ""
-    exit_status: int = 0
-    #: the accepted ``extensions.tasks`` list (JSON); wasm-task takes everything from task Create
-    tasks: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Pod":
-        pod = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        pod.state = PodState(pod.state)
-        return pod
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _time(value: str) -> Optional[datetime]:
-    return datetime.fromisoformat(value) if value else None
+class Pod(PodRecord):
+    """The persisted record of one wasm pod: ``cgroup_parent`` is the config's, else kuasar-wasm/<id>."""
 
 
 class WasmSandboxer(Sandboxer):
@@ -89,38 +47,18 @@ class WasmSandboxer(Sandboxer):
 
     def __init__(self, directory: str, task_server: TaskServer) -> None:
         self.directory = directory
-        self.store = PodStore(directory)
+        self.pods: PodTable[Pod] = PodTable(directory, Pod)
         self.task_server = task_server
-        self._pods: dict[str, Pod] = {}
-        self._stopped: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def _pod(self, sandbox_id: str) -> Pod:
-        try:
-            return self._pods[sandbox_id]
-        except KeyError:
-            raise NotFound(f"sandbox {sandbox_id} not found") from None
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
-    def _event(self, sandbox_id: str) -> asyncio.Event:
-        return self._stopped.setdefault(sandbox_id, asyncio.Event())
-
-    def _save(self, pod: Pod) -> None:
-        self.store.save(pod.id, pod.to_json())
 
     def _status(self, pod: Pod) -> SandboxStatus:
-        return SandboxStatus(id=pod.id, ready=pod.state is PodState.READY,
-                             pid=self.task_server.pid if pod.state is PodState.READY else 0,
-                             created_at=_time(pod.created_at), exited_at=_time(pod.exited_at),
+        ready = pod.state is PodState.READY
+        return SandboxStatus(id=pod.id, ready=ready, pid=self.task_server.pid if ready else 0,
+                             created_at=parse_time(pod.created_at), exited_at=parse_time(pod.exited_at),
                              address=self.task_server.address,
                              info={"netns": pod.netns, "cgroup": pod.cgroup_parent},
-                             tasks=parse_tasks(pod.tasks.encode()) if pod.tasks else TaskResources())
+                             tasks=pod.task_resources)
 
     async def create(self, req: CreateSandbox) -> None:
-        if req.id in self._pods:
-            raise AlreadyExists(f"sandbox {req.id} already exists")
         cgroup_parent = req.cgroup_parent or f"{DEFAULT_CGROUP_ROOT}/{req.id}"
         try:
             Cgroup.open(cgroup_parent)
@@ -129,33 +67,29 @@ class WasmSandboxer(Sandboxer):
         created = (req.created_at or datetime.now(timezone.utc)).isoformat()
         pod = Pod(id=req.id, netns=req.netns_path, cgroup_parent=cgroup_parent, created_at=created)
         try:
-            self._save(pod)
+            self.pods.add(pod)
         except OSError:
-            shutil.rmtree(self.store.pod_dir(req.id), ignore_errors=True)
+            shutil.rmtree(self.pods.pod_dir(req.id), ignore_errors=True)
             raise
-        self._pods[req.id] = pod
         log.info("sandbox %s created (cgroup %s)", req.id, cgroup_parent)
 
     async def start(self, id: str) -> SandboxStatus:
-        async with self._lock(id):
-            pod = self._pod(id)
-            if pod.state is not PodState.CREATED:
-                raise FailedPrecondition(f"sandbox {id} cannot start: it is {pod.state.value}, not created")
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
+            pod.require(PodState.CREATED, "start")
             cgroup = Cgroup.open(pod.cgroup_parent)
             try:
                 cgroup.create()
             except OSError as err:
                 raise InvalidArgument(f"sandbox {id}: cannot create cgroup {pod.cgroup_parent}: {err}") from err
             pod.cgroup_owned_depth = cgroup.owned_depth
-            pod.state = PodState.READY
-            self._event(id).clear()
-            self._save(pod)
+            self.pods.running(pod)
             log.info("sandbox %s ready", id)
             return self._status(pod)
 
     async def stop(self, id: str, timeout_secs: Optional[int]) -> None:
-        async with self._lock(id):
-            await self._stop(self._pod(id))
+        async with self.pods.lock(id):
+            await self._stop(self.pods.get(id))
 
     async def _stop(self, pod: Pod) -> None:
         if pod.state is PodState.READY:
@@ -164,28 +98,19 @@ class WasmSandboxer(Sandboxer):
             except KuasarError as err:
                 log.warning("sandbox %s: task server could not stop its containers: %s", pod.id, err)
             log.info("sandbox %s stopped", pod.id)
-        if pod.state is not PodState.STOPPED:
-            pod.state, pod.exited_at, pod.exit_status = PodState.STOPPED, _now(), 0
-            self._save(pod)
-        self._event(pod.id).set()
+        self.pods.stopped(pod, 0)
 
     async def wait(self, id: str) -> ExitStatus:
-        pod = self._pod(id)
-        if pod.state is not PodState.STOPPED:
-            await self._event(id).wait()
-            pod = self._pod(id)
-        return ExitStatus(exit_status=pod.exit_status, exited_at=_time(pod.exited_at))
+        return await self.pods.wait(id)
 
     async def status(self, id: str, verbose: bool = False) -> SandboxStatus:
-        return self._status(self._pod(id))
+        return self._status(self.pods.get(id))
 
     async def shutdown(self, id: str) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
             await self._stop(pod)
             await self._remove(pod)
-            self._stopped.pop(id, None)
-        self._locks.pop(id, None)
         log.info("sandbox %s removed", id)
 
     async def _remove(self, pod: Pod) -> None:
@@ -194,47 +119,28 @@ class WasmSandboxer(Sandboxer):
             await self.task_server.shutdown_pod(pod.id, now=True)
         except KuasarError as err:
             log.warning("sandbox %s: task server could not remove its containers: %s", pod.id, err)
-        self._pods.pop(pod.id, None)
-        if pod.cgroup_parent:
-            try:
-                Cgroup.open(pod.cgroup_parent, owned_depth=pod.cgroup_owned_depth).delete()
-            except (OSError, KuasarError) as err:
-                log.warning("sandbox %s: cannot remove cgroup %s: %s", pod.id, pod.cgroup_parent, err)
-            if pod.cgroup_parent.startswith(DEFAULT_CGROUP_ROOT + "/"):
-                _remove_if_empty(DEFAULT_CGROUP_ROOT)
-        try:
-            self.store.remove(pod.id)
-        except KuasarError as err:
-            log.error("sandbox %s: cannot remove %s: %s", pod.id, self.store.pod_dir(pod.id), err)
+        self.pods.remove(pod)
+        if pod.cgroup_parent.startswith(DEFAULT_CGROUP_ROOT + "/"):
+            _remove_if_empty(DEFAULT_CGROUP_ROOT)
 
     async def update_tasks(self, id: str, diff: TaskDiff) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
-            pod.tasks = encode_tasks(diff.new).decode()
-            self._save(pod)
+        await self.pods.update_tasks(id, diff)
 
     async def metrics(self, id: str) -> Optional[CgroupStats]:
-        pod = self._pod(id)
         try:
-            return Cgroup.open(pod.cgroup_parent).stats()
-        except (NotFound, InvalidArgument):
+            return self.pods.metrics(id)
+        except InvalidArgument:
             return None
 
     async def recover(self) -> None:
-        for sandbox_id in self.store.ids():
-            try:
-                pod = Pod.from_json(self.store.load(sandbox_id))
-                if pod.id != sandbox_id:
-                    raise ValueError(f"record names pod {pod.id!r}")
-            except (CorruptState, NotFound, TypeError, ValueError) as err:
-                log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, err)
+        for sandbox_id, pod in self.pods.load_all():
+            if not isinstance(pod, Pod):
+                log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, pod)
                 # the default cgroup is the only one we can still name
                 await self._remove(Pod(id=sandbox_id, cgroup_parent=f"{DEFAULT_CGROUP_ROOT}/{sandbox_id}",
                                        cgroup_owned_depth=1))
                 continue
-            self._pods[pod.id] = pod
-            if pod.state is PodState.STOPPED:
-                self._event(pod.id).set()
+            self.pods.adopt(pod)
             log.info("sandbox %s recovered (%s)", pod.id, pod.state.value)
 
     async def close(self) -> None:

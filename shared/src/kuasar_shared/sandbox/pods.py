@@ -179,9 +179,13 @@ class PodTable(Generic[P]):
         """Every pod directory with its record, or the error that makes it unrecoverable."""
         for sandbox_id in self.store.ids():
             try:
-                yield sandbox_id, self.record_type.from_json(self.store.load(sandbox_id))  # type: ignore[misc]
+                pod = self.record_type.from_json(self.store.load(sandbox_id))
+                if pod.id != sandbox_id:
+                    raise ValueError(f"record names pod {pod.id!r}")
             except (CorruptState, NotFound, TypeError, ValueError) as err:
                 yield sandbox_id, err
+            else:
+                yield sandbox_id, pod  # type: ignore[misc]
 
     def metrics(self, sandbox_id: str) -> Optional[CgroupStats]:
         pod = self.get(sandbox_id)
