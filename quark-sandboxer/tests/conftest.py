@@ -70,7 +70,7 @@ async def runsc_pods(tmp_path, busybox_rootfs):
     os.makedirs(directory)
     sandboxer = QuarkSandboxer(directory, RunscKernel(directory, RunscConfig()), None)
     yield sandboxer
-    for sandbox_id in list(sandboxer._pods):
+    for sandbox_id in [pod.id for pod in sandboxer.pods]:
         await sandboxer.shutdown(sandbox_id)
     await sandboxer.close()
 

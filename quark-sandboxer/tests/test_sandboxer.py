@@ -51,4 +51,5 @@ async def test_recovery_keeps_live_pods_and_cleans_the_rest(runsc_pods, pod) -> 
         assert start_time(pid) is None
     finally:
         await second.close()
-    runsc_pods._pods.clear()
+    for pod_record in list(runsc_pods.pods):
+        runsc_pods.pods.forget(pod_record.id)

@@ -6,19 +6,14 @@ so that every container joins its pod's sandbox with exactly the flags the sandb
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from kuasar_shared.sandbox.pods import PodRecord, PodState
 
 __all__ = ["PodState", "Pod", "RuntimeInvocation", "RECORD_NAME"]
 
 RECORD_NAME = "sandbox.json"
-
-
-class PodState(str, enum.Enum):
-    CREATED = "created"
-    READY = "ready"
-    STOPPED = "stopped"
 
 
 @dataclass
@@ -31,39 +26,23 @@ class RuntimeInvocation:
 
 
 @dataclass
-class Pod:
-    id: str
-    state: PodState = PodState.CREATED
+class Pod(PodRecord):
     kernel: str = "runsc"
-    netns: str = ""
     hostname: str = ""
-    cgroup_parent: str = ""
-    #: how many trailing levels of ``cgroup_parent`` this sandboxer created (removed at shutdown)
-    cgroup_owned_depth: int = 0
     #: the application kernel's host process (runsc: the Sentry; quark: the ``quark sandbox``)
     pid: int = 0
     pid_start: Optional[int] = None
     #: task API address; ``""``: the shared task server
     address: str = ""
     runtime: RuntimeInvocation = field(default_factory=RuntimeInvocation)
-    created_at: str = ""
-    exited_at: str = ""
-    exit_status: int = 0
-    #: the accepted ``extensions.tasks`` list (JSON)
-    tasks: str = ""
 
     def __repr__(self) -> str:
         return f"Pod(id={self.id!r}, state={self.state.value}, kernel={self.kernel})"
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Pod":
-        pod = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        pod.state = PodState(pod.state)
+        pod = super().from_json(data)
+        assert isinstance(pod, Pod)
         runtime = pod.runtime if isinstance(pod.runtime, dict) else {}
         pod.runtime = RuntimeInvocation(binary=str(runtime.get("binary", "")), root=str(runtime.get("root", "")),
                                         global_args=[str(a) for a in runtime.get("global_args", [])])

@@ -9,7 +9,6 @@ any other pod is cleaned up and forgotten (NOT_FOUND).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -17,16 +16,15 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from kuasar_shared.cgroups import Cgroup
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
+from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.oci import ExitWatch, is_same_process
-from kuasar_shared.sandbox import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff,
-                                   TaskResources, encode_tasks, parse_tasks)
+from kuasar_shared.sandbox import CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff
+from kuasar_shared.sandbox.pods import PodTable, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer
-from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.task.backend import CgroupStats
 
 from kuasar_quark_sandboxer.kernel import Kernel
-from kuasar_quark_sandboxer.pod import RECORD_NAME, Pod, PodState
+from kuasar_quark_sandboxer.pod import Pod, PodState
 
 __all__ = ["QuarkSandboxer", "UNEXPECTED_EXIT"]
 
@@ -34,14 +32,6 @@ log = logging.getLogger(__name__)
 
 #: status reported when a sandbox died without being stopped (its status is not ours to reap)
 UNEXPECTED_EXIT = 255
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _time(value: str) -> Optional[datetime]:
-    return datetime.fromisoformat(value) if value else None
 
 
 class QuarkSandboxer(Sandboxer):
@@ -57,31 +47,13 @@ class QuarkSandboxer(Sandboxer):
 
     def __init__(self, directory: str, kernel: Kernel, task_server: Optional[TaskServer]) -> None:
         self.directory = directory
-        self.store = PodStore(directory, RECORD_NAME)
+        self.pods: PodTable[Pod] = PodTable(directory, Pod)
         self.kernel = kernel
         self.task_server = task_server
-        self._pods: dict[str, Pod] = {}
         self._watches: dict[str, ExitWatch] = {}
-        self._exited: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
 
     def __repr__(self) -> str:
-        return f"QuarkSandboxer(dir={self.directory!r}, kernel={self.kernel.name}, pods={len(self._pods)})"
-
-    def _pod(self, sandbox_id: str) -> Pod:
-        try:
-            return self._pods[sandbox_id]
-        except KeyError:
-            raise NotFound(f"sandbox {sandbox_id} not found") from None
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
-    def _event(self, sandbox_id: str) -> asyncio.Event:
-        return self._exited.setdefault(sandbox_id, asyncio.Event())
-
-    def _save(self, pod: Pod) -> None:
-        self.store.save(pod.id, pod.to_json())
+        return f"QuarkSandboxer(dir={self.directory!r}, kernel={self.kernel.name})"
 
     def _address(self, pod: Pod) -> str:
         if pod.address:
@@ -90,14 +62,11 @@ class QuarkSandboxer(Sandboxer):
 
     def _status(self, pod: Pod) -> SandboxStatus:
         return SandboxStatus(id=pod.id, ready=pod.state is PodState.READY, pid=pod.pid,
-                             created_at=_time(pod.created_at), exited_at=_time(pod.exited_at),
-                             address=self._address(pod),
-                             info={"netns": pod.netns, "kernel": pod.kernel},
-                             tasks=parse_tasks(pod.tasks.encode()) if pod.tasks else TaskResources())
+                             created_at=parse_time(pod.created_at), exited_at=parse_time(pod.exited_at),
+                             address=self._address(pod), info={"netns": pod.netns, "kernel": pod.kernel},
+                             tasks=pod.task_resources)
 
     async def create(self, req: CreateSandbox) -> None:
-        if req.id in self._pods:
-            raise AlreadyExists(f"sandbox {req.id} already exists")
         if req.netns_path and not os.path.exists(req.netns_path):
             raise InvalidArgument(f"sandbox {req.id}: network namespace {req.netns_path} does not exist")
         if req.host_pid:
@@ -107,18 +76,16 @@ class QuarkSandboxer(Sandboxer):
         pod = Pod(id=req.id, kernel=self.kernel.name, netns=req.netns_path, hostname=req.hostname,
                   cgroup_parent=req.cgroup_parent, created_at=created)
         try:
-            self._save(pod)
+            self.pods.add(pod)
         except OSError:
-            shutil.rmtree(self.store.pod_dir(req.id), ignore_errors=True)
+            shutil.rmtree(self.pods.pod_dir(req.id), ignore_errors=True)
             raise
-        self._pods[req.id] = pod
         log.info("sandbox %s created (netns %s)", req.id, req.netns_path or "none")
 
     async def start(self, id: str) -> SandboxStatus:
-        async with self._lock(id):
-            pod = self._pod(id)
-            if pod.state is not PodState.CREATED:
-                raise FailedPrecondition(f"sandbox {id} cannot start: it is {pod.state.value}, not created")
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
+            pod.require(PodState.CREATED, "start")
             if pod.cgroup_parent:
                 cgroup = Cgroup.open(pod.cgroup_parent)
                 try:
@@ -127,30 +94,26 @@ class QuarkSandboxer(Sandboxer):
                     raise InvalidArgument(f"sandbox {id}: cannot create cgroup {pod.cgroup_parent}: "
                                           f"{err}") from err
                 pod.cgroup_owned_depth = cgroup.owned_depth
-                self._save(pod)
-            started = await self.kernel.start(pod, self.store.pod_dir(id))
+                self.pods.save(pod)
+            started = await self.kernel.start(pod, self.pods.pod_dir(id))
             pod.pid, pod.pid_start, pod.address, pod.runtime = (started.pid, started.pid_start, started.address,
                                                                 started.runtime)
-            pod.state = PodState.READY
-            self._save(pod)
+            self.pods.running(pod)
             self._watch(pod)
             log.info("sandbox %s ready, %s pid %d", id, self.kernel.name, pod.pid)
             return self._status(pod)
 
     def _watch(self, pod: Pod) -> None:
-        self._event(pod.id).clear()
         self._watches[pod.id] = ExitWatch(pod.pid, lambda: self._on_sandbox_exit(pod.id))
 
     def _on_sandbox_exit(self, sandbox_id: str) -> None:
         self._watches.pop(sandbox_id, None)
-        pod = self._pods.get(sandbox_id)
+        pod = self.pods.find(sandbox_id)
         if pod is None:
             return
         if pod.state is PodState.READY:
             log.warning("sandbox %s: %s pid %d exited unexpectedly", sandbox_id, pod.kernel, pod.pid)
-            pod.state, pod.exited_at, pod.exit_status = PodState.STOPPED, _now(), UNEXPECTED_EXIT
-            self._save(pod)
-        self._event(sandbox_id).set()
+        self.pods.stopped(pod, UNEXPECTED_EXIT)
 
     async def _shutdown_tasks(self, pod: Pod, now: bool) -> None:
         if self.task_server is None or not self.kernel.uses_task_server:
@@ -162,8 +125,8 @@ class QuarkSandboxer(Sandboxer):
                         "remove" if now else "stop", err)
 
     async def stop(self, id: str, timeout_secs: Optional[int]) -> None:
-        async with self._lock(id):
-            await self._stop(self._pod(id))
+        async with self.pods.lock(id):
+            await self._stop(self.pods.get(id))
 
     async def _stop(self, pod: Pod) -> None:
         if pod.state is PodState.READY:
@@ -171,74 +134,44 @@ class QuarkSandboxer(Sandboxer):
             watch = self._watches.pop(pod.id, None)
             if watch is not None:
                 watch.cancel()
-            await self.kernel.stop(pod, self.store.pod_dir(pod.id))
-            pod.state, pod.exited_at, pod.exit_status = PodState.STOPPED, _now(), 0
-            self._save(pod)
+            await self.kernel.stop(pod, self.pods.pod_dir(pod.id))
+            self.pods.stopped(pod, 0)
             log.info("sandbox %s stopped", pod.id)
-        elif pod.state is PodState.CREATED:
-            pod.state, pod.exited_at = PodState.STOPPED, _now()
-            self._save(pod)
-        self._event(pod.id).set()
+        else:
+            self.pods.stopped(pod, pod.exit_status)
 
     async def wait(self, id: str) -> ExitStatus:
-        pod = self._pod(id)
-        if pod.state is not PodState.STOPPED:
-            await self._event(id).wait()
-            pod = self._pod(id)
-        return ExitStatus(exit_status=pod.exit_status, exited_at=_time(pod.exited_at))
+        return await self.pods.wait(id)
 
     async def status(self, id: str, verbose: bool = False) -> SandboxStatus:
-        return self._status(self._pod(id))
+        return self._status(self.pods.get(id))
 
     async def shutdown(self, id: str) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
             await self._stop(pod)
             await self._shutdown_tasks(pod, now=True)
             await self._remove(pod)
-            self._exited.pop(id, None)
-        self._locks.pop(id, None)
         log.info("sandbox %s removed", id)
 
     async def _remove(self, pod: Pod) -> None:
         """Forget a stopped pod: the kernel's state, the pod's cgroup and its directory."""
-        self._pods.pop(pod.id, None)
         try:
-            await self.kernel.cleanup(pod, self.store.pod_dir(pod.id))
+            await self.kernel.cleanup(pod, self.pods.pod_dir(pod.id))
         except KuasarError as err:
             log.error("sandbox %s: kernel clean-up failed: %s", pod.id, err)
-        if pod.cgroup_parent:
-            cgroup = Cgroup.open(pod.cgroup_parent, owned_depth=pod.cgroup_owned_depth)
-            try:
-                cgroup.delete()
-            except (OSError, KuasarError) as err:
-                log.warning("sandbox %s: cannot remove cgroup %r: %s", pod.id, cgroup, err)
-        try:
-            self.store.remove(pod.id)
-        except KuasarError as err:
-            log.error("sandbox %s: cannot remove %s: %s", pod.id, self.store.pod_dir(pod.id), err)
+        self.pods.remove(pod)
 
     async def update_tasks(self, id: str, diff: TaskDiff) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
-            pod.tasks = encode_tasks(diff.new).decode()
-            self._save(pod)
+        await self.pods.update_tasks(id, diff)
 
     async def metrics(self, id: str) -> Optional[CgroupStats]:
-        pod = self._pod(id)
-        if not pod.cgroup_parent:
-            return None
-        try:
-            return Cgroup.open(pod.cgroup_parent).stats()
-        except NotFound:
-            return None
+        return self.pods.metrics(id)
 
     async def recover(self) -> None:
-        for sandbox_id in self.store.ids():
-            try:
-                pod = Pod.from_json(self.store.load(sandbox_id))
-            except (CorruptState, NotFound, TypeError, ValueError) as err:
-                log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, err)
+        for sandbox_id, pod in self.pods.load_all():
+            if not isinstance(pod, Pod):
+                log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, pod)
                 await self._remove(Pod(id=sandbox_id, kernel=self.kernel.name))
                 continue
             if pod.state is PodState.READY and not is_same_process(pod.pid, pod.pid_start):
@@ -246,11 +179,9 @@ class QuarkSandboxer(Sandboxer):
                 await self._shutdown_tasks(pod, now=True)
                 await self._remove(pod)
                 continue
-            self._pods[pod.id] = pod
             if pod.state is PodState.READY:
                 self._watch(pod)
-            elif pod.state is PodState.STOPPED:
-                self._event(pod.id).set()
+            self.pods.adopt(pod)
             log.info("sandbox %s recovered (%s)", pod.id, pod.state.value)
 
     async def close(self) -> None:

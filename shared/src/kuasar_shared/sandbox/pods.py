@@ -163,11 +163,15 @@ class PodTable(Generic[P]):
             pod.tasks = encode_tasks(diff.new).decode()
             self.save(pod)
 
+    def forget(self, sandbox_id: str) -> None:
+        """Stop tracking a pod, leaving everything it has in place (another sandboxer owns it now)."""
+        self._pods.pop(sandbox_id, None)
+        self._stopped.pop(sandbox_id, None)
+        self._locks.pop(sandbox_id, None)
+
     def remove(self, pod: P) -> None:
         """Forget a pod and remove its cgroup and directory (mounts inside are unmounted first)."""
-        self._pods.pop(pod.id, None)
-        self._stopped.pop(pod.id, None)
-        self._locks.pop(pod.id, None)
+        self.forget(pod.id)
         if pod.cgroup_parent:
             remove_cgroup(pod)
         try:
