@@ -24,7 +24,7 @@ async def test_record_roundtrip_and_exit_future(tmp_path) -> None:
     container.init.exited(137, datetime(2026, 1, 1, tzinfo=timezone.utc))
     await asyncio.wait_for(waiter, 1)
 
-    store = ContainerStore(str(tmp_path))
+    store = ContainerStore(str(tmp_path), Container)
     store.save(container)
     store.work_dir("c1")
     loaded = store.load(store.paths()[0])

@@ -36,7 +36,7 @@ from kuasar_shared.store import CorruptState
 from kuasar_shared.task.backend import (CgroupStats, CreateTask, ExecProcess, ExitInfo, ProcessState,
                                         TaskBackend, TaskStatus)
 
-from kuasar_wasm_sandboxer.container import Container, ContainerStore, Proc
+from kuasar_wasm_sandboxer.container import Container, Proc, WasmContainerStore
 from kuasar_wasm_sandboxer.entrypoint import RunSpec, build_run_spec
 from kuasar_wasm_sandboxer.runners import Runner, RunnerPool
 
@@ -76,7 +76,7 @@ class WasmTaskBackend(TaskBackend):
 
     def __init__(self, directory: str, pool: RunnerPool, pods_dir: str = "",
                  hub: Optional[StreamingHub] = None, exits: Optional[ExitRecorder] = None) -> None:
-        self.store = ContainerStore(directory)
+        self.store = WasmContainerStore(directory)
         self.pool = pool
         self.pods_dir = pods_dir
         self.hub = hub

@@ -6,144 +6,27 @@ states and exit statuses. Exit futures live only in memory and are rebuilt on ad
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Optional
+from dataclasses import dataclass
 
-from kuasar_shared.errors import NotFound
-from kuasar_shared.store import read_json, write_json_atomic
-from kuasar_shared.task.backend import ExitInfo, ProcessState, Stdio, TaskStatus
+from kuasar_shared.oci.container import ContainerRecord, ContainerStore, Proc
 
-__all__ = ["Proc", "Container", "ContainerStore"]
+__all__ = ["Proc", "Container", "WasmContainerStore"]
 
 
 @dataclass
-class Proc:
-    """One process of a container: the init (``exec_id == ""``) or an exec."""
+class Container(ContainerRecord):
+    """A wasm container: its record plus the cgroup the task server made for it."""
 
-    exec_id: str
-    pid: int = 0
-    start_time: Optional[int] = None
-    status: TaskStatus = TaskStatus.CREATED
-    exit_status: int = 0
-    exited_at: str = ""
-    stdio: dict[str, Any] = field(default_factory=dict)
-    #: OCI Process JSON of an exec (None for the init)
-    spec: Optional[dict[str, Any]] = None
-    #: last signal this server sent (the exit reason of an adopted process)
-    signal: int = 0
-    exit_future: Optional["asyncio.Future[None]"] = field(default=None, repr=False, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"exec_id": self.exec_id, "pid": self.pid, "start_time": self.start_time,
-                "status": int(self.status), "exit_status": self.exit_status, "exited_at": self.exited_at,
-                "stdio": dict(self.stdio), "spec": self.spec, "signal": self.signal}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Proc":
-        proc = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "exit_future"})
-        proc.status = TaskStatus(proc.status)
-        return proc
-
-    def future(self) -> "asyncio.Future[None]":
-        """The future resolved when this process has exited (created on first use)."""
-        if self.exit_future is None:
-            self.exit_future = asyncio.get_running_loop().create_future()
-            if self.status is TaskStatus.STOPPED:
-                self.exit_future.set_result(None)
-        return self.exit_future
-
-    def exited(self, status: int, at: datetime) -> None:
-        self.status, self.exit_status, self.exited_at = TaskStatus.STOPPED, status, at.isoformat()
-        fut = self.future()
-        if not fut.done():
-            fut.set_result(None)
-
-    def exit_info(self) -> ExitInfo:
-        return ExitInfo(pid=self.pid, exit_status=self.exit_status,
-                        exited_at=datetime.fromisoformat(self.exited_at) if self.exited_at else None)
-
-    def stdio_value(self) -> Stdio:
-        return Stdio(**self.stdio)
-
-
-@dataclass
-class Container:
-    id: str
-    bundle: str
-    namespace: str = ""
-    sandbox_id: str = ""
-    rootfs: str = ""
-    #: number of request rootfs mounts this server mounted on ``rootfs``
-    mounted: int = 0
     cgroup: str = ""
     cgroup_owned_depth: int = 0
-    init: Proc = field(default_factory=lambda: Proc(exec_id=""))
-    execs: dict[str, Proc] = field(default_factory=dict)
-
-    def proc(self, exec_id: str) -> Proc:
-        if not exec_id:
-            return self.init
-        try:
-            return self.execs[exec_id]
-        except KeyError:
-            raise NotFound(f"process {exec_id} of container {self.id} not found") from None
-
-    def procs(self) -> list[Proc]:
-        return [self.init, *self.execs.values()]
-
-    def state(self, exec_id: str) -> ProcessState:
-        proc = self.proc(exec_id)
-        return ProcessState(id=self.id, exec_id=exec_id, bundle=self.bundle, pid=proc.pid,
-                            status=proc.status, stdio=proc.stdio_value(),
-                            exit_status=proc.exit_status, exited_at=proc.exit_info().exited_at)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "bundle": self.bundle, "namespace": self.namespace,
-                "sandbox_id": self.sandbox_id, "rootfs": self.rootfs, "mounted": self.mounted,
-                "cgroup": self.cgroup, "cgroup_owned_depth": self.cgroup_owned_depth,
-                "init": self.init.to_json(), "execs": {k: v.to_json() for k, v in self.execs.items()}}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Container":
-        return cls(id=str(data["id"]), bundle=str(data["bundle"]), namespace=str(data.get("namespace", "")),
-                   sandbox_id=str(data.get("sandbox_id", "")), rootfs=str(data.get("rootfs", "")),
-                   mounted=int(data.get("mounted", 0)), cgroup=str(data.get("cgroup", "")),
-                   cgroup_owned_depth=int(data.get("cgroup_owned_depth", 0)), init=Proc.from_json(data["init"]),
-                   execs={k: Proc.from_json(v) for k, v in dict(data.get("execs", {})).items()})
 
 
-class ContainerStore:
-    """``<dir>/<id>.json`` records plus ``<dir>/<id>/`` work directories (run specs)."""
+class WasmContainerStore(ContainerStore[Container]):
+    """The records plus each container's run specs (what a runner process executes)."""
 
     def __init__(self, directory: str) -> None:
-        self.directory = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-
-    def work_dir(self, container_id: str) -> str:
-        path = os.path.join(self.directory, container_id)
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        return path
+        super().__init__(directory, Container)
 
     def run_spec_path(self, container_id: str, exec_id: str) -> str:
         return os.path.join(self.work_dir(container_id), (exec_id or "init") + ".run.json")
-
-    def save(self, container: Container) -> None:
-        write_json_atomic(os.path.join(self.directory, container.id + ".json"), container.to_json())
-
-    def load(self, path: str) -> Container:
-        return Container.from_json(read_json(path))
-
-    def paths(self) -> list[str]:
-        return sorted(os.path.join(self.directory, name) for name in os.listdir(self.directory)
-                      if name.endswith(".json") and not name.startswith("."))
-
-    def remove(self, container_id: str) -> None:
-        try:
-            os.unlink(os.path.join(self.directory, container_id + ".json"))
-        except FileNotFoundError:
-            pass
-        shutil.rmtree(os.path.join(self.directory, container_id), ignore_errors=True)

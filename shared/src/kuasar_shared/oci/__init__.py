@@ -17,4 +17,5 @@ from kuasar_shared.oci.spec import (CONFIG_NAME, NAMESPACE_TYPES, clamp_oom_scor
 __all__ = ["OciRuntime", "StdioFds", "error_from_output", "read_pid_file", "CONFIG_NAME",
            "NAMESPACE_TYPES", "clamp_oom_score_adj", "drop_hostname_if_shared_uts", "load_spec",
            "namespace_path", "own_oom_score_adj", "replace_proc_ns_paths", "rootfs_path", "save_spec",
-           "set_cgroups_path", "set_namespace_path", "ExitRecorder", "ExitWatch", "is_same_process", "kill", "start_time", "wait_exit"]
+           "set_cgroups_path", "set_namespace_path", "ExitRecorder", "ExitWatch", "is_same_process", "kill",
+           "start_time", "wait_exit"]

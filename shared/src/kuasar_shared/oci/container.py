@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Generic, Optional, Type, TypeVar
 
 from kuasar_shared.errors import NotFound
 from kuasar_shared.store import read_json, write_json_atomic
 from kuasar_shared.task.backend import ExitInfo, ProcessState, Stdio, TaskStatus
 
-__all__ = ["Proc", "Container", "ContainerStore"]
+__all__ = ["Proc", "ContainerRecord", "Container", "ContainerStore"]
+
+C = TypeVar("C", bound="ContainerRecord")
 
 
 @dataclass
@@ -74,17 +77,17 @@ class Proc:
 
 
 @dataclass
-class Container:
-    """One container: where it lives, how its runtime is invoked, and its processes."""
+class ContainerRecord:
+    """What every task server records about a container: where it lives and its processes.
+
+    Subclasses add their own scalar fields; :meth:`to_json` / :meth:`from_json` handle them
+    generically (tuples are stored as lists).
+    """
 
     id: str
     bundle: str
     namespace: str = ""
     sandbox_id: str = ""
-    binary: str = "runc"
-    root: str = ""
-    #: runtime options placed before every sub-command (``--platform=ptrace``...)
-    global_args: tuple[str, ...] = ()
     rootfs: str = ""
     #: number of request rootfs mounts this server mounted on ``rootfs``
     mounted: int = 0
@@ -99,6 +102,9 @@ class Container:
         except KeyError:
             raise NotFound(f"process {exec_id} of container {self.id} not found") from None
 
+    def procs(self) -> list[Proc]:
+        return [self.init, *self.execs.values()]
+
     def state(self, exec_id: str) -> ProcessState:
         proc = self.proc(exec_id)
         return ProcessState(id=self.id, exec_id=exec_id, bundle=self.bundle, pid=proc.pid,
@@ -106,27 +112,51 @@ class Container:
                             exit_status=proc.exit_status, exited_at=proc.exit_info().exited_at)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "bundle": self.bundle, "namespace": self.namespace,
-                "sandbox_id": self.sandbox_id, "binary": self.binary, "root": self.root,
-                "global_args": list(self.global_args), "rootfs": self.rootfs, "mounted": self.mounted,
-                "init": self.init.to_json(),
-                "execs": {k: v.to_json() for k, v in self.execs.items()}}
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "init":
+                value = value.to_json()
+            elif f.name == "execs":
+                value = {k: v.to_json() for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
+            data[f.name] = value
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Container":
-        return cls(id=str(data["id"]), bundle=str(data["bundle"]), namespace=str(data.get("namespace", "")),
-                   sandbox_id=str(data.get("sandbox_id", "")), binary=str(data.get("binary", "runc")),
-                   root=str(data.get("root", "")),
-                   global_args=tuple(str(a) for a in data.get("global_args", ())), rootfs=str(data.get("rootfs", "")),
-                   mounted=int(data.get("mounted", 0)), init=Proc.from_json(data["init"]),
-                   execs={k: Proc.from_json(v) for k, v in dict(data.get("execs", {})).items()})
+    def from_json(cls: Type[C], data: dict[str, Any]) -> C:
+        kwargs: dict[str, Any] = {"id": str(data["id"]), "bundle": str(data["bundle"]),
+                                  "init": Proc.from_json(data["init"]),
+                                  "execs": {k: Proc.from_json(v) for k, v in dict(data.get("execs", {})).items()}}
+        for f in fields(cls):
+            if f.name in kwargs or f.name not in data:
+                continue
+            value = data[f.name]
+            if isinstance(f.default, tuple):
+                value = tuple(str(a) for a in value)
+            elif f.default is not MISSING and f.default is not None:
+                value = type(f.default)(value)  # str / int fields, as their defaults say
+            kwargs[f.name] = value
+        return cls(**kwargs)
 
 
-class ContainerStore:
-    """``<dir>/<id>.json`` files plus ``<dir>/<id>/`` work directories (pid files, exec specs)."""
+@dataclass
+class Container(ContainerRecord):
+    """A container driven through an OCI runtime CLI: how the runtime is invoked."""
 
-    def __init__(self, directory: str) -> None:
+    binary: str = "runc"
+    root: str = ""
+    #: runtime options placed before every sub-command (``--platform=ptrace``...)
+    global_args: tuple[str, ...] = ()
+
+
+class ContainerStore(Generic[C]):
+    """``<dir>/<id>.json`` records plus ``<dir>/<id>/`` work directories (pid files, specs)."""
+
+    def __init__(self, directory: str, record_type: Type[C]) -> None:
         self.directory = directory
+        self.record_type = record_type
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def work_dir(self, container_id: str) -> str:
@@ -134,24 +164,19 @@ class ContainerStore:
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
-    def save(self, container: Container) -> None:
+    def save(self, container: C) -> None:
         write_json_atomic(os.path.join(self.directory, container.id + ".json"), container.to_json())
 
-    def load(self, path: str) -> Container:
-        return Container.from_json(read_json(path))
+    def load(self, path: str) -> C:
+        return self.record_type.from_json(read_json(path))
 
     def paths(self) -> list[str]:
         return sorted(os.path.join(self.directory, name) for name in os.listdir(self.directory)
                       if name.endswith(".json") and not name.startswith("."))
 
     def remove(self, container_id: str) -> None:
-        for path in (os.path.join(self.directory, container_id + ".json"),):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        work = os.path.join(self.directory, container_id)
-        if os.path.isdir(work):
-            for name in os.listdir(work):
-                os.unlink(os.path.join(work, name))
-            os.rmdir(work)
+        try:
+            os.unlink(os.path.join(self.directory, container_id + ".json"))
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(os.path.join(self.directory, container_id), ignore_errors=True)

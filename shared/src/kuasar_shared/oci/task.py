@@ -131,7 +131,7 @@ class OciTaskBackend(TaskBackend):
 
     def __init__(self, directory: str, hooks: OciHooks, hub: Optional[StreamingHub] = None,
                  exits: Optional[ExitRecorder] = None) -> None:
-        self.store = ContainerStore(directory)
+        self.store: ContainerStore[Container] = ContainerStore(directory, Container)
         self.hooks = hooks
         self._containers: dict[str, Container] = {}
         self._locks: dict[str, asyncio.Lock] = {}
