@@ -1,168 +1,26 @@
-"""The ``[sandbox-parent]`` helper: forks the tiny processes that hold a pod's namespaces.
+"""The sandboxer's end of the ``[sandbox-parent]`` helper (see :mod:`.holder_helper`).
 
-Forking a process that runs an asyncio loop and grpc threads is unsafe, so — like upstream's
-``runc/src/main.rs`` — the sandboxer forks this helper first, while still single-threaded, and asks
-it for holders over a socketpair. For each request the helper double-forks: the intermediate child
-unshares IPC, UTS and PID namespaces and forks the holder, which becomes PID 1 of the new PID
-namespace, joins the pod's network namespace (unless host network), sets the pod hostname and
-execs kuasar_shared's tiny pause program (about 100 KB of memory instead of a Python process), with
-SIGCHLD ignored so the kernel reaps orphans of the pod's PID namespace. Holders ignore every signal
-sent from outside their namespace except SIGKILL.
-
-Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname"}`` answered by a
-JSON line ``{"pid": n}`` or ``{"error": "..."}``.
+Like upstream's ``runc/src/main.rs``, the helper is started before the sandboxer's asyncio loop
+and grpc threads exist; it is a fresh interpreter running :mod:`.holder_helper`, asked for pod
+namespace holders over a socketpair.
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
-import signal
 import socket
-from typing import Any, Optional
+import sys
+from typing import Optional
 
-from kuasar_shared.daemon.reaper import set_child_subreaper
 from kuasar_shared.errors import Internal, InvalidArgument, Unavailable
-from kuasar_shared.pause import pause_elf
 
 __all__ = ["HolderParent"]
 
 log = logging.getLogger(__name__)
 
-_CLONE_NEWNET = 0x40000000
-_CLONE_NEWIPC = 0x08000000
-_CLONE_NEWUTS = 0x04000000
-_CLONE_NEWPID = 0x20000000
-_PR_SET_NAME = 15
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _set_name(name: str) -> None:
-    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-
-
-def _reap_all(_signum: int = 0, _frame: Any = None) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _pause_program() -> int:
-    """An anonymous file holding the pause program, inherited by every holder, which execs it."""
-    fd = os.memfd_create("sandbox-pause", 0)
-    os.write(fd, pause_elf())
-    return fd
-
-
-def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> None:
-    """Body of the holder (grandchild, PID 1 of the pod's PID namespace). Never returns."""
-    try:
-        if netns:
-            fd = os.open(netns, os.O_RDONLY)
-            try:
-                _check(_libc.setns(fd, _CLONE_NEWNET), f"setns {netns}")
-            finally:
-                os.close(fd)
-        if hostname:
-            socket.sethostname(hostname)
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.close(null)
-        os.write(report, b'{"ok": true}\n')
-    except BaseException as err:  # report anything, the parent turns it into a typed error
-        os.write(report, (json.dumps({"error": str(err)}) + "\n").encode())
-        os._exit(1)
-    os.close(report)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_IGN)
-    try:
-        os.execv(f"/proc/self/fd/{pause}", [f"[{name}]"])
-    finally:
-        os._exit(1)
-
-
-def _spawn_holder(request: dict[str, Any], pause: int) -> dict[str, Any]:
-    """In the helper: double-fork one holder and return ``{"pid"}`` or ``{"error"}``."""
-    netns = str(request.get("netns") or "")
-    hostname = str(request.get("hostname") or "")
-    name = "sandbox-" + str(request.get("id", ""))
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.close(read_end)
-            _check(_libc.unshare(_CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWPID), "unshare")
-            holder = os.fork()
-            if holder == 0:
-                _set_name(name)
-                low, high = sorted((write_end, pause))
-                os.closerange(3, low)
-                os.closerange(low + 1, high)
-                os.closerange(high + 1, 65536)
-                _holder(netns, hostname, write_end, pause, name)
-            os.write(write_end, (json.dumps({"pid": holder}) + "\n").encode())
-            os._exit(0)
-        except BaseException as err:
-            os.write(write_end, (json.dumps({"error": str(err)}) + "\n").encode())
-            os._exit(1)
-    os.close(write_end)
-    data = b""
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    answer: dict[str, Any] = {}
-    for line in data.splitlines():
-        message = json.loads(line)
-        if "error" in message:
-            if "pid" in answer:
-                _kill(int(answer["pid"]))
-            return {"error": message["error"]}
-        answer.update(message)
-    if "pid" not in answer or not answer.get("ok"):
-        if "pid" in answer:
-            _kill(int(answer["pid"]))
-        return {"error": "namespace holder died during set-up"}
-    return {"pid": answer["pid"]}
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _serve(sock: socket.socket) -> None:
-    """Main loop of the helper process; exits when the sandboxer closes its end."""
-    _set_name("sandbox-parent")
-    set_child_subreaper()
-    signal.signal(signal.SIGCHLD, _reap_all)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-    pause = _pause_program()
-    with sock, sock.makefile("rwb") as stream:
-        for line in stream:
-            try:
-                answer = _spawn_holder(json.loads(line), pause)
-            except Exception as err:  # a bad request must not end the helper
-                answer = {"error": f"{type(err).__name__}: {err}"}
-            stream.write((json.dumps(answer) + "\n").encode())
-            stream.flush()
+_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "holder_helper.py")
 
 
 class HolderParent:
@@ -180,17 +38,16 @@ class HolderParent:
 
     @classmethod
     def fork(cls) -> "HolderParent":
-        """Fork the helper. Call while the process is still single-threaded."""
+        """Start the helper (fork + exec). Call before the event loop starts."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.set_inheritable(True)
         pid = os.fork()
         if pid == 0:
-            ours.close()
-            code = 0
             try:
-                _serve(theirs)
-            except BaseException:  # the helper must never return into the sandboxer's code
-                code = 1
-            os._exit(code)
+                ours.close()
+                os.execv(sys.executable, [sys.executable, "-I", _HELPER, str(theirs.fileno())])
+            finally:  # the helper must never return into the sandboxer's code
+                os._exit(1)
         theirs.close()
         ours.setblocking(False)
         return cls(pid, ours)

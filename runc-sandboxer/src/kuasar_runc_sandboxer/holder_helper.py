@@ -1,0 +1,164 @@
+"""The ``[sandbox-parent]`` helper program: forks the tiny processes that hold a pod's namespaces.
+
+runc-sandboxer starts this file as a fresh interpreter (``python -I holder_helper.py <fd>``) before
+its event loop and grpc threads exist, and asks it for holders over the inherited socket. Being a
+separate, small program keeps it free of the sandboxer's state (no grpc, no copy-on-write pages
+dirtied behind the sandboxer's back) and makes forking in it safe. For each request it
+double-forks: the intermediate child unshares IPC, UTS and PID namespaces and forks the holder,
+which becomes PID 1 of the new PID namespace, joins the pod's network namespace (unless host
+network), sets the pod hostname and execs kuasar_shared's tiny pause program with SIGCHLD ignored
+(the kernel then reaps orphans of the pod's PID namespace). Holders ignore every signal sent from
+outside their namespace except SIGKILL.
+
+Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname"}`` answered by a
+JSON line ``{"pid": n}`` or ``{"error": "..."}``. Standard library + kuasar_shared.pause only.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from kuasar_shared.pause import pause_elf
+
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWUTS = 0x04000000
+_CLONE_NEWPID = 0x20000000
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _set_name(name: str) -> None:
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def _reap_all(_signum: int = 0, _frame: Any = None) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _pause_program() -> int:
+    """An anonymous file holding the pause program, inherited by every holder, which execs it."""
+    fd = os.memfd_create("sandbox-pause", 0)
+    os.write(fd, pause_elf())
+    return fd
+
+
+def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> None:
+    """Body of the holder (grandchild, PID 1 of the pod's PID namespace). Never returns."""
+    try:
+        if netns:
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                _check(_libc.setns(fd, _CLONE_NEWNET), f"setns {netns}")
+            finally:
+                os.close(fd)
+        if hostname:
+            socket.sethostname(hostname)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+        os.write(report, b'{"ok": true}\n')
+    except BaseException as err:  # report anything, the parent turns it into a typed error
+        os.write(report, (json.dumps({"error": str(err)}) + "\n").encode())
+        os._exit(1)
+    os.close(report)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        os.execv(f"/proc/self/fd/{pause}", [f"[{name}]"])
+    finally:
+        os._exit(1)
+
+
+def _spawn_holder(request: dict[str, Any], pause: int) -> dict[str, Any]:
+    """In the helper: double-fork one holder and return ``{"pid"}`` or ``{"error"}``."""
+    netns = str(request.get("netns") or "")
+    hostname = str(request.get("hostname") or "")
+    name = "sandbox-" + str(request.get("id", ""))
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            _check(_libc.unshare(_CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWPID), "unshare")
+            holder = os.fork()
+            if holder == 0:
+                _set_name(name)
+                low, high = sorted((write_end, pause))
+                os.closerange(3, low)
+                os.closerange(low + 1, high)
+                os.closerange(high + 1, 65536)
+                _holder(netns, hostname, write_end, pause, name)
+            os.write(write_end, (json.dumps({"pid": holder}) + "\n").encode())
+            os._exit(0)
+        except BaseException as err:
+            os.write(write_end, (json.dumps({"error": str(err)}) + "\n").encode())
+            os._exit(1)
+    os.close(write_end)
+    data = b""
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    answer: dict[str, Any] = {}
+    for line in data.splitlines():
+        message = json.loads(line)
+        if "error" in message:
+            if "pid" in answer:
+                _kill(int(answer["pid"]))
+            return {"error": message["error"]}
+        answer.update(message)
+    if "pid" not in answer or not answer.get("ok"):
+        if "pid" in answer:
+            _kill(int(answer["pid"]))
+        return {"error": "namespace holder died during set-up"}
+    return {"pid": answer["pid"]}
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _serve(sock: socket.socket) -> None:
+    """Main loop of the helper process; exits when the sandboxer closes its end."""
+    _set_name("sandbox-parent")
+    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+    signal.signal(signal.SIGCHLD, _reap_all)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    pause = _pause_program()
+    with sock, sock.makefile("rwb") as stream:
+        for line in stream:
+            try:
+                answer = _spawn_holder(json.loads(line), pause)
+            except Exception as err:  # a bad request must not end the helper
+                answer = {"error": f"{type(err).__name__}: {err}"}
+            stream.write((json.dumps(answer) + "\n").encode())
+            stream.flush()
+
+
+if __name__ == "__main__":
+    _serve(socket.socket(fileno=int(sys.argv[1])))
