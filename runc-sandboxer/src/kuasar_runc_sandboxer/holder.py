@@ -15,6 +15,7 @@ import sys
 from typing import Optional
 
 from kuasar_shared.errors import Internal, InvalidArgument, Unavailable
+from kuasar_shared.pause import pause_elf
 
 __all__ = ["HolderParent"]
 
@@ -41,14 +42,17 @@ class HolderParent:
         """Start the helper (fork + exec). Call before the event loop starts."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         theirs.set_inheritable(True)
+        pause = os.memfd_create("sandbox-pause", 0)  # inherited by the helper and every holder
+        os.write(pause, pause_elf())
         pid = os.fork()
         if pid == 0:
             try:
                 ours.close()
-                os.execv(sys.executable, [sys.executable, "-I", _HELPER, str(theirs.fileno())])
+                os.execv(sys.executable, [sys.executable, "-I", "-S", _HELPER, str(theirs.fileno()), str(pause)])
             finally:  # the helper must never return into the sandboxer's code
                 os._exit(1)
         theirs.close()
+        os.close(pause)
         ours.setblocking(False)
         return cls(pid, ours)
 

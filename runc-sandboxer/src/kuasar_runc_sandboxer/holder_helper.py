@@ -1,6 +1,7 @@
 """The ``[sandbox-parent]`` helper program: forks the tiny processes that hold a pod's namespaces.
 
-runc-sandboxer starts this file as a fresh interpreter (``python -I holder_helper.py <fd>``) before
+runc-sandboxer starts this file as a fresh interpreter (``python -I -S holder_helper.py <socket fd>
+<pause program fd>``) before
 its event loop and grpc threads exist, and asks it for holders over the inherited socket. Being a
 separate, small program keeps it free of the sandboxer's state (no grpc, no copy-on-write pages
 dirtied behind the sandboxer's back) and makes forking in it safe. For each request it
@@ -11,7 +12,7 @@ network), sets the pod hostname and execs kuasar_shared's tiny pause program wit
 outside their namespace except SIGKILL.
 
 Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname"}`` answered by a
-JSON line ``{"pid": n}`` or ``{"error": "..."}``. Standard library + kuasar_shared.pause only.
+JSON line ``{"pid": n}`` or ``{"error": "..."}``. Standard library only (no site-packages: small).
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ import signal
 import socket
 import sys
 from typing import Any
-
-from kuasar_shared.pause import pause_elf
 
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWIPC = 0x08000000
@@ -53,13 +52,6 @@ def _reap_all(_signum: int = 0, _frame: Any = None) -> None:
             return
         if pid == 0:
             return
-
-
-def _pause_program() -> int:
-    """An anonymous file holding the pause program, inherited by every holder, which execs it."""
-    fd = os.memfd_create("sandbox-pause", 0)
-    os.write(fd, pause_elf())
-    return fd
 
 
 def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> None:
@@ -142,14 +134,16 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _serve(sock: socket.socket) -> None:
-    """Main loop of the helper process; exits when the sandboxer closes its end."""
+def _serve(sock: socket.socket, pause: int) -> None:
+    """Main loop of the helper process; exits when the sandboxer closes its end.
+
+    ``pause`` is an inherited file descriptor holding the pause program, which every holder execs.
+    """
     _set_name("sandbox-parent")
     _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
     signal.signal(signal.SIGCHLD, _reap_all)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    pause = _pause_program()
     with sock, sock.makefile("rwb") as stream:
         for line in stream:
             try:
@@ -161,4 +155,4 @@ def _serve(sock: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    _serve(socket.socket(fileno=int(sys.argv[1])))
+    _serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
