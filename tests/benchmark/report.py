@@ -71,7 +71,7 @@ def _latency_tables(sides: Dict[str, Any]) -> List[str]:
 
 def _memory_tables(sides: Dict[str, Any]) -> List[str]:
     lines = ["## Management-plane memory (MiB, /proc/<pid>/smaps_rollup, 1 s after the last start)", "",
-             "Ours: sandboxer + its forked `sandbox-parent` helper + task server. Baseline: the sum of all "
+             "Ours: sandboxer + its `sandbox-parent` helper + task server. Baseline: the sum of all "
              "shims. The engine daemon (containerd) and per-pod infrastructure (ours: one namespace-holder "
              "process per pod, the analogue of a pause container, which the baseline pods do not have) are "
              "reported apart.", ""]
