@@ -24,6 +24,19 @@ async def test_setup_and_destroy(pod_netns):
     assert "ingress" not in _sh(pod_netns["pod"], "tc qdisc show dev eth0")
 
 
+async def test_no_fork_and_nothing_on_the_host(pod_netns, monkeypatch):
+    """A forked child would share the daemon's signal wakeup fd (its SIGTERM would stop the daemon)."""
+    def no_fork():
+        raise AssertionError("network code must not fork")
+    monkeypatch.setattr(os, "fork", no_fork)
+    net = await network.setup(pod_netns["path"])
+    try:
+        assert "tap_kua_0" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+        assert "tap_kua_0" in _sh(pod_netns["pod"], "ip link")
+    finally:
+        await network.destroy(net)
+
+
 async def test_destroy_of_vanished_netns_is_quiet():
     await network.destroy(network.PodNetwork(netns="/var/run/netns/kv-does-not-exist"))
     assert not os.path.exists("/var/run/netns/kv-does-not-exist")

@@ -4,19 +4,24 @@ For every veth in the pod network namespace (what CNI made) a tap ``tap_kua_<n>`
 it with the same MTU; an ingress qdisc on both and a ``u32 match u8 0 0`` filter with a ``mirred egress
 redirect`` action on each make the pair one wire (matchall/flower are not always in host kernels).
 QEMU runs in the namespace and opens the tap by name; the guest NIC gets the veth's MAC, and the
-veth's addresses and routes go to the guest in SetupSandbox. All netlink goes through pyroute2, in a
-thread (its calls block). :func:`destroy` removes exactly what :func:`setup` made.
+veth's addresses and routes go to the guest in SetupSandbox. All netlink goes through pyroute2 in a
+fresh thread that first ``setns``es into the pod namespace (netlink sockets and the tap ioctl belong to
+the calling thread's namespace). pyroute2's ``NetNS`` is not used: it forks the daemon, and the child,
+SIGTERMed on close, writes into the inherited signal wakeup fd, so the daemon would shut itself down.
+:func:`destroy` removes exactly what :func:`setup` made.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from pyroute2 import NetNS
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from kuasar_shared.errors import InvalidArgument
@@ -31,6 +36,8 @@ _ETH_P_ALL = 0x0003
 _INGRESS = 0xFFFF0000
 _TAP_PREFIX = "tap_kua_"
 _SCOPE_LINK = 253
+_CLONE_NEWNET = 0x40000000
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -90,17 +97,61 @@ def _kind(link: Any) -> str:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else ""
 
 
-def _mirror(ns: NetNS, src: int, dst: int) -> None:
+def _setns(fd: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "setns: %s" % os.strerror(err))
+
+
+async def _in_netns(netns: str, fn: Callable[[IPRoute], _T]) -> _T:
+    """Run ``fn(ipr)`` in a new thread inside ``netns`` (the thread leaves it before it ends)."""
+    loop = asyncio.get_running_loop()
+    done: "asyncio.Future[_T]" = loop.create_future()
+
+    def finish(result: Any, error: Any) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _setns(target)
+                finally:
+                    os.close(target)
+                try:
+                    ipr = IPRoute()
+                    try:
+                        result = fn(ipr)
+                    finally:
+                        ipr.close()
+                finally:
+                    _setns(own)
+            finally:
+                os.close(own)
+        except BaseException as err:  # handed to the awaiting coroutine
+            error = err
+        loop.call_soon_threadsafe(finish, result, error)
+
+    threading.Thread(target=run, name="netns", daemon=True).start()
+    return await done
+
+
+def _mirror(ns: IPRoute, src: int, dst: int) -> None:
     ns.tc("add", "ingress", index=src, handle="ffff:")
     ns.tc("add-filter", "u32", index=src, parent=_INGRESS, protocol=_ETH_P_ALL, target=0, keys=["0x0/0x0+0"],
           action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": dst})
 
 
-def _setup(netns: str) -> PodNetwork:
-    if not os.path.exists(netns):
-        raise FileNotFoundError(2, "network namespace does not exist", netns)
+def _setup(ns: IPRoute, netns: str) -> PodNetwork:
     net = PodNetwork(netns=netns)
-    ns = NetNS(netns)
     try:
         names: dict[int, str] = {}
         veths = []
@@ -137,37 +188,24 @@ def _setup(netns: str) -> PodNetwork:
                                         source=r.get_attr("RTA_PREFSRC") or "", scope=int(r["scope"]),
                                         family=family))
     except (NetlinkError, OSError):
-        ns.close()
-        _destroy(net)
+        _destroy(ns, net)
         raise
-    ns.close()
     return net
 
 
-def _destroy(net: PodNetwork) -> None:
-    if not os.path.exists(net.netns):
-        log.info("netns %s is gone: nothing to clean", net.netns)
-        return  # pyroute2's NetNS would create a missing named namespace
-    try:
-        ns = NetNS(net.netns)
-    except (NetlinkError, OSError) as err:
-        log.info("netns %s is gone (%s): nothing to clean", net.netns, err)
-        return
-    try:
-        for iface in net.interfaces:
-            for name in (iface.tap, iface.name):
-                found = ns.link_lookup(ifname=name)
-                if not found:
-                    continue
-                if name == iface.tap:
-                    ns.link("del", index=found[0])
-                else:
-                    try:
-                        ns.tc("del", "ingress", index=found[0], handle="ffff:")
-                    except NetlinkError as err:
-                        log.debug("no ingress qdisc on %s: %s", name, err)
-    finally:
-        ns.close()
+def _destroy(ns: IPRoute, net: PodNetwork) -> None:
+    for iface in net.interfaces:
+        for name in (iface.tap, iface.name):
+            found = ns.link_lookup(ifname=name)
+            if not found:
+                continue
+            if name == iface.tap:
+                ns.link("del", index=found[0])
+            else:
+                try:
+                    ns.tc("del", "ingress", index=found[0], handle="ffff:")
+                except NetlinkError as err:
+                    log.debug("no ingress qdisc on %s: %s", name, err)
 
 
 async def setup(netns: str) -> PodNetwork:
@@ -176,14 +214,17 @@ async def setup(netns: str) -> PodNetwork:
     :raise InvalidArgument: the namespace cannot be entered or configured (nothing is left behind).
     """
     try:
-        return await asyncio.to_thread(_setup, netns)
+        return await _in_netns(netns, lambda ns: _setup(ns, netns))
     except (NetlinkError, OSError) as err:
         raise InvalidArgument("cannot set up VM networking in %s: %s" % (netns, err)) from err
 
 
 async def destroy(net: PodNetwork) -> None:
     """Remove the taps and ingress qdiscs :func:`setup` made; a vanished netns is fine."""
+    if not os.path.exists(net.netns):
+        log.info("netns %s is gone: nothing to clean", net.netns)
+        return
     try:
-        await asyncio.to_thread(_destroy, net)
+        await _in_netns(net.netns, lambda ns: _destroy(ns, net))
     except (NetlinkError, OSError) as err:
         log.warning("cannot clean up networking in %s: %s", net.netns, err)

@@ -46,7 +46,8 @@ def _mounted(target: str) -> bool:
 
 
 def _mount(source: str, target: str, fstype: str, options: Sequence[str]) -> None:
-    os.makedirs(target, exist_ok=True)
+    if not os.path.lexists(target):  # an existing target may be a file (the resolv.conf bind)
+        os.makedirs(target)
     if fstype in ("proc", "sysfs", "devtmpfs") and _mounted(target):
         return  # moved here by stage 1
     try:

@@ -27,6 +27,15 @@ from kuasar_vmm_task.tasks import GuestTaskBackend
 log = logging.getLogger("kuasar_vmm_task")
 
 
+def _uptime() -> float:
+    """Guest seconds since the kernel started (boot-time breakdowns in the console log)."""
+    try:
+        with open("/proc/uptime") as handle:
+            return float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = "/run/sandbox-ns") -> Server:
     """The one ttrpc server: Task v3+v2, Streaming and grpc.SandboxService."""
     hub = StreamingHub()
@@ -66,7 +75,7 @@ async def _serve(args: argparse.Namespace, params: TaskParams) -> None:
     port = args.port or channel.find_port()
     try:
         if port:
-            log.info("serving ttrpc over the mux on %s", port)
+            log.info("serving ttrpc over the mux on %s (uptime %.2f s)", port, _uptime())
             await channel.serve_port(port, server.serve_connection)
         else:
             log.warning("no virtio port named %s", channel.PORT_NAME)
@@ -98,7 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     params = parse_cmdline(cmdline)
     setup_logging("debug" if params.debug else params.log_level, stream=sys.stderr)
     set_child_subreaper(True)
-    log.info("vmm-task %s starting (pid %d, share %s)", __version__, os.getpid(), params.sharefs_type)
+    log.info("vmm-task %s starting (pid %d, share %s, uptime %.2f s)", __version__, os.getpid(),
+             params.sharefs_type, _uptime())
     while True:
         try:
             asyncio.run(_serve(args, params))

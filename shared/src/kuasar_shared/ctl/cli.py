@@ -5,6 +5,7 @@
     kuasar-ctl pods | ps [-a] | inspect CTR | inspectp POD | logs [-f] CTR
     kuasar-ctl exec [-i] [--timeout S] CTR -- cmd...   (exit code passed through; timeout -> 124)
     kuasar-ctl stop CTR | rm CTR | stopp POD | rmp POD
+    kuasar-ctl -s vmm vm-exec [-i] [--timeout S] POD -- cmd...   (in the pod's guest; timeout -> 124)
 
 Ids are accepted by unique prefix. ``-s/--sandboxer`` picks ``/run/<type>-sandboxer.sock`` unless
 ``--endpoint`` is given; ``--io`` chooses FIFO or streaming stdio for new containers.
@@ -26,6 +27,7 @@ from kuasar_shared.ctl.engine import CREATED, EXITED, RUNNING, Engine, EngineOpt
 from kuasar_shared.ctl.exec import exec_sync
 from kuasar_shared.ctl.io import parse_cri_line
 from kuasar_shared.ctl.store import ContainerRecord
+from kuasar_shared.ctl.vm import vm_exec
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
 __all__ = ["main", "build_parser"]
@@ -78,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("inspectp", help="pod status as JSON").add_argument("pod")
     sub.add_parser("stopp", help="stop pods and their containers").add_argument("pods", nargs="+")
     sub.add_parser("rmp", help="remove pods and their containers").add_argument("pods", nargs="+")
+    vm = sub.add_parser("vm-exec", help="run a command in a vmm pod's guest (debug)")
+    vm.add_argument("-i", "--interactive", action="store_true", help="send our stdin to the command")
+    vm.add_argument("--timeout", type=float, help="kill the command after this many seconds (exit code 124)")
+    vm.add_argument("pod")
+    vm.add_argument("cmd", nargs=argparse.REMAINDER)
     return p
 
 
@@ -238,6 +245,13 @@ async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
         argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         return await exec_sync(engine, store.resolve_container(args.container), argv,
                                stdin=args.interactive, timeout=args.timeout)
+    elif cmd == "vm-exec":
+        argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        out, code = await vm_exec(engine, store.resolve_pod(args.pod), argv, timeout=args.timeout,
+                                  stdin=sys.stdin.buffer.read() if args.interactive else b"")
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        return code
     elif cmd == "logs":
         return await _logs(engine, args)
     elif cmd == "stop":

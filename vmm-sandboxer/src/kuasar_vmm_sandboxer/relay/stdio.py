@@ -24,6 +24,7 @@ __all__ = ["StdioBridge", "guest_url", "STREAMING_SERVICE"]
 log = logging.getLogger(__name__)
 STREAMING_SERVICE = "containerd.services.streaming.v1.Streaming"
 _CHUNK = 32768
+_EOF_ACK_SECONDS = 5.0
 Opener = Callable[[], Awaitable[Tuple[asyncio.StreamReader, object]]]
 
 
@@ -125,6 +126,9 @@ class StdioBridge:
                     break
                 await stream.send(_pack(transfer_pb2.Data(data=chunk)))
             await stream.close_send()
+            # the guest ends its side once it handled EOF; closing the connection earlier can make it
+            # drop the stream before the EOF reached the process
+            await asyncio.wait([windows], timeout=_EOF_ACK_SECONDS)
         finally:
             transport.close()
             windows.cancel()

@@ -1,0 +1,284 @@
+"""End to end through kuasar-ctl and a real vmm-sandboxer + vmm-task-relay + QEMU (TCG) guest whose
+PID 1 is vmm-task: one VM for the whole module (a boot costs ~10 s here). The pod becomes Ready,
+containers run with runc inside the guest and log through streaming and FIFO stdio, exec and
+vm-exec pass exit codes through, a sandboxer restart re-attaches to the running VM, and
+stop/rm/stopp/rmp leave no QEMU, tap, mount, socket or state directory behind; a second pod whose
+QEMU is killed with SIGKILL turns NotReady and is removed cleanly. The tests run in file order."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+IMAGE_DIR = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
+QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+def _tool(name: str) -> str:
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else (shutil.which(name) or name)
+
+
+class Ctl:
+    def __init__(self, endpoint: str, root: str, images: str, io: str) -> None:
+        self.base = [_tool("kuasar-ctl"), "-s", "vmm", "--endpoint", endpoint, "--root", root, "--images", images,
+                     "--io", io]
+
+    def __call__(self, *args: str, check: bool = True, stdin: str = "", timeout: float = 60):
+        proc = subprocess.run(self.base + list(args), input=stdin.encode(), capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kuasar-ctl {' '.join(args)} -> {proc.returncode}\n{proc.stderr.decode()}")
+        return proc
+
+    def out(self, *args: str) -> str:
+        return self(*args).stdout.decode().strip()
+
+
+def _wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def _pids_with(needle: str) -> list[int]:
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            pass
+    return [p for p in pids if p != os.getpid()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def guest_image() -> str:
+    if os.geteuid() != 0 or not os.path.exists(QEMU):
+        pytest.skip("QEMU (and root) cannot exist on this machine")
+    from kuasar_vmm_task.image.build import build
+    build(IMAGE_DIR, os.path.join(IMAGE_DIR, ".cache"))
+    return IMAGE_DIR
+
+
+class Sandboxer:
+    """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
+
+    def __init__(self, image_dir: str) -> None:
+        self.work = tempfile.mkdtemp(prefix="kve2e", dir="/tmp")
+        self.dir, self.listen = os.path.join(self.work, "d"), os.path.join(self.work, "vmm.sock")
+        self.config = os.path.join(self.work, "config_qemu.toml")
+        with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
+            text = f.read().replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
+        with open(self.config, "w") as f:
+            f.write(text)
+        self.log = os.path.join(self.work, "sandboxer.log")
+        self.proc: Any = None  # the running subprocess.Popen
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([_tool("vmm-sandboxer"), "--listen", self.listen, "--dir", self.dir,
+                                          "--config", self.config, "--log-level", "info"],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.listen):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError("vmm-sandboxer did not start:\n" + open(self.log).read())
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def vmm(guest_image):
+    sandboxer = Sandboxer(guest_image)
+    sandboxer.start()
+    yield sandboxer
+    sandboxer.stop()
+    # the relay (and a pod's QEMU) outlive the sandboxer by design; anything left of ours is killed here
+    _kill(_pids_with(sandboxer.dir))
+    subprocess.run(["umount", "-R", "-l", sandboxer.work], stderr=subprocess.DEVNULL, check=False)
+    shutil.rmtree(sandboxer.work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pod(vmm, images, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vmmpod")
+    tag = uuid.uuid4().hex[:6]
+    pod_cfg = tmp / "pod.json"
+    pod_cfg.write_text(json.dumps({
+        "metadata": {"name": f"vmm-{tag}", "namespace": "e2e", "uid": uuid.uuid4().hex},
+        "hostname": f"vmm-{tag}", "log_directory": str(tmp / "logs"),
+        "linux": {"cgroup_parent": f"/kuasar-e2e-vmm-{tag}",
+                  "security_context": {"namespace_options": {"network": 0, "pid": 0, "ipc": 0}}}}))
+    root = str(tmp / "ctl")
+
+    def ctl(io: str = "streaming") -> Ctl:
+        return Ctl(vmm.listen, root, images, io)
+
+    def container(name: str, script: str) -> str:
+        path = tmp / f"{name}.json"
+        path.write_text(json.dumps({"metadata": {"name": name}, "image": {"image": "busybox"},
+                                    "command": ["/bin/sh", "-c", script], "log_path": f"{name}.log"}))
+        return str(path)
+
+    started = time.monotonic()
+    pod_id = ctl()("runp", str(pod_cfg), timeout=120).stdout.decode().strip()
+    info = {"id": pod_id, "ctl": ctl, "container": container, "pod_config": str(pod_cfg), "root": root,
+            "cgroup": f"kuasar-e2e-vmm-{tag}", "boot_s": time.monotonic() - started, "containers": {}}
+    yield info
+    ctl()("rmp", pod_id, check=False)
+
+
+def test_pod_is_ready_on_a_qemu_vm(vmm, pod):
+    status = json.loads(pod["ctl"]().out("inspectp", pod["id"]))
+    assert status["status"]["state"] == "SANDBOX_READY"
+    pid = status["info"]["pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert argv[0] == QEMU.encode() and b"sandbox-" + pod["id"].encode() in argv
+    assert status["info"]["address"] == "ttrpc+unix://" + os.path.join(vmm.dir, pod["id"], "task.sock")
+    assert float(status["info"]["sandboxerInfo"]["start_agent_ms"]) > 0
+    with open(os.path.join(vmm.dir, pod["id"], "console.log"), errors="replace") as f:
+        console = f.read()
+    assert "serving ttrpc over the mux" in console and "ERROR" not in console
+    assert pod["boot_s"] < 60
+
+
+@pytest.mark.parametrize("io", ["streaming", "fifo"])
+def test_container_runs_in_the_guest_and_logs(pod, io):
+    ctl = pod["ctl"](io)
+    ctr = ctl.out("create", pod["id"], pod["container"](
+        io, f"echo {io} from $(hostname) on $(uname -r); echo {io}-err >&2; sleep 3600"), pod["pod_config"])
+    assert ctl.out("start", ctr) == ctr
+    pod["containers"][io] = ctr
+    logs = _wait_for(lambda: (lambda r: r if f"{io} from" in r.stdout.decode() else None)(ctl("logs", ctr)), 30)
+    hostname = json.loads(ctl.out("inspectp", pod["id"]))["status"]["metadata"]["name"]
+    assert logs.stdout.decode().startswith(f"{io} from {hostname} on ")
+    assert logs.stderr.decode() == f"{io}-err\n"
+    assert logs.stdout.decode().split(" on ")[1].strip() != os.uname().release  # the guest's kernel
+    assert ctl.out("exec", ctr, "--", "hostname") == hostname
+
+
+@pytest.mark.parametrize("io", ["streaming", "fifo"])
+def test_exec_passes_exit_code_and_streams(pod, io):
+    ctl = pod["ctl"](io)
+    ctr = pod["containers"][io]
+    result = ctl("exec", ctr, "--", "sh", "-c", "echo out; echo err >&2; exit 42", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (42, b"out\n", b"err\n")
+    assert ctl("exec", "-i", ctr, "--", "cat", stdin="piped in\n").stdout == b"piped in\n"
+
+
+def test_vm_exec_runs_in_the_guest(pod):
+    ctl = pod["ctl"]()
+    done = ctl("vm-exec", pod["id"][:12], "--", "sh", "-c", "ls /run/kuasar/state; echo err >&2; exit 7",
+               check=False)
+    assert done.returncode == 7 and done.stdout.decode().endswith("err\n")
+    assert pod["containers"]["fifo"] in done.stdout.decode().split()  # the share, seen from the guest
+    assert ctl("vm-exec", pod["id"], "--", "grep", "-q", " /etc/resolv.conf ", "/proc/mounts",
+               check=False).returncode == 0  # the pod's resolv.conf from the share
+    started = time.monotonic()
+    assert ctl("vm-exec", "--timeout", "1", pod["id"], "--", "sleep", "30", check=False).returncode == 124
+    assert time.monotonic() - started < 15
+
+
+def test_sandboxer_restart_reattaches_to_the_running_vm(vmm, pod):
+    ctl = pod["ctl"]()
+    qemu = json.loads(ctl.out("inspectp", pod["id"]))["info"]["pid"]
+    vmm.stop()
+    assert _running(qemu)  # the VM outlives the sandboxer
+    vmm.start()
+    status = json.loads(ctl.out("inspectp", pod["id"]))
+    assert status["status"]["state"] == "SANDBOX_READY" and status["info"]["pid"] == qemu
+    result = ctl("exec", pod["containers"]["streaming"], "--", "sh", "-c", "echo still here; exit 5", check=False)
+    assert (result.returncode, result.stdout) == (5, b"still here\n")
+
+
+def test_stop_rm_stopp_rmp_leave_nothing(vmm, pod):
+    ctl = pod["ctl"]()
+    streaming, fifo = pod["containers"]["streaming"], pod["containers"]["fifo"]
+    ctl("stop", streaming)
+    status = json.loads(ctl.out("inspect", streaming))["status"]
+    assert status["state"] == "CONTAINER_EXITED" and status["exitCode"] == 137
+    ctl("rm", streaming)
+    assert ctl.out("ps", "-a", "-q") == fifo
+    qemu = json.loads(ctl.out("inspectp", pod["id"]))["info"]["pid"]
+    netns = json.loads(ctl.out("inspectp", pod["id"]))["info"]["netnsPath"]
+    ctl("stopp", pod["id"])
+    assert json.loads(ctl.out("inspectp", pod["id"]))["status"]["state"] == "SANDBOX_NOTREADY"
+    _wait_for(lambda: not _running(qemu), 10)  # adopted after the restart: PID 1 reaps it
+    ctl("rmp", pod["id"])
+    assert ctl.out("pods", "-q") == "" and ctl.out("ps", "-a", "-q") == ""
+
+    _assert_nothing_left(vmm, pod, pod["id"], netns)
+
+
+def test_killed_qemu_ends_the_pod_and_removal_cleans_up(vmm, pod):
+    ctl = pod["ctl"]()
+    pod_id = ctl("runp", pod["pod_config"], timeout=120).stdout.decode().strip()
+    info = json.loads(ctl.out("inspectp", pod_id))["info"]
+    os.kill(info["pid"], signal.SIGKILL)
+    _wait_for(lambda: json.loads(ctl.out("inspectp", pod_id))["status"]["state"] == "SANDBOX_NOTREADY", 20)
+    ctl("rmp", pod_id)
+    assert ctl.out("pods", "-q") == ""
+    _assert_nothing_left(vmm, pod, pod_id, info["netnsPath"])
+
+
+def _assert_nothing_left(vmm: Sandboxer, pod: dict, pod_id: str, netns: str) -> None:
+    def leftovers() -> list[str]:
+        found = [f"process {p}" for p in _pids_with(pod_id)]
+        with open("/proc/self/mountinfo") as f:
+            found += [line.split()[4] for line in f if vmm.work in line.split()[4]
+                      or pod["root"] in line.split()[4]]
+        if os.path.exists(os.path.join(vmm.dir, pod_id)):
+            found.append(os.path.join(vmm.dir, pod_id))
+        if netns and os.path.exists(netns):
+            found.append(netns)
+        found += [f"link {line}" for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                                            text=True).stdout.splitlines() if "tap_kua" in line]
+        found += [f"cgroup {c}" for c in os.listdir("/sys/fs/cgroup")
+                  if os.path.exists(os.path.join("/sys/fs/cgroup", c, pod["cgroup"]))]
+        return found
+    try:
+        _wait_for(lambda: not leftovers(), 10)
+    except AssertionError:
+        assert leftovers() == []
