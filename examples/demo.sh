@@ -10,38 +10,16 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-PATH="$repo/.venv/bin:$PATH"
-work=$(mktemp -d /tmp/kuasar-demo.XXXXXX)
-sock="$work/runc-sandboxer.sock"
-ctl() { kuasar-ctl --endpoint "$sock" --root "$work/ctl" --images "$work/images" "$@"; }
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+kind=runc
+leftovers=/tmp/kuasar-demo/logs   # the log_directory of examples/pod.yaml
+. "$repo/examples/lib.sh"
 
-sandboxer_pid=""
-cleanup() {
-    set +e
-    if [ -n "$sandboxer_pid" ]; then
-        for pod in $(ctl pods -q 2>/dev/null); do ctl rmp "$pod" >/dev/null; done
-        kill -TERM "$sandboxer_pid" 2>/dev/null
-        wait "$sandboxer_pid" 2>/dev/null
-        # runc-task outlives the sandboxer on purpose (restart promise); the demo stops it too
-        for pid in $(pgrep -f "runc-task .*$work/dir"); do kill -TERM "$pid"; done
-    fi
-    rm -rf "$work" /tmp/kuasar-demo/logs
-}
-trap cleanup EXIT INT TERM
-
-rm -rf /tmp/kuasar-demo/logs   # the log_directory of examples/pod.yaml
+rm -rf "$leftovers"   # a previous run's logs
 step "building the busybox image stand-in"
 sh "$repo/hack/make-busybox-rootfs.sh" "$work/images/busybox"
 
 step "starting runc-sandboxer (--listen $sock --dir $work/dir)"
-runc-sandboxer --listen "$sock" --dir "$work/dir" --log-level info >"$work/sandboxer.log" 2>&1 &
-sandboxer_pid=$!
-i=0
-while [ ! -S "$sock" ]; do
-    i=$((i + 1)); [ $i -lt 200 ] || { cat "$work/sandboxer.log"; exit 1; }
-    sleep 0.1
-done
+start_sandboxer "$work/sandboxer.log" runc-sandboxer --listen "$sock" --dir "$work/dir" --log-level info
 
 step "kuasar-ctl run examples/pod.yaml examples/busybox.yaml   (runp + create + start)"
 set -- $(ctl run "$here/pod.yaml" "$here/busybox.yaml")

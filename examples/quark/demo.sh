@@ -7,25 +7,9 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$(dirname "$here")")
-PATH="$repo/.venv/bin:$PATH"
-work=$(mktemp -d /tmp/kuasar-quark-demo.XXXXXX)
-sock="$work/quark-sandboxer.sock"
-ctl() { kuasar-ctl -s quark --endpoint "$sock" --root "$work/ctl" --images "$work/images" "$@"; }
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-sandboxer_pid=""
-cleanup() {
-    set +e
-    if [ -n "$sandboxer_pid" ]; then
-        for pod in $(ctl pods -q 2>/dev/null); do ctl rmp "$pod" >/dev/null; done
-        kill -TERM "$sandboxer_pid" 2>/dev/null
-        wait "$sandboxer_pid" 2>/dev/null
-        # quark-task outlives the sandboxer on purpose (restart promise); the demo stops it too
-        for pid in $(pgrep -f "quark-task .*$work/dir"); do kill -TERM "$pid"; done
-    fi
-    rm -rf "$work" /tmp/kuasar-quark-vol
-}
-trap cleanup EXIT INT TERM
+kind=quark
+leftovers="/tmp/kuasar-quark-vol /tmp/kuasar-demo/logs"   # the volume and examples/pod.yaml's log_directory
+. "$repo/examples/lib.sh"
 
 step "building the busybox image stand-in"
 sh "$repo/hack/make-busybox-rootfs.sh" "$work/images/busybox" >/dev/null
@@ -33,9 +17,7 @@ mkdir -p /tmp/kuasar-quark-vol
 uname -r > /tmp/kuasar-quark-vol/host-kernel
 
 step "start quark-sandboxer (gVisor runsc, ptrace platform; its quark-task server is started alongside)"
-quark-sandboxer --listen "$sock" --dir "$work/dir" --config "$here/config_quark.toml" --log-level warn &
-sandboxer_pid=$!
-while [ ! -S "$sock" ]; do sleep 0.1; done
+start_sandboxer - quark-sandboxer --listen "$sock" --dir "$work/dir" --config "$here/config_quark.toml" --log-level warn
 
 step "one pod, two containers sharing a volume"
 sed 's/name: kernel-check/name: kernel-check-2/; s/kernel-check.log/kernel-check-2.log/' \

@@ -11,25 +11,9 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$(dirname "$here")")
-PATH="$repo/.venv/bin:$PATH"
-work=$(mktemp -d /tmp/kuasar-wasm-demo.XXXXXX)
-sock="$work/wasm-sandboxer.sock"
-ctl() { kuasar-ctl -s wasm --endpoint "$sock" --root "$work/ctl" --images "$work/images" "$@"; }
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-sandboxer_pid=""
-cleanup() {
-    set +e
-    if [ -n "$sandboxer_pid" ]; then
-        for pod in $(ctl pods -q 2>/dev/null); do ctl rmp "$pod" >/dev/null; done
-        kill -TERM "$sandboxer_pid" 2>/dev/null
-        wait "$sandboxer_pid" 2>/dev/null
-        # wasm-task outlives the sandboxer on purpose (restart promise); the demo stops it too
-        for pid in $(pgrep -f "wasm-task .*$work/dir"); do kill -TERM "$pid"; done
-    fi
-    rm -rf "$work" /tmp/kuasar-demo/wasm-logs
-}
-trap cleanup EXIT INT TERM
+kind=wasm
+leftovers=/tmp/kuasar-demo/wasm-logs
+. "$repo/examples/lib.sh"
 
 step "compile hello.c with clang --target=wasm32-wasi into the image rootfs"
 mkdir -p "$work/images/wasm-demo/bin" "$work/images/wasm-demo/etc"
@@ -38,9 +22,7 @@ echo "this file was read through a WASI preopen" > "$work/images/wasm-demo/etc/m
 ls -l "$work/images/wasm-demo/bin"
 
 step "start wasm-sandboxer (its wasm-task server is started alongside)"
-wasm-sandboxer --listen "$sock" --dir "$work/dir" --log-level warn &
-sandboxer_pid=$!
-while [ ! -S "$sock" ]; do sleep 0.1; done
+start_sandboxer - wasm-sandboxer --listen "$sock" --dir "$work/dir" --log-level warn
 
 step "run the pod and two wasm containers"
 pod=$(ctl runp "$here/pod.yaml")

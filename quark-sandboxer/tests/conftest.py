@@ -9,36 +9,19 @@ import uuid
 
 import pytest
 
-from kuasar_shared.daemon.reaper import set_child_subreaper
 from kuasar_shared.sandbox import CreateSandbox
+from kuasar_shared.testing.oci import busybox_rootfs_for, fifo  # noqa: F401 (fifo: a fixture)
 
 from kuasar_quark_sandboxer.config import RunscConfig
 from kuasar_quark_sandboxer.kernels.runsc import RunscKernel
 from kuasar_quark_sandboxer.sandboxer import QuarkSandboxer
 
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNSC = shutil.which("runsc")
-
-
-def make_busybox_rootfs(rootfs: str) -> None:
-    """A minimal rootfs: static busybox plus one symlink per applet."""
-    for sub in ("bin", "proc", "sys", "dev", "tmp", "etc"):
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy2(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
 
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if RUNSC is None or not os.path.exists(BUSYBOX) or os.geteuid() != 0:
-        pytest.skip("needs root, runsc and busybox-static")
-    set_child_subreaper()  # runsc helpers re-parent to the test process, as to quark-task
-    rootfs = str(tmp_path_factory.mktemp("busybox") / "rootfs")
-    make_busybox_rootfs(rootfs)
-    return rootfs
+    return busybox_rootfs_for(tmp_path_factory, RUNSC, "runsc", subreaper=True)
 
 
 @pytest.fixture

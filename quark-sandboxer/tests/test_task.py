@@ -12,43 +12,13 @@ import pytest
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.oci.task import UNKNOWN_EXIT, OciTaskBackend
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
+from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_quark_sandboxer.hooks import RunscHooks
 
 
 def _cid() -> str:
     return "ctr-" + uuid.uuid4().hex[:10]
-
-
-async def _read_fifo(path: str, timeout: float = 20.0) -> bytes:
-    """Read a FIFO to EOF without blocking the loop."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    done = loop.create_future()
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            chunks.append(data)
-        elif not done.done():
-            done.set_result(None)
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def _fifo(tmp_path, name: str) -> str:
-    path = str(tmp_path / name)
-    os.mkfifo(path)
-    return path
 
 
 @pytest.fixture
@@ -60,7 +30,7 @@ async def backend(tmp_path, runsc_pods):
     await task_backend.close()
 
 
-async def test_two_containers_share_one_kernel_and_a_volume(tmp_path, backend, bundle_factory, pod) -> None:
+async def test_two_containers_share_one_kernel_and_a_volume(tmp_path, backend, bundle_factory, pod, fifo) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     outs = {}
@@ -68,8 +38,8 @@ async def test_two_containers_share_one_kernel_and_a_volume(tmp_path, backend, b
                          ("b", "while [ ! -s /vol/shared ]; do sleep 0.1; done; uname -r; cat /vol/shared")):
         cid = _cid()
         bundle = bundle_factory(cid, ["sh", "-c", script], pod, mounts=(("/vol", str(volume)),))
-        out = _fifo(tmp_path, name + ".out")
-        outs[name] = (cid, asyncio.ensure_future(_read_fifo(out)))
+        out = fifo(name + ".out")
+        outs[name] = (cid, asyncio.ensure_future(read_fifo(out)))
         await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out)))
         await backend.start(cid, "")
     host_release = os.uname().release.encode()
@@ -82,7 +52,7 @@ async def test_two_containers_share_one_kernel_and_a_volume(tmp_path, backend, b
         await backend.delete(cid, "")
 
 
-async def test_exec_exit_codes_kill_and_stats(tmp_path, backend, bundle_factory, pod) -> None:
+async def test_exec_exit_codes_kill_and_stats(backend, bundle_factory, pod, fifo) -> None:
     cid = _cid()
     pid = await backend.create(CreateTask(id=cid, bundle=bundle_factory(cid, ["sleep", "1000"], pod)))
     assert (await backend.state(cid, "")).status is TaskStatus.CREATED
@@ -90,9 +60,10 @@ async def test_exec_exit_codes_kill_and_stats(tmp_path, backend, bundle_factory,
     assert (await backend.state(cid, "")).pid == pid
     assert len(await backend.pids(cid)) == 1
 
-    out = _fifo(tmp_path, "exec.out")
-    reader = asyncio.ensure_future(_read_fifo(out))
-    spec = {"args": ["sh", "-c", "echo in-exec; exit 3"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
+    out = fifo("exec.out")
+    reader = asyncio.ensure_future(read_fifo(out))
+    spec = {"args": ["sh", "-c", "echo in-exec; exit 3"], "cwd": "/", "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0}}
     await backend.exec(ExecProcess(id=cid, exec_id="e1", stdio=Stdio(stdout=out), spec=spec))
     await backend.start(cid, "e1")
     assert (await asyncio.wait_for(backend.wait(cid, "e1"), 20)).exit_status == 3

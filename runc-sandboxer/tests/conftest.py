@@ -1,7 +1,6 @@
 """Fixtures: the sandbox-parent helper, a runc-task server per test, busybox bundles, FIFOs."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -15,35 +14,20 @@ import pytest_asyncio
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.daemon.reaper import set_child_subreaper
+from kuasar_shared.testing.oci import busybox_rootfs_for, fifo  # noqa: F401 (fifo: a fixture)
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
 from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
 from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
 
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNC = shutil.which("runc")
 SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 
 
-def make_busybox_rootfs(rootfs: str) -> None:
-    """A minimal rootfs: static busybox plus one symlink per applet."""
-    for sub in ("bin", "proc", "sys", "dev", "tmp", "etc"):
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy2(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
-
-
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if RUNC is None or not os.path.exists(BUSYBOX) or os.geteuid() != 0:
-        pytest.skip("needs root, runc and busybox-static")
-    rootfs = str(tmp_path_factory.mktemp("busybox") / "rootfs")
-    make_busybox_rootfs(rootfs)
-    return rootfs
+    return busybox_rootfs_for(tmp_path_factory, RUNC, "runc")
 
 
 @pytest.fixture(scope="session")
@@ -121,40 +105,6 @@ def container_bundle(tmp_path, busybox_rootfs: str):
     return factory
 
 
-@pytest.fixture
-def fifo(tmp_path):
-    def factory(name: str) -> str:
-        path = str(tmp_path / name)
-        os.mkfifo(path)
-        return path
-    return factory
-
-
-async def _read_fifo(path: str, timeout: float = 10.0) -> bytes:
-    """Read a FIFO to EOF without blocking the loop."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    done = loop.create_future()
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            chunks.append(data)
-        elif not done.done():
-            done.set_result(None)
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return b"".join(chunks)
-
-
 async def _run_container(client: Client, container_id: str, bundle: str, stdout: str) -> int:
     """Task.Create + Start over ttrpc, like containerd; returns the init pid."""
     meta = {"containerd-namespace-ttrpc": "k8s.io"}
@@ -163,12 +113,6 @@ async def _run_container(client: Client, container_id: str, bundle: str, stdout:
     await client.call(TASK_SERVICE, "Start", shim_pb2.StartRequest(id=container_id), shim_pb2.StartResponse,
                       metadata=meta)
     return created.pid
-
-
-@pytest.fixture
-def read_fifo():
-    """``await read_fifo(path)``: a FIFO's content up to EOF."""
-    return _read_fifo
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from kuasar_shared.mounts import mountinfo
 from kuasar_shared.daemon.reaper import get_reaper
 from kuasar_shared.oci import ExitRecorder, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox
+from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
 from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
@@ -37,7 +38,7 @@ def _mounts_under(path: str) -> list[str]:
 
 @pytest.mark.asyncio
 async def test_two_containers_share_pod_net_ipc_uts(sandboxer: RuncSandboxer, netns: str, container_bundle,
-                                                    fifo, read_fifo, run_container) -> None:
+                                                    fifo, run_container) -> None:
     req = _pod(netns=netns, hostname="shared-host")
     await sandboxer.create(req)
     status = await sandboxer.start(req.id)
@@ -66,8 +67,7 @@ async def test_two_containers_share_pod_net_ipc_uts(sandboxer: RuncSandboxer, ne
 
 
 @pytest.mark.asyncio
-async def test_host_network_pod(sandboxer: RuncSandboxer, container_bundle, fifo, read_fifo,
-                                run_container) -> None:
+async def test_host_network_pod(sandboxer: RuncSandboxer, container_bundle, fifo, run_container) -> None:
     req = _pod(network="NODE")
     await sandboxer.create(req)
     status = await sandboxer.start(req.id)
@@ -77,8 +77,8 @@ async def test_host_network_pod(sandboxer: RuncSandboxer, container_bundle, fifo
     try:
         out = fifo("hostnet")
         reader = asyncio.ensure_future(read_fifo(out))
-        await run_container(client, f"{req.id}-c", container_bundle(req.id, status.pid, ["readlink", "/proc/self/ns/net"]),
-                            out)
+        await run_container(client, f"{req.id}-c",
+                            container_bundle(req.id, status.pid, ["readlink", "/proc/self/ns/net"]), out)
         assert (await reader).decode().strip() == os.readlink("/proc/self/ns/net")
     finally:
         await client.close()
@@ -86,7 +86,7 @@ async def test_host_network_pod(sandboxer: RuncSandboxer, container_bundle, fifo
 
 @pytest.mark.asyncio
 async def test_shared_pid_pod_sees_other_containers(sandboxer: RuncSandboxer, netns: str, container_bundle,
-                                                    fifo, read_fifo, run_container) -> None:
+                                                    fifo, run_container) -> None:
     req = _pod(netns=netns, pid_mode="POD")
     await sandboxer.create(req)
     status = await sandboxer.start(req.id)

@@ -8,31 +8,14 @@ import subprocess
 
 import pytest
 
-from kuasar_shared.daemon.reaper import set_child_subreaper
+from kuasar_shared.testing.oci import busybox_rootfs_for, fifo  # noqa: F401 (fifo: a fixture)
 
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNC = shutil.which("runc")
-
-
-def make_busybox_rootfs(rootfs: str) -> None:
-    """A minimal rootfs: static busybox plus one symlink per applet."""
-    for sub in ("bin", "proc", "sys", "dev", "tmp", "etc", "work"):
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy2(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
 
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if RUNC is None or not os.path.exists(BUSYBOX) or os.geteuid() != 0:
-        pytest.skip("needs root, runc and busybox-static")
-    set_child_subreaper()  # container inits re-parent to the test process, as to runc-task
-    rootfs = str(tmp_path_factory.mktemp("busybox") / "rootfs")
-    make_busybox_rootfs(rootfs)
-    return rootfs
+    return busybox_rootfs_for(tmp_path_factory, RUNC, "runc", subreaper=True)
 
 
 @pytest.fixture
@@ -52,14 +35,4 @@ def bundle_factory(tmp_path, busybox_rootfs: str):
         with open(os.path.join(bundle, "config.json"), "w") as handle:
             json.dump(spec, handle)
         return bundle
-    return factory
-
-
-@pytest.fixture
-def fifo_factory(tmp_path):
-    """``fifo_factory(name) -> path`` of a new FIFO."""
-    def factory(name: str) -> str:
-        path = str(tmp_path / name)
-        os.mkfifo(path)
-        return path
     return factory

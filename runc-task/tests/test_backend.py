@@ -12,36 +12,12 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Mount, Stdio, TaskStatus
 from kuasar_shared.oci import wait_exit
 from kuasar_shared.oci.task import UNKNOWN_EXIT
+from kuasar_shared.testing.oci import read_fifo
 from kuasar_runc_task.backend import RuncTaskBackend
 
 
 def _cid() -> str:
     return "ctr-" + uuid.uuid4().hex[:10]
-
-
-async def _read_fifo(path: str, timeout: float = 10.0) -> bytes:
-    """Read a FIFO to EOF without blocking the loop."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    done = loop.create_future()
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            chunks.append(data)
-        elif not done.done():
-            done.set_result(None)
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return b"".join(chunks)
 
 
 @pytest.fixture
@@ -54,11 +30,11 @@ async def backend(tmp_path):
 
 
 @pytest.mark.asyncio
-async def test_lifecycle_output_exec_exit_code_kill_delete(backend, bundle_factory, fifo_factory) -> None:
+async def test_lifecycle_output_exec_exit_code_kill_delete(backend, bundle_factory, fifo) -> None:
     cid = _cid()
     bundle = bundle_factory(cid, ["sh", "-c", "echo hello-from-init; exec sleep 1000"])
-    out = fifo_factory("init-out")
-    reader = asyncio.ensure_future(_read_fifo(out))
+    out = fifo("init-out")
+    reader = asyncio.ensure_future(read_fifo(out))
     pid = await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out), namespace="k8s.io"))
     assert pid > 0
     state = await backend.state(cid, "")
@@ -73,8 +49,8 @@ async def test_lifecycle_output_exec_exit_code_kill_delete(backend, bundle_facto
         await backend.start(cid, "")
     assert await backend.pids(cid) == [pid]
 
-    exec_out = fifo_factory("exec-out")
-    exec_reader = asyncio.ensure_future(_read_fifo(exec_out))
+    exec_out = fifo("exec-out")
+    exec_reader = asyncio.ensure_future(read_fifo(exec_out))
     spec = {"args": ["sh", "-c", "echo from-exec; exit 3"], "cwd": "/", "env": ["PATH=/bin"],
             "user": {"uid": 0, "gid": 0}, "oomScoreAdj": -999}
     await backend.exec(ExecProcess(id=cid, exec_id="exec1", stdio=Stdio(stdout=exec_out), spec=spec))
@@ -143,7 +119,7 @@ async def test_created_container_delete_kills_init(backend, bundle_factory) -> N
 
 
 @pytest.mark.asyncio
-async def test_rootfs_mounts_applied_and_removed(backend, bundle_factory, busybox_rootfs, fifo_factory) -> None:
+async def test_rootfs_mounts_applied_and_removed(backend, bundle_factory, busybox_rootfs, fifo) -> None:
     cid = _cid()
     bundle = bundle_factory(cid, ["sh", "-c", "cat /etc/marker"], copy_rootfs=False)
     lower = os.path.join(os.path.dirname(bundle), "lower-" + cid)
@@ -151,8 +127,8 @@ async def test_rootfs_mounts_applied_and_removed(backend, bundle_factory, busybo
     os.system(f"cp -a {busybox_rootfs}/. {lower}/")
     with open(os.path.join(lower, "etc", "marker"), "w") as handle:
         handle.write("from-the-mount")
-    out = fifo_factory("mount-out")
-    reader = asyncio.ensure_future(_read_fifo(out))
+    out = fifo("mount-out")
+    reader = asyncio.ensure_future(read_fifo(out))
     await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out),
                                     rootfs=(Mount(type="bind", source=lower, options=("rbind", "rw")),)))
     await backend.start(cid, "")

@@ -1,6 +1,21 @@
-"""tasks: the host-written spec adapted to the guest (namespaces, cgroups)."""
+"""tasks: the host-written spec adapted to the guest (namespaces, cgroups), and GuestTaskBackend
+driving the real runc on this host the way it does in the VM (bundle from the share, OOM watch)."""
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+from kuasar_shared.io import StreamingHub
+from kuasar_shared.task.backend import CreateTask, Mount, Stdio, TaskStatus
+from kuasar_shared.testing.oci import busybox_rootfs_for, read_fifo
+
+from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.pod import PodNamespaces
-from kuasar_vmm_task.tasks import adapt_spec
+from kuasar_vmm_task.tasks import GuestTaskBackend, adapt_spec
+
+RUNC = shutil.which("runc")
 
 
 def _spec(ns):
@@ -30,3 +45,43 @@ def test_existing_cgroups_path_kept(tmp_path):
     spec = _spec([])
     spec["linux"]["cgroupsPath"] = "/kubepods/pod1/c3"
     assert adapt_spec(spec, "c3", PodNamespaces(str(tmp_path)))["linux"]["cgroupsPath"] == "/kubepods/pod1/c3"
+
+
+async def test_backend_runs_the_share_bundle_and_watches_oom(tmp_path, tmp_path_factory):
+    rootfs = busybox_rootfs_for(tmp_path_factory, RUNC, "runc", subreaper=True)  # inits re-parent to us
+    cid = "guest-" + uuid.uuid4().hex[:8]
+    bundle = tmp_path / "share" / cid
+    bundle.mkdir(parents=True)
+    subprocess.run([RUNC, "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["root"] = {"path": rootfs, "readonly": True}
+    spec["process"].update(terminal=False, args=["sh", "-c", "echo in-guest; exit 7"])
+    spec["linux"]["namespaces"].append({"type": "network", "path": "/proc/1/ns/net"})
+    spec["linux"]["cgroupsPath"] = "/" + cid
+    (bundle / "config.json").write_text(json.dumps(spec))
+    memory = tmp_path / "memory"  # a stand-in for the guest's memory cgroup of the container
+    (memory / cid).mkdir(parents=True)
+    for name in ("memory.oom_control", "cgroup.event_control"):
+        (memory / cid / name).write_text("")
+    events = EventQueue(cgroup_root=str(memory))
+    backend = GuestTaskBackend(StreamingHub(), PodNamespaces(str(tmp_path / "ns")), events,
+                               share=str(tmp_path / "share"), runc_root=str(tmp_path / "runc"))
+    out = str(tmp_path / "out")
+    os.mkfifo(out)
+    reader = asyncio.ensure_future(read_fifo(out))
+    try:
+        await backend.create(CreateTask(id=cid, bundle="/host/bundle/ignored", stdio=Stdio(stdout=out),
+                                        rootfs=(Mount(type="bind", source="/host/rootfs/ignored"),)))
+        adapted = json.loads((bundle / "config.json").read_text())
+        assert "network" not in [ns["type"] for ns in adapted["linux"]["namespaces"]]
+        assert cid in events._watches and (memory / cid / "cgroup.event_control").read_text()
+        assert (await backend.state(cid, "")).status is TaskStatus.CREATED
+        await backend.start(cid, "")
+        assert (await asyncio.wait_for(backend.wait(cid, ""), 20)).exit_status == 7
+        assert (await reader).strip() == b"in-guest"
+        await backend.delete(cid, "")
+        assert cid not in events._watches
+    finally:
+        reader.cancel()
+        await backend.shutdown("", now=True)
+        await backend.close()

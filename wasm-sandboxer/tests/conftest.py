@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import pytest
 
+from kuasar_shared.testing.oci import fifo  # noqa: F401 (a fixture)
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from wasm_helpers import CLANG, build_modules  # noqa: E402
@@ -65,13 +67,4 @@ def bundle_factory(tmp_path, rootfs_factory):
         with open(os.path.join(bundle, "config.json"), "w") as handle:
             json.dump(spec, handle)
         return bundle
-    return factory
-
-
-@pytest.fixture
-def fifo(tmp_path):
-    def factory(name: str) -> str:
-        path = str(tmp_path / name)
-        os.mkfifo(path)
-        return path
     return factory

@@ -14,11 +14,12 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import wait_exit
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
+from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_wasm_sandboxer.backend import UNKNOWN_EXIT, WasmTaskBackend
 from kuasar_wasm_sandboxer.entrypoint import MAX_ARGS_BYTES, TRAP_EXIT
 from kuasar_wasm_sandboxer.runners import RunnerPool
-from wasm_helpers import cgroup_exists, processes_mentioning, read_fifo
+from wasm_helpers import cgroup_exists, processes_mentioning
 
 
 def _cid() -> str:

@@ -15,10 +15,11 @@ from kuasar_shared.errors import FailedPrecondition, NotFound
 from kuasar_shared.oci import wait_exit
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
+from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 
 from kuasar_wasm_sandboxer.sandboxer import DEFAULT_CGROUP_ROOT, WASM_TASK, WasmSandboxer
-from wasm_helpers import cgroup_exists, processes_mentioning, read_fifo
+from wasm_helpers import cgroup_exists, processes_mentioning
 
 
 def _pod(cgroup_parent: str = "") -> CreateSandbox:

@@ -1,8 +1,7 @@
 """Test helpers: modules built at test time (hand-written WAT, C compiled with clang --target=wasm32-wasi),
-FIFO reading, leftover checks."""
+leftover checks."""
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -97,31 +96,6 @@ def build_modules(out: str) -> dict[str, str]:
     with open(paths["fake.wasm"], "w") as handle:
         handle.write("#!/bin/sh\necho I am not WebAssembly\n")
     return paths
-
-
-async def read_fifo(path: str, timeout: float = 20.0) -> bytes:
-    """Read a FIFO to EOF without blocking the loop."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    done = loop.create_future()
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            chunks.append(data)
-        elif not done.done():
-            done.set_result(None)
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return b"".join(chunks)
 
 
 def cgroup_exists(path: str) -> bool:

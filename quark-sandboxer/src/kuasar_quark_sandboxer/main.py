@@ -9,10 +9,8 @@ from typing import Optional, Sequence
 from kuasar_shared.config import ConfigError
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
-from kuasar_shared.oci import ExitRecorder
-from kuasar_shared.sandbox import serve_sandbox_api
-from kuasar_shared.store import PodStore
-from kuasar_shared.sandbox.taskserver import EXITS_DIR, TaskServer, find_command
+from kuasar_shared.sandbox.server import serve_until_shutdown
+from kuasar_shared.sandbox.taskserver import TaskServer, find_command, start_task_server
 
 from kuasar_quark_sandboxer import __version__, config
 from kuasar_quark_sandboxer.kernel import Kernel
@@ -42,22 +40,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.makedirs(args.dir, mode=0o700, exist_ok=True)
         task_server: Optional[TaskServer] = None
         if kernel.uses_task_server:
-            log_file = os.path.join(args.dir, "quark-task.log") if args.daemon else None
-            server = task_server = await TaskServer.ensure(args.dir, QUARK_TASK, args.log_level, log_file)
-            server.supervise()
-            # processes orphaned by a dead quark-task re-parent to us: keep their exits for its successor
-            exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
-            ctx.reaper.add_listener(exits.listener(lambda pid: pid == server.pid))
+            task_server = await start_task_server(ctx, QUARK_TASK, "quark-task.log")
         sandboxer = QuarkSandboxer(args.dir, kernel, task_server)
         try:
-            await sandboxer.recover()
-            api = await serve_sandbox_api(args.listen, sandboxer)
-            ctx.ready(f"{kernel.name} pods, tasks at {task_server.address if task_server else 'each pod'}",
-                      recovered=len(PodStore(args.dir).ids()))
-            try:
-                await ctx.shutdown_event.wait()
-            finally:
-                await api.stop(1.0)
+            await serve_until_shutdown(ctx, sandboxer, f"{kernel.name} pods, tasks at "
+                                       f"{task_server.address if task_server else 'each pod'}")
         finally:
             await sandboxer.close()
 

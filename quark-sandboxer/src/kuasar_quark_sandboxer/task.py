@@ -11,8 +11,7 @@ from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.oci.task import OciTaskBackend
 from kuasar_shared.oci.exits import EXITS_DIR
-from kuasar_shared.task.service import TaskService
-from kuasar_shared.ttrpc import Server
+from kuasar_shared.task.server import serve_task_api
 
 from kuasar_quark_sandboxer import __version__
 from kuasar_quark_sandboxer.hooks import RunscHooks
@@ -34,14 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backend = OciTaskBackend(args.dir, RunscHooks(pods_dir), hub=hub,
                                  exits=ExitRecorder(os.path.join(pods_dir, EXITS_DIR)))
         await backend.recover()
-        server = Server([*TaskService(backend).services(), hub.service()])
-        try:
-            await server.listen_unix(os.path.abspath(args.listen))
-            ctx.ready(args.listen)
-            await ctx.shutdown_event.wait()
-        finally:
-            await server.shutdown()
-            await backend.close()
+        await serve_task_api(ctx, args.listen, backend, hub)
 
     return run_daemon(NAME, __version__, args, serve)
 

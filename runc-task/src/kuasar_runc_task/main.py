@@ -10,14 +10,12 @@ from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci.exits import EXITS_DIR
 from kuasar_shared.oci import ExitRecorder
-from kuasar_shared.task.service import TaskService
-from kuasar_shared.ttrpc import Server
+from kuasar_shared.task.server import serve_task_api
 
 from kuasar_runc_task import __version__
 from kuasar_runc_task.backend import RuncTaskBackend
 
 NAME = "runc-task"
-#: below --pods-dir: where runc-sandboxer records exits of containers orphaned by a dead runc-task
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,14 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         exits = ExitRecorder(os.path.join(args.pods_dir, EXITS_DIR)) if args.pods_dir else None
         backend = RuncTaskBackend(args.dir, pods_dir=args.pods_dir, binary=args.runtime, hub=hub, exits=exits)
         await backend.recover()
-        server = Server([*TaskService(backend).services(), hub.service()])
-        try:
-            await server.listen_unix(os.path.abspath(args.listen))
-            ctx.ready(args.listen)
-            await ctx.shutdown_event.wait()
-        finally:
-            await server.shutdown()
-            await backend.close()
+        await serve_task_api(ctx, args.listen, backend, hub)
 
     return run_daemon(NAME, __version__, args, serve)
 

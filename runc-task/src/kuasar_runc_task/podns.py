@@ -13,26 +13,12 @@ import os
 import re
 from typing import Any
 
-from kuasar_shared.ids import is_valid_id
 from kuasar_shared.oci import NAMESPACE_TYPES, replace_proc_ns_paths
-from kuasar_shared.store import CorruptState, read_json
+from kuasar_shared.oci.pod import SANDBOX_ID_ANNOTATION, pod_cgroup_parent, sandbox_id_of
 
 __all__ = ["SANDBOX_ID_ANNOTATION", "sandbox_id_of", "join_pod_namespaces", "default_cgroups_path"]
 
-SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 _PROC_NS = re.compile(r"^/proc/(\d+)/ns/")
-
-
-def sandbox_id_of(spec: dict[str, Any], bundle: str) -> str:
-    """The pod id of a container spec, or ``""`` when it names none (or an invalid one)."""
-    value = str((spec.get("annotations") or {}).get(SANDBOX_ID_ANNOTATION, ""))
-    if not value:
-        try:
-            with open(os.path.join(bundle, "sandbox")) as handle:
-                value = handle.read().strip()
-        except OSError:
-            value = ""
-    return value if is_valid_id(value) else ""
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -64,11 +50,7 @@ def join_pod_namespaces(spec: dict[str, Any], pods_dir: str, sandbox_id: str) ->
 def default_cgroups_path(spec: dict[str, Any], pods_dir: str, sandbox_id: str, container_id: str) -> str:
     """``<pod cgroup parent>/<container id>`` when the spec has no cgroupsPath and the pod has a
     cgroup parent; ``""`` otherwise."""
-    if (spec.get("linux") or {}).get("cgroupsPath") or not pods_dir or not sandbox_id:
+    if (spec.get("linux") or {}).get("cgroupsPath"):
         return ""
-    try:
-        record = read_json(os.path.join(pods_dir, sandbox_id, "sandbox.json"))
-    except (OSError, CorruptState):
-        return ""
-    parent = str(record.get("cgroup_parent") or "") if isinstance(record, dict) else ""
+    parent = pod_cgroup_parent(pods_dir, sandbox_id)
     return "/" + "/".join(p for p in (parent.strip("/"), container_id) if p) if parent else ""

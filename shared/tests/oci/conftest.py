@@ -10,20 +10,9 @@ from typing import Iterator
 
 import pytest
 
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+from kuasar_shared.testing.oci import busybox_rootfs_for
+
 RUNC = shutil.which("runc")
-
-
-def make_busybox_rootfs(rootfs: str) -> None:
-    """A minimal rootfs: static busybox plus one symlink per applet."""
-    bin_dir = os.path.join(rootfs, "bin")
-    for sub in ("bin", "proc", "sys", "dev", "tmp", "etc", "work"):
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy2(BUSYBOX, os.path.join(bin_dir, "busybox"))
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(bin_dir, applet))
 
 
 def make_bundle(bundle: str, rootfs_source: str, args: list[str]) -> dict:
@@ -43,11 +32,7 @@ def make_bundle(bundle: str, rootfs_source: str, args: list[str]) -> dict:
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if RUNC is None or not os.path.exists(BUSYBOX) or os.geteuid() != 0:
-        pytest.skip("needs root, runc and busybox-static")
-    rootfs = str(tmp_path_factory.mktemp("busybox") / "rootfs")
-    make_busybox_rootfs(rootfs)
-    return rootfs
+    return busybox_rootfs_for(tmp_path_factory, RUNC, "runc")
 
 
 @pytest.fixture

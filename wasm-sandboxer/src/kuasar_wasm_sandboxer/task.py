@@ -10,8 +10,7 @@ from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import ExitRecorder
 from kuasar_shared.oci.exits import EXITS_DIR
-from kuasar_shared.task.service import TaskService
-from kuasar_shared.ttrpc import Server
+from kuasar_shared.task.server import serve_task_api
 
 from kuasar_wasm_sandboxer import __version__
 from kuasar_wasm_sandboxer.backend import WasmTaskBackend
@@ -40,14 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backend = WasmTaskBackend(args.dir, pool, pods_dir=args.pods_dir, hub=hub, exits=exits)
         await backend.recover()
         pool.warm_up()
-        server = Server([*TaskService(backend).services(), hub.service()])
-        try:
-            await server.listen_unix(os.path.abspath(args.listen))
-            ctx.ready(args.listen)
-            await ctx.shutdown_event.wait()
-        finally:
-            await server.shutdown()
-            await backend.close()
+        await serve_task_api(ctx, args.listen, backend, hub)
 
     return run_daemon(NAME, __version__, args, serve)
 

@@ -4,8 +4,10 @@ One implementation drives any OCI runtime CLI (runc, runsc, youki...): container
 processes, exit statuses, persistence in ``<dir>/<id>.json`` after every change, and re-adoption
 after a restart. What differs between runtimes is small and lives in :class:`OciHooks`: how a spec
 is adapted to the pod (runc joins the pod's pinned namespaces; runsc joins the pod's sandbox
-through the CRI annotations), which binary, ``--root`` and global options are used, and how exits
-are observed.
+through the CRI annotations), which binary, ``--root`` and global options are used, how exits
+are observed, and what else watches a container (the VM guest's OOM events). The bookkeeping
+shared with task servers that run no OCI runtime is
+:class:`~kuasar_shared.oci.recorded.RecordedTaskBackend`.
 
 Exits. The task server is a child subreaper, so processes re-parent to it when the runtime CLI
 exits and their statuses come from :mod:`kuasar_shared.daemon.reaper`, subscribed by the pid the
@@ -28,46 +30,26 @@ import logging
 import os
 import signal as signals
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Optional
 
-from kuasar_shared.daemon.reaper import ExitEvent, get_reaper
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError, NotFound, Unimplemented
-from kuasar_shared.ids import validate_id
+from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
-from kuasar_shared.mounts import mount_all, unmount_recursive
+from kuasar_shared.mounts import mount_all
 from kuasar_shared.oci.container import Container, ContainerStore, Proc
 from kuasar_shared.oci.exits import ExitRecorder
-from kuasar_shared.oci.pids import ExitWatch, is_same_process, start_time
+from kuasar_shared.oci.pids import is_same_process, start_time
+from kuasar_shared.oci.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
 from kuasar_shared.oci.runtime import OciRuntime, StdioFds, read_pid_file
 from kuasar_shared.oci.spec import clamp_oom_score_adj, load_spec, rootfs_path, save_spec
-from kuasar_shared.store import CorruptState
-from kuasar_shared.task.backend import (CgroupStats, CreateTask, ExecProcess, ExitInfo, ProcessState, Stdio,
-                                        TaskBackend, TaskStatus)
+from kuasar_shared.task.backend import CgroupStats, CreateTask, Stdio, TaskStatus
 
 __all__ = ["OciTaskBackend", "OciHooks", "Placement", "UNKNOWN_EXIT"]
 
 log = logging.getLogger(__name__)
 
-#: exit status of an adopted process whose end this server did not cause (containerd's "unknown")
-UNKNOWN_EXIT = 255
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
 
 def _fds(pio: ProcessIO) -> StdioFds:
     return StdioFds(stdin=pio.stdin, stdout=pio.stdout, stderr=pio.stderr)
-
-
-def _unmount(container: Container) -> None:
-    """Undo the rootfs mounts this server made (failures are logged: the record goes anyway)."""
-    if container.mounted:
-        try:
-            unmount_recursive(container.rootfs)
-        except KuasarError as err:
-            log.warning("container %s: cannot unmount %s: %s", container.id, container.rootfs, err)
 
 
 @dataclass(frozen=True)
@@ -111,8 +93,14 @@ class OciHooks(abc.ABC):
         :raise KuasarError: when the container cannot run (e.g. its pod is unknown).
         """
 
+    def created(self, container_id: str, spec: dict[str, Any]) -> None:
+        """The container exists with the adapted ``spec`` (e.g. to start watching its cgroup)."""
 
-class OciTaskBackend(TaskBackend):
+    def removed(self, container_id: str) -> None:
+        """The container is gone (undo what :meth:`created` started)."""
+
+
+class OciTaskBackend(RecordedTaskBackend[Container]):
     """Containers of every pod of one sandbox type, run by an OCI runtime CLI.
 
     Args:
@@ -124,45 +112,18 @@ class OciTaskBackend(TaskBackend):
     Resource handling: :meth:`close` stops watching and copying; containers keep running.
     """
 
-    #: seconds Delete/Shutdown wait for a killed process to be reaped
-    kill_timeout = 10.0
     #: tries of ``<runtime> delete --force`` before Delete fails
     delete_attempts = 5
 
     def __init__(self, directory: str, hooks: OciHooks, hub: Optional[StreamingHub] = None,
                  exits: Optional[ExitRecorder] = None) -> None:
-        self.store: ContainerStore[Container] = ContainerStore(directory, Container)
+        super().__init__(ContainerStore(directory, Container), hub, exits)
         self.hooks = hooks
-        self._containers: dict[str, Container] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._watches: set[Any] = set()
-        self.hub = hub
-        self.exits = exits
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: stdio copiers per (container id, exec id); FIFO output needs none and survives restarts
-        self._io: dict[tuple[str, str], ProcessIO] = {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(dir={self.store.directory!r}, containers={len(self._containers)})"
-
-    def _get(self, container_id: str) -> Container:
-        try:
-            return self._containers[container_id]
-        except KeyError:
-            raise NotFound(f"container {container_id} not found") from None
-
-    def _lock(self, container_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(container_id, asyncio.Lock())
+        self.name = hooks.name
 
     @staticmethod
     def _runtime(container: Container) -> OciRuntime:
         return OciRuntime(container.binary, container.root, container.global_args)
-
-    def _own(self, coro: Any) -> None:
-        """Run ``coro`` as a task this backend owns (cancelled and awaited by :meth:`close`)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _runtime_wait(self, container: Container) -> None:
         """Resolve the init's exit from ``<runtime> wait`` (unknown when the runtime cannot tell)."""
@@ -171,51 +132,17 @@ class OciTaskBackend(TaskBackend):
             status = await self._runtime(container).wait(container.id)
         except KuasarError as err:
             log.warning("container %s: the runtime cannot report the init's exit: %s", container.id, err)
-            status = 128 + proc.signal if proc.signal else UNKNOWN_EXIT
+            status = self._lost_status(proc)
         if proc.status is not TaskStatus.STOPPED:
-            self._exited(container, proc, status, _now())
+            self._exited(container, proc, status, utc_now())
 
-    def _watch_child(self, container: Container, proc: Proc) -> None:
-        """Resolve ``proc``'s exit from the reaper (the process is our descendant)."""
-        fut = get_reaper().subscribe(proc.pid)
-        self._watches.add(fut)
-
-        def done(f: "asyncio.Future[ExitEvent]") -> None:
-            self._watches.discard(f)
-            if not f.cancelled():
-                self._exited(container, proc, f.result().status, f.result().exited_at)
-        fut.add_done_callback(done)
-
-    def _watch_adopted(self, container: Container, proc: Proc) -> None:
-        """Resolve ``proc``'s exit through a pidfd (re-adopted, not our child)."""
-        def done() -> None:
-            self._watches.discard(watch)
-            self._own(self._adopted_exit(container, proc))
-        watch = ExitWatch(proc.pid, done)
-        self._watches.add(watch)
-
-    async def _adopted_exit(self, container: Container, proc: Proc) -> None:
-        claimed = await self.exits.claim(proc.pid) if self.exits is not None else None
-        if claimed is None:
-            self._exited(container, proc, 128 + proc.signal if proc.signal else UNKNOWN_EXIT, _now())
-        else:
-            self._exited(container, proc, *claimed)
-
-    def _exited(self, container: Container, proc: Proc, status: int, at: datetime) -> None:
-        proc.exited(status, at)
-        log.info("container %s process %r pid %d exited with %d", container.id, proc.exec_id,
-                 proc.pid, status)
-        if container.id in self._containers:
-            self.store.save(container)
+    def _exec_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = dict(spec)
+        clamp_oom_score_adj(spec)
+        return spec
 
     async def create(self, req: CreateTask) -> int:
-        validate_id(req.id, "container")
-        if req.stdio.terminal:
-            raise Unimplemented(f"container {req.id}: terminals are not supported by {self.hooks.name}")
-        async with self._lock(req.id):
-            if req.id in self._containers:
-                raise AlreadyExists(f"container {req.id} already exists")
-            namespace = validate_id(req.namespace, "namespace") if req.namespace else "default"
+        async with self._creating(req) as namespace:
             spec = load_spec(req.bundle)
             placement = self.hooks.place(req, spec, namespace)
             clamp_oom_score_adj(spec.setdefault("process", {}))
@@ -241,7 +168,7 @@ class OciTaskBackend(TaskBackend):
                 finally:
                     pio.child_started()
             except BaseException:
-                _unmount(container)
+                self._unmount_rootfs(container)
                 self.store.remove(req.id)
                 raise
             container.init.pid, container.init.start_time = pid, start_time(pid)
@@ -251,16 +178,13 @@ class OciTaskBackend(TaskBackend):
             if self.hooks.init_pid_is_own:
                 self._watch_child(container, container.init)
             self.store.save(container)
+            self.hooks.created(req.id, spec)
             log.info("container %s created in sandbox %s, pid %d", req.id, sandbox_id or "-", pid)
             return pid
 
     async def start(self, id: str, exec_id: str) -> int:
         async with self._lock(id):
-            container = self._get(id)
-            proc = container.proc(exec_id)
-            if proc.status is not TaskStatus.CREATED or (exec_id and proc.pid):
-                raise FailedPrecondition(f"container {id} process {exec_id!r} cannot start: it is "
-                                         f"{proc.status.name.lower()}")
+            container, proc = self._startable(id, exec_id)
             if not exec_id:
                 await self._start_init(container)
                 if not self.hooks.init_pid_is_own:
@@ -315,25 +239,6 @@ class OciTaskBackend(TaskBackend):
         proc.pid, proc.start_time = pid, start_time(pid)
         self._watch_child(container, proc)
 
-    async def exec(self, req: ExecProcess) -> None:
-        validate_id(req.exec_id, "exec")
-        if req.stdio.terminal:
-            raise Unimplemented(f"container {req.id}: terminals are not supported by {self.hooks.name}")
-        async with self._lock(req.id):
-            container = self._get(req.id)
-            if req.exec_id in container.execs:
-                raise AlreadyExists(f"process {req.exec_id} already exists in container {req.id}")
-            if container.init.status is not TaskStatus.RUNNING:
-                raise FailedPrecondition(f"container {req.id} is not running")
-            spec = dict(req.spec)
-            clamp_oom_score_adj(spec)
-            container.execs[req.exec_id] = Proc(exec_id=req.exec_id, spec=spec, stdio={
-                "stdin": req.stdio.stdin, "stdout": req.stdio.stdout, "stderr": req.stdio.stderr})
-            self.store.save(container)
-
-    async def state(self, id: str, exec_id: str) -> ProcessState:
-        return self._get(id).state(exec_id)
-
     async def kill(self, id: str, exec_id: str, signal: int, all: bool) -> None:
         container = self._get(id)
         proc = container.proc(exec_id)
@@ -353,36 +258,18 @@ class OciTaskBackend(TaskBackend):
         except FailedPrecondition as err:
             raise NotFound(str(err)) from err
 
-    async def wait(self, id: str, exec_id: str) -> ExitInfo:
-        proc = self._get(id).proc(exec_id)
-        await asyncio.shield(proc.future())
-        return proc.exit_info()
-
-    async def delete(self, id: str, exec_id: str) -> ExitInfo:
-        async with self._lock(id):
-            container = self._get(id)
-            proc = container.proc(exec_id)
-            if proc.status in (TaskStatus.RUNNING, TaskStatus.PAUSED):
-                raise FailedPrecondition(f"container {id} process {exec_id!r} is still running")
-            if exec_id:
-                await self._close_io(id, exec_id)
-                del container.execs[exec_id]
-                self.store.save(container)
-                return proc.exit_info()
-            await self._remove(container)
-            return proc.exit_info()
-
     async def _remove(self, container: Container) -> None:
         """Delete the runtime's container (killing a created init), unmount and forget it."""
         await self._runtime_delete(container)
         init = container.init
         if init.status is TaskStatus.CREATED and not self.hooks.init_pid_is_own:
-            self._exited(container, init, 128 + signals.SIGKILL, _now())  # never started: no waiter
+            self._exited(container, init, 128 + signals.SIGKILL, utc_now())  # never started: no waiter
         elif init.status is not TaskStatus.STOPPED:
             await self._await_exit(init)
         for exec_id in ["", *container.execs]:
             await self._close_io(container.id, exec_id)
-        _unmount(container)
+        self._unmount_rootfs(container)
+        self.hooks.removed(container.id)
         self._containers.pop(container.id, None)
         self._locks.pop(container.id, None)
         self.store.remove(container.id)
@@ -402,19 +289,6 @@ class OciTaskBackend(TaskBackend):
                     raise
                 log.warning("container %s: delete failed (%s); retrying", container.id, err)
                 await asyncio.sleep(0.2 * (attempt + 1))
-
-    async def _close_io(self, container_id: str, exec_id: str) -> None:
-        """Let a finished process's output drain to the engine, then release its copiers."""
-        pio = self._io.pop((container_id, exec_id), None)
-        if pio is not None:
-            await pio.wait()
-            await pio.close()
-
-    async def _await_exit(self, proc: Proc) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.future()), self.kill_timeout)
-        except asyncio.TimeoutError:
-            log.warning("process pid %d did not exit within %s s", proc.pid, self.kill_timeout)
 
     async def pids(self, id: str) -> list[int]:
         container = self._get(id)
@@ -453,65 +327,23 @@ class OciTaskBackend(TaskBackend):
         container = self._get(id)
         await self._runtime(container).update(id, resources)
 
-    async def close_io(self, id: str, exec_id: str, stdin: bool) -> None:
-        self._get(id).proc(exec_id)
-        pio = self._io.get((id, exec_id))
-        if stdin and pio is not None:
-            pio.close_stdin()
-
-    async def shutdown(self, id: str, now: bool) -> None:
-        """Kill every container of sandbox ``id`` (or the container ``id``); ``now``: also delete them."""
-        targets = [c for c in list(self._containers.values()) if id in (c.sandbox_id, c.id)]
-        for container in targets:
-            if container.init.status is not TaskStatus.STOPPED:
-                container.init.signal = signals.SIGKILL
-                try:
-                    await self._runtime(container).kill(container.id, signals.SIGKILL, all=True)
-                except KuasarError as err:
-                    log.warning("container %s: kill at shutdown failed: %s", container.id, err)
-        for container in targets:
-            if container.init.pid and container.init.status is not TaskStatus.CREATED:
-                await self._await_exit(container.init)
-            if now:
-                async with self._lock(container.id):
-                    if container.id in self._containers:
-                        await self._remove(container)
-
-    async def recover(self) -> None:
-        """Re-adopt the containers recorded in the state directory (call once before serving)."""
-        for path in self.store.paths():
+    async def _kill_all(self, container: Container) -> None:
+        if container.init.status is not TaskStatus.STOPPED:
+            container.init.signal = signals.SIGKILL
             try:
-                container = self.store.load(path)
-                validate_id(container.id, "container")
-            except (CorruptState, KeyError, TypeError, ValueError, KuasarError) as err:
-                log.error("dropping unreadable container record %s: %s", path, err)
-                os.unlink(path)
-                continue
-            self._containers[container.id] = container
-            for proc in [container.init, *container.execs.values()]:
-                if proc.status is TaskStatus.STOPPED or not proc.pid:
-                    continue
-                if is_same_process(proc.pid, proc.start_time):
-                    if proc is container.init and not self.hooks.init_pid_is_own:
-                        if proc.status is not TaskStatus.CREATED:
-                            self._own(self._runtime_wait(container))
-                        continue
-                    if self.exits is not None:
-                        self.exits.discard(proc.pid)
-                    self._watch_adopted(container, proc)
-                else:
-                    proc.exited(128 + proc.signal if proc.signal else UNKNOWN_EXIT, _now())
-            self.store.save(container)
-            log.info("container %s re-adopted (init %s)", container.id, container.init.status.name.lower())
+                await self._runtime(container).kill(container.id, signals.SIGKILL, all=True)
+            except KuasarError as err:
+                log.warning("container %s: kill at shutdown failed: %s", container.id, err)
 
-    async def close(self) -> None:
-        """Stop watching and copying (containers keep running; FIFO output keeps flowing)."""
-        for watch in list(self._watches):
-            watch.cancel()
-        self._watches.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pio in self._io.values():
-            await pio.close()
-        self._io.clear()
+    async def _await_killed(self, container: Container) -> None:
+        if container.init.pid and container.init.status is not TaskStatus.CREATED:
+            await self._await_exit(container.init)
+
+    def _readopt(self, container: Container, proc: Proc, alive: bool) -> None:
+        if not alive:
+            proc.exited(self._lost_status(proc), utc_now())
+        elif proc is container.init and not self.hooks.init_pid_is_own:
+            if proc.status is not TaskStatus.CREATED:
+                self._own(self._runtime_wait(container))
+        else:
+            self._adopt(container, proc)

@@ -12,18 +12,19 @@ import asyncio
 import enum
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Dict, Generic, Iterator, Optional, Tuple, Type, TypeVar, Union
 
 from kuasar_shared.cgroups import DEFAULT_ROOT, Cgroup, CgroupV2
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError, NotFound
+from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.sandbox.api import ExitStatus, TaskDiff, TaskResources
 from kuasar_shared.sandbox.tasks import encode_tasks, parse_tasks
 from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.task.backend import CgroupStats
 
-__all__ = ["PodState", "PodRecord", "PodTable", "now", "parse_time", "remove_cgroup"]
+__all__ = ["PodState", "PodRecord", "PodTable", "P", "now", "parse_time", "remove_cgroup"]
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,31 @@ class PodTable(Generic[P]):
         return self.store.pod_dir(sandbox_id)
 
     def add(self, pod: P) -> None:
-        """Persist a new pod and start tracking it.
+        """Persist a new pod and start tracking it (a failed write leaves no pod directory).
 
         :raise AlreadyExists: the id is taken.
         """
         if pod.id in self._pods:
             raise AlreadyExists(f"sandbox {pod.id} already exists")
-        self.save(pod)
+        try:
+            self.save(pod)
+        except OSError:
+            shutil.rmtree(self.pod_dir(pod.id), ignore_errors=True)
+            raise
         self._pods[pod.id] = pod
+
+    @staticmethod
+    def create_cgroup(pod: P) -> None:
+        """Create the pod's ``cgroup_parent`` and record how much of it is ours (the caller saves).
+
+        :raise InvalidArgument: the cgroup cannot be created.
+        """
+        cgroup = Cgroup.open(pod.cgroup_parent)
+        try:
+            cgroup.create()
+        except OSError as err:
+            raise InvalidArgument(f"sandbox {pod.id}: cannot create cgroup {pod.cgroup_parent}: {err}") from err
+        pod.cgroup_owned_depth = cgroup.owned_depth
 
     def adopt(self, pod: P) -> None:
         """Track a pod recovered from disk (Wait returns at once when it is already stopped)."""

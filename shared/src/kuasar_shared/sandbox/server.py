@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import grpc
 
 from kuasar_shared.errors import Unavailable
 from kuasar_shared.sandbox.api import Sandboxer
 from kuasar_shared.sandbox.controller import DecodeErrorInterceptor, add_controller_to_server
+from kuasar_shared.store import PodStore
 
-__all__ = ["SandboxApiServer", "serve_sandbox_api", "MAX_MESSAGE_SIZE"]
+if TYPE_CHECKING:
+    from kuasar_shared.daemon.run import DaemonContext
+
+__all__ = ["SandboxApiServer", "serve_sandbox_api", "serve_until_shutdown", "MAX_MESSAGE_SIZE"]
 
 _log = logging.getLogger(__name__)
 
@@ -107,3 +111,15 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServ
     os.chmod(path, _SOCKET_MODE)
     _log.info("sandbox API listening on %s", path)
     return SandboxApiServer(server, path)
+
+
+async def serve_until_shutdown(ctx: "DaemonContext", sandboxer: Sandboxer, status: str) -> None:
+    """A sandboxer daemon's serving phase: recover ``sandboxer``, serve it on ``--listen``, report
+    ready (``status`` and the pods on disk in ``--dir``), and serve until ``ctx`` shuts down."""
+    await sandboxer.recover()
+    server = await serve_sandbox_api(ctx.args.listen, sandboxer)
+    ctx.ready(status, recovered=len(PodStore(ctx.args.dir).ids()))
+    try:
+        await ctx.shutdown_event.wait()
+    finally:
+        await server.stop(1.0)

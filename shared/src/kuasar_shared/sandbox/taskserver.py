@@ -13,19 +13,22 @@ import logging
 import os
 import shutil
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from google.protobuf import empty_pb2
 
 from kuasar_shared import process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import Internal, KuasarError, NotFound, Unavailable
-from kuasar_shared.oci import ExitWatch, is_same_process, start_time
+from kuasar_shared.oci import ExitRecorder, ExitWatch, is_same_process, start_time
 from kuasar_shared.oci.exits import EXITS_DIR
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 
-__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command"]
+if TYPE_CHECKING:
+    from kuasar_shared.daemon.run import DaemonContext
+
+__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "start_task_server"]
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +205,22 @@ class TaskServer:
             await asyncio.gather(self._restart, return_exceptions=True)
             self._restart = None
         await self.close_connection()
+
+
+async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_name: str,
+                            own_children: Sequence[int] = ()) -> TaskServer:
+    """The task server of the sandboxer's ``--dir``, re-adopted or started, and restarted whenever it exits.
+
+    Processes orphaned by a dead task server re-parent to the sandboxer: their exits are recorded
+    in ``<dir>/exits`` for the next task server. ``own_children``: the sandboxer's other children
+    (helpers), whose exits are not recorded. A new server logs to ``<dir>/<log_name>`` with
+    ``--daemon``, else to the sandboxer's stderr.
+    """
+    args = ctx.args
+    os.makedirs(args.dir, mode=0o700, exist_ok=True)
+    log_file = os.path.join(args.dir, log_name) if args.daemon else None
+    server = await TaskServer.ensure(args.dir, command, args.log_level, log_file)
+    server.supervise()
+    exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
+    ctx.reaper.add_listener(exits.listener(lambda pid: pid == server.pid or pid in own_children))
+    return server

@@ -3,6 +3,7 @@
   memory       InMemorySandboxer, a toy Sandboxer keeping pods in memory
   conformance  SandboxerConformance, the Sandbox API suite every sandbox type runs (needs pytest)
   traces       loading the real containerd traces and rendering messages like they do
+  oci          a busybox rootfs, FIFOs and reading them, for tests that run real containers (needs pytest)
 
 Only :class:`InMemorySandboxer` is imported here, so importing this package needs no pytest.
 """
