@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import os
 import re
 import shutil
 import sys
@@ -62,7 +61,8 @@ def generate(out: Path) -> None:
     for d in [out, *[p for p in out.rglob("*") if p.is_dir()]]:
         init = d / "__init__.py"
         if not init.exists():
-            init.write_text(HEADER if d != out else HEADER + '"""Generated protobuf modules (containerd, ttrpc, CRI, Kuasar)."""\n')
+            doc = '"""Generated protobuf modules (containerd, ttrpc, CRI, Kuasar)."""\n'
+            init.write_text(HEADER if d != out else HEADER + doc)
 
 
 def _diff(a: Path, b: Path) -> list[str]:

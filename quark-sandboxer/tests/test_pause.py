@@ -3,14 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import signal
-import subprocess
-import time
 
-import pytest
 
-from kuasar_shared.errors import InvalidArgument
 
 from kuasar_quark_sandboxer.pause import PAUSE_PATH, write_sandbox_bundle
 

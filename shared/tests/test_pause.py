@@ -22,7 +22,8 @@ def test_elf_headers_per_machine() -> None:
         pause_elf("mips")
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="runs the x86_64 program, which cannot exist on this machine (not x86_64)")
+@pytest.mark.skipif(platform.machine() != "x86_64",
+                    reason="runs the x86_64 program, which cannot exist on this machine (not x86_64)")
 def test_pause_program_waits_until_killed(tmp_path) -> None:
     path = tmp_path / "pause"
     path.write_bytes(pause_elf())

@@ -1,6 +1,5 @@
 """The generated protobuf modules: not stale, and importable on the oldest runtime we support."""
 import os
-import shutil
 import subprocess
 import sys
 

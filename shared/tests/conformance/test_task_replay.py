@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 import pytest
 
 from kuasar_shared import errors
-from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.ttrpc import request_pb2
 from kuasar_shared.task import CgroupStats, ExitInfo, ProcessState, Stdio, TaskBackend, TaskService, TaskStatus
 from kuasar_shared.testing.traces import default_conformance_dir, find_flows, message_class, render

@@ -1,7 +1,6 @@
 """The container OCI spec kuasar-ctl builds matches what containerd's CRI plugin builds."""
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os

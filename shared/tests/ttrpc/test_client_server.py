@@ -1,8 +1,6 @@
 """ttrpc server and client over a real unix socket: unary, streams, errors, deadlines, bad input."""
 import asyncio
 import os
-import socket
-import struct
 
 import pytest
 
@@ -95,8 +93,8 @@ async def test_deadline_from_timeout_nano(server):
             await c.call(SVC, "State", shim_pb2.StateRequest(id="sleep5"), shim_pb2.StateResponse, timeout=0.2)
         # the server side also gave up: a raw request with timeout_nano answers DEADLINE_EXCEEDED
     reader, writer = await asyncio.open_unix_connection(server.path)
-    req = request_pb2.Request(service=SVC, method="State", payload=shim_pb2.StateRequest(id="sleep5").SerializeToString(),
-                              timeout_nano=100_000_000)
+    req = request_pb2.Request(service=SVC, method="State",
+                              payload=shim_pb2.StateRequest(id="sleep5").SerializeToString(), timeout_nano=100_000_000)
     writer.write(framing.encode(1, framing.TYPE_REQUEST, 0, req.SerializeToString()))
     frame = await asyncio.wait_for(framing.read_frame(reader), 3)
     assert request_pb2.Response.FromString(frame.data).status.code == errors.Code.DEADLINE_EXCEEDED
@@ -152,7 +150,8 @@ async def test_malformed_inputs_keep_server_serving(server):
 async def test_client_refuses_oversized_request(server):
     async with await Client.connect_unix(server.path) as c:
         with pytest.raises(errors.ResourceExhausted):
-            await c.call(SVC, "State", shim_pb2.StateRequest(id="x" * (framing.MAX_MESSAGE + 1)), shim_pb2.StateResponse)
+            await c.call(SVC, "State", shim_pb2.StateRequest(id="x" * (framing.MAX_MESSAGE + 1)),
+                         shim_pb2.StateResponse)
         assert (await c.call(SVC, "State", shim_pb2.StateRequest(id="y"), shim_pb2.StateResponse)).id == "y"
 
 
