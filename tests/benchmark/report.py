@@ -42,6 +42,9 @@ METHOD = """## Method
 """
 CDF_PNG = "start-cdf.png"
 MEMORY_PNG = "memory-vs-pods.png"
+VMM = "kuasar-vmm"
+#: sides left out of the shared plots: VM boots take seconds and hundreds of MiB, flattening every other curve
+_NOT_PLOTTED = (VMM,)
 
 
 def _mib(kb: float) -> str:
@@ -125,8 +128,8 @@ def _profile_tables(sides: Dict[str, Any]) -> List[str]:
                   f"{prof['wall_s']} s)", ""]
         for proc, summary in prof["processes"].items():
             lines += [f"### {proc}: {summary['samples']} samples, ~{summary['cpu_s_per_pod'] * 1000:.0f} ms non-idle "
-                      f"per pod (raw stacks: `{summary['raw']}`)", "", "| self % | function | | inclusive % | function |",
-                      "|---|---|---|---|---|"]
+                      f"per pod (raw stacks: `{summary['raw']}`)", "",
+                      "| self % | function | | inclusive % | function |", "|---|---|---|---|---|"]
             for own, inc in zip(summary["self"][:12], summary["inclusive"][:12]):
                 lines.append(f"| {own['percent']} | `{own['function']}` | | {inc['percent']} | `{inc['function']}` |")
             lines.append("")
@@ -161,6 +164,71 @@ def _ratio_table(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _vmm_section(results: Dict[str, Any]) -> List[str]:
+    """Issue 5's numbers for VM pods: the start broken down, the targets, memory per pod, the guest image."""
+    side = results["sides"].get(VMM, {})
+    vmm = side.get("vmm")
+    if not vmm:
+        return []
+    run = results.get("updates", {}).get(VMM)
+    lines = [f"## {VMM}: VM pods (QEMU TCG, no KVM on this machine)", ""]
+    if run:
+        lines += [f"Measured in a separate run on {run['date']}; load average (1/5/15 min) "
+                  + " / ".join(f"{v:.1f}" for v in run["loadavg_before"]) + " before, "
+                  + " / ".join(f"{v:.1f}" for v in run["loadavg_after"]) + " after.", ""]
+    t, met = vmm["targets"], vmm["met"]
+    lines += [f"Targets (issue 5), {vmm['starts']} serial starts:", "", "| what | measured | target | met |",
+              "|---|---|---|---|",
+              f"| management overhead p50 (total - guest boot to agent) | {vmm['overhead_ms']['p50']:.1f} ms "
+              f"| <= {t['overhead_p50_ms']:.0f} ms | {_met(met['overhead_p50_ms'])} |"]
+    if "growth_pss_kb_per_pod" in vmm:
+        lines.append(f"| management PSS growth per pod (vmm-sandboxer + vmm-task-relay) "
+                     f"| {vmm['growth_pss_kb_per_pod']:.0f} KB | <= {t['growth_pss_kb_per_pod']:.0f} KB "
+                     f"| {_met(met['growth_pss_kb_per_pod'])} |")
+        lines.append(f"| (cross-check: RSS growth per pod; PSS shifts with other processes sharing libraries) "
+                     f"| {vmm['growth_rss_kb_per_pod']:.0f} KB | | |")
+    lines += ["", "Where a serial start goes (ms). The sandboxer reports its own spans in Controller.Status "
+              "(`start_spawn_ms`, `start_agent_ms`, `start_setup_ms`); QEMU start to QMP + relay attach is the Start "
+              "call minus those three. Under TCG every guest-side step (SetupSandbox, task Create/Start: runc in the "
+              "guest) runs emulated; the host-only steps are the Python host path alone.", "",
+              "| step | p50 | p90 |", "|---|---|---|"]
+    for step, v in vmm["steps_ms"].items():
+        lines.append(f"| {step} | {v['p50']:.1f} | {v['p90']:.1f} |")
+    for label, key in (("**total** (run pod + create + start, client)", "total_ms"),
+                       ("guest boot to agent", "boot_to_agent_ms"),
+                       ("**management overhead** (total - boot to agent)", "overhead_ms"),
+                       ("overhead without QEMU start to QMP", "overhead_without_qemu_start_ms"),
+                       ("host-only steps (no QEMU or guest in them)", "host_only_steps_ms")):
+        lines.append(f"| {label} | {vmm[key]['p50']:.1f} | {vmm[key]['p90']:.1f} |")
+    lines += ["", f"CPU time of vmm-sandboxer + vmm-task-relay per serial start (boot wait included): "
+              f"{vmm['management_cpu_per_start_ms']:.0f} ms."]
+    lines += ["", "Memory (KiB PSS): management = vmm-sandboxer + vmm-task-relay; QEMU (the VMs) apart.", "",
+              "| pods | management | vmm-sandboxer | vmm-task-relay | QEMU total | QEMU per VM |",
+              "|---|---|---|---|---|---|"]
+    for pods, mgmt in vmm["management_pss_kb"].items():
+        qemu = vmm["qemu_pss_kb"][pods]
+        lines.append(f"| {pods} | {mgmt['total']} | {mgmt.get('vmm-sandboxer', 0)} | {mgmt.get('vmm-task-relay', 0)} "
+                     f"| {qemu} | {qemu / int(pods):.0f} |")
+    image = vmm.get("guest_image")
+    if image:
+        lines += ["", f"Guest image (`{image['dir']}`): vmlinux.bin {_mib(image['kernel_bytes'] / 1024)} MiB, "
+                  f"kuasar.initrd {_mib(image['initrd_bytes'] / 1024)} MiB (uncompressed cpio; rootfs files "
+                  f"{_mib((image.get('rootfs_bytes') or 0) / 1024)} MiB); cold build {image['cold_build_s']} s "
+                  + ("(in this run)" if image["built_in_this_run"] else "(recorded by the last build)")
+                  + f", cached (up-to-date check) {image['cached_build_s']} s."]
+    lines.append("")
+    for p in side.get("parallel", []):
+        lines.append(f"Parallel (informational): {p['n']} pods at once completed in {p['completion_ms'] / 1000:.1f} s "
+                     f"(latency p50 {p['latency_ms']['p50'] / 1000:.1f} s, max {p['latency_ms']['max'] / 1000:.1f} s).")
+    if "parallel_error" in vmm:
+        lines.append(f"Parallel (informational) failed: {vmm['parallel_error']}")
+    return lines + [""]
+
+
 def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -> None:
     """Write the report to ``path``; plots are linked as ``<image_prefix><name>.png``."""
     m = results["machine"]
@@ -184,9 +252,13 @@ def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -
         lines += ["", f"Load average (1/5/15 min) when the run started: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
                   f"on {m['cpus']} CPUs; when it ended: "
                   + " / ".join(f"{v:.1f}" for v in m.get("loadavg_1_5_15", [])) + "."]
+    updates = results.get("updates", {})
+    if updates:
+        lines += ["", "Measured in a later run (see their sections): "
+                  + ", ".join(f"{k} ({v['date']})" for k, v in sorted(updates.items())) + "."]
     lines += [""] + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
     lines += _steps_table(results["sides"]) + [""] + _memory_tables(results["sides"]) + _cpu_table(results["sides"])
-    lines += [""] + _profile_tables(results["sides"]) + [METHOD]
+    lines += [""] + _profile_tables(results["sides"]) + _vmm_section(results) + [METHOD]
     lines += ["", f"![start-time CDF]({image_prefix}{CDF_PNG})", "", f"![memory vs pods]({image_prefix}{MEMORY_PNG})",
               ""]
     with open(path, "w") as f:
@@ -199,7 +271,7 @@ def write_plots(results: Dict[str, Any], out_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sides = {k: v for k, v in results["sides"].items() if "error" not in v}
+    sides = {k: v for k, v in results["sides"].items() if "error" not in v and k not in _NOT_PLOTTED}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, phase in zip(axes, ("serial", "parallel")):
         for name, side in sides.items():
@@ -260,6 +332,11 @@ def summary(results: Dict[str, Any]) -> str:
         if side.get("memory"):
             last = side["memory"][-1]
             parts.append(f"PSS@{last['pods']} {_mib(last['management']['total']['pss_kb'])} MiB")
+        vmm = side.get("vmm")
+        if vmm:
+            parts.append(f"overhead p50 {vmm['overhead_ms']['p50']:.1f} ms")
+            if "growth_pss_kb_per_pod" in vmm:
+                parts.append(f"growth {vmm['growth_pss_kb_per_pod']:.0f} KB/pod")
         lines.append(" ".join(parts))
     lines += [f"ratio {k}: {v:.2f}" for k, v in sorted(results.get("ratios", {}).items())]
     return "\n".join(lines)

@@ -7,6 +7,9 @@
 private containerd, one shim per baseline pod, and a private sandboxer per available sandbox type,
 all under one temp dir, and removes every process, mount, cgroup and socket it created. Writes
 ``results.json``, ``RESULTS.md`` and PNG plots to ``--out`` (default tests/benchmark/results).
+With ``--types`` only those types run (the baseline only with runc, which its ratios compare with) and
+their sides replace theirs in an existing ``results.json`` of the same kind (full or smoke); the
+other sides stay as they were measured.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import baseline  # noqa: E402
+import bench_vmm  # noqa: E402
 import kuasar  # noqa: E402
 import hotspots  # noqa: E402
 import procstats  # noqa: E402
@@ -107,6 +111,20 @@ def ratios(sides: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def merge(previous: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, Any]:
+    """``current`` (a run of some types) laid over ``previous`` (the results.json it goes to): its sides
+    and plans replace theirs, the others are kept; the header stays the previous run's, and ``updates``
+    names each side measured later with its date and load average."""
+    merged = dict(previous)
+    merged["sides"] = {**previous["sides"], **current["sides"]}
+    merged["plans"] = {**previous.get("plans", {}), **current["plans"]}
+    run = {"date": current["date"], "loadavg_before": current["machine"]["loadavg_before"],
+           "loadavg_after": current["machine"]["loadavg_1_5_15"]}
+    merged["updates"] = {**previous.get("updates", {}), **{name: run for name in current["sides"]}}
+    merged["ratios"] = ratios(merged["sides"])
+    return merged
+
+
 async def run_side(side: Side, plan: Plan, profile_pods: int = 0, out_dir: str = "") -> Dict[str, Any]:
     log.info("== %s", side.name)
     started = time.monotonic()
@@ -133,7 +151,9 @@ async def run_all(args: argparse.Namespace, work: str) -> Dict[str, Any]:
     default = SMOKE if args.smoke else Plan(serial=args.serial, parallel=args.parallel, pods=args.pods)
     sides: Dict[str, Any] = {}
     plans: Dict[str, Any] = {}
-    if baseline.available():
+    if args.types and "runc" not in args.types:
+        log.info("no baseline: it is compared with kuasar-runc, which is not among --types")
+    elif baseline.available():
         containerd = baseline.Containerd(os.path.join(work, "containerd"))
         await containerd.start()
         try:
@@ -151,9 +171,11 @@ async def run_all(args: argparse.Namespace, work: str) -> Dict[str, Any]:
     for profile in kuasar.available_profiles():
         if (args.types and profile.sandbox_type not in args.types) or (args.smoke and profile.smoke is None):
             continue
-        side = kuasar.KuasarSide(profile, os.path.join(work, profile.sandbox_type), images)
+        side_type = bench_vmm.VmmSide if profile.sandbox_type == "vmm" else kuasar.KuasarSide
+        side = side_type(profile, os.path.join(work, profile.sandbox_type), images)
         plan = profile.smoke if args.smoke else (default if profile.sandbox_type == "runc" else profile.plan)
-        sides[side.name] = await run_side(side, plan, 0 if args.smoke else args.profile, args.out)
+        profile_pods = 0 if args.smoke else min(args.profile, plan.serial)
+        sides[side.name] = await run_side(side, plan, profile_pods, args.out)
         plans[side.name] = plan
     return {"sides": sides, "plans": {k: {"serial": p.serial, "parallel": list(p.parallel), "pods": list(p.pods),
                                           "warmup": p.warmup} for k, p in plans.items()}}
@@ -170,6 +192,16 @@ def cleanup_shim_state(created_run_dir: bool) -> None:
             os.rmdir(path)
 
 
+def _previous(path: str, smoke: bool) -> Optional[Dict[str, Any]]:
+    """The results.json at ``path`` when it is of the same kind (full or smoke), else None."""
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except FileNotFoundError:
+        return None
+    return previous if previous.get("smoke") == smoke and "sides" in previous else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny N for CI: checks the suite, not the numbers")
@@ -181,7 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--profile", type=int, default=30, metavar="N",
-                    help="after measuring, py-spy our daemons during N serial starts (0: off; off with --smoke)")
+                    help="after measuring, py-spy our daemons during N serial starts (at most a type's serial N; "
+                         "0: off; off with --smoke)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -208,6 +241,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                "date": started.isoformat(timespec="seconds"), "smoke": args.smoke,
                "machine": {**machine(), "loadavg_before": load_before},
                **results, "ratios": ratios(results["sides"])}
+    previous = _previous(os.path.join(args.out, "results.json"), args.smoke) if args.types else None
+    if previous is not None:
+        results = merge(previous, results)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     report.write_markdown(results, os.path.join(args.out, "RESULTS.md"))

@@ -7,7 +7,8 @@ are its management plane; :func:`measure` runs the same phases on each side:
 2. serial starts (N): latency per pod, and CPU time of the management processes per start;
 3. parallel starts (10, 20, 50 at once): latency of each pod and completion time of the batch;
 4. memory at 1/5/10/20/30/50/110 running pods: PSS/RSS of the management plane, of the daemon
-   and of per-pod infrastructure, each group reported on its own.
+   and of per-pod infrastructure, each group reported on its own;
+5. whatever the side adds in :meth:`Side.after_measure` (vmm: the start breakdown, a parallel batch).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Dict, List, Sequence
 
 import procstats
 
-__all__ = ["Plan", "SMOKE", "Side", "measure"]
+__all__ = ["Plan", "SMOKE", "Side", "measure", "parallel_batch"]
 
 log = logging.getLogger(__name__)
 #: pods kept running during the serial phase before they are removed in one batch
@@ -88,6 +89,9 @@ class Side(abc.ABC):
         """The tail of the side's daemon log, shown when the side fails."""
         return ""
 
+    async def after_measure(self, result: Dict[str, Any]) -> None:
+        """Phases and derived numbers of this side only, added to ``result`` after the common phases."""
+
 
 def _all(pids: Dict[str, List[int]]) -> List[int]:
     return [pid for group in pids.values() for pid in group]
@@ -123,13 +127,17 @@ async def _serial(side: Side, n: int) -> Dict[str, Any]:
             pods = []
     await side.remove_pods(pods)
     return {"latency_ms": procstats.latency_summary(latencies), "samples_ms": latencies,
-            "steps_p50_ms": {step: procstats.percentile(v, 50) for step, v in steps.items()},
+            "steps_p50_ms": {step: procstats.percentile(v, 50) for step, v in steps.items()}, "steps_ms": steps,
             "cpu_per_start_ms": {"management": cpu_mgmt.own * 1000 / n,
                                  "management_children": cpu_mgmt.children * 1000 / n,
                                  "daemon": cpu_daemon.own * 1000 / n}}
 
 
-async def _parallel(side: Side, n: int) -> Dict[str, Any]:
+async def parallel_batch(side: Side, n: int) -> Dict[str, Any]:
+    """``n`` starts at once: completion time of the batch and each start's latency; the pods are removed.
+
+    :raise RuntimeError: when any start failed (after removing the pods that did start).
+    """
     t0 = time.perf_counter()
     results = await asyncio.gather(*(_timed_start(side) for _ in range(n)), return_exceptions=True)
     wall = (time.perf_counter() - t0) * 1000
@@ -185,9 +193,10 @@ async def measure(side: Side, plan: Plan) -> Dict[str, Any]:
     result["parallel"] = []
     for n in plan.parallel:
         log.info("%s: %d parallel starts", side.name, n)
-        result["parallel"].append(await _parallel(side, n))
+        result["parallel"].append(await parallel_batch(side, n))
         procstats.reap_zombie_children()
     if plan.pods:
         result["memory"] = await _memory(side, plan.pods)
         procstats.reap_zombie_children()
+    await side.after_measure(result)
     return result

@@ -37,7 +37,7 @@ from kuasar_shared.ctl.config import ContainerConfig
 from kuasar_shared.ctl.io import make_fifos, streaming_url
 from kuasar_shared.ctl.spec import ImageConfig, SpecInputs, build_container_spec, pod_hostname
 from kuasar_shared.ctl.store import ContainerRecord, CtlStore, PodRecord
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError, NotFound
+from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.store import write_json_atomic
 
 __all__ = ["Engine", "EngineOptions", "RUNNING", "CREATED", "EXITED", "UNKNOWN"]
@@ -62,8 +62,10 @@ class EngineOptions:
     """Where things are: the sandboxer socket, kuasar-ctl's state root, images and IO type."""
 
     def __init__(self, sandboxer: str, endpoint: str, root: str, images: str, io_type: str = "fifo",
-                 hint: str = "", inline_logs: bool = False) -> None:
+                 hint: str = "", inline_logs: bool = False, sandbox_deadline: float = 60.0) -> None:
         self.sandboxer = sandboxer
+        #: seconds allowed for Controller Create/Start/Stop/Shutdown (a VM booting under emulation needs more)
+        self.sandbox_deadline = sandbox_deadline
         #: copy container output into the CRI logs inside this process, as containerd does; only for
         #: a long-lived engine process (the CLI exits after each command and starts a log writer instead)
         self.inline_logs = inline_logs
@@ -100,28 +102,38 @@ class Engine:
         return self._tasks[address]
 
     # -- pods ------------------------------------------------------------------------------------
-    async def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
+    async def run_pod(self, config: api_pb2.PodSandboxConfig, netns: str = "") -> str:
         """RunPodSandbox: netns, Controller.Create, Start, Status x2; returns the pod id.
 
+        ``netns`` is an existing network namespace to use instead of a new empty one (what CNI would
+        have filled with interfaces); the caller keeps it and removes it.
+
         :raise AlreadyExists: a pod with the same name/namespace/uid/attempt exists.
+        :raise InvalidArgument: ``netns`` is given for a host-network pod or does not exist.
         """
         self.sandbox.check()
+        host_network = config.linux.security_context.namespace_options.network == 2
+        if netns:
+            netns = os.path.abspath(netns)
+            problem = "the pod uses the host network" if host_network else host.netns_problem(netns)
+            if problem:
+                raise InvalidArgument(f"--netns {netns}: {problem}")
         meta = config.metadata
         name = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
         for pod in self.store.pods():
             if f"{pod.name}_{pod.namespace}_{pod.uid}_{pod.attempt}" == name:
                 raise AlreadyExists(f"pod name {name!r} is reserved for {pod.id}")
         pod_id = secrets.token_hex(32)
-        host_network = config.linux.security_context.namespace_options.network == 2
         record = PodRecord(id=pod_id, name=meta.name, namespace=meta.namespace, uid=meta.uid,
                            attempt=meta.attempt, created_at=_now(), sandboxer=self.options.sandboxer,
                            runtime_handler=f"kuasar-{self.options.sandboxer}",
                            config=json_format.MessageToDict(config, preserving_proto_field_name=True),
-                           labels=dict(config.labels), annotations=dict(config.annotations))
+                           labels=dict(config.labels), annotations=dict(config.annotations),
+                           netns_path=netns, netns_owned=not netns)
         pod_dir = self.store.pod_dir(pod_id)
         os.makedirs(pod_dir, mode=0o700)
         try:
-            if not host_network:
+            if not host_network and not netns:
                 record.netns_path = await host.create_netns()
             host.write_sandbox_files(pod_dir, config, pod_hostname(config))
             self.store.save_pod(record)
@@ -133,13 +145,14 @@ class Engine:
                     sandbox_id=pod_id, sandboxer=self.options.sandboxer, labels={"name": name},
                     runtime=types_sandbox_pb2.Sandbox.Runtime(name=f"io.containerd.kuasar-{self.options.sandboxer}.v1"),
                     created_at=created, updated_at=created))
-            await self.sandbox.call("Create", request, 60.0)
+            await self.sandbox.call("Create", request, self.options.sandbox_deadline)
         except BaseException:
-            await host.remove_netns(record.netns_path)
+            await self._remove_netns(record)
             self.store.remove_pod(pod_id)
             raise
         try:
-            started = await self.sandbox.call("Start", sandbox_pb2.ControllerStartRequest(sandbox_id=pod_id), 60.0)
+            started = await self.sandbox.call("Start", sandbox_pb2.ControllerStartRequest(sandbox_id=pod_id),
+                                              self.options.sandbox_deadline)
             record.pid, record.address, record.version = started.pid, started.address, started.version
             for _ in range(2):
                 status = await self.sandbox.status(pod_id)
@@ -147,7 +160,7 @@ class Engine:
             record.address = status.address or record.address
         except BaseException:
             await self._shutdown_sandbox(pod_id)
-            await host.remove_netns(record.netns_path)
+            await self._remove_netns(record)
             self.store.remove_pod(pod_id)
             raise
         self.store.save_pod(record)
@@ -174,11 +187,12 @@ class Engine:
         try:
             await self.sandbox.status(pod_id)
             await self.sandbox.status(pod_id)
-            await self.sandbox.call("Stop", sandbox_pb2.ControllerStopRequest(sandbox_id=pod_id), 60.0)
+            await self.sandbox.call("Stop", sandbox_pb2.ControllerStopRequest(sandbox_id=pod_id),
+                                    self.options.sandbox_deadline)
             await self.sandbox.status(pod_id)
         except NotFound:
             log.info("pod %s is already gone from the sandboxer", pod_id)
-        await host.remove_netns(pod.netns_path)
+        await self._remove_netns(pod)
         pod.state = NOTREADY
         self.store.save_pod(pod)
 
@@ -186,17 +200,24 @@ class Engine:
         """RemovePodSandbox: stop it if needed, remove its containers, Status, Shutdown, Status."""
         pod, _ = await self.pod_status(pod_id)
         running = any(c.state in (RUNNING, UNKNOWN) for c in self.store.containers(pod_id))
-        if pod.state == READY or running or (pod.netns_path and os.path.exists(pod.netns_path)):
+        if pod.state == READY or running or (pod.netns_owned and pod.netns_path and os.path.exists(pod.netns_path)):
             await self.stop_pod(pod_id)
         for ctr in self.store.containers(pod_id):
             await self.remove_container(ctr.id)
         await self._shutdown_sandbox(pod_id)
         self.store.remove_pod(pod_id)
 
+    @staticmethod
+    async def _remove_netns(pod: PodRecord) -> None:
+        """Remove the pod's netns unless the caller brought it (``--netns``)."""
+        if pod.netns_owned:
+            await host.remove_netns(pod.netns_path)
+
     async def _shutdown_sandbox(self, pod_id: str) -> None:
         try:
             await self.sandbox.status(pod_id)
-            await self.sandbox.call("Shutdown", sandbox_pb2.ControllerShutdownRequest(sandbox_id=pod_id), 60.0)
+            await self.sandbox.call("Shutdown", sandbox_pb2.ControllerShutdownRequest(sandbox_id=pod_id),
+                                    self.options.sandbox_deadline)
             await self.sandbox.status(pod_id)
         except NotFound:
             pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import os
 import uuid
 from typing import Optional
@@ -19,7 +20,7 @@ from kuasar_shared.api.cri.runtime.v1 import api_pb2
 from kuasar_shared.ctl.config import MountSpec
 from kuasar_shared.errors import Internal, NotFound
 
-__all__ = ["NETNS_DIR", "create_netns", "remove_netns", "write_sandbox_files", "sandbox_file_mounts",
+__all__ = ["NETNS_DIR", "create_netns", "remove_netns", "netns_problem", "write_sandbox_files", "sandbox_file_mounts",
            "resolve_image", "overlay_options", "mounts_below", "unmount_below", "own_oom_score_adj",
            "swap_accounting", "process_alive"]
 
@@ -27,6 +28,8 @@ NETNS_DIR = "/var/run/netns"
 _DEFAULT_HOSTS = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n"
                   "ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
 _MNT_DETACH = 2
+_NS_GET_NSTYPE = 0xB703
+_CLONE_NEWNET = 0x40000000
 
 
 async def _ip(*args: str) -> None:
@@ -50,6 +53,23 @@ async def create_netns() -> str:
         await _ip("netns", "delete", name)
         raise
     return os.path.join(NETNS_DIR, name)
+
+
+def netns_problem(path: str) -> str:
+    """Why ``path`` is not a network namespace file (``""`` when it is one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "no such network namespace"
+    except OSError as err:
+        return f"cannot open: {err.strerror}"
+    try:
+        kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        return "not a namespace file (expected e.g. /var/run/netns/NAME or /proc/PID/ns/net)"
+    finally:
+        os.close(fd)
+    return "" if kind == _CLONE_NEWNET else "a namespace, but not a network namespace"
 
 
 async def remove_netns(path: str) -> None:

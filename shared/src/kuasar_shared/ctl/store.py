@@ -44,6 +44,8 @@ class PodRecord:
     sandboxer: str
     runtime_handler: str
     netns_path: str = ""
+    #: False when the caller passed ``--netns`` (a CNI-style namespace it made and removes itself)
+    netns_owned: bool = True
     address: str = ""
     version: int = 0
     pid: int = 0
