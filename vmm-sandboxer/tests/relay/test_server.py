@@ -169,6 +169,17 @@ async def test_detach_and_guest_loss(relay_env):
         await env["control"].attach("p1")  # the agent socket is gone
 
 
+async def test_detach_with_an_open_engine_connection_logs_no_error(relay_env, caplog):
+    env = relay_env
+    engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    await engine.call(TASK, "Delete", shim_pb2.DeleteRequest(id="c4"), shim_pb2.DeleteResponse, timeout=10)
+    with caplog.at_level("ERROR"):
+        await env["control"].detach("p1")
+        await asyncio.sleep(0.1)  # the stream server's done-callbacks run
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    await engine.close()
+
+
 async def test_recover_reattaches_recorded_pods(relay_env):
     env = relay_env
     pods = os.path.dirname(env["pod_dir"])

@@ -103,6 +103,9 @@ class PodLink:
             self._tasks.add(task)
         try:
             await Forwarder(self, reader, writer).run()
+        except asyncio.CancelledError:
+            # close() ends the connection; the stream server's done-callback would log a cancelled task
+            writer.close()
         finally:
             if task is not None:
                 self._tasks.discard(task)
