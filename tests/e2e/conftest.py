@@ -1,4 +1,5 @@
-"""Fixtures for end-to-end tests through kuasar-ctl: a private runc-sandboxer and a busybox image."""
+"""Fixtures for end-to-end tests through kuasar-ctl: a private runc-sandboxer, a busybox image, and (from
+support.py) the vmm guest image and a module-scoped vmm-sandboxer."""
 from __future__ import annotations
 
 import os
@@ -10,13 +11,9 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the e2e modules import support.py
 
-
-def _tool(name: str) -> str:
-    path = os.path.join(BIN, name)
-    return path if os.path.exists(path) else (shutil.which(name) or name)
+from support import REPO, guest_image, tool as _tool, vmm  # noqa: E402,F401  (fixtures for every e2e module)
 
 
 @pytest.fixture(scope="session")

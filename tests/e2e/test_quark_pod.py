@@ -8,19 +8,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 import uuid
 
 import pytest
-
-BIN = os.path.dirname(sys.executable)
-
-
-def _tool(name: str) -> str:
-    path = os.path.join(BIN, name)
-    return path if os.path.exists(path) else (shutil.which(name) or name)
+from support import (Ctl, assert_gone, cgroups_named, container_config, mounts_under, pids_with, pod_config,
+                     start_daemon, stop_and_remove, stop_daemon, tool, wait_for)
 
 
 class Sandboxer:
@@ -31,25 +23,11 @@ class Sandboxer:
         self.proc = None
 
     def start(self) -> None:
-        log = open(self.tmp / "sandboxer.log", "ab")
-        self.proc = subprocess.Popen([_tool("quark-sandboxer"), "--listen", self.listen, "--dir", self.dir,
-                                      "--log-level", "debug"], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.listen):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError("quark-sandboxer did not start:\n" + (self.tmp / "sandboxer.log").read_text())
-            time.sleep(0.05)
+        self.proc = start_daemon([tool("quark-sandboxer"), "--listen", self.listen, "--dir", self.dir,
+                                  "--log-level", "debug"], self.listen, str(self.tmp / "sandboxer.log"))
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_daemon(self.proc)
 
     def task_server_pid(self) -> int:
         with open(os.path.join(self.dir, "task-server.json")) as f:
@@ -71,66 +49,25 @@ def quark(tmp_path):
         pass
 
 
-class Ctl:
-    def __init__(self, endpoint: str, root: str, images: str, io: str) -> None:
-        self.base = [_tool("kuasar-ctl"), "-s", "quark", "--endpoint", endpoint, "--root", root, "--images", images,
-                     "--io", io]
-
-    def __call__(self, *args: str, check: bool = True, stdin: str = "", timeout: float = 60):
-        proc = subprocess.run(self.base + list(args), input=stdin.encode(), capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kuasar-ctl {' '.join(args)} -> {proc.returncode}\n{proc.stderr.decode()}")
-        return proc
-
-    def out(self, *args: str) -> str:
-        return self(*args).stdout.decode().strip()
-
-
 def _pod_config(tmp_path, tag: str) -> str:
-    path = tmp_path / f"pod-{tag}.json"
-    path.write_text(json.dumps({
-        "metadata": {"name": f"q-{tag}", "namespace": "e2e", "uid": uuid.uuid4().hex},
-        "hostname": f"q-{tag}", "log_directory": str(tmp_path / "logs"),
-        "linux": {"cgroup_parent": f"/kuasar-quark-e2e-{tag}",
-                  "security_context": {"namespace_options": {"network": 0, "pid": 0, "ipc": 0}}}}))
-    return str(path)
+    return pod_config(str(tmp_path / f"pod-{tag}.json"), f"q-{tag}", f"/kuasar-quark-e2e-{tag}",
+                      str(tmp_path / "logs"), hostname=f"q-{tag}")
 
 
 def _ctr_config(tmp_path, name: str, script: str, volume: str = "") -> str:
-    path = tmp_path / f"{name}.json"
-    doc = {"metadata": {"name": name}, "image": {"image": "busybox"}, "command": ["/bin/sh", "-c", script],
-           "log_path": f"{name}.log"}
-    if volume:
-        doc["mounts"] = [{"container_path": "/vol", "host_path": volume}]
-    path.write_text(json.dumps(doc))
-    return str(path)
+    mounts = {"mounts": [{"container_path": "/vol", "host_path": volume}]} if volume else {}
+    return container_config(str(tmp_path / f"{name}.json"), name, ["/bin/sh", "-c", script], **mounts)
 
 
-def _wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+def _wait_for(predicate):
+    """Up to 20 s: a gVisor kernel is slower to start and stop than runc's containers."""
+    return wait_for(predicate, 20.0)
 
 
 def _leftovers(paths: list[str], cgroup_parent: str, netns: str) -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        found += [line.split()[4] for line in f if any(p in line.split()[4] for p in paths)]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if any(p.encode() in cmdline for p in paths) and b"quark-sandboxer" not in cmdline \
-                and b"quark-task" not in cmdline:
-            found.append(f"process {pid}: {cmdline[:100]!r}")
-    found += [f"cgroup {c}" for c in os.listdir("/sys/fs/cgroup")
-              if os.path.exists(os.path.join("/sys/fs/cgroup", c, cgroup_parent.strip("/")))]
+    daemons = ("quark-sandboxer", "quark-task")  # they serve every pod and outlive this one
+    pids = sorted({pid for path in paths for pid in pids_with(path, unless=daemons)})
+    found = mounts_under(paths) + [f"process {pid}" for pid in pids] + cgroups_named(cgroup_parent)
     if netns and os.path.exists(netns):
         found.append(netns)
     return found
@@ -149,7 +86,7 @@ def _pod_files(state_dir: str) -> list[str]:
 @pytest.mark.parametrize("io", ["fifo", "streaming"])
 def test_pod_with_two_containers_in_one_kernel(tmp_path, quark, images, io):
     root = str(tmp_path / "ctl")
-    ctl = Ctl(quark.listen, root, images, io)
+    ctl = Ctl("quark", quark.listen, root, images, io)
     tag = f"{io}-{uuid.uuid4().hex[:6]}"
     volume = tmp_path / "volume"
     volume.mkdir()
@@ -176,24 +113,15 @@ def test_pod_with_two_containers_in_one_kernel(tmp_path, quark, images, io):
     assert (result.returncode, result.stdout, result.stderr) == (42, b"out\n", b"err\n")
     assert ctl("exec", "-i", b, "--", "cat", stdin="piped in\n").stdout == b"piped in\n"
 
-    ctl("stop", a)
-    status = json.loads(ctl.out("inspect", a))["status"]
-    assert status["state"] == "CONTAINER_EXITED" and status["exitCode"] == 137
-    ctl("rm", a)
-    ctl("stopp", pod)
-    assert json.loads(ctl.out("inspectp", pod))["status"]["state"] == "SANDBOX_NOTREADY"
-    ctl("rmp", pod)
+    stop_and_remove(ctl, a, pod)
     assert ctl.out("pods", "-q") == "" and ctl.out("ps", "-a", "-q") == ""
-    try:
-        _wait_for(lambda: not _leftovers([root, quark.dir + "/"], f"/kuasar-quark-e2e-{tag}", netns), 10)
-    except AssertionError:
-        assert _leftovers([root, quark.dir + "/"], f"/kuasar-quark-e2e-{tag}", netns) == []
+    assert_gone(lambda: _leftovers([root, quark.dir + "/"], f"/kuasar-quark-e2e-{tag}", netns))
     assert _pod_files(quark.dir) == []
 
 
 def test_restarts_and_killed_sentry(tmp_path, quark, images):
     root = str(tmp_path / "ctl")
-    ctl = Ctl(quark.listen, root, images, "fifo")
+    ctl = Ctl("quark", quark.listen, root, images, "fifo")
     tag = uuid.uuid4().hex[:6]
     pod_cfg = _pod_config(tmp_path, tag)
     pod, ctr = ctl.out("run", pod_cfg, _ctr_config(tmp_path, "app", "echo up; sleep 3600")).split()
@@ -223,8 +151,5 @@ def test_restarts_and_killed_sentry(tmp_path, quark, images):
     _wait_for(lambda: json.loads(ctl.out("inspect", ctr))["status"]["state"] == "CONTAINER_EXITED")
     ctl("rmp", pod)
     assert ctl.out("pods", "-q") == ""
-    try:
-        _wait_for(lambda: not _leftovers([root, quark.dir + "/"], f"/kuasar-quark-e2e-{tag}", ""), 10)
-    except AssertionError:
-        assert _leftovers([root, quark.dir + "/"], f"/kuasar-quark-e2e-{tag}", "") == []
+    assert_gone(lambda: _leftovers([root, quark.dir + "/"], f"/kuasar-quark-e2e-{tag}", ""))
     assert _pod_files(quark.dir) == []

@@ -1,78 +1,31 @@
 """End to end through kuasar-ctl and a real runc-sandboxer + runc-task + runc: a pod with two
 containers sharing the pod's namespaces, logs via FIFO and streaming, exec with exit codes, and
-stop/rm/stopp/rmp leaving no process, mount, cgroup, netns or FIFO behind."""
+stop/rm/stopp/rmp leaving no process, mount, cgroup, netns or FIFO behind; a pod in a network namespace the
+caller made (``runp --netns``) that rmp leaves in place."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import shutil
-import sys
 import time
 import uuid
 
 import pytest
-
-CTL = os.path.join(os.path.dirname(sys.executable), "kuasar-ctl")
-if not os.path.exists(CTL):
-    CTL = shutil.which("kuasar-ctl") or "kuasar-ctl"
-
-
-class Ctl:
-    def __init__(self, endpoint: str, root: str, images: str, io: str) -> None:
-        self.base = [CTL, "--endpoint", endpoint, "--root", root, "--images", images, "--io", io]
-        self.root = root
-
-    def __call__(self, *args: str, check: bool = True, stdin: str = "", timeout: float = 60):
-        proc = subprocess.run(self.base + list(args), input=stdin.encode(), capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kuasar-ctl {' '.join(args)} -> {proc.returncode}\n{proc.stderr.decode()}")
-        return proc
-
-    def out(self, *args: str) -> str:
-        return self(*args).stdout.decode().strip()
+from support import (Ctl, assert_gone, cgroups_named, container_config, mounts_under, pids_with, pod_config,
+                     wait_for)
 
 
 def _pod_config(tmp_path, tag: str) -> str:
-    path = tmp_path / "pod.json"
-    path.write_text(json.dumps({
-        "metadata": {"name": f"e2e-{tag}", "namespace": "e2e", "uid": uuid.uuid4().hex},
-        "hostname": f"e2e-{tag}", "log_directory": str(tmp_path / "logs"),
-        "linux": {"cgroup_parent": f"/kuasar-e2e-{tag}",
-                  "security_context": {"namespace_options": {"network": 0, "pid": 0, "ipc": 0}}}}))
-    return str(path)
+    return pod_config(str(tmp_path / "pod.json"), f"e2e-{tag}", f"/kuasar-e2e-{tag}", str(tmp_path / "logs"),
+                      hostname=f"e2e-{tag}")
 
 
 def _ctr_config(tmp_path, name: str, script: str) -> str:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps({"metadata": {"name": name}, "image": {"image": "busybox"},
-                                "command": ["/bin/sh", "-c", script], "log_path": f"{name}.log"}))
-    return str(path)
-
-
-def _wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+    return container_config(str(tmp_path / f"{name}.yaml"), name, ["/bin/sh", "-c", script])
 
 
 def _leftovers(root: str, cgroup_parent: str, netns: str) -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        found += [l.split()[4] for l in f if root in l.split()[4]]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if root.encode() in f.read():
-                    found.append(f"process {pid}")
-        except OSError:
-            pass
-    found += [f"cgroup {c}" for c in os.listdir("/sys/fs/cgroup")
-              if os.path.exists(os.path.join("/sys/fs/cgroup", c, cgroup_parent.strip("/")))]
+    found = mounts_under([root]) + [f"process {pid}" for pid in pids_with(root)] + cgroups_named(cgroup_parent)
     if netns and os.path.exists(netns):
         found.append(netns)
     for dirpath, _, files in os.walk(root):
@@ -84,7 +37,7 @@ def _leftovers(root: str, cgroup_parent: str, netns: str) -> list[str]:
 def test_pod_with_two_containers(tmp_path, runc_sandboxer, images, io):
     endpoint, _ = runc_sandboxer
     root = str(tmp_path / "ctl")
-    ctl = Ctl(endpoint, root, images, io)
+    ctl = Ctl("runc", endpoint, root, images, io)
     tag = f"{io}-{uuid.uuid4().hex[:6]}"
     pod_cfg = _pod_config(tmp_path, tag)
     pod = ctl.out("runp", pod_cfg)
@@ -96,12 +49,12 @@ def test_pod_with_two_containers(tmp_path, runc_sandboxer, images, io):
     assert set(ctl.out("ps", "-q").split()) == {web, client}
 
     # logs in CRI format, both streams
-    _wait_for(lambda: "web started" in ctl.out("logs", web[:10]))
+    wait_for(lambda: "web started" in ctl.out("logs", web[:10]))
     logs = ctl("logs", web)
     assert logs.stdout.decode() == "web started\n" and logs.stderr.decode() == "oops\n"
     raw = (tmp_path / "logs" / "web.log").read_text().splitlines()
-    assert raw[0].split(" ", 3)[1:] == ["stdout", "F", "web started"] or raw[0].split(" ", 3)[1:] == ["stderr", "F", "oops"]
-    _wait_for(lambda: f"client e2e-{tag}" in ctl.out("logs", client))
+    assert raw[0].split(" ", 3)[1:] in (["stdout", "F", "web started"], ["stderr", "F", "oops"])
+    wait_for(lambda: f"client e2e-{tag}" in ctl.out("logs", client))
 
     # both containers share the pod's network, IPC and UTS namespaces (and not the host's)
     def ns(ctr: str, kind: str) -> str:
@@ -131,15 +84,12 @@ def test_pod_with_two_containers(tmp_path, runc_sandboxer, images, io):
     assert json.loads(ctl.out("inspect", client))["status"]["state"] == "CONTAINER_EXITED"
     ctl("rmp", pod)
     assert ctl.out("pods", "-q") == "" and ctl.out("ps", "-a", "-q") == ""
-    try:
-        _wait_for(lambda: not _leftovers(root, f"/kuasar-e2e-{tag}", netns), 10)
-    except AssertionError:
-        assert _leftovers(root, f"/kuasar-e2e-{tag}", netns) == []
+    assert_gone(lambda: _leftovers(root, f"/kuasar-e2e-{tag}", netns))
 
 
 def test_run_prints_ids_and_rm_of_running_container(tmp_path, runc_sandboxer, images):
     endpoint, _ = runc_sandboxer
-    ctl = Ctl(endpoint, str(tmp_path / "ctl"), images, "fifo")
+    ctl = Ctl("runc", endpoint, str(tmp_path / "ctl"), images, "fifo")
     pod_cfg = _pod_config(tmp_path, uuid.uuid4().hex[:6])
     pod, ctr = ctl.out("run", pod_cfg, _ctr_config(tmp_path, "app", "sleep 3600")).split()
     assert ctl.out("pods", "-q") == pod and ctl.out("ps", "-q") == ctr
@@ -150,9 +100,34 @@ def test_run_prints_ids_and_rm_of_running_container(tmp_path, runc_sandboxer, im
 
 
 def test_missing_sandboxer_socket_is_explained(tmp_path):
-    ctl = Ctl(str(tmp_path / "absent.sock"), str(tmp_path / "ctl"), str(tmp_path), "fifo")
+    ctl = Ctl("runc", str(tmp_path / "absent.sock"), str(tmp_path / "ctl"), str(tmp_path), "fifo")
     result = ctl("runp", _pod_config(tmp_path, "x"), check=False)
     assert result.returncode == 1
     assert "is kuasar-runc running? try: systemctl status kuasar-runc" in result.stderr.decode()
     pods_dir = tmp_path / "ctl" / "runc" / "pods"
     assert not pods_dir.exists() or not os.listdir(pods_dir)
+
+
+def test_runp_in_a_premade_netns_keeps_it(tmp_path, runc_sandboxer, images):
+    """``runp --netns``: the pod's containers live in the namespace the caller made (as CNI would), and
+    rmp leaves it to the caller."""
+    endpoint, _ = runc_sandboxer
+    root = str(tmp_path / "ctl")
+    ctl = Ctl("runc", endpoint, root, images, "fifo")
+    tag = uuid.uuid4().hex[:6]
+    name = f"kuasar-e2e-{tag}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    netns = f"/var/run/netns/{name}"
+    try:
+        pod_cfg = _pod_config(tmp_path, tag)
+        pod = ctl.out("runp", "--netns", netns, pod_cfg)
+        assert json.loads(ctl.out("inspectp", pod))["info"]["netnsPath"] == netns
+        ctr = ctl.out("create", pod, _ctr_config(tmp_path, "app", "sleep 3600"), pod_cfg)
+        ctl("start", ctr)
+        assert ctl.out("exec", ctr, "--", "readlink", "/proc/self/ns/net") == f"net:[{os.stat(netns).st_ino}]"
+        ctl("rmp", pod)
+        assert ctl.out("pods", "-q") == ""
+        assert os.path.exists(netns)
+        assert_gone(lambda: _leftovers(root, f"/kuasar-e2e-{tag}", ""))
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)

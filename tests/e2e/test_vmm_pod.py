@@ -8,136 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from typing import Any
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
-IMAGE_DIR = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
-QEMU = "/usr/bin/qemu-system-x86_64"
-
-
-def _tool(name: str) -> str:
-    path = os.path.join(BIN, name)
-    return path if os.path.exists(path) else (shutil.which(name) or name)
-
-
-class Ctl:
-    def __init__(self, endpoint: str, root: str, images: str, io: str) -> None:
-        self.base = [_tool("kuasar-ctl"), "-s", "vmm", "--endpoint", endpoint, "--root", root, "--images", images,
-                     "--io", io]
-
-    def __call__(self, *args: str, check: bool = True, stdin: str = "", timeout: float = 60):
-        proc = subprocess.run(self.base + list(args), input=stdin.encode(), capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kuasar-ctl {' '.join(args)} -> {proc.returncode}\n{proc.stderr.decode()}")
-        return proc
-
-    def out(self, *args: str) -> str:
-        return self(*args).stdout.decode().strip()
-
-
-def _wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
-def _pids_with(needle: str) -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if needle.encode() in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            pass
-    return [p for p in pids if p != os.getpid()]
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> str:
-    if os.geteuid() != 0 or not os.path.exists(QEMU):
-        pytest.skip("QEMU (and root) cannot exist on this machine")
-    from kuasar_vmm_task.image.build import build
-    build(IMAGE_DIR, os.path.join(IMAGE_DIR, ".cache"))
-    return IMAGE_DIR
-
-
-class Sandboxer:
-    """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
-
-    def __init__(self, image_dir: str) -> None:
-        self.work = tempfile.mkdtemp(prefix="kve2e", dir="/tmp")
-        self.dir, self.listen = os.path.join(self.work, "d"), os.path.join(self.work, "vmm.sock")
-        self.config = os.path.join(self.work, "config_qemu.toml")
-        with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
-            text = f.read().replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
-        with open(self.config, "w") as f:
-            f.write(text)
-        self.log = os.path.join(self.work, "sandboxer.log")
-        self.proc: Any = None  # the running subprocess.Popen
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([_tool("vmm-sandboxer"), "--listen", self.listen, "--dir", self.dir,
-                                          "--config", self.config, "--log-level", "info"],
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.listen):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError("vmm-sandboxer did not start:\n" + open(self.log).read())
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def vmm(guest_image):
-    sandboxer = Sandboxer(guest_image)
-    sandboxer.start()
-    yield sandboxer
-    sandboxer.stop()
-    # the relay (and a pod's QEMU) outlive the sandboxer by design; anything left of ours is killed here
-    _kill(_pids_with(sandboxer.dir))
-    subprocess.run(["umount", "-R", "-l", sandboxer.work], stderr=subprocess.DEVNULL, check=False)
-    shutil.rmtree(sandboxer.work, ignore_errors=True)
+from support import QEMU, Ctl, Sandboxer, assert_nothing_left, running, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +29,7 @@ def pod(vmm, images, tmp_path_factory):
     root = str(tmp / "ctl")
 
     def ctl(io: str = "streaming") -> Ctl:
-        return Ctl(vmm.listen, root, images, io)
+        return Ctl("vmm", vmm.listen, root, images, io)
 
     def container(name: str, script: str) -> str:
         path = tmp / f"{name}.json"
@@ -191,7 +67,7 @@ def test_container_runs_in_the_guest_and_logs(pod, io):
         io, f"echo {io} from $(hostname) on $(uname -r); echo {io}-err >&2; sleep 3600"), pod["pod_config"])
     assert ctl.out("start", ctr) == ctr
     pod["containers"][io] = ctr
-    logs = _wait_for(lambda: (lambda r: r if f"{io} from" in r.stdout.decode() else None)(ctl("logs", ctr)), 30)
+    logs = wait_for(lambda: (lambda r: r if f"{io} from" in r.stdout.decode() else None)(ctl("logs", ctr)), 30)
     hostname = json.loads(ctl.out("inspectp", pod["id"]))["status"]["metadata"]["name"]
     assert logs.stdout.decode().startswith(f"{io} from {hostname} on ")
     assert logs.stderr.decode() == f"{io}-err\n"
@@ -225,7 +101,7 @@ def test_sandboxer_restart_reattaches_to_the_running_vm(vmm, pod):
     ctl = pod["ctl"]()
     qemu = json.loads(ctl.out("inspectp", pod["id"]))["info"]["pid"]
     vmm.stop()
-    assert _running(qemu)  # the VM outlives the sandboxer
+    assert running(qemu)  # the VM outlives the sandboxer
     vmm.start()
     status = json.loads(ctl.out("inspectp", pod["id"]))
     assert status["status"]["state"] == "SANDBOX_READY" and status["info"]["pid"] == qemu
@@ -245,7 +121,7 @@ def test_stop_rm_stopp_rmp_leave_nothing(vmm, pod):
     netns = json.loads(ctl.out("inspectp", pod["id"]))["info"]["netnsPath"]
     ctl("stopp", pod["id"])
     assert json.loads(ctl.out("inspectp", pod["id"]))["status"]["state"] == "SANDBOX_NOTREADY"
-    _wait_for(lambda: not _running(qemu), 10)  # adopted after the restart: PID 1 reaps it
+    wait_for(lambda: not running(qemu), 10)  # adopted after the restart: PID 1 reaps it
     ctl("rmp", pod["id"])
     assert ctl.out("pods", "-q") == "" and ctl.out("ps", "-a", "-q") == ""
 
@@ -257,28 +133,12 @@ def test_killed_qemu_ends_the_pod_and_removal_cleans_up(vmm, pod):
     pod_id = ctl("runp", pod["pod_config"], timeout=120).stdout.decode().strip()
     info = json.loads(ctl.out("inspectp", pod_id))["info"]
     os.kill(info["pid"], signal.SIGKILL)
-    _wait_for(lambda: json.loads(ctl.out("inspectp", pod_id))["status"]["state"] == "SANDBOX_NOTREADY", 20)
+    wait_for(lambda: json.loads(ctl.out("inspectp", pod_id))["status"]["state"] == "SANDBOX_NOTREADY", 20)
     ctl("rmp", pod_id)
     assert ctl.out("pods", "-q") == ""
     _assert_nothing_left(vmm, pod, pod_id, info["netnsPath"])
 
 
+
 def _assert_nothing_left(vmm: Sandboxer, pod: dict, pod_id: str, netns: str) -> None:
-    def leftovers() -> list[str]:
-        found = [f"process {p}" for p in _pids_with(pod_id)]
-        with open("/proc/self/mountinfo") as f:
-            found += [line.split()[4] for line in f if vmm.work in line.split()[4]
-                      or pod["root"] in line.split()[4]]
-        if os.path.exists(os.path.join(vmm.dir, pod_id)):
-            found.append(os.path.join(vmm.dir, pod_id))
-        if netns and os.path.exists(netns):
-            found.append(netns)
-        found += [f"link {line}" for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
-                                                            text=True).stdout.splitlines() if "tap_kua" in line]
-        found += [f"cgroup {c}" for c in os.listdir("/sys/fs/cgroup")
-                  if os.path.exists(os.path.join("/sys/fs/cgroup", c, pod["cgroup"]))]
-        return found
-    try:
-        _wait_for(lambda: not leftovers(), 10)
-    except AssertionError:
-        assert leftovers() == []
+    assert_nothing_left(vmm, pod_id, netns, [pod["root"]], pod["cgroup"])

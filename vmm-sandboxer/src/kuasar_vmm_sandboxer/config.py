@@ -4,7 +4,8 @@ Upstream Kuasar reads ``/var/lib/kuasar/config_qemu.toml`` (interfaces.md 5.1); 
 (``vcpus``, ``memory_in_mb``, ``kernel_path``, ``initrd_path``, ``image_path``, ``kernel_params``,
 ``qemu_path``, ``machine_type``, ``machine_accelerators``, ``share_fs``, ``virtiofs_*``,
 ``msize_9p``, ``use_vsock``...) and add what QEMU-without-KVM needs: ``accel`` (``kvm`` or ``tcg``) and
-``boot_timeout_secs``. Parsing, type checks and unknown-key warnings come from
+``boot_timeout_secs``, plus ``[sandbox].containerd_ttrpc_address`` (where guest OOM events go; upstream
+hard-codes containerd's default). Parsing, type checks and unknown-key warnings come from
 :mod:`kuasar_shared.config`; the checks that span keys (machine type, share fs names, sizes) are here.
 """
 from __future__ import annotations
@@ -14,11 +15,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from kuasar_shared.config import ConfigError, load_config, parse_config
+from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.ttrpc.transport import parse_address
 
-__all__ = ["DEFAULT_CONFIG", "SandboxConfig", "HypervisorConfig", "VmmConfig", "load", "parse",
-           "SHARE_9P", "SHARE_VIRTIOFS"]
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_CONTAINERD_TTRPC", "SandboxConfig", "HypervisorConfig", "VmmConfig", "load",
+           "parse", "SHARE_9P", "SHARE_VIRTIOFS"]
 
 DEFAULT_CONFIG = "/var/lib/kuasar/config_qemu.toml"
+DEFAULT_CONTAINERD_TTRPC = "/run/containerd/containerd.sock.ttrpc"
 SHARE_9P = "virtio-9p"
 SHARE_VIRTIOFS = "virtio-fs"
 _SHARE_NAMES = {"virtio-9p": SHARE_9P, "9p": SHARE_9P, "Virtio9P": SHARE_9P,
@@ -31,6 +35,8 @@ _ACCELS = ("kvm", "tcg")
 class SandboxConfig:
     log_level: str = ""
     enable_tracing: bool = False
+    #: containerd's ttrpc socket (``Events/Forward`` of guest OOM events); "" forwards nothing
+    containerd_ttrpc_address: str = DEFAULT_CONTAINERD_TTRPC
 
 
 @dataclass
@@ -83,6 +89,14 @@ class VmmConfig:
 
 
 def _check(cfg: VmmConfig, path: str) -> VmmConfig:
+    if cfg.sandbox.containerd_ttrpc_address:
+        try:
+            scheme, _ = parse_address(cfg.sandbox.containerd_ttrpc_address)
+        except InvalidArgument as err:
+            raise ConfigError(path, "[sandbox].containerd_ttrpc_address", err.message) from None
+        if scheme != "unix":
+            raise ConfigError(path, "[sandbox].containerd_ttrpc_address", "expected a unix socket path, got %r"
+                              % cfg.sandbox.containerd_ttrpc_address)
     hv = cfg.hypervisor
     if hv.machine_type not in _MACHINES:
         raise ConfigError(path, "[hypervisor].machine_type", "expected one of %s, got %r"

@@ -1,8 +1,9 @@
 """The sandboxer's client of the guest agent's ``grpc.SandboxService`` (reached through the relay).
 
 Each call opens its own ttrpc connection on the pod's relay socket (one mux channel in the VM), so an
-idle pod holds no connection. SetupSandbox carries the CRI PodSandboxConfig as JSON in an Any with
-type_url ``PodSandboxConfig`` (upstream's serde form), plus the pod's interfaces and routes.
+idle pod holds no connection besides the GetEvents long-poll of :meth:`GuestClient.events`. SetupSandbox
+carries the CRI PodSandboxConfig as JSON in an Any with type_url ``PodSandboxConfig`` (upstream's serde
+form), plus the pod's interfaces and routes.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import json
 import logging
 import socket
 import time
-from typing import Any, Mapping, Optional, Type, TypeVar
+from typing import Any, AsyncIterator, Mapping, Optional, Type, TypeVar
 
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
 
+from kuasar_shared.api.containerd.services.events.ttrpc.v1 import events_pb2
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import KuasarError, Unavailable
 from kuasar_shared.ttrpc import Client
@@ -97,6 +99,19 @@ class GuestClient:
         resp = await self.call("ExecVMProcess", sandbox_pb2.ExecVMProcessRequest(command=command, stdin=stdin),
                                sandbox_pb2.ExecVMProcessResponse, timeout)
         return resp.out
+
+    async def events(self) -> AsyncIterator[events_pb2.Envelope]:
+        """Each event the guest reports, long-polling GetEvents on one connection (no deadline: the guest
+        answers when something happens; close the generator to stop).
+
+        :raise Unavailable: the relay socket is missing or the connection to the guest dropped.
+        """
+        client = await Client.connect_unix(self.socket_path, timeout=5.0)
+        try:
+            while True:
+                yield await client.call(SERVICE, "GetEvents", empty_pb2.Empty(), events_pb2.Envelope)
+        finally:
+            await client.close()
 
     async def sync_clock(self) -> int:
         """Upstream's two-phase sync; returns the measured delta in ns (the guest stepped when large)."""

@@ -1,9 +1,12 @@
 """VmmSandboxer: the pod lifecycle written once against the VM interface.
 
 Start: network (taps + mirrors in the pod netns) -> pod cgroup -> VM spawn (QMP ready) -> relay attach
--> guest agent Check (boot timeout: the VM is killed and started once more) -> SetupSandbox -> Ready.
+-> guest agent Check (boot timeout: the VM is killed and started once more) -> SetupSandbox -> Ready
+-> guest event forwarding to containerd (:mod:`kuasar_vmm_sandboxer.events`, also for re-adopted pods).
 The task address is the relay's socket of the pod, ``ttrpc+unix://<dir>/<id>/task.sock``. The VMM's
 exit (pidfd, no task per pod) marks the pod NOTREADY, releases Wait and tears down its network.
+A pod is a debug pod (kernel ``task.debug``: the guest serves a debug shell) when its annotation
+``io.kuasar.vmm.debug`` is "true" (on the request or in the PodSandboxConfig) or ``[hypervisor].debug`` is set.
 Every change is saved atomically to ``<dir>/<id>/sandbox.json``; after a restart a Ready pod whose
 QEMU (pid + start time, QMP) and guest agent still answer is re-adopted, any other is cleaned up.
 """
@@ -31,6 +34,7 @@ from kuasar_shared.task.backend import CgroupStats
 
 from kuasar_vmm_sandboxer import bundle, network
 from kuasar_vmm_sandboxer.config import VmmConfig
+from kuasar_vmm_sandboxer.events import EventForwarder
 from kuasar_vmm_sandboxer.guest import GuestClient
 from kuasar_vmm_sandboxer.hypervisors.qemu import QemuFactory, QemuHooks
 from kuasar_vmm_sandboxer.pod import Pod, PodState
@@ -38,10 +42,11 @@ from kuasar_vmm_sandboxer.relay.control import RelayControl
 from kuasar_vmm_sandboxer.relay.server import TASK_SOCKET
 from kuasar_vmm_sandboxer.vm import VM, VMSpec
 
-__all__ = ["VmmSandboxer", "DEFAULT_CGROUP_PARENT"]
+__all__ = ["VmmSandboxer", "DEFAULT_CGROUP_PARENT", "DEBUG_ANNOTATION"]
 
 log = logging.getLogger(__name__)
 DEFAULT_CGROUP_PARENT = "kuasar-vmm"
+DEBUG_ANNOTATION = "io.kuasar.vmm.debug"
 _CPU_PERIOD = 100000
 _RECOVER_CHECK = 3.0
 
@@ -76,6 +81,8 @@ class VmmSandboxer(Sandboxer):
         self._exited: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: Set["asyncio.Task[None]"] = set()
+        address = config.sandbox.containerd_ttrpc_address
+        self.events: Optional[EventForwarder] = EventForwarder(address) if address else None
 
     # --- helpers -----------------------------------------------------------------------------
     def _pod(self, sandbox_id: str) -> Pod:
@@ -99,16 +106,23 @@ class VmmSandboxer(Sandboxer):
     def guest(self, sandbox_id: str) -> GuestClient:
         return GuestClient(os.path.join(self.pod_dir(sandbox_id), TASK_SOCKET), sandbox_id)
 
+    def _debug(self, pod: Pod) -> bool:
+        return pod.debug or self.config.hypervisor.debug
+
     def _spec(self, pod: Pod, net: Optional[network.PodNetwork]) -> VMSpec:
         hv = self.config.hypervisor
         return VMSpec(id=pod.id, pod_dir=self.pod_dir(pod.id), vcpus=pod.vcpus or hv.vcpus,
                       memory_mb=pod.memory_mb or hv.memory_in_mb, netns=pod.netns,
-                      nics=net.nics if net is not None else (), debug=pod.debug or hv.debug,
+                      nics=net.nics if net is not None else (), debug=self._debug(pod),
                       log_level=self.log_level)
+
+    def _forward_events(self, pod: Pod) -> None:
+        if self.events is not None:
+            self.events.start(pod.id, self.guest(pod.id))
 
     def _status(self, pod: Pod) -> SandboxStatus:
         vm = self._vms.get(pod.id)
-        info = {"vcpus": str(pod.vcpus), "memory_mb": str(pod.memory_mb), "debug": str(pod.debug).lower(),
+        info = {"vcpus": str(pod.vcpus), "memory_mb": str(pod.memory_mb), "debug": str(self._debug(pod)).lower(),
                 "netns": pod.netns}
         info.update({"start_%s_ms" % k: "%.1f" % v for k, v in pod.timings.items()})
         return SandboxStatus(id=pod.id, ready=pod.state is PodState.READY,
@@ -134,7 +148,8 @@ class VmmSandboxer(Sandboxer):
         spec = QemuHooks(req.config).pre_start(VMSpec(id=req.id, pod_dir="", vcpus=hv.vcpus,
                                                       memory_mb=hv.memory_in_mb))
         vcpus, memory = spec.vcpus, spec.memory_mb
-        debug = req.annotations.get("io.kuasar.vmm.debug", "") == "true"
+        annotations = {**(req.config.get("annotations") or {}), **req.annotations}
+        debug = annotations.get(DEBUG_ANNOTATION, "") == "true"
         pod = Pod(id=req.id, netns="" if req.host_network else req.netns_path, config=req.config,
                   created_at=(req.created_at or datetime.now(timezone.utc)).isoformat(), vcpus=vcpus,
                   memory_mb=memory, debug=debug)
@@ -175,6 +190,7 @@ class VmmSandboxer(Sandboxer):
             self._save(pod)
             self._event(id).clear()
             vm.watch(lambda code: self._on_vm_exit(id, code))
+            self._forward_events(pod)
             log.info("sandbox %s ready: QEMU pid %s, %s", id, pod.vm.get("pid"),
                      ", ".join("%s %.0f ms" % kv for kv in pod.timings.items()))
             return self._status(pod)
@@ -236,7 +252,9 @@ class VmmSandboxer(Sandboxer):
         pod.cgroup = ""
 
     async def _teardown(self, pod: Pod, vm: Optional[VM]) -> None:
-        """Undo a start: relay link, VM, network (the cgroup goes at shutdown)."""
+        """Undo a start: event forwarding, relay link, VM, network (the cgroup goes at shutdown)."""
+        if self.events is not None:
+            await self.events.stop(pod.id)
         try:
             await self.relay.detach(pod.id)
         except KuasarError as err:
@@ -374,6 +392,7 @@ class VmmSandboxer(Sandboxer):
             self._pods[pod.id] = pod
             self._event(pod.id).clear()
             vm.watch(lambda code: self._on_vm_exit(pod.id, code))
+            self._forward_events(pod)
         else:
             self._pods[pod.id] = pod
             if pod.state is PodState.STOPPED:
@@ -398,6 +417,8 @@ class VmmSandboxer(Sandboxer):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.events is not None:
+            await self.events.close()
         await self.task_server.close()
 
 

@@ -6,6 +6,7 @@
     kuasar-ctl exec [-i] [--timeout S] CTR -- cmd...   (exit code passed through; timeout -> 124)
     kuasar-ctl stop CTR | rm CTR | stopp POD | rmp POD
     kuasar-ctl -s vmm vm-exec [-i] [--timeout S] POD -- cmd...   (in the pod's guest; timeout -> 124)
+    kuasar-ctl -s vmm vm-shell POD        (interactive shell in the guest of a pod started with debug)
 
 Ids are accepted by unique prefix. ``-s/--sandboxer`` picks ``/run/<type>-sandboxer.sock`` unless
 ``--endpoint`` is given; ``--io`` chooses FIFO or streaming stdio for new containers.
@@ -27,7 +28,7 @@ from kuasar_shared.ctl.engine import CREATED, EXITED, RUNNING, Engine, EngineOpt
 from kuasar_shared.ctl.exec import exec_sync
 from kuasar_shared.ctl.io import parse_cri_line
 from kuasar_shared.ctl.store import ContainerRecord
-from kuasar_shared.ctl.vm import vm_exec
+from kuasar_shared.ctl.vm import vm_exec, vm_shell
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
 __all__ = ["main", "build_parser"]
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pod and a container in it")
     run.add_argument("pod_config")
     run.add_argument("container_config")
-    sub.add_parser("runp", help="run a pod").add_argument("pod_config")
+    runp = sub.add_parser("runp", help="run a pod")
+    runp.add_argument("pod_config")
+    for p_run in (run, runp):
+        p_run.add_argument("--netns", default="", metavar="PATH",
+                           help="use this existing network namespace (set up like CNI would; kept on removal)")
     create = sub.add_parser("create", help="create a container in a pod")
     create.add_argument("pod")
     create.add_argument("container_config")
@@ -85,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument("--timeout", type=float, help="kill the command after this many seconds (exit code 124)")
     vm.add_argument("pod")
     vm.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("vm-shell", help="interactive shell in the guest of a vmm pod started with debug "
+                   "(annotation io.kuasar.vmm.debug=true)").add_argument("pod")
     return p
 
 
@@ -217,7 +224,7 @@ async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
     if cmd in ("run", "runp"):
         pod_cfg = config.load_pod_config(args.pod_config)
         ctr_cfg = config.load_container_config(args.container_config) if cmd == "run" else None
-        pod_id = await engine.run_pod(pod_cfg)
+        pod_id = await engine.run_pod(pod_cfg, netns=args.netns)
         print(pod_id, flush=True)
         if ctr_cfg is not None:
             try:
@@ -252,6 +259,8 @@ async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
         sys.stdout.write(out)
         sys.stdout.flush()
         return code
+    elif cmd == "vm-shell":
+        return await vm_shell(engine, store.resolve_pod(args.pod), sys.stdin.fileno(), sys.stdout.fileno())
     elif cmd == "logs":
         return await _logs(engine, args)
     elif cmd == "stop":

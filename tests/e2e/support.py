@@ -1,0 +1,270 @@
+"""Helpers shared by the end-to-end tests (tests/e2e/conftest.py puts this folder on sys.path).
+
+Generic: :class:`Ctl` (kuasar-ctl for any sandbox type), :func:`wait_for`, :func:`pids_with`,
+:func:`running`, :func:`kill`, :func:`tool`, :func:`start_daemon` / :func:`stop_daemon` (a sandboxer on a
+private socket), :func:`pod_config` / :func:`container_config` (CRI configs for kuasar-ctl), and for cleanup
+checks :func:`stop_and_remove`, :func:`mounts_under`, :func:`cgroups_named` and :func:`assert_gone`.
+For vmm pods: the ``guest_image`` and ``vmm`` fixtures (registered for every e2e module by conftest.py; a
+module-scoped fixture there gives each module its own sandboxer and VM), :class:`Sandboxer` and
+:func:`assert_nothing_left`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any, Callable, Iterator, TypeVar
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+IMAGE_DIR = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
+QEMU = "/usr/bin/qemu-system-x86_64"
+
+T = TypeVar("T")
+
+
+def tool(name: str) -> str:
+    """The console script of this venv, else the one on PATH."""
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else (shutil.which(name) or name)
+
+
+class Ctl:
+    """kuasar-ctl bound to one sandboxer endpoint, state root, image dir and stdio mode."""
+
+    def __init__(self, sandbox: str, endpoint: str, root: str, images: str, io: str = "streaming") -> None:
+        self.root = root
+        self.base = [tool("kuasar-ctl"), "-s", sandbox, "--endpoint", endpoint, "--root", root,
+                     "--images", images, "--io", io]
+
+    def __call__(self, *args: str, check: bool = True, stdin: str = "",
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.base + list(args), input=stdin.encode(), capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kuasar-ctl {' '.join(args)} -> {proc.returncode}\n{proc.stderr.decode()}")
+        return proc
+
+    def out(self, *args: str, timeout: float = 60) -> str:
+        return self(*args, timeout=timeout).stdout.decode().strip()
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.2) -> T:
+    """The first truthy value of ``predicate``; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def _cmdline(pid: str) -> bytes:
+    """The NUL-separated command line of ``pid``; empty once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def pids_with(needle: str, unless: tuple[str, ...] = ()) -> list[int]:
+    """Processes (other than this one) whose command line contains ``needle`` and none of ``unless``."""
+    lines = {int(pid): _cmdline(pid) for pid in filter(str.isdigit, os.listdir("/proc"))}
+    return [pid for pid, cmdline in lines.items() if needle.encode() in cmdline and pid != os.getpid()
+            and not any(u.encode() in cmdline for u in unless)]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill(pids: list[int]) -> None:
+    """SIGKILL each pid; already gone is fine."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_daemon(argv: list[str], listen: str, log: str, timeout: float = 20.0) -> subprocess.Popen:
+    """Start a sandboxer (own session, output appended to ``log``) and wait until its socket exists,
+    so a test never talks to a daemon that is not listening yet."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(listen):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            with open(log) as f:
+                raise AssertionError(f"{os.path.basename(argv[0])} did not start:\n{f.read()}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 15.0) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; True when it stopped on SIGTERM alone."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
+def pod_config(path: str, name: str, cgroup_parent: str, log_directory: str, hostname: str = "",
+               pod_namespaces: bool = True) -> str:
+    """Write a CRI PodSandboxConfig (JSON) for ``kuasar-ctl runp`` and return its path. ``pod_namespaces``
+    states network, PID and IPC as per-pod (CRI NamespaceMode.POD) explicitly."""
+    doc: dict[str, Any] = {"metadata": {"name": name, "namespace": "e2e", "uid": uuid.uuid4().hex}}
+    if hostname:
+        doc["hostname"] = hostname
+    doc["log_directory"] = log_directory
+    doc["linux"] = {"cgroup_parent": cgroup_parent}
+    if pod_namespaces:
+        doc["linux"]["security_context"] = {"namespace_options": {"network": 0, "pid": 0, "ipc": 0}}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+def container_config(path: str, name: str, command: list[str], image: str = "busybox", **extra: Any) -> str:
+    """Write a CRI ContainerConfig (JSON) logging to ``<name>.log`` and return its path; ``extra`` adds
+    fields such as ``mounts`` or ``envs``."""
+    doc = {"metadata": {"name": name}, "image": {"image": image}, "command": command, "log_path": f"{name}.log",
+           **extra}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+def mounts_under(paths: list[str]) -> list[str]:
+    """Mount points whose path contains any of ``paths`` (what a removed pod must not leave)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if any(p in line.split()[4] for p in paths)]
+
+
+def cgroups_named(cgroup_parent: str) -> list[str]:
+    """``cgroup <hierarchy>`` for every hierarchy under /sys/fs/cgroup that still has ``cgroup_parent``."""
+    return [f"cgroup {c}" for c in os.listdir("/sys/fs/cgroup")
+            if os.path.exists(os.path.join("/sys/fs/cgroup", c, cgroup_parent.strip("/")))]
+
+
+def stop_and_remove(ctl: Ctl, container: str, pod: str) -> None:
+    """The removal sequence every sandbox type must pass: ``stop`` kills the container (exit 137), ``rm``
+    removes it, ``stopp`` leaves the pod NotReady and ``rmp`` removes it."""
+    ctl("stop", container)
+    status = json.loads(ctl.out("inspect", container))["status"]
+    assert status["state"] == "CONTAINER_EXITED" and status["exitCode"] == 137
+    ctl("rm", container)
+    ctl("stopp", pod)
+    assert json.loads(ctl.out("inspectp", pod))["status"]["state"] == "SANDBOX_NOTREADY"
+    ctl("rmp", pod)
+
+
+def assert_gone(leftovers: Callable[[], list[str]], timeout: float = 10.0) -> None:
+    """Wait until ``leftovers`` is empty (cleanup may finish asynchronously), else fail showing it."""
+    try:
+        wait_for(lambda: not leftovers(), timeout)
+    except AssertionError:
+        assert leftovers() == []
+
+
+@pytest.fixture(scope="module")
+def guest_image() -> str:
+    """The cached guest kernel + initrd, rebuilt only when its sources changed."""
+    if os.geteuid() != 0 or not os.path.exists(QEMU):
+        pytest.skip("QEMU (and root) cannot exist on this machine")
+    from kuasar_vmm_task.image.build import build
+    build(IMAGE_DIR, os.path.join(IMAGE_DIR, ".cache"))
+    return IMAGE_DIR
+
+
+class Sandboxer:
+    """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
+
+    def __init__(self, image_dir: str) -> None:
+        self.work = tempfile.mkdtemp(prefix="kve2e", dir="/tmp")
+        self.dir, self.listen = os.path.join(self.work, "d"), os.path.join(self.work, "vmm.sock")
+        self.config = os.path.join(self.work, "config_qemu.toml")
+        with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
+            text = f.read().replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
+        with open(self.config, "w") as f:
+            f.write(text)
+        self.log = os.path.join(self.work, "sandboxer.log")
+        self.proc: Any = None  # the running subprocess.Popen
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([tool("vmm-sandboxer"), "--listen", self.listen, "--dir", self.dir,
+                                          "--config", self.config, "--log-level", "info"],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.listen):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError("vmm-sandboxer did not start:\n" + open(self.log).read())
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        """The relay (and a pod's QEMU) outlive the sandboxer by design; kill whatever is left of ours."""
+        kill(pids_with(self.dir))
+        subprocess.run(["umount", "-R", "-l", self.work], stderr=subprocess.DEVNULL, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def vmm(guest_image: str) -> Iterator[Sandboxer]:
+    """A running vmm-sandboxer for one test module; stopped and cleaned up afterwards."""
+    sandboxer = Sandboxer(guest_image)
+    sandboxer.start()
+    yield sandboxer
+    sandboxer.stop()
+    sandboxer.cleanup()
+
+
+def assert_nothing_left(sandboxer: Sandboxer, pod_id: str, netns: str, roots: list[str], cgroup: str) -> None:
+    """No process, mount under the sandboxer's or ``roots``' dirs, pod dir, netns, tap or cgroup of this pod."""
+    def leftovers() -> list[str]:
+        found = [f"process {p}" for p in pids_with(pod_id)]
+        with open("/proc/self/mountinfo") as f:
+            found += [line.split()[4] for line in f
+                      if any(d in line.split()[4] for d in [sandboxer.work, *roots])]
+        if os.path.exists(os.path.join(sandboxer.dir, pod_id)):
+            found.append(os.path.join(sandboxer.dir, pod_id))
+        if netns and os.path.exists(netns):
+            found.append(netns)
+        found += [f"link {line}" for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                                            text=True).stdout.splitlines() if "tap_kua" in line]
+        found += [f"cgroup {c}" for c in os.listdir("/sys/fs/cgroup")
+                  if os.path.exists(os.path.join("/sys/fs/cgroup", c, cgroup))]
+        return found
+    try:
+        wait_for(lambda: not leftovers(), 10)
+    except AssertionError:
+        assert leftovers() == []
