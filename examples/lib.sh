@@ -2,8 +2,9 @@
 # to them, step titles, starting the sandboxer, and the clean-up that removes every pod and stops
 # the sandboxer and the task server it started.
 #
-# Before sourcing, set: repo (the repository root), kind (runc|wasm|quark) and leftovers (paths the
-# clean-up also removes, may be empty). Defines: work, sock, ctl, step, start_sandboxer.
+# Before sourcing, set: repo (the repository root), kind (runc|wasm|quark|vmm) and leftovers (paths the
+# clean-up also removes, may be empty); task_server when the type's task server is not <kind>-task.
+# Defines: work, sock, ctl, step, start_sandboxer.
 
 PATH="$repo/.venv/bin:$PATH"
 work=$(mktemp -d "/tmp/kuasar-$kind-demo.XXXXXX")
@@ -19,7 +20,7 @@ cleanup() {
         kill -TERM "$sandboxer_pid" 2>/dev/null
         wait "$sandboxer_pid" 2>/dev/null
         # the task server outlives the sandboxer on purpose (restart promise); the demo stops it too
-        for pid in $(pgrep -f "$kind-task .*$work/dir"); do kill -TERM "$pid"; done
+        for pid in $(pgrep -f "${task_server:-$kind-task} .*$work/dir"); do kill -TERM "$pid"; done
     fi
     # shellcheck disable=SC2086 # leftovers is a list of paths
     rm -rf "$work" $leftovers
