@@ -9,14 +9,15 @@ become mount flags, everything else (``lowerdir=...``, ``size=64m``) is passed a
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kuasar_shared.errors import Internal, InvalidArgument
-from kuasar_shared.task.backend import Mount
+
+if TYPE_CHECKING:
+    from kuasar_shared.task.backend import Mount
 
 __all__ = ["MountError", "MountInfo", "MS", "MNT_DETACH", "parse_options", "mount", "umount", "mount_all",
            "mountinfo", "is_mountpoint", "unmount_recursive"]
@@ -65,7 +66,8 @@ _PROPAGATION: dict[str, int] = {
     "unbindable": MS.UNBINDABLE, "runbindable": MS.UNBINDABLE | MS.REC,
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: the process's own libc (dlopen(NULL)): ctypes.util.find_library would spawn ldconfig/gcc to look for it
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
@@ -149,6 +151,9 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def _as_mount(m: Union[Mount, Mapping[str, Any]]) -> Mount:
+    # imported here: the Task API package is not needed by callers that only mount (the vmm guest's boot)
+    from kuasar_shared.task.backend import Mount
+
     if isinstance(m, Mount):
         return m
     return Mount(type=m.get("type", "") or "", source=m.get("source", "") or "",

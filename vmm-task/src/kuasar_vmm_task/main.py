@@ -1,30 +1,90 @@
 """``vmm-task``: wiring only. As PID 1 (``/sbin/init`` of the guest image) it sets up the guest first.
 
 Outside a VM (``--no-init``, e.g. for tests) it skips the PID 1 duties and serves on ``--listen``.
+
+Boot time matters here: every import runs under emulation on hosts without KVM. The server answers
+``grpc.SandboxService`` (the host's Check) as soon as the port is open; the Task and Streaming
+services, whose imports are the biggest part of the agent's start-up, are imported by a background
+thread meanwhile (see :class:`GuestServer`).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
-from typing import List, Optional
+import threading
+from typing import Callable, List, Optional
 
 from kuasar_shared.daemon.log import setup_logging
 from kuasar_shared.daemon.reaper import get_reaper, set_child_subreaper
-from kuasar_shared.io import StreamingHub
-from kuasar_shared.task.service import TaskService
-from kuasar_shared.ttrpc import Server
+from kuasar_shared.ttrpc import Server, Service
 
 from kuasar_vmm_task import __version__, boot, channel
 from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.params import TaskParams, parse_cmdline
 from kuasar_vmm_task.pod import PodNamespaces
 from kuasar_vmm_task.sandbox import SandboxService
-from kuasar_vmm_task.tasks import GuestTaskBackend
+
+__all__ = ["Args", "UsageError", "parse_args", "GuestServer", "build_server", "main"]
 
 log = logging.getLogger("kuasar_vmm_task")
+
+#: what the Task and Streaming services need beyond the boot path, imported off the event loop
+TASK_MODULES = ("kuasar_shared.io", "kuasar_shared.task.service", "kuasar_vmm_task.tasks")
+_USAGE = "usage: vmm-task [--version] [--no-init] [--listen PATH] [--port DEVICE] [--cmdline FILE]"
+_HELP = """Kuasar guest agent (PID 1 of the pod VM)
+
+  --version        print the version and exit
+  --no-init        skip the PID 1 set-up (default when not PID 1)
+  --listen PATH    also serve ttrpc on this unix socket
+  --port DEVICE    virtio port device (default: found by name)
+  --cmdline FILE   kernel command line to read task.* from (default /proc/cmdline)
+"""
+
+
+class UsageError(Exception):
+    """The command line is wrong (message names the argument)."""
+
+
+class Args:
+    """The parsed command line. Five flags do not justify argparse's import (~0.15 s in the guest)."""
+
+    def __init__(self) -> None:
+        self.init = os.getpid() == 1
+        self.listen = ""
+        self.port = ""
+        self.cmdline = "/proc/cmdline"
+        self.version = False
+        self.help = False
+
+
+def parse_args(argv: List[str]) -> Args:
+    """``--flag``, ``--opt VALUE`` and ``--opt=VALUE``. :raise UsageError: unknown flag, missing value."""
+    args = Args()
+    options = {"--listen": "listen", "--port": "port", "--cmdline": "cmdline"}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        name, eq, value = word.partition("=")
+        if word == "--version":
+            args.version = True
+        elif word in ("-h", "--help"):
+            args.help = True
+        elif word == "--no-init":
+            args.init = False
+        elif name in options:
+            if not eq:
+                i += 1
+                if i == len(argv):
+                    raise UsageError(f"{name} needs a value")
+                value = argv[i]
+            setattr(args, options[name], value)
+        else:
+            raise UsageError(f"unrecognized argument: {word}")
+        i += 1
+    return args
 
 
 def _uptime() -> float:
@@ -36,15 +96,78 @@ def _uptime() -> float:
         return 0.0
 
 
-def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = "/run/sandbox-ns") -> Server:
-    """The one ttrpc server: Task v3+v2, Streaming and grpc.SandboxService."""
-    hub = StreamingHub()
+class GuestServer(Server):
+    """The agent's ttrpc server: grpc.SandboxService from the start, Task v3+v2 and Streaming added by
+    :meth:`load_task_services`.
+
+    :meth:`preload` imports :data:`TASK_MODULES` in a thread and registers the services on the loop
+    when it is done; a call for a service that is not registered yet registers them on the spot
+    (waiting for imports the thread has in progress), so no call ever sees them missing.
+    """
+
+    def __init__(self, sandbox: Service, task_services: Callable[[], List[Service]]) -> None:
+        super().__init__([sandbox])
+        self._task_services: Optional[Callable[[], List[Service]]] = task_services
+
+    @property
+    def task_services_loaded(self) -> bool:
+        return self._task_services is None
+
+    def load_task_services(self) -> None:
+        """Build and register the Task and Streaming services (once)."""
+        if self._task_services is not None:
+            build, self._task_services = self._task_services, None
+            for service in build():
+                self.register(service)
+            log.debug("task services registered (uptime %.2f s)", _uptime())
+
+    def lookup(self, service: str, method: str):  # type: ignore[no-untyped-def]
+        found = super().lookup(service, method)
+        if isinstance(found, str) and self._task_services is not None:
+            self.load_task_services()
+            found = super().lookup(service, method)
+        return found
+
+    def preload(self) -> None:
+        """Import the task modules in a daemon thread; register the services on this loop afterwards."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                for name in TASK_MODULES:
+                    importlib.import_module(name)
+            except Exception:  # the first Task call imports again on the loop and reports it
+                log.exception("preloading the task services failed")
+                return
+            loop.call_soon_threadsafe(self.load_task_services)
+
+        threading.Thread(target=run, name="preload-task-services", daemon=True).start()
+
+
+def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = "/run/sandbox-ns",
+                 runc_root: str = "/run/runc") -> GuestServer:
+    """The one ttrpc server: grpc.SandboxService, then Task v3+v2, Streaming and, with ``task.debug``, the
+    debug console."""
     events = EventQueue()
     pod_ns = PodNamespaces(ns_dir)
-    backend = GuestTaskBackend(hub, pod_ns, events, share=share)
     sandbox = SandboxService(events, pod_ns, shell=params.debug_shell if os.path.exists(params.debug_shell)
                              else "/bin/sh")
-    return Server([*TaskService(backend).services(), hub.service(), sandbox.service()])
+
+    def task_services() -> List[Service]:
+        from kuasar_shared.io import StreamingHub
+        from kuasar_shared.task.service import TaskService
+
+        from kuasar_vmm_task.tasks import GuestTaskBackend
+
+        hub = StreamingHub()
+        backend = GuestTaskBackend(hub, pod_ns, events, share=share, runc_root=runc_root)
+        services = [*TaskService(backend).services(), hub.service()]
+        if params.debug:  # task.debug: the debug console (kuasar-ctl vm-shell)
+            from kuasar_vmm_task.console import DebugConsole
+            services.append(DebugConsole(sandbox.shell, boot.ENV).service())
+        return services
+
+    return GuestServer(sandbox.service(), task_services)
 
 
 async def _init(params: TaskParams) -> None:
@@ -60,7 +183,7 @@ async def _init(params: TaskParams) -> None:
     await boot.loopback_up()
 
 
-async def _serve(args: argparse.Namespace, params: TaskParams) -> None:
+async def _serve(args: Args, params: TaskParams) -> None:
     get_reaper().install()
     if args.init:
         await _init(params)
@@ -73,6 +196,7 @@ async def _serve(args: argparse.Namespace, params: TaskParams) -> None:
         listeners.append(vsock)
         log.info("serving ttrpc on vsock port %d", channel.VSOCK_PORT)
     port = args.port or channel.find_port()
+    server.preload()
     try:
         if port:
             log.info("serving ttrpc over the mux on %s (uptime %.2f s)", port, _uptime())
@@ -87,14 +211,17 @@ async def _serve(args: argparse.Namespace, params: TaskParams) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmm-task", description="Kuasar guest agent (PID 1 of the pod VM)")
-    parser.add_argument("--version", action="version", version=f"vmm-task {__version__}")
-    parser.add_argument("--no-init", dest="init", action="store_false", default=os.getpid() == 1,
-                        help="skip the PID 1 set-up (default when not PID 1)")
-    parser.add_argument("--listen", default="", help="also serve ttrpc on this unix socket")
-    parser.add_argument("--port", default="", help="virtio port device (default: found by name)")
-    parser.add_argument("--cmdline", default="/proc/cmdline", help="kernel command line to read task.* from")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as err:
+        print(f"{_USAGE}\nvmm-task: error: {err}", file=sys.stderr)
+        return 2
+    if args.version:
+        print(f"vmm-task {__version__}")
+        return 0
+    if args.help:
+        print(f"{_USAGE}\n\n{_HELP}", end="")
+        return 0
     try:
         with open(args.cmdline) as handle:
             cmdline = handle.read()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -47,8 +46,13 @@ class ExitEvent:
     exited_at: datetime
 
 
+def _libc() -> ctypes.CDLL:
+    """The process's own libc (dlopen(NULL)); ctypes.util.find_library would spawn ldconfig/gcc."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _prctl(option: int, arg: int) -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     res = libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
     if res < 0:
         err = ctypes.get_errno()
@@ -66,7 +70,7 @@ def set_child_subreaper(enable: bool = True) -> None:
 
 def is_child_subreaper() -> bool:
     value = ctypes.c_int(0)
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) < 0:
         err = ctypes.get_errno()
         raise OSError(err, "prctl(PR_GET_CHILD_SUBREAPER): %s" % os.strerror(err))

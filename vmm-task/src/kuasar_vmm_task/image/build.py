@@ -234,7 +234,7 @@ def _stage1(stage1: str, kroot: str, script: str) -> None:
         shutil.copy2(path, os.path.join(stage1, "modules", names[-1]))
     with open(os.path.join(stage1, "modules.order"), "w") as handle:
         handle.write("".join(n + "\n" for n in names))
-    for d in ("proc", "sys", "dev", "newroot"):
+    for d in ("proc", "sys", "dev"):
         os.makedirs(os.path.join(stage1, d))
     shutil.copy2(script, os.path.join(stage1, "init"))
     os.chmod(os.path.join(stage1, "init"), 0o755)
