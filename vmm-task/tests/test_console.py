@@ -9,7 +9,6 @@ import fcntl
 import os
 import re
 import signal
-import socket
 import struct
 import termios
 
@@ -17,11 +16,11 @@ import pytest
 from google.protobuf import any_pb2
 
 from kuasar_shared import errors
+from kuasar_shared.testing.mux import mux_client
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
 from kuasar_shared.ctl.vm import CONSOLE_SERVICE, run_shell
-from kuasar_shared.ttrpc import Client, Server
-from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_shared.ttrpc import Server
 from kuasar_vmm_task.boot import ENV
 from kuasar_vmm_task.console import SERVICE, DebugConsole, pack
 from kuasar_vmm_task.main import build_server
@@ -32,20 +31,8 @@ from kuasar_vmm_task.params import TaskParams
 async def console():
     """A ttrpc client whose connection reaches the DebugConsole through a mux pair, as in the VM."""
     server = Server([DebugConsole("/bin/sh", ENV).service()])
-    a, b = socket.socketpair()
-    host = MuxConnection(*(await asyncio.open_connection(sock=a)), is_host=True)
-    guest = MuxConnection(*(await asyncio.open_connection(sock=b)), is_host=False)
-    serving = asyncio.ensure_future(guest.serve(server.serve_connection))
-    client = Client(*(await host.open()))
-    yield client
-    await client.close()
-    await host.close()
-    await guest.close()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await server.shutdown()
-    a.close()
-    b.close()
+    async with mux_client(server) as client:
+        yield client
 
 
 class Session:

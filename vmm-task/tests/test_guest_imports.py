@@ -1,7 +1,6 @@
 """What the guest agent imports, and when: the guest has python3 + protobuf only (no grpc, yaml,
 pyroute2), and its boot path up to serving Check leaves the Task services to a background import."""
 import asyncio
-import socket
 import subprocess
 import sys
 
@@ -9,10 +8,9 @@ import pytest
 from google.protobuf import empty_pb2
 
 from kuasar_shared import errors
+from kuasar_shared.testing.mux import mux_client
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.kuasar import sandbox_pb2
-from kuasar_shared.ttrpc import Client
-from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_task import __version__
 from kuasar_vmm_task.main import TASK_MODULES, UsageError, build_server, main, parse_args
 from kuasar_vmm_task.params import TaskParams
@@ -67,20 +65,8 @@ async def served(tmp_path):
     """(server, client): build_server behind a real host/guest mux pair."""
     server = build_server(TaskParams(), share=str(tmp_path / "share"), ns_dir=str(tmp_path / "ns"),
                           runc_root=str(tmp_path / "runc"))
-    a, b = socket.socketpair()
-    host = MuxConnection(*(await asyncio.open_connection(sock=a)), is_host=True)
-    guest = MuxConnection(*(await asyncio.open_connection(sock=b)), is_host=False)
-    serving = asyncio.ensure_future(guest.serve(server.serve_connection))
-    client = Client(*(await host.open()))
-    yield server, client
-    await client.close()
-    await host.close()
-    await guest.close()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await server.shutdown()
-    a.close()
-    b.close()
+    async with mux_client(server) as client:
+        yield server, client
 
 
 async def _state(client):

@@ -1,17 +1,16 @@
 """sandbox: grpc.SandboxService handlers, served over a real ttrpc connection on the serial mux."""
 import asyncio
 import json
-import socket
 
 import pytest
 from google.protobuf import empty_pb2
 
 from kuasar_shared import errors
+from kuasar_shared.testing.mux import mux_client
 from kuasar_shared.api.containerd.events import task_pb2
 from kuasar_shared.api.containerd.services.events.ttrpc.v1 import events_pb2
 from kuasar_shared.api.kuasar import sandbox_pb2
-from kuasar_shared.ttrpc import Client, Server
-from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_shared.ttrpc import Server
 from kuasar_vmm_task.events import OOM_TOPIC, EventQueue
 from kuasar_vmm_task.sandbox import SERVICE, SandboxService
 
@@ -33,20 +32,8 @@ async def guest(tmp_path):
     svc = SandboxService(events, FakeNamespaces(), clock=lambda: next(clock), set_clock=set_clock.append)
     svc.set_calls = set_clock
     server = Server([svc.service()])
-    a, b = socket.socketpair()
-    host = MuxConnection(*(await asyncio.open_connection(sock=a)), is_host=True)
-    guest = MuxConnection(*(await asyncio.open_connection(sock=b)), is_host=False)
-    serving = asyncio.ensure_future(guest.serve(server.serve_connection))
-    client = Client(*(await host.open()))
-    yield client, svc
-    await client.close()
-    await host.close()
-    await guest.close()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await server.shutdown()
-    a.close()
-    b.close()
+    async with mux_client(server) as client:
+        yield client, svc
 
 
 async def call(client, method, req, resp_type, timeout=10):

@@ -4,6 +4,7 @@
   conformance  SandboxerConformance, the Sandbox API suite every sandbox type runs (needs pytest)
   traces       loading the real containerd traces and rendering messages like they do
   oci          a busybox rootfs, FIFOs and reading them, for tests that run real containers (needs pytest)
+  mux          a ttrpc server behind a real host/guest mux pair (the vmm guest's transport)
 
 Only :class:`InMemorySandboxer` is imported here, so importing this package needs no pytest.
 """
