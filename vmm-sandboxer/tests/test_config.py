@@ -25,6 +25,14 @@ def test_unknown_key_warns(caplog):
     assert "[hypervisor].block_device_driver" in caplog.text
 
 
+def test_microvm_under_tcg_warns(caplog):
+    with caplog.at_level(logging.WARNING):
+        config.parse("[hypervisor]\nmachine_type = 'microvm'\naccel = 'kvm'\n", "x.toml")
+        assert "microvm" not in caplog.text
+        config.parse("[hypervisor]\nmachine_type = 'microvm'\naccel = 'tcg'\n", "x.toml")
+    assert "x.toml: machine_type microvm with accel tcg" in caplog.text and "use q35" in caplog.text
+
+
 @pytest.mark.parametrize("text, key", [
     ("[hypervisor]\nvcpus = 'two'", "[hypervisor].vcpus"),
     ("[hypervisor]\nmachine_type = 'virt'", "[hypervisor].machine_type"),

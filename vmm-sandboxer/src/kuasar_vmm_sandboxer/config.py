@@ -11,6 +11,7 @@ hard-codes containerd's default). Parsing, type checks and unknown-key warnings 
 from __future__ import annotations
 
 import os
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,6 +22,7 @@ from kuasar_shared.ttrpc.transport import parse_address
 __all__ = ["DEFAULT_CONFIG", "DEFAULT_CONTAINERD_TTRPC", "SandboxConfig", "HypervisorConfig", "VmmConfig", "load",
            "parse", "SHARE_9P", "SHARE_VIRTIOFS"]
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "/var/lib/kuasar/config_qemu.toml"
 DEFAULT_CONTAINERD_TTRPC = "/run/containerd/containerd.sock.ttrpc"
 SHARE_9P = "virtio-9p"
@@ -103,6 +105,10 @@ def _check(cfg: VmmConfig, path: str) -> VmmConfig:
                           % (", ".join(_MACHINES), hv.machine_type))
     if hv.accel not in _ACCELS:
         raise ConfigError(path, "[hypervisor].accel", "expected kvm or tcg, got %r" % hv.accel)
+    if hv.machine_type == "microvm" and hv.accel == "tcg":
+        log.warning("%s: machine_type microvm with accel tcg: a generic distribution kernel does not boot "
+                    "there (no PIT/HPET to calibrate the TSC with ACPI; no virtio-mmio discovery without "
+                    "it unless built with VIRTIO_MMIO_CMDLINE_DEVICES); use q35 for TCG", path)
     share = _SHARE_NAMES.get(hv.share_fs)
     if share is None:
         raise ConfigError(path, "[hypervisor].share_fs", "expected virtio-9p or virtio-fs, got %r" % hv.share_fs)

@@ -8,8 +8,17 @@ B=/rootfs/bin/busybox
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
+cmdline=$($B cat /proc/cmdline)
 while read -r m; do
-    $B insmod "/modules/$m" || echo "kuasar-init: insmod $m failed" >/dev/kmsg
+    # module parameters on the kernel command line (e.g. virtio_mmio.device= that QEMU's microvm
+    # appends) reach built-in drivers only; passing them is modprobe's job, so do it for insmod
+    name=${m%.ko}
+    args=""
+    for word in $cmdline; do
+        case "$word" in "$name".*=*) args="$args ${word#"$name".}" ;; esac
+    done
+    # shellcheck disable=SC2086 # args is a list of parameters
+    $B insmod "/modules/$m" $args || echo "kuasar-init: insmod $m failed" >/dev/kmsg
 done </modules.order
 echo "kuasar-init: modules loaded" >/dev/kmsg
 $B rm -rf /modules /modules.order
