@@ -1,19 +1,22 @@
 """tasks: the host-written spec adapted to the guest (namespaces, cgroups), and GuestTaskBackend
 driving the real runc on this host the way it does in the VM (bundle from the share, OOM watch)."""
 import asyncio
+import errno
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import uuid
 
+import pytest
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.task.backend import CreateTask, Mount, Stdio, TaskStatus
 from kuasar_shared.testing.oci import busybox_rootfs_for, read_fifo
 
 from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.pod import PodNamespaces
-from kuasar_vmm_task.tasks import GuestTaskBackend, adapt_spec
+from kuasar_vmm_task.tasks import RUNC_SEALS, GuestTaskBackend, adapt_spec, sealed_copy
 
 RUNC = shutil.which("runc")
 
@@ -39,6 +42,30 @@ def test_without_pod_namespaces_host_paths_become_new_namespaces(tmp_path):
     spec = adapt_spec(_spec([{"type": "pid", "path": "/proc/9/ns/pid"}, {"type": "ipc"}]), "c2", pod)
     assert spec["linux"]["namespaces"] == [{"type": "pid"}, {"type": "ipc"}]
     assert spec["hostname"] == "x"
+
+
+def test_sealed_copy_is_what_runc_takes_for_its_own_copy():
+    path, fd = sealed_copy("runc")
+    try:
+        assert path == f"/proc/{os.getpid()}/fd/{fd}"
+        with open(path, "rb") as copy, open(RUNC, "rb") as original:
+            assert copy.read() == original.read()
+        with open(path, "rb") as copy:  # what runc's is_self_cloned() checks on /proc/self/exe
+            assert fcntl.fcntl(copy.fileno(), fcntl.F_GET_SEALS) == RUNC_SEALS
+        try:
+            os.pwrite(fd, b"x", 0)
+            raise AssertionError("the sealed copy accepted a write")
+        except PermissionError as err:
+            assert err.errno == errno.EPERM
+        version = subprocess.run([path, "--version"], capture_output=True, check=True).stdout
+        assert version == subprocess.run([RUNC, "--version"], capture_output=True, check=True).stdout
+    finally:
+        os.close(fd)
+
+
+def test_sealed_copy_of_a_missing_binary_names_it():
+    with pytest.raises(FileNotFoundError, match="no-such-runc"):
+        sealed_copy("no-such-runc")
 
 
 def test_existing_cgroups_path_kept(tmp_path):
@@ -70,6 +97,7 @@ async def test_backend_runs_the_share_bundle_and_watches_oom(tmp_path, tmp_path_
     os.mkfifo(out)
     reader = asyncio.ensure_future(read_fifo(out))
     try:
+        assert backend.hooks.runc.startswith(f"/proc/{os.getpid()}/fd/")  # the sealed copy runs the container
         await backend.create(CreateTask(id=cid, bundle="/host/bundle/ignored", stdio=Stdio(stdout=out),
                                         rootfs=(Mount(type="bind", source="/host/rootfs/ignored"),)))
         adapted = json.loads((bundle / "config.json").read_text())
