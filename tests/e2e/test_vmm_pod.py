@@ -92,6 +92,10 @@ def test_vm_exec_runs_in_the_guest(pod):
     assert pod["containers"]["fifo"] in done.stdout.decode().split()  # the share, seen from the guest
     assert ctl("vm-exec", pod["id"], "--", "grep", "-q", " /etc/resolv.conf ", "/proc/mounts",
                check=False).returncode == 0  # the pod's resolv.conf from the share
+    guest_pid_ns = ctl.out("vm-exec", pod["id"], "--", "readlink", "/proc/1/ns/pid")
+    pod_pid_ns = ctl.out("exec", pod["containers"]["fifo"], "--", "readlink", "/proc/self/ns/pid")
+    assert pod_pid_ns.startswith("pid:[") and pod_pid_ns != guest_pid_ns  # the pod's, not the agent's
+    assert ctl.out("exec", pod["containers"]["streaming"], "--", "readlink", "/proc/self/ns/pid") == pod_pid_ns
     started = time.monotonic()
     assert ctl("vm-exec", "--timeout", "1", pod["id"], "--", "sleep", "30", check=False).returncode == 124
     assert time.monotonic() - started < 15

@@ -16,7 +16,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from kuasar_shared import process
+from kuasar_shared import mounts, process
 from kuasar_shared.errors import Internal, InvalidArgument
 
 from kuasar_vmm_task.boot import ENV, SHARE_DIR
@@ -132,23 +132,33 @@ class PodNamespaces:
         argv = ["unshare", f"--ipc={self.ns_dir}/ipc", f"--uts={self.ns_dir}/uts"]
         script = 'hostname "$1"'
         if share_pid:
-            argv += [f"--pid={self.ns_dir}/pid", "-f"]
+            # busybox's --pid=FILE pins the caller's PID namespace, not the new one; the holder's child
+            # (the namespace's init) is pinned by _pin_pid instead
+            argv += ["--pid", "-f"]
             script += "; exec sleep 2147483647"
         argv += ["sh", "-c", script, "sh", hostname]
         if share_pid:
             self.holder = process.spawn(argv, env=ENV)
-            await self._wait_pinned(os.path.join(self.ns_dir, "pid"))
+            await self._pin_pid(os.path.join(self.ns_dir, "pid"))
         else:
             await process.run(argv, env=ENV, timeout=10)
         self.types = types
         log.info("pod namespaces %s pinned in %s (hostname %s)", ",".join(types), self.ns_dir, hostname)
 
-    async def _wait_pinned(self, path: str) -> None:
+    async def _pin_pid(self, path: str) -> None:
+        """Bind the PID namespace of the holder's child (the pod namespace's init) onto ``path``."""
+        own = os.stat("/proc/self/ns/pid").st_ino
         for _ in range(500):
-            if os.stat(path).st_dev != os.stat(self.ns_dir).st_dev:
-                return
-            if self.holder is not None and self.holder.returncode is not None:
+            if self.holder is None or self.holder.returncode is not None:
                 break
+            for child in _children(self.holder.pid):
+                ns = f"/proc/{child}/ns/pid"
+                try:
+                    if os.stat(ns).st_ino != own:
+                        mounts.mount(ns, path, options=["bind"])
+                        return
+                except OSError:
+                    continue
             await asyncio.sleep(0.01)
         raise Internal(f"the pod PID namespace was not pinned at {path}")
 
@@ -174,3 +184,15 @@ class PodNamespaces:
     def path(self, ns_type: str) -> Optional[str]:
         """Pinned path for an OCI namespace type (ipc, uts, pid), or None."""
         return os.path.join(self.ns_dir, ns_type) if ns_type in self.types else None
+
+
+def _children(pid: int) -> list:
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
