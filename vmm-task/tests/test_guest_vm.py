@@ -31,10 +31,13 @@ async def vm(guest_image, tmp_path):
     share.mkdir()
     (share / "hostname").write_text("vm-pod\n")
     sock = str(tmp_path / "agent.sock")
-    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1", "-nodefaults",
+    # the vmm-sandboxer's TCG CPU: rdrand seeds the guest RNG at boot (random.trust_cpu=on)
+    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "512",
+            "-smp", "1", "-nodefaults",
             "-no-user-config", "-nographic", "-serial", f"file:{tmp_path}/console.log",
             "-kernel", os.path.join(image_dir, KERNEL_NAME), "-initrd", os.path.join(image_dir, INITRD_NAME),
-            "-append", "console=ttyS0 quiet loglevel=3 panic=-1 task.log_level=debug task.sharefs_type=9p",
+            "-append", "console=ttyS0 quiet loglevel=3 panic=-1 random.trust_cpu=on task.log_level=debug "
+            "task.sharefs_type=9p",
             "-device", "virtio-serial-pci,id=vser0",
             "-chardev", f"socket,path={sock},server=on,wait=off,id=agent",
             "-device", "virtserialport,bus=vser0.0,chardev=agent,name=kuasar.agent",

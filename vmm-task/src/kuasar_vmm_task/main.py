@@ -5,21 +5,23 @@ Outside a VM (``--no-init``, e.g. for tests) it skips the PID 1 duties and serve
 Boot time matters here: every import runs under emulation on hosts without KVM. The server answers
 ``grpc.SandboxService`` (the host's Check) as soon as the port is open; the Task and Streaming
 services, whose imports are the biggest part of the agent's start-up, are imported by a background
-thread meanwhile (see :class:`GuestServer`).
+thread after that first answer (see :class:`GuestServer`).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
 import sys
 import threading
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from kuasar_shared.daemon.log import setup_logging
 from kuasar_shared.daemon.reaper import get_reaper, set_child_subreaper
 from kuasar_shared.ttrpc import Server, Service
+from kuasar_shared.ttrpc.service import Method
 
 from kuasar_vmm_task import __version__, boot, channel
 from kuasar_vmm_task.events import EventQueue
@@ -100,14 +102,20 @@ class GuestServer(Server):
     """The agent's ttrpc server: grpc.SandboxService from the start, Task v3+v2 and Streaming added by
     :meth:`load_task_services`.
 
-    :meth:`preload` imports :data:`TASK_MODULES` in a thread and registers the services on the loop
-    when it is done; a call for a service that is not registered yet registers them on the spot
-    (waiting for imports the thread has in progress), so no call ever sees them missing.
+    Once the first call has been answered (the host's Check), :data:`TASK_MODULES` are imported by a
+    background thread, and the services registered on the loop when it is done: importing them
+    before, or beside the first call, delays that answer by up to 0.7 s of emulated time. A call for a
+    service that is not registered yet registers them on the spot (waiting for imports the thread has
+    in progress), so no call ever finds them missing.
     """
+
+    #: after the first answer, so that the response frame leaves before the thread takes the GIL
+    PRELOAD_DELAY = 0.05
 
     def __init__(self, sandbox: Service, task_services: Callable[[], List[Service]]) -> None:
         super().__init__([sandbox])
         self._task_services: Optional[Callable[[], List[Service]]] = task_services
+        self._preload_pending = True
 
     @property
     def task_services_loaded(self) -> bool:
@@ -126,10 +134,25 @@ class GuestServer(Server):
         if isinstance(found, str) and self._task_services is not None:
             self.load_task_services()
             found = super().lookup(service, method)
+        if isinstance(found, Method) and self._preload_pending:
+            inner = found.handler
+
+            async def handler(*args: Any) -> Any:
+                try:
+                    return await inner(*args)
+                finally:
+                    asyncio.get_running_loop().call_later(self.PRELOAD_DELAY, self.preload)
+
+            found = dataclasses.replace(found, handler=handler)
         return found
 
     def preload(self) -> None:
-        """Import the task modules in a daemon thread; register the services on this loop afterwards."""
+        """Import the task modules in a daemon thread (once); register the services on this loop afterwards."""
+        if not self._preload_pending:
+            return
+        self._preload_pending = False
+        if self._task_services is None:
+            return
         loop = asyncio.get_running_loop()
 
         def run() -> None:
@@ -196,7 +219,6 @@ async def _serve(args: Args, params: TaskParams) -> None:
         listeners.append(vsock)
         log.info("serving ttrpc on vsock port %d", channel.VSOCK_PORT)
     port = args.port or channel.find_port()
-    server.preload()
     try:
         if port:
             log.info("serving ttrpc over the mux on %s (uptime %.2f s)", port, _uptime())

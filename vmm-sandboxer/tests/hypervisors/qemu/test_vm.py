@@ -1,6 +1,6 @@
 """QemuVM against real QEMU (TCG): start + QMP, vCPU threads, hot-plug, graceful/forced stop, kill -9
 seen by the exit watch. The guest image comes from vmm-task/build-image.sh (cached); the guest agent
-is not needed here."""
+is needed only by the microvm test, which boots to it."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +9,12 @@ import signal
 import subprocess
 
 import pytest
+from google.protobuf import empty_pb2
 
+from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import Internal
+from kuasar_shared.ttrpc import Client
+from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_sandboxer import config
 from kuasar_vmm_sandboxer.hypervisors.qemu import devices as dev
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
@@ -65,4 +69,55 @@ async def test_start_failure_names_qemu_output(hv_config, short_tmp):
     vm = QemuVM(VMSpec("t3", short_tmp, 1, 256), cfg)
     with pytest.raises(Internal, match="QEMU"):
         await vm.start()
+    assert not vm._alive()
+
+
+@pytest.fixture(scope="module")
+def current_image():
+    """The guest image of the current sources (the cache the vmm-task and e2e tests share)."""
+    from kuasar_vmm_task.image.build import build
+
+    image_dir = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
+    build(image_dir, os.path.join(image_dir, ".cache"))
+    return image_dir
+
+
+async def test_microvm_boots_to_the_agent_over_virtio_mmio(hv_config, current_image, short_tmp):
+    """machine_type microvm under TCG: the argv QemuVM generates boots Debian's generic kernel to
+    vmm-task, which answers Check over virtio-serial on virtio-mmio and has the 9p share mounted."""
+    cfg = config.HypervisorConfig(**{**hv_config.__dict__, "machine_type": "microvm", "accel": "tcg",
+                                     "kernel_path": os.path.join(current_image, "vmlinux.bin"),
+                                     "initrd_path": os.path.join(current_image, "kuasar.initrd")})
+    vm = QemuVM(VMSpec("t4", short_tmp, 1, 256), cfg)
+    assert "tsc_early_khz=" in vm.kernel_params()
+    os.makedirs(vm.shared_dir)
+    with open(os.path.join(vm.shared_dir, "marker"), "w") as f:
+        f.write("from-the-host\n")
+    started = asyncio.get_running_loop().time()
+    await vm.start()
+    mux = None
+    try:
+        mux = MuxConnection(*(await asyncio.open_unix_connection(vm.agent_socket)), is_host=True)
+        client = Client(*(await mux.open()))
+        try:
+            await client.call("grpc.SandboxService", "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty,
+                              timeout=120)
+        except Exception:
+            with open(vm.path("console.log"), errors="replace") as f:
+                print(f.read()[-4000:])
+            raise
+        boot = asyncio.get_running_loop().time() - started
+        resp = await client.call("grpc.SandboxService", "ExecVMProcess", sandbox_pb2.ExecVMProcessRequest(
+            command="ls /sys/bus/platform/drivers/virtio-mmio | grep -c LNRO0005; cat /run/kuasar/state/marker; "
+                    "grep -c ' 9p kuasar ' /proc/self/mountinfo"),
+            sandbox_pb2.ExecVMProcessResponse, timeout=60)
+        count, marker, mounts = resp.out.split()
+        # rng, serial and 9p: virtio-mmio devices described by ACPI (LNRO0005)
+        assert int(count) == 3 and marker == "from-the-host" and mounts == "1"
+        print(f"microvm boot-to-agent {boot:.2f}s")
+        await client.close()
+    finally:
+        if mux is not None:
+            await mux.close()
+        await vm.stop(force=True)
     assert not vm._alive()

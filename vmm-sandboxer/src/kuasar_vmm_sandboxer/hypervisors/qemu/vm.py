@@ -22,6 +22,7 @@ from kuasar_vmm_sandboxer.config import SHARE_VIRTIOFS, HypervisorConfig
 from kuasar_vmm_sandboxer.devices import Device, Transport, render_all
 from kuasar_vmm_sandboxer.hypervisors.qemu import devices as dev
 from kuasar_vmm_sandboxer.hypervisors.qemu.qmp import Qmp
+from kuasar_vmm_sandboxer.hypervisors.qemu.tsc import host_tsc_khz
 from kuasar_vmm_sandboxer.vm import VM, Pids, VMSpec, exit_code
 
 __all__ = ["QemuVM", "AGENT_PORT_NAME", "BASE_KERNEL_PARAMS"]
@@ -69,6 +70,7 @@ class QemuVM(VM):
 
     # --- command line ----------------------------------------------------------------------
     def kernel_params(self) -> str:
+        """:raise FailedPrecondition: microvm under TCG, and the host's TSC rate is unknown."""
         cfg = self.config
         share = "virtiofs" if cfg.share_fs == SHARE_VIRTIOFS else "9p"
         params = [BASE_KERNEL_PARAMS, "task.sharefs_type=%s" % share, "task.log_level=%s" % self.spec.log_level]
@@ -76,6 +78,8 @@ class QemuVM(VM):
             params.append("task.debug")
         if cfg.image_path:
             params.append("root=/dev/vda ro rootfstype=ext4")
+        if cfg.machine_type == "microvm" and cfg.accel == "tcg" and "tsc_early_khz=" not in cfg.kernel_params:
+            params.append("tsc_early_khz=%d" % host_tsc_khz())  # microvm has no clock to calibrate against
         if cfg.kernel_params:
             params.append(cfg.kernel_params)
         return " ".join(params)
@@ -157,6 +161,7 @@ class QemuVM(VM):
 
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> int:
+        argv = self._in_netns(self.argv())  # before anything is spawned: it may raise
         os.makedirs(self.shared_dir, mode=0o755, exist_ok=True)
         for name in ("qmp.sock", "agent.sock", "virtiofs.sock"):
             try:
@@ -167,7 +172,7 @@ class QemuVM(VM):
             await self._start_virtiofsd()
         log_fd = os.open(self.path("qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            self._proc = process.spawn(self._in_netns(self.argv()), stdin=process.DEVNULL, stdout=log_fd,
+            self._proc = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd,
                                        stderr=log_fd, start_new_session=True)
         finally:
             os.close(log_fd)
