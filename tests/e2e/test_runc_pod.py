@@ -99,6 +99,26 @@ def test_run_prints_ids_and_rm_of_running_container(tmp_path, runc_sandboxer, im
     assert ctl.out("pods", "-q") == ""
 
 
+def test_announced_container_is_in_the_pods_task_list_until_removed(tmp_path, runc_sandboxer, images):
+    """``--announce-tasks`` (iSulad's way): Controller.Update with extensions.tasks before task Create
+    and after removal; the runc sandboxer keeps the list it accepted in its pod state."""
+    endpoint, state = runc_sandboxer
+    ctl = Ctl("runc", endpoint, str(tmp_path / "ctl"), images, "fifo")
+    pod_cfg = _pod_config(tmp_path, uuid.uuid4().hex[:6])
+    pod, ctr = ctl.out("run", "--announce-tasks", pod_cfg, _ctr_config(tmp_path, "app", "sleep 3600")).split()
+
+    def announced() -> list[dict]:
+        with open(os.path.join(state, pod, "sandbox.json")) as f:
+            tasks = json.load(f)["tasks"]
+        return json.loads(tasks)["tasks"] if tasks else []
+    [task] = announced()
+    assert task["task_id"] == ctr and task["spec"]["process"]["args"] == ["/bin/sh", "-c", "sleep 3600"]
+    assert task["rootfs"][0]["type"] == "overlay" and task["stdout"].endswith("-stdout")
+    ctl("rm", ctr)
+    assert announced() == []
+    ctl("rmp", pod)
+
+
 def test_missing_sandboxer_socket_is_explained(tmp_path):
     ctl = Ctl("runc", str(tmp_path / "absent.sock"), str(tmp_path / "ctl"), str(tmp_path), "fifo")
     result = ctl("runp", _pod_config(tmp_path, "x"), check=False)

@@ -1,11 +1,13 @@
 """End to end through kuasar-ctl and a real vmm-sandboxer + vmm-task-relay + QEMU (TCG) guest whose
 PID 1 is vmm-task: one VM for the whole module (a boot costs ~10 s here). The pod becomes Ready,
 containers run with runc inside the guest and log through streaming and FIFO stdio, exec and
-vm-exec pass exit codes through, a sandboxer restart re-attaches to the running VM, and
-stop/rm/stopp/rmp leave no QEMU, tap, mount, socket or state directory behind; a second pod whose
+vm-exec pass exit codes through, a sandboxer restart re-attaches to the running VM, a container
+announced through ``extensions.tasks`` (as iSulad does) is prepared by the sandboxer ahead of its task
+Create and purged on removal, and stop/rm/stopp/rmp leave no QEMU, tap, mount, socket or state directory behind; a second pod whose
 QEMU is killed with SIGKILL turns NotReady and is removed cleanly. The tests run in file order."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +16,10 @@ import uuid
 
 import pytest
 from support import QEMU, Ctl, Sandboxer, assert_nothing_left, running, wait_for
+
+from kuasar_shared.ctl.clients import SandboxClient
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument
+from kuasar_shared.sandbox.tasks import update_request
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +119,63 @@ def test_sandboxer_restart_reattaches_to_the_running_vm(vmm, pod):
     assert (result.returncode, result.stdout) == (5, b"still here\n")
 
 
+def _announced(vmm, pod_id: str) -> list[str]:
+    """The container ids of the pod's stored ``extensions.tasks`` list."""
+    with open(os.path.join(vmm.dir, pod_id, "sandbox.json")) as f:
+        tasks = json.load(f)["tasks"]
+    return [t["task_id"] for t in json.loads(tasks)["tasks"]] if tasks else []
+
+
+def _update(vmm, pod_id: str, tasks: list) -> None:
+    """Controller.Update with ``extensions.tasks`` = ``tasks``, sent straight to the sandboxer (as iSulad does)."""
+    async def call() -> None:
+        client = SandboxClient(vmm.listen, "vmm")
+        try:
+            await client.call("Update", update_request(pod_id, json.dumps({"tasks": tasks}).encode()))
+        finally:
+            await client.close()
+    asyncio.run(call())
+
+
+def test_announced_container_runs_and_is_purged_on_removal(vmm, pod):
+    ctl = pod["ctl"]("fifo")
+    ctr = ctl.out("create", "--announce-tasks", pod["id"],
+                  pod["container"]("announced", "echo announced; sleep 3600"), pod["pod_config"])
+    shared = os.path.join(vmm.dir, pod["id"], "shared", ctr)
+    assert not os.path.exists(shared) and _announced(vmm, pod["id"]) == []
+    assert ctl.out("start", ctr) == ctr
+    assert _announced(vmm, pod["id"]) == [ctr]
+    with open(os.path.join(shared, "config.json")) as f:
+        assert json.load(f)["root"]["path"] == "rootfs"
+    wait_for(lambda: ctl("logs", ctr).stdout == b"announced\n", 30)
+    assert ctl.out("exec", ctr, "--", "sh", "-c", "echo exec in $(hostname)") == "exec in " + json.loads(
+        ctl.out("inspectp", pod["id"]))["status"]["metadata"]["name"]
+    ctl("rm", ctr)
+    assert not os.path.exists(shared) and _announced(vmm, pod["id"]) == []
+
+
+def test_extensions_tasks_prepares_ahead_of_create_and_rejects_bad_input(vmm, pod, images):
+    shared = os.path.join(vmm.dir, pod["id"], "shared")
+    with pytest.raises(InvalidArgument, match="task c1 has no rootfs mounts"):
+        _update(vmm, pod["id"], [{"task_id": "c1", "spec": {}}])
+    with pytest.raises(InvalidArgument, match=r"tasks\[0\]\.task_id"):
+        _update(vmm, pod["id"], [{"task_id": "../c1", "rootfs": [{"type": "bind", "source": "/"}]}])
+    with pytest.raises(InvalidArgument, match="bind mount source '/nonexistent' does not exist"):
+        _update(vmm, pod["id"], [{"task_id": "c2", "rootfs": [
+            {"type": "bind", "source": os.path.join(images, "busybox"), "options": ["rbind", "ro"]}],
+            "spec": {"mounts": [{"destination": "/data", "type": "bind", "source": "/nonexistent"}]}}])
+    assert not os.path.exists(os.path.join(shared, "c2")) and _announced(vmm, pod["id"]) == []
+    # iSulad's shape: the base fs as one bind mount; the bundle is ready before any task Create
+    _update(vmm, pod["id"], [{"task_id": "c3", "rootfs": [
+        {"type": "bind", "source": os.path.join(images, "busybox"), "options": ["rbind", "ro"]}],
+        "spec": {"root": {"path": "/host/path"}, "process": {"args": ["true"]}}}])
+    with open(os.path.join(shared, "c3", "config.json")) as f:
+        assert json.load(f)["root"]["path"] == "rootfs"
+    assert os.path.exists(os.path.join(shared, "c3", "rootfs", "bin", "sh"))
+    _update(vmm, pod["id"], [])
+    assert not os.path.exists(os.path.join(shared, "c3")) and _announced(vmm, pod["id"]) == []
+
+
 def test_stop_rm_stopp_rmp_leave_nothing(vmm, pod):
     ctl = pod["ctl"]()
     streaming, fifo = pod["containers"]["streaming"], pod["containers"]["fifo"]
@@ -138,6 +201,8 @@ def test_killed_qemu_ends_the_pod_and_removal_cleans_up(vmm, pod):
     info = json.loads(ctl.out("inspectp", pod_id))["info"]
     os.kill(info["pid"], signal.SIGKILL)
     wait_for(lambda: json.loads(ctl.out("inspectp", pod_id))["status"]["state"] == "SANDBOX_NOTREADY", 20)
+    with pytest.raises(FailedPrecondition, match="containers can only be added to a ready pod"):
+        _update(vmm, pod_id, [{"task_id": "late", "rootfs": [{"type": "bind", "source": "/"}]}])
     ctl("rmp", pod_id)
     assert ctl.out("pods", "-q") == ""
     _assert_nothing_left(vmm, pod, pod_id, info["netnsPath"])

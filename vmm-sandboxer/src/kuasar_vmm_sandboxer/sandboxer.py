@@ -328,7 +328,7 @@ class VmmSandboxer(Sandboxer):
     async def update_tasks(self, id: str, diff: TaskDiff) -> None:
         async with self._lock(id):
             pod = self._pod(id)
-            if pod.state is not PodState.READY:
+            if diff.added_tasks and pod.state is not PodState.READY:
                 raise FailedPrecondition("sandbox %s is %s: containers can only be added to a ready pod"
                                          % (id, pod.state.value))
             done = []

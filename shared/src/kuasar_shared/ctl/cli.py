@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("pod")
     create.add_argument("container_config")
     create.add_argument("pod_config")
+    for p_ctr in (run, create):
+        p_ctr.add_argument("--announce-tasks", action="store_true",
+                           help="announce the container to the sandboxer with Controller.Update (extensions.tasks) "
+                                "before its task Create and after its removal, as iSulad does")
     sub.add_parser("start", help="start created containers").add_argument("containers", nargs="+")
     pods = sub.add_parser("pods", help="list pods")
     pods.add_argument("-q", "--quiet", action="store_true", help="only ids")
@@ -228,7 +232,7 @@ async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
         print(pod_id, flush=True)
         if ctr_cfg is not None:
             try:
-                ctr_id = await engine.create_container(pod_id, ctr_cfg, pod_cfg)
+                ctr_id = await engine.create_container(pod_id, ctr_cfg, pod_cfg, announce=args.announce_tasks)
                 await engine.start_container(ctr_id)
             except BaseException:
                 # `run` is one step for the user: do not leave a half-made pod behind
@@ -238,7 +242,8 @@ async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
     elif cmd == "create":
         pod_id = store.resolve_pod(args.pod)
         ctr_cfg = config.load_container_config(args.container_config)
-        print(await engine.create_container(pod_id, ctr_cfg, config.load_pod_config(args.pod_config)))
+        print(await engine.create_container(pod_id, ctr_cfg, config.load_pod_config(args.pod_config),
+                                            announce=args.announce_tasks))
     elif cmd == "start":
         for prefix in args.containers:
             ctr_id = store.resolve_container(prefix)

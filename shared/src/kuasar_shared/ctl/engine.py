@@ -16,6 +16,7 @@ in :mod:`kuasar_shared.ctl.exec`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -38,7 +39,10 @@ from kuasar_shared.ctl.io import make_fifos, streaming_url
 from kuasar_shared.ctl.spec import ImageConfig, SpecInputs, build_container_spec, pod_hostname
 from kuasar_shared.ctl.store import ContainerRecord, CtlStore, PodRecord
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
+from kuasar_shared.sandbox.api import TaskResource, TaskResources
+from kuasar_shared.sandbox.tasks import encode_tasks, update_request
 from kuasar_shared.store import write_json_atomic
+from kuasar_shared.task.backend import Mount
 
 __all__ = ["Engine", "EngineOptions", "RUNNING", "CREATED", "EXITED", "UNKNOWN"]
 
@@ -223,8 +227,12 @@ class Engine:
             pass
 
     # -- containers ------------------------------------------------------------------------------
-    async def create_container(self, pod_id: str, ctr: ContainerConfig, pod_config: api_pb2.PodSandboxConfig) -> str:
+    async def create_container(self, pod_id: str, ctr: ContainerConfig, pod_config: api_pb2.PodSandboxConfig,
+                               announce: bool = False) -> str:
         """CreateContainer: Platform, Status, the bundle, IO (streams opened now), the log writer.
+
+        ``announce``: drive the container like iSulad and Kuasar's containerd fork do, announcing it
+        with ``Controller.Update`` (``extensions.tasks``) before its task Create and after its removal.
 
         :raise FailedPrecondition: the pod is not ready. :raise AlreadyExists: name taken in the pod.
         """
@@ -249,7 +257,8 @@ class Engine:
             log_path = os.path.join(pod_config.log_directory, ctr.log_path)
         record = ContainerRecord(id=ctr_id, pod_id=pod_id, name=ctr.name, attempt=ctr.attempt, image=ctr.image,
                                  image_path=image_path, created_at=_now(), io_type=self.options.io_type,
-                                 log_path=log_path, labels=dict(ctr.labels), annotations=dict(ctr.annotations))
+                                 log_path=log_path, labels=dict(ctr.labels), annotations=dict(ctr.annotations),
+                                 announced=announce)
         try:
             for sub in ("bundle/rootfs", "fs", "work"):
                 os.makedirs(os.path.join(ctr_dir, sub), mode=0o711, exist_ok=True)
@@ -289,6 +298,8 @@ class Engine:
         status = await self.sandbox.status(pod.id)
         task = self.task(status.address or pod.address)
         options = oci_pb2.Options(task_api_address=task.address, task_api_version=3)
+        if ctr.announced:
+            await self._announce_tasks(pod.id, starting=ctr.id)
         request = task_pb2.CreateTaskRequest(
             id=ctr_id, bundle=self.store.bundle_dir(ctr_id), rootfs=[self.rootfs(ctr)], stdin=ctr.stdin,
             stdout=ctr.stdout, stderr=ctr.stderr,
@@ -377,14 +388,37 @@ class Engine:
         self.store.save_container(ctr)
 
     async def remove_container(self, ctr_id: str) -> None:
-        """RemoveContainer: force-stop a running one, stop its log writer, delete its directory."""
+        """RemoveContainer: force-stop a running one, stop its log writer, withdraw an announced one
+        from ``extensions.tasks`` (iSulad's Purge), delete its directory."""
         ctr = self.store.load_container(ctr_id)
         if ctr.state in (RUNNING, UNKNOWN):
             await self.stop_container(ctr_id, 0)
         await self._stop_logger(ctr, 2.0)
+        if ctr.announced and ctr.state != CREATED:
+            try:
+                await self._announce_tasks(ctr.pod_id, leaving=ctr_id)
+            except NotFound:
+                log.info("container %s: sandbox %s is gone, nothing to withdraw", ctr_id, ctr.pod_id)
         ctr_dir = self.store.container_dir(ctr_id)
         host.unmount_below(ctr_dir)
         self.store.remove_container(ctr_id)
+
+    async def _announce_tasks(self, pod_id: str, starting: str = "", leaving: str = "") -> None:
+        """``Controller.Update{fields: [extensions.tasks]}`` with the full list of the pod's announced
+        containers: those started before (exited ones stay until removed), plus ``starting``, minus
+        ``leaving``."""
+        tasks = []
+        for ctr in self.store.containers(pod_id):
+            if not ctr.announced or ctr.id == leaving or (ctr.state == CREATED and ctr.id != starting):
+                continue
+            with open(os.path.join(self.store.bundle_dir(ctr.id), "config.json")) as f:
+                spec = json.load(f)
+            rootfs = self.rootfs(ctr)
+            tasks.append(TaskResource(task_id=ctr.id, spec=spec, stdin=ctr.stdin, stdout=ctr.stdout,
+                                      stderr=ctr.stderr, rootfs=(Mount(rootfs.type, rootfs.source, rootfs.target,
+                                                                       tuple(rootfs.options)),)))
+        request = update_request(pod_id, encode_tasks(TaskResources(tuple(tasks))))
+        await self.sandbox.call("Update", request, self.options.sandbox_deadline)
 
     async def _start_logger(self, record: ContainerRecord, log_path: str, fifo: Optional[list[str]],
                             stream: Optional[list[str]]) -> None:

@@ -77,6 +77,8 @@ class ContainerRecord:
     logger_pid: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    #: announced to the sandboxer through ``extensions.tasks`` before its task Create, as iSulad does
+    announced: bool = False
 
 
 def resolve_prefix(prefix: str, ids: list[str], kind: str) -> str:

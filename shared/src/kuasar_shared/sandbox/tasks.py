@@ -13,15 +13,21 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from google.protobuf import any_pb2
+
+from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
+from kuasar_shared.api.containerd.types import sandbox_pb2 as types_sandbox_pb2
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import ProcessResource, TaskDiff, TaskResource, TaskResources
 from kuasar_shared.task.backend import Mount
 
-__all__ = ["TASKS_EXTENSION", "parse_tasks", "encode_tasks", "diff"]
+__all__ = ["TASKS_EXTENSION", "TASKS_TYPE_URL", "parse_tasks", "encode_tasks", "update_request", "diff"]
 
 #: The key in ``Sandbox.extensions`` and the value in ``ControllerUpdateRequest.fields``.
 TASKS_EXTENSION = "tasks"
+#: The Any type_url iSulad sends (ignored on receipt; used when we send).
+TASKS_TYPE_URL = "github.com/containerd/containerd/Tasks"
 
 _STDIO = ("stdin", "stdout", "stderr")
 
@@ -134,6 +140,14 @@ def encode_tasks(resources: TaskResources) -> bytes:
                         "stdout": p.stdout, "stderr": p.stderr} for p in t.processes]}
         for t in resources.tasks]}
     return json.dumps(doc, sort_keys=True).encode()
+
+
+def update_request(sandbox_id: str, value: bytes) -> sandbox_pb2.ControllerUpdateRequest:
+    """The engine side: ``Controller.Update`` carrying ``value`` (the JSON list) as ``extensions.tasks``."""
+    sandbox = types_sandbox_pb2.Sandbox(sandbox_id=sandbox_id)
+    sandbox.extensions[TASKS_EXTENSION].CopyFrom(any_pb2.Any(type_url=TASKS_TYPE_URL, value=value))
+    return sandbox_pb2.ControllerUpdateRequest(sandbox_id=sandbox_id, sandbox=sandbox,
+                                               fields=["extensions." + TASKS_EXTENSION])
 
 
 def diff(old: Optional[TaskResources], new: TaskResources) -> TaskDiff:

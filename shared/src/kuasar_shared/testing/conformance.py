@@ -34,6 +34,7 @@ from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
 from kuasar_shared.sandbox.api import Sandboxer
 from kuasar_shared.sandbox.controller import METRICS_TYPE_URL, NOT_READY, READY, host_platform
 from kuasar_shared.sandbox.server import serve_sandbox_api
+from kuasar_shared.sandbox.tasks import update_request
 
 __all__ = ["SandboxerConformance", "SandboxApiClient", "CONTROLLER", "HOSTILE_IDS", "expect_code"]
 
@@ -104,14 +105,6 @@ class SandboxApiClient:
 
     async def close(self) -> None:
         await self.channel.close(None)
-
-
-def _tasks_update(sandbox_id: str, value: bytes) -> sandbox_pb2.ControllerUpdateRequest:
-    sandbox = types_sandbox_pb2.Sandbox(sandbox_id=sandbox_id)
-    sandbox.extensions["tasks"].CopyFrom(
-        any_pb2.Any(type_url="github.com/containerd/containerd/Tasks", value=value))
-    return sandbox_pb2.ControllerUpdateRequest(sandbox_id=sandbox_id, sandbox=sandbox,
-                                               fields=["extensions.tasks"])
 
 
 class SandboxerConformance:
@@ -238,7 +231,7 @@ class SandboxerConformance:
                           not_found)
         await expect_code(api.call("Metrics", sandbox_pb2.ControllerMetricsRequest(sandbox_id=unknown)),
                           not_found)
-        await expect_code(api.call("Update", _tasks_update(unknown, b'{"tasks": []}')), not_found)
+        await expect_code(api.call("Update", update_request(unknown, b'{"tasks": []}')), not_found)
         await api.stop(unknown)
         await api.shutdown(unknown)
 
@@ -265,7 +258,7 @@ class SandboxerConformance:
                               invalid)
             await expect_code(api.call("Metrics", sandbox_pb2.ControllerMetricsRequest(sandbox_id=bad)),
                               invalid)
-            await expect_code(api.call("Update", _tasks_update(bad, b"")), invalid)
+            await expect_code(api.call("Update", update_request(bad, b"")), invalid)
 
     @pytest.mark.asyncio
     async def test_start_twice(self, api: SandboxApiClient) -> None:
@@ -333,7 +326,7 @@ class SandboxerConformance:
                       b'{"tasks": [{"task_id": "c1"}, {"task_id": "c1"}]}',
                       b'{"tasks": [{"task_id": "c1", "processes": [{"exec_id": "a/b"}]}]}',
                       b'{"tasks": [{"task_id": "c1", "rootfs": [{"source": "/x"}]}]}'):
-            await expect_code(api.call("Update", _tasks_update(sandbox_id, value)), invalid)
+            await expect_code(api.call("Update", update_request(sandbox_id, value)), invalid)
         missing = sandbox_pb2.ControllerUpdateRequest(sandbox_id=sandbox_id, fields=["extensions.tasks"])
         await expect_code(api.call("Update", missing), invalid)
         assert (await api.status(sandbox_id)).state == READY
