@@ -11,6 +11,7 @@ def test_shipped_file_loads():
     assert cfg.hypervisor.accel == "tcg" and cfg.hypervisor.machine_type == "q35"
     assert cfg.hypervisor.share_fs == config.SHARE_9P
     assert cfg.hypervisor.cpu == "qemu64,+rdrand"
+    assert (cfg.hypervisor.tcg_tb_size_mb, cfg.hypervisor.memory_overhead_in_mb) == (128, 256)
 
 
 def test_upstream_names_and_aliases():
@@ -39,6 +40,8 @@ def test_microvm_under_tcg_is_accepted(caplog):
     ("[hypervisor]\nshare_fs = 'nfs'", "[hypervisor].share_fs"),
     ("[hypervisor]\nmemory_in_mb = 16", "[hypervisor].memory_in_mb"),
     ("[hypervisor]\ninitrd_path = ''", "[hypervisor]"),
+    ("[hypervisor]\ntcg_tb_size_mb = 0", "[hypervisor].tcg_tb_size_mb"),
+    ("[hypervisor]\naccel = 'tcg'\ntcg_tb_size_mb = 1024", "[hypervisor].tcg_tb_size_mb"),
 ])
 def test_bad_values_name_file_and_key(text, key):
     with pytest.raises(ConfigError) as err:

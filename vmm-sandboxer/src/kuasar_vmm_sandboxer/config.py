@@ -73,6 +73,8 @@ class HypervisorConfig:
     boot_timeout_secs: int = 30
     #: extra memory the QEMU process may use above the guest RAM (pod cgroup limit)
     memory_overhead_in_mb: int = 256
+    #: TCG translation cache (MiB); QEMU's own default is 1 GiB, more than the overhead above allows
+    tcg_tb_size_mb: int = 128
 
     @property
     def cpu(self) -> str:
@@ -112,9 +114,14 @@ def _check(cfg: VmmConfig, path: str) -> VmmConfig:
         raise ConfigError(path, "[hypervisor].share_fs", "expected virtio-9p or virtio-fs, got %r" % hv.share_fs)
     hv.share_fs = share
     for key, value, low in (("vcpus", hv.vcpus, 1), ("memory_in_mb", hv.memory_in_mb, 64),
-                            ("boot_timeout_secs", hv.boot_timeout_secs, 1), ("msize_9p", hv.msize_9p, 4096)):
+                            ("boot_timeout_secs", hv.boot_timeout_secs, 1), ("msize_9p", hv.msize_9p, 4096),
+                            ("tcg_tb_size_mb", hv.tcg_tb_size_mb, 1)):
         if value < low:
             raise ConfigError(path, "[hypervisor].%s" % key, "must be at least %d, got %d" % (low, value))
+    if hv.accel == "tcg" and hv.tcg_tb_size_mb >= hv.memory_overhead_in_mb:
+        raise ConfigError(path, "[hypervisor].tcg_tb_size_mb", "the translation cache (%d MiB) must fit in "
+                          "memory_overhead_in_mb (%d MiB) with room for QEMU itself"
+                          % (hv.tcg_tb_size_mb, hv.memory_overhead_in_mb))
     if not hv.kernel_path:
         raise ConfigError(path, "[hypervisor].kernel_path", "must name the guest kernel")
     if not (hv.initrd_path or hv.image_path):

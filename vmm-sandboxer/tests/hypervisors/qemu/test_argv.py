@@ -28,7 +28,7 @@ def test_microvm_9p_argv(monkeypatch):
         "-append", BASE_KERNEL_PARAMS + " task.sharefs_type=9p task.log_level=info tsc_early_khz=2445430",
         "-qmp", "unix:/run/k/p1/qmp.sock,server=on,wait=off", "-serial", "file:/run/k/p1/console.log",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-machine", "microvm,accel=tcg",
+        "-machine", "microvm", "-accel", "tcg,tb-size=128",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0,id=rng",
         "-device", "virtio-serial-device,id=vser0",
@@ -49,7 +49,8 @@ def test_microvm_mmio_devices_and_tsc_rate(monkeypatch):
     drivers = [argv[i + 1].split(",")[0] for i, a in enumerate(argv) if a == "-device"]
     assert drivers == ["virtio-rng-device", "virtio-serial-device", "virtserialport", "vhost-user-fs-device",
                        "virtio-net-device"]
-    assert argv[argv.index("-machine") + 1] == "microvm,accel=tcg,memory-backend=mem0"
+    assert argv[argv.index("-machine") + 1] == "microvm,memory-backend=mem0"
+    assert argv[argv.index("-accel") + 1] == "tcg,tb-size=128"
     assert vm.kernel_params().endswith("task.log_level=info tsc_early_khz=2000000")
     for kw in ({"accel": "kvm"}, {"machine_type": "q35"}):
         assert "tsc_early_khz" not in QemuVM(VMSpec("p5", "/d/p5", 1, 256), _cfg(**kw)).kernel_params()
@@ -93,7 +94,7 @@ def test_q35_virtiofs_nics_debug_kvm():
     assert argv[argv.index("-cpu") + 1] == "host"
     assert argv[argv.index("-append") + 1].endswith("task.sharefs_type=virtiofs task.log_level=info task.debug foo=1")
     tail = argv[argv.index("-machine"):]
-    assert tail[:4] == ["-machine", "q35,accel=kvm,memory-backend=mem0", "-object",
+    assert tail[:6] == ["-machine", "q35,memory-backend=mem0", "-accel", "kvm", "-object",
                         "memory-backend-memfd,id=mem0,size=512M,share=on"]
     assert "virtio-serial-pci,id=vser0" in tail
     assert "socket,id=virtiofs,path=/d/p2/virtiofs.sock" in tail

@@ -6,7 +6,7 @@ from typing import ClassVar, Optional
 
 from kuasar_vmm_sandboxer.devices import Device, opt
 
-__all__ = ["Machine", "ChardevSocket", "ChardevFile", "VirtioSerial", "VirtSerialPort", "Fsdev", "Virtio9P",
+__all__ = ["Machine", "Accel", "ChardevSocket", "ChardevFile", "VirtioSerial", "VirtSerialPort", "Fsdev", "Virtio9P",
            "VhostUserFs", "MemoryBackendMemfd", "RngRandom", "VirtioRng", "TapNetdev", "VirtioNet",
            "VhostVsock", "Drive", "VirtioBlk", "PcieRootPort"]
 
@@ -16,13 +16,23 @@ class Machine(Device):
     option: ClassVar[str] = "-machine"
     head: ClassVar[str] = "type"
     type: str = "microvm"
-    accel: str = opt("accel", "kvm")
     memory_backend: Optional[str] = opt("memory-backend")
     extra: str = ""
 
     def args(self) -> list[str]:
         option, value = super().args()
         return [option, value + ("," + self.extra if self.extra else "")]
+
+
+@dataclass
+class Accel(Device):
+    """``-accel``; under TCG it caps the translation cache, which otherwise grows to 1 GiB and
+    would push QEMU past the pod's memory limit (guest RAM + ``memory_overhead_in_mb``)."""
+
+    option: ClassVar[str] = "-accel"
+    head: ClassVar[str] = "type"
+    type: str = "kvm"
+    tb_size: Optional[int] = opt("tb-size")
 
 
 @dataclass

@@ -90,8 +90,9 @@ class QemuVM(VM):
         tr = Transport.for_machine(cfg.machine_type)
         virtiofs = cfg.share_fs == SHARE_VIRTIOFS
         devices: list[Device] = [
-            dev.Machine(type=cfg.machine_type, accel=cfg.accel, memory_backend="mem0" if virtiofs else None,
+            dev.Machine(type=cfg.machine_type, memory_backend="mem0" if virtiofs else None,
                         extra=cfg.machine_accelerators),
+            dev.Accel(type=cfg.accel, tb_size=cfg.tcg_tb_size_mb if cfg.accel == "tcg" else None),
         ]
         if virtiofs:
             devices.append(dev.MemoryBackendMemfd(id="mem0", size="%dM" % spec.memory_mb))
