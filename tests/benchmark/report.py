@@ -192,16 +192,17 @@ def _vmm_section(results: Dict[str, Any]) -> List[str]:
         lines.append(f"| (cross-check: RSS growth per pod; PSS shifts with other processes sharing libraries) "
                      f"| {vmm['growth_rss_kb_per_pod']:.0f} KB | | |")
     lines += ["", "Where a serial start goes (ms). The sandboxer reports its own spans in Controller.Status "
-              "(`start_spawn_ms`, `start_agent_ms`, `start_setup_ms`); QEMU start to QMP + relay attach is the Start "
-              "call minus those three. Under TCG every guest-side step (SetupSandbox, task Create/Start: runc in the "
-              "guest) runs emulated; the host-only steps are the Python host path alone.", "",
+              "(`start_spawn_ms`, `start_agent_ms` = QEMU spawn to agent ready, with `start_qemu_ms` = QEMU start "
+              "to QMP + relay attach inside it, as the guest boots meanwhile, `start_setup_ms`). Under TCG every "
+              "guest-side step (SetupSandbox, task Create/Start: runc in the guest) runs emulated; the host-only "
+              "steps are the Python host path alone.", "",
               "| step | p50 | p90 |", "|---|---|---|"]
     for step, v in vmm["steps_ms"].items():
         lines.append(f"| {step} | {v['p50']:.1f} | {v['p90']:.1f} |")
     for label, key in (("**total** (run pod + create + start, client)", "total_ms"),
-                       ("guest boot to agent", "boot_to_agent_ms"),
+                       ("QEMU spawn to guest agent ready", "boot_to_agent_ms"),
                        ("**management overhead** (total - boot to agent)", "overhead_ms"),
-                       ("overhead without QEMU start to QMP", "overhead_without_qemu_start_ms"),
+                       ("of it, waiting for the guest (SetupSandbox, runc create/start)", "overhead_in_guest_ms"),
                        ("host-only steps (no QEMU or guest in them)", "host_only_steps_ms")):
         lines.append(f"| {label} | {vmm[key]['p50']:.1f} | {vmm[key]['p90']:.1f} |")
     lines += ["", f"CPU time of vmm-sandboxer + vmm-task-relay per serial start (boot wait included): "

@@ -59,7 +59,8 @@ def test_pod_is_ready_on_a_qemu_vm(vmm, pod):
         argv = f.read().split(b"\0")
     assert argv[0] == QEMU.encode() and b"sandbox-" + pod["id"].encode() in argv
     assert status["info"]["address"] == "ttrpc+unix://" + os.path.join(vmm.dir, pod["id"], "task.sock")
-    assert float(status["info"]["sandboxerInfo"]["start_agent_ms"]) > 0
+    timings = status["info"]["sandboxerInfo"]
+    assert 0 < float(timings["start_qemu_ms"]) < float(timings["start_agent_ms"])  # QEMU spawn to agent ready
     with open(os.path.join(vmm.dir, pod["id"], "console.log"), errors="replace") as f:
         console = f.read()
     assert "serving ttrpc over the mux" in console and "ERROR" not in console

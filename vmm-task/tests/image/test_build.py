@@ -2,7 +2,11 @@
 import json
 import os
 
+import pytest
+
+from kuasar_vmm_task.image import debs
 from kuasar_vmm_task.image.build import INITRD_NAME, KERNEL_NAME, build
+from kuasar_vmm_task.image.kernel import ImageError
 
 
 def test_image_outputs_and_cache(guest_image):
@@ -16,3 +20,10 @@ def test_image_outputs_and_cache(guest_image):
     assert again["cached"] is True and again["digest"] == record["digest"]
     with open(os.path.join(image_dir, "kuasar-image.stamp")) as handle:
         assert json.load(handle)["packages"]["runc"]
+
+
+def test_candidates_in_one_apt_run_name_what_is_missing():
+    found = debs.candidates(["runc", "busybox-static"])
+    assert [p for p, _ in found] == ["runc", "busybox-static"] and all(v for _, v in found)
+    with pytest.raises(ImageError, match="no candidate for no-such-package-kuasar; run apt-get update"):
+        debs.candidates(["runc", "no-such-package-kuasar"])

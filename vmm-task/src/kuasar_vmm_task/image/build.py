@@ -256,7 +256,7 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
     """
     started = time.monotonic()
     kpkg = debs.kernel_package()
-    packages = [debs.candidate(p) for p in (kpkg, *PACKAGES)]
+    packages = debs.candidates((kpkg, *PACKAGES))
     here = os.path.dirname(os.path.abspath(__file__))
     digest = _digest(packages, [here, _source_dir("kuasar_vmm_task"), _source_dir("kuasar_shared")])
     stamp_path = os.path.join(outdir, _STAMP)
