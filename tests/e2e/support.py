@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -200,12 +201,14 @@ def guest_image() -> str:
 class Sandboxer:
     """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
 
-    def __init__(self, image_dir: str) -> None:
+    def __init__(self, image_dir: str, machine_type: str = "") -> None:
         self.work = tempfile.mkdtemp(prefix="kve2e", dir="/tmp")
         self.dir, self.listen = os.path.join(self.work, "d"), os.path.join(self.work, "vmm.sock")
         self.config = os.path.join(self.work, "config_qemu.toml")
         with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
             text = f.read().replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
+        if machine_type:
+            text = re.sub(r'(?m)^machine_type = ".*"$', f'machine_type = "{machine_type}"', text)
         with open(self.config, "w") as f:
             f.write(text)
         self.log = os.path.join(self.work, "sandboxer.log")
