@@ -3,8 +3,9 @@ PID 1 is vmm-task: one VM for the whole module (a boot costs ~10 s here). The po
 containers run with runc inside the guest and log through streaming and FIFO stdio, exec and
 vm-exec pass exit codes through, a sandboxer restart re-attaches to the running VM, a container
 announced through ``extensions.tasks`` (as iSulad does) is prepared by the sandboxer ahead of its task
-Create and purged on removal, and stop/rm/stopp/rmp leave no QEMU, tap, mount, socket or state directory behind; a second pod whose
-QEMU is killed with SIGKILL turns NotReady and is removed cleanly. The tests run in file order."""
+Create and purged on removal, and stop/rm/stopp/rmp leave no QEMU, tap, mount, socket or state
+directory behind; a second pod whose QEMU is killed with SIGKILL turns NotReady and is removed
+cleanly. The tests run in file order."""
 from __future__ import annotations
 
 import asyncio

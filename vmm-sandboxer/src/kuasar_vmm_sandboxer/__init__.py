@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from kuasar_vmm_sandboxer.pod import PodState  # noqa: E402
+from kuasar_shared.sandbox.pods import PodState  # noqa: E402
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer  # noqa: E402
 
 __all__ = ["VmmSandboxer", "PodState", "__version__"]

@@ -1,49 +1,32 @@
-"""The persisted record of one vmm pod (``<dir>/<id>/sandbox.json``) and its state enum."""
+"""The persisted record of one vmm pod (``<dir>/<id>/sandbox.json``): the common pod record plus
+what a VM pod needs to be re-attached and to answer Status."""
 from __future__ import annotations
 
-import enum
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, cast
 
-__all__ = ["PodState", "Pod"]
+from kuasar_shared.sandbox.pods import PodRecord
 
-
-class PodState(str, enum.Enum):
-    CREATED = "created"
-    READY = "ready"
-    STOPPED = "stopped"
+__all__ = ["VmmPod"]
 
 
 @dataclass
-class Pod:
-    id: str
-    state: PodState = PodState.CREATED
-    netns: str = ""
+class VmmPod(PodRecord):
     #: the CRI PodSandboxConfig as decoded JSON (sent to the guest in SetupSandbox)
     config: dict[str, Any] = field(default_factory=dict)
-    created_at: str = ""
-    exited_at: str = ""
-    exit_status: int = 0
     vcpus: int = 0
     memory_mb: int = 0
     debug: bool = False
     #: the hypervisor's record (pids) for re-attaching
     vm: dict[str, Any] = field(default_factory=dict)
     network: Optional[dict[str, Any]] = None
-    cgroup: str = ""
-    cgroup_owned_depth: int = 0
-    #: accepted ``extensions.tasks`` list (JSON)
-    tasks: str = ""
-    #: start-up breakdown in milliseconds (spawn, agent, setup)
+    #: start-up breakdown in milliseconds (spawn, qemu, agent, setup)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
-
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Pod":
-        pod = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        pod.state = PodState(pod.state)
-        return pod
+    def from_json(cls, data: Dict[str, Any]) -> "VmmPod":
+        """Also reads records of releases that kept the pod's cgroup as ``cgroup`` (a running pod's
+        cgroup must still be removed after an upgrade)."""
+        if "cgroup" in data and "cgroup_parent" not in data:
+            data = {**data, "cgroup_parent": data["cgroup"]}
+        return cast(VmmPod, super().from_json(data))

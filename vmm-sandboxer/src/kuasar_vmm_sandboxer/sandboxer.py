@@ -7,7 +7,8 @@ The task address is the relay's socket of the pod, ``ttrpc+unix://<dir>/<id>/tas
 exit (pidfd, no task per pod) marks the pod NOTREADY, releases Wait and tears down its network.
 A pod is a debug pod (kernel ``task.debug``: the guest serves a debug shell) when its annotation
 ``io.kuasar.vmm.debug`` is "true" (on the request or in the PodSandboxConfig) or ``[hypervisor].debug`` is set.
-Every change is saved atomically to ``<dir>/<id>/sandbox.json``; after a restart a Ready pod whose
+Pods are kept in a :class:`~kuasar_shared.sandbox.pods.PodTable` (every change saved atomically to
+``<dir>/<id>/sandbox.json``); after a restart a Ready pod whose
 QEMU (pid + start time, QMP) and guest agent still answer is re-adopted, any other is cleaned up.
 """
 from __future__ import annotations
@@ -24,12 +25,10 @@ from google.protobuf import empty_pb2
 
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.cgroups import Cgroup
-from kuasar_shared.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument,
-                                  KuasarError, NotFound, Unavailable)
-from kuasar_shared.sandbox import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff, TaskResources,
-                                   encode_tasks, parse_tasks)
+from kuasar_shared.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, KuasarError, Unavailable
+from kuasar_shared.sandbox import CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff, encode_tasks
+from kuasar_shared.sandbox.pods import PodState, PodTable, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer
-from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.task.backend import CgroupStats
 
 from kuasar_vmm_sandboxer import bundle, network
@@ -37,7 +36,7 @@ from kuasar_vmm_sandboxer.config import VmmConfig
 from kuasar_vmm_sandboxer.events import EventForwarder
 from kuasar_vmm_sandboxer.guest import GuestClient
 from kuasar_vmm_sandboxer.hypervisors.qemu import QemuFactory, QemuHooks
-from kuasar_vmm_sandboxer.pod import Pod, PodState
+from kuasar_vmm_sandboxer.pod import VmmPod
 from kuasar_vmm_sandboxer.relay.control import RelayControl
 from kuasar_vmm_sandboxer.relay.server import TASK_SOCKET
 from kuasar_vmm_sandboxer.vm import VM, VMSpec
@@ -49,14 +48,6 @@ DEFAULT_CGROUP_PARENT = "kuasar-vmm"
 DEBUG_ANNOTATION = "io.kuasar.vmm.debug"
 _CPU_PERIOD = 100000
 _RECOVER_CHECK = 3.0
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _time(value: str) -> Optional[datetime]:
-    return datetime.fromisoformat(value) if value else None
 
 
 class VmmSandboxer(Sandboxer):
@@ -71,65 +62,47 @@ class VmmSandboxer(Sandboxer):
     def __init__(self, directory: str, config: VmmConfig, task_server: TaskServer, log_level: str = "info") -> None:
         self.directory = directory
         self.config = config
-        self.store = PodStore(directory)
+        self.pods: PodTable[VmmPod] = PodTable(directory, VmmPod)
         self.factory = QemuFactory(config.hypervisor)
         self.task_server = task_server
         self.relay = RelayControl(task_server.socket_path)
         self.log_level = log_level
-        self._pods: dict[str, Pod] = {}
         self._vms: dict[str, VM] = {}
-        self._exited: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: Set["asyncio.Task[None]"] = set()
         address = config.sandbox.containerd_ttrpc_address
         self.events: Optional[EventForwarder] = EventForwarder(address) if address else None
 
     # --- helpers -----------------------------------------------------------------------------
-    def _pod(self, sandbox_id: str) -> Pod:
-        try:
-            return self._pods[sandbox_id]
-        except KeyError:
-            raise NotFound("sandbox %s not found" % sandbox_id) from None
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
-    def _event(self, sandbox_id: str) -> asyncio.Event:
-        return self._exited.setdefault(sandbox_id, asyncio.Event())
-
-    def _save(self, pod: Pod) -> None:
-        self.store.save(pod.id, pod.to_json())
-
     def pod_dir(self, sandbox_id: str) -> str:
-        return self.store.pod_dir(sandbox_id)
+        return self.pods.pod_dir(sandbox_id)
 
     def guest(self, sandbox_id: str) -> GuestClient:
         return GuestClient(os.path.join(self.pod_dir(sandbox_id), TASK_SOCKET), sandbox_id)
 
-    def _debug(self, pod: Pod) -> bool:
+    def _debug(self, pod: VmmPod) -> bool:
         return pod.debug or self.config.hypervisor.debug
 
-    def _spec(self, pod: Pod, net: Optional[network.PodNetwork]) -> VMSpec:
+    def _spec(self, pod: VmmPod, net: Optional[network.PodNetwork]) -> VMSpec:
         hv = self.config.hypervisor
         return VMSpec(id=pod.id, pod_dir=self.pod_dir(pod.id), vcpus=pod.vcpus or hv.vcpus,
                       memory_mb=pod.memory_mb or hv.memory_in_mb, netns=pod.netns,
                       nics=net.nics if net is not None else (), debug=self._debug(pod),
                       log_level=self.log_level)
 
-    def _forward_events(self, pod: Pod) -> None:
+    def _forward_events(self, pod: VmmPod) -> None:
         if self.events is not None:
             self.events.start(pod.id, self.guest(pod.id))
 
-    def _status(self, pod: Pod) -> SandboxStatus:
+    def _status(self, pod: VmmPod) -> SandboxStatus:
         vm = self._vms.get(pod.id)
         info = {"vcpus": str(pod.vcpus), "memory_mb": str(pod.memory_mb), "debug": str(self._debug(pod)).lower(),
                 "netns": pod.netns}
         info.update({"start_%s_ms" % k: "%.1f" % v for k, v in pod.timings.items()})
         return SandboxStatus(id=pod.id, ready=pod.state is PodState.READY,
                              pid=getattr(vm, "pid", 0) if pod.state is PodState.READY else 0,
-                             created_at=_time(pod.created_at), exited_at=_time(pod.exited_at),
+                             created_at=parse_time(pod.created_at), exited_at=parse_time(pod.exited_at),
                              address="ttrpc+unix://" + os.path.join(self.pod_dir(pod.id), TASK_SOCKET),
-                             info=info, tasks=parse_tasks(pod.tasks.encode()) if pod.tasks else TaskResources())
+                             info=info, tasks=pod.task_resources)
 
     def _own(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -138,8 +111,6 @@ class VmmSandboxer(Sandboxer):
 
     # --- Sandboxer ---------------------------------------------------------------------------
     async def create(self, req: CreateSandbox) -> None:
-        if req.id in self._pods:
-            raise AlreadyExists("sandbox %s already exists" % req.id)
         if req.netns_path and not os.path.exists(req.netns_path):
             raise InvalidArgument("sandbox %s: network namespace %s does not exist" % (req.id, req.netns_path))
         if req.host_pid:
@@ -150,23 +121,21 @@ class VmmSandboxer(Sandboxer):
         vcpus, memory = spec.vcpus, spec.memory_mb
         annotations = {**(req.config.get("annotations") or {}), **req.annotations}
         debug = annotations.get(DEBUG_ANNOTATION, "") == "true"
-        pod = Pod(id=req.id, netns="" if req.host_network else req.netns_path, config=req.config,
-                  created_at=(req.created_at or datetime.now(timezone.utc)).isoformat(), vcpus=vcpus,
-                  memory_mb=memory, debug=debug)
+        pod = VmmPod(id=req.id, netns="" if req.host_network else req.netns_path, config=req.config,
+                     created_at=(req.created_at or datetime.now(timezone.utc)).isoformat(), vcpus=vcpus,
+                     memory_mb=memory, debug=debug)
+        self.pods.add(pod)
         try:
-            self._save(pod)
             _write_sandbox_files(os.path.join(self.pod_dir(req.id), "shared"), req)
         except OSError:
-            shutil.rmtree(self.pod_dir(req.id), ignore_errors=True)
+            self.pods.remove(pod)
             raise
-        self._pods[req.id] = pod
         log.info("sandbox %s created (%d vCPU, %d MiB, netns %s)", req.id, vcpus, memory, pod.netns or "none")
 
     async def start(self, id: str) -> SandboxStatus:
-        async with self._lock(id):
-            pod = self._pod(id)
-            if pod.state is not PodState.CREATED:
-                raise FailedPrecondition("sandbox %s cannot start: it is %s, not created" % (id, pod.state.value))
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
+            pod.require(PodState.CREATED, "start")
             net: Optional[network.PodNetwork] = None
             vm: Optional[VM] = None
             try:
@@ -175,27 +144,25 @@ class VmmSandboxer(Sandboxer):
                     net = await network.setup(pod.netns)
                     pod.network = net.to_json()
                 self._create_cgroup(pod)
-                self._save(pod)
+                self.pods.save(pod)
                 vm = await self._boot(pod, net, begin)
                 setup_begin = time.monotonic()
                 await self.guest(id).setup(pod.config, net)
                 pod.timings["setup"] = (time.monotonic() - setup_begin) * 1000
             except BaseException:
                 await self._teardown(pod, vm)
-                self._save(pod)
+                self.pods.save(pod)
                 raise
-            pod.state = PodState.READY
             pod.vm = vm.record()
             self._vms[id] = vm
-            self._save(pod)
-            self._event(id).clear()
+            self.pods.running(pod)
             vm.watch(lambda code: self._on_vm_exit(id, code))
             self._forward_events(pod)
             log.info("sandbox %s ready: QEMU pid %s, %s", id, pod.vm.get("pid"),
                      ", ".join("%s %.0f ms" % kv for kv in pod.timings.items()))
             return self._status(pod)
 
-    async def _boot(self, pod: Pod, net: Optional[network.PodNetwork], begin: float) -> VM:
+    async def _boot(self, pod: VmmPod, net: Optional[network.PodNetwork], begin: float) -> VM:
         """Start the VM and wait for its agent; a boot that times out is killed and retried once."""
         timeout = float(self.config.hypervisor.boot_timeout_secs)
         for attempt in (1, 2):
@@ -226,36 +193,26 @@ class VmmSandboxer(Sandboxer):
             return vm
         raise AssertionError("unreachable")
 
-    def _create_cgroup(self, pod: Pod) -> None:
+    def _create_cgroup(self, pod: VmmPod) -> None:
+        """The pod's own cgroup below its ``cgroup_parent``, limited to the VM's vCPUs + 1 and its RAM +
+        ``memory_overhead_in_mb``. :raise InvalidArgument: it cannot be created."""
         parent = str(pod.config.get("linux", {}).get("cgroup_parent", "")) or DEFAULT_CGROUP_PARENT
-        cgroup = Cgroup.open("%s/%s" % (parent.strip("/"), pod.id))
-        try:
-            cgroup.create()
-        except OSError as err:
-            raise InvalidArgument("sandbox %s: cannot create cgroup %s: %s" % (pod.id, cgroup.path, err)) from err
-        pod.cgroup, pod.cgroup_owned_depth = cgroup.path, cgroup.owned_depth
+        pod.cgroup_parent = "%s/%s" % (parent.strip("/"), pod.id)
+        self.pods.create_cgroup(pod)
         overhead = self.config.hypervisor.memory_overhead_in_mb
-        cgroup.set_resources({"cpu": {"period": _CPU_PERIOD, "quota": (pod.vcpus + 1) * _CPU_PERIOD},
-                              "memory": {"limit": (pod.memory_mb + overhead) << 20}})
+        Cgroup.open(pod.cgroup_parent).set_resources({
+            "cpu": {"period": _CPU_PERIOD, "quota": (pod.vcpus + 1) * _CPU_PERIOD},
+            "memory": {"limit": (pod.memory_mb + overhead) << 20}})
 
-    def _join_cgroup(self, pod: Pod, vm: VM) -> None:
-        if not pod.cgroup:
+    def _join_cgroup(self, pod: VmmPod, vm: VM) -> None:
+        if not pod.cgroup_parent:
             return
-        cgroup = Cgroup.open(pod.cgroup)
+        cgroup = Cgroup.open(pod.cgroup_parent)
         for pid in (vm.record().get("pid", 0), vm.record().get("virtiofsd_pid", 0)):
             if pid:
                 cgroup.add_pid(pid)
 
-    def _delete_cgroup(self, pod: Pod) -> None:
-        if not pod.cgroup:
-            return
-        try:
-            Cgroup.open(pod.cgroup, owned_depth=pod.cgroup_owned_depth).delete()
-        except (OSError, KuasarError) as err:
-            log.warning("sandbox %s: cannot remove cgroup %s: %s", pod.id, pod.cgroup, err)
-        pod.cgroup = ""
-
-    async def _teardown(self, pod: Pod, vm: Optional[VM]) -> None:
+    async def _teardown(self, pod: VmmPod, vm: Optional[VM]) -> None:
         """Undo a start: event forwarding, relay link, VM, network (the cgroup goes at shutdown)."""
         if self.events is not None:
             await self.events.stop(pod.id)
@@ -271,67 +228,48 @@ class VmmSandboxer(Sandboxer):
             pod.network = None
 
     def _on_vm_exit(self, sandbox_id: str, code: int) -> None:
-        pod = self._pods.get(sandbox_id)
+        pod = self.pods.find(sandbox_id)
         if pod is None or pod.state is not PodState.READY:
             return
         log.warning("sandbox %s: QEMU exited with status %d", sandbox_id, code)
-        pod.state, pod.exit_status, pod.exited_at = PodState.STOPPED, code, _now()
-        self._save(pod)
-        self._event(sandbox_id).set()
+        self.pods.stopped(pod, code)
         self._own(self._after_exit(pod))
 
-    async def _after_exit(self, pod: Pod) -> None:
-        async with self._lock(pod.id):
+    async def _after_exit(self, pod: VmmPod) -> None:
+        async with self.pods.lock(pod.id):
             await self._teardown(pod, self._vms.pop(pod.id, None))
-            if pod.id in self._pods:
-                self._save(pod)
+            if pod.id in self.pods:
+                self.pods.save(pod)
 
     async def stop(self, id: str, timeout_secs: Optional[int]) -> None:
-        async with self._lock(id):
-            await self._stop(self._pod(id))
+        async with self.pods.lock(id):
+            await self._stop(self.pods.get(id))
 
-    async def _stop(self, pod: Pod) -> None:
-        if pod.state is PodState.READY:
-            vm = self._vms.pop(pod.id, None)
-            pod.state, pod.exited_at, pod.exit_status = PodState.STOPPED, _now(), 0
-            await self._teardown(pod, vm)
-            self._save(pod)
+    async def _stop(self, pod: VmmPod) -> None:
+        """Mark the pod stopped first (so the VM's exit during the teardown is not taken for a crash)."""
+        was_ready = pod.state is PodState.READY
+        self.pods.stopped(pod, 0 if was_ready else pod.exit_status)
+        if was_ready:
+            await self._teardown(pod, self._vms.pop(pod.id, None))
+            self.pods.save(pod)
             log.info("sandbox %s stopped", pod.id)
-        elif pod.state is PodState.CREATED:
-            pod.state, pod.exited_at = PodState.STOPPED, _now()
-            self._save(pod)
-        self._event(pod.id).set()
 
     async def wait(self, id: str) -> ExitStatus:
-        pod = self._pod(id)
-        if pod.state is not PodState.STOPPED:
-            await self._event(id).wait()
-            pod = self._pod(id)
-        return ExitStatus(exit_status=pod.exit_status, exited_at=_time(pod.exited_at))
+        return await self.pods.wait(id)
 
     async def status(self, id: str, verbose: bool = False) -> SandboxStatus:
-        return self._status(self._pod(id))
+        return self._status(self.pods.get(id))
 
     async def shutdown(self, id: str) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
             await self._stop(pod)
-            self._remove(pod)
-            self._exited.pop(id, None)
-        self._locks.pop(id, None)
+            self.pods.remove(pod)
         log.info("sandbox %s removed", id)
 
-    def _remove(self, pod: Pod) -> None:
-        self._pods.pop(pod.id, None)
-        self._delete_cgroup(pod)
-        try:
-            self.store.remove(pod.id)
-        except KuasarError as err:
-            log.error("sandbox %s: cannot remove %s: %s", pod.id, self.pod_dir(pod.id), err)
-
     async def update_tasks(self, id: str, diff: TaskDiff) -> None:
-        async with self._lock(id):
-            pod = self._pod(id)
+        async with self.pods.lock(id):
+            pod = self.pods.get(id)
             if diff.added_tasks and pod.state is not PodState.READY:
                 raise FailedPrecondition("sandbox %s is %s: containers can only be added to a ready pod"
                                          % (id, pod.state.value))
@@ -349,34 +287,25 @@ class VmmSandboxer(Sandboxer):
             for task in diff.removed_tasks:
                 bundle.remove(self.pod_dir(id), task.task_id)
             pod.tasks = encode_tasks(diff.new).decode()
-            self._save(pod)
+            self.pods.save(pod)
 
     async def metrics(self, id: str) -> Optional[CgroupStats]:
-        pod = self._pod(id)
-        if not pod.cgroup:
-            return None
-        try:
-            return Cgroup.open(pod.cgroup).stats()
-        except NotFound:
-            return None
+        return self.pods.metrics(id)
 
     # --- recovery ----------------------------------------------------------------------------
     async def recover(self) -> None:
-        ids = self.store.ids()
         sem = asyncio.Semaphore(32)
 
-        async def one(sandbox_id: str) -> None:
+        async def one(sandbox_id: str, pod: Any) -> None:
             async with sem:
-                await self._recover(sandbox_id)
-        await asyncio.gather(*(one(i) for i in ids))
+                await self._recover(sandbox_id, pod)
+        await asyncio.gather(*(one(i, pod) for i, pod in self.pods.load_all()))
 
-    async def _recover(self, sandbox_id: str) -> None:
-        try:
-            pod = Pod.from_json(self.store.load(sandbox_id))
-        except (CorruptState, NotFound, TypeError, ValueError) as err:
-            log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, err)
+    async def _recover(self, sandbox_id: str, pod: Any) -> None:
+        if not isinstance(pod, VmmPod):
+            log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, pod)
             await self.relay.detach(sandbox_id)
-            self._remove(Pod(id=sandbox_id))
+            self.pods.remove(VmmPod(id=sandbox_id))
             return
         if pod.state is PodState.READY:
             net = network.PodNetwork.from_json(pod.network) if pod.network else None
@@ -390,24 +319,21 @@ class VmmSandboxer(Sandboxer):
                 if vm is None:
                     vm = self.factory.attach(self._spec(pod, net), pod.vm)
                 await self._teardown(pod, vm)
-                self._remove(pod)
+                self.pods.remove(pod)
                 return
             self._vms[pod.id] = vm
-            self._pods[pod.id] = pod
-            self._event(pod.id).clear()
+            self.pods.adopt(pod)
             vm.watch(lambda code: self._on_vm_exit(pod.id, code))
             self._forward_events(pod)
         else:
-            self._pods[pod.id] = pod
-            if pod.state is PodState.STOPPED:
-                self._event(pod.id).set()
+            self.pods.adopt(pod)
         log.info("sandbox %s recovered (%s)", pod.id, pod.state.value)
 
     async def sync_clocks(self) -> None:
         """Every :attr:`clock_interval` seconds, sync the clock of every ready guest (one task in all)."""
         while True:
             await asyncio.sleep(self.clock_interval)
-            for pod in list(self._pods.values()):
+            for pod in self.pods:
                 if pod.state is PodState.READY:
                     try:
                         await self.guest(pod.id).sync_clock()
