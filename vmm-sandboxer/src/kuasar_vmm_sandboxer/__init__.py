@@ -4,12 +4,10 @@ Layout: :mod:`.config` (TOML), :mod:`.vm` (VM / VMFactory / Hooks interface), :m
 from device dataclasses), :mod:`.hypervisors.qemu` (the QEMU adapter, QMP), :mod:`.network` (taps +
 tc mirroring), :mod:`.bundle` (container preparation on the share), :mod:`.guest` (the guest agent's
 SandboxService), :mod:`.sandboxer` (the pod lifecycle), :mod:`.relay` (the ``vmm-task-relay`` process).
+Nothing is imported here: the relay process loads only what it uses (no gRPC, no pyroute2).
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from kuasar_shared.sandbox.pods import PodState  # noqa: E402
-from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer  # noqa: E402
-
-__all__ = ["VmmSandboxer", "PodState", "__version__"]
+__all__ = ["__version__"]

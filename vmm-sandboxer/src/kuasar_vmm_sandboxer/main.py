@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from kuasar_shared.config import ConfigError
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
-from kuasar_shared.sandbox import serve_sandbox_api
+from kuasar_shared.sandbox.server import serve_sandbox_api
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 
 from kuasar_vmm_sandboxer import __version__, config

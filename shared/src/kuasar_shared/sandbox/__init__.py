@@ -2,15 +2,15 @@
 
 Layers: :mod:`.api` (interface + plain data) <- :mod:`.tasks` (``extensions.tasks`` contract)
 <- :mod:`.controller` (grpc.aio servicer: validate, convert, delegate) <- :mod:`.server`
-(unix-socket server). Sandboxers import from here and never touch protobuf.
+(unix-socket server). Sandboxers import from here and never touch protobuf. The gRPC server is
+imported from :mod:`.server` by the daemons that serve it, so that processes using only the pod
+bookkeeping (task servers, the vmm relay) do not load gRPC.
 """
 from __future__ import annotations
 
 from kuasar_shared.sandbox.api import (TASK_API_VERSION, CreateSandbox, ExitStatus, ProcessResource,
                                        Sandboxer, SandboxStatus, TaskDiff, TaskResource, TaskResources)
-from kuasar_shared.sandbox.server import SandboxApiServer, serve_sandbox_api
 from kuasar_shared.sandbox.tasks import diff, encode_tasks, parse_tasks
 
 __all__ = ["Sandboxer", "CreateSandbox", "SandboxStatus", "ExitStatus", "ProcessResource", "TaskResource",
-           "TaskResources", "TaskDiff", "TASK_API_VERSION", "parse_tasks", "encode_tasks", "diff",
-           "serve_sandbox_api", "SandboxApiServer"]
+           "TaskResources", "TaskDiff", "TASK_API_VERSION", "parse_tasks", "encode_tasks", "diff"]
