@@ -201,14 +201,16 @@ def guest_image() -> str:
 class Sandboxer:
     """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
 
-    def __init__(self, image_dir: str, machine_type: str = "") -> None:
+    def __init__(self, image_dir: str, **settings: str) -> None:
+        """``settings``: config keys to set, as TOML values (``machine_type='"microvm"'``)."""
         self.work = tempfile.mkdtemp(prefix="kve2e", dir="/tmp")
         self.dir, self.listen = os.path.join(self.work, "d"), os.path.join(self.work, "vmm.sock")
         self.config = os.path.join(self.work, "config_qemu.toml")
         with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
             text = f.read().replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
-        if machine_type:
-            text = re.sub(r'(?m)^machine_type = ".*"$', f'machine_type = "{machine_type}"', text)
+        for key, value in settings.items():
+            text, found = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+            assert found == 1, f"config_qemu.toml has no {key} line"
         with open(self.config, "w") as f:
             f.write(text)
         self.log = os.path.join(self.work, "sandboxer.log")

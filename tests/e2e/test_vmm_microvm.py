@@ -13,7 +13,7 @@ from support import Ctl, Sandboxer, assert_nothing_left, wait_for
 
 @pytest.fixture(scope="module")
 def microvm(guest_image):
-    sandboxer = Sandboxer(guest_image, machine_type="microvm")
+    sandboxer = Sandboxer(guest_image, machine_type='"microvm"')
     sandboxer.start()
     yield sandboxer
     sandboxer.stop()
