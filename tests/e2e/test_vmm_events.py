@@ -5,7 +5,9 @@ points at a ttrpc server of ours standing in for containerd's Events service (th
 the whole chain: guest runc applies the cgroup v1 memory limit, vmm-task's OOM watch, GetEvents through
 the relay, the sandboxer's forwarder). The container runs a memory hog under a 32 MiB limit, exits 137,
 and containerd gets ``Events/Forward`` with topic /tasks/oom, namespace k8s.io and the container's id.
-After a sandboxer restart the re-adopted pod's events still arrive. The tests run in file order."""
+After a sandboxer restart the re-adopted pod's events still arrive, and an event the sandboxer had
+received but not yet forwarded when it restarted is forwarded by the next one. The tests run in file
+order."""
 from __future__ import annotations
 
 import asyncio
@@ -145,3 +147,27 @@ def test_events_of_a_readopted_pod_still_arrive(env):
     assert env["containerd"].next_oom(timeout=20) == ("/tasks/oom", "k8s.io", ctr)
     with open(sandboxer.log) as f:
         assert "forwarded /tasks/oom to containerd" in f.read()
+
+
+def test_an_oom_handed_out_before_a_sandboxer_restart_still_reaches_containerd(env):
+    """containerd is away when the OOM happens and the sandboxer restarts before it is back: the guest
+    kept the event (not acknowledged) and hands it to the restarted sandboxer, which forwards it."""
+    sandboxer, ctl = env["sandboxer"], env["ctl"]
+    env["containerd"].stop()
+    with open(sandboxer.log) as f:
+        seen = f.read().count("guest event /tasks/oom")
+    ctr = env["container"]("hog3", HOG)
+
+    def handed_out() -> bool:
+        with open(sandboxer.log) as f:
+            return f.read().count("guest event /tasks/oom") > seen
+    wait_for(handed_out, 60)  # received by the sandboxer, now retrying against the missing containerd
+    sandboxer.stop()
+    containerd = FakeContainerd(env["containerd"].path)
+    env["containerd"] = containerd
+    containerd.start()
+    sandboxer.start()
+    assert containerd.next_oom(timeout=30) == ("/tasks/oom", "k8s.io", ctr)
+    assert _exit_code(ctl, ctr) == 137
+    with pytest.raises(queue.Empty):
+        containerd.next_oom(timeout=1)

@@ -131,22 +131,66 @@ async def test_event_dropped_after_bounded_retries_then_polling_goes_on(env, cap
     assert await containerd.next_oom() == "later"
 
 
-async def test_full_queue_drops_the_oldest(env, caplog):
+async def test_events_wait_in_the_guest_while_containerd_is_away(env):
+    """A poller asks for the next envelope only once the last one was forwarded: one pod's events
+    stay in the guest meanwhile, none is dropped on the host, and all arrive in order."""
     guest, containerd, forwarder = env
-    forwarder = EventForwarder(containerd.path, queue_size=2, retry_for=30.0, poll_backoff=(0.02, 0.1))
+    forwarder = EventForwarder(containerd.path, queue_size=1, retry_for=30.0, poll_backoff=(0.02, 0.1))
     try:
         forwarder.start("pod1", GuestClient(guest.path, "pod1"))
-        with caplog.at_level(logging.WARNING, logger="kuasar_vmm_sandboxer.events"):
-            for cid in ("a", "b", "c", "d"):
-                guest.oom(cid)
-            await _until(lambda: forwarder.dropped == 1)
-        assert "event queue full (2): dropped /tasks/oom of sandbox pod1" in caplog.text
+        for cid in ("a", "b", "c", "d"):
+            guest.oom(cid)
+        await _until(lambda: guest.events.unacknowledged == 1)
+        await asyncio.sleep(0.3)
+        assert guest.events.unacknowledged == 1 and forwarder.dropped == 0
         await containerd.start()
-        got = [await containerd.next_oom() for _ in range(3)]
-        assert got[0] == "a" and got[1:] == ["c", "d"]
-        await _until(lambda: forwarder.forwarded == 3)
+        assert [await containerd.next_oom() for _ in range(4)] == ["a", "b", "c", "d"]
+        await _until(lambda: forwarder.forwarded == 4)
     finally:
         await forwarder.close()
+
+
+async def test_full_queue_drops_the_oldest_pod_event(env, short_tmp, caplog):
+    """More pods with an event waiting than the queue holds: the oldest queued one is dropped (logged)."""
+    guest, containerd, forwarder = env
+    guests = [guest] + [Guest(os.path.join(short_tmp, f"task{n}.sock")) for n in (2, 3)]
+    for other in guests[1:]:
+        await other.start()
+    forwarder = EventForwarder(containerd.path, queue_size=1, retry_for=30.0, poll_backoff=(0.02, 0.1))
+    try:
+        with caplog.at_level(logging.WARNING, logger="kuasar_vmm_sandboxer.events"):
+            for n, pod_guest in enumerate(guests, 1):
+                forwarder.start(f"pod{n}", GuestClient(pod_guest.path, f"pod{n}"))
+                pod_guest.oom(f"c{n}")
+                await _until(lambda g=pod_guest: g.events.unacknowledged == 1)  # pod1's is the sender's
+            await _until(lambda: forwarder.dropped == 1)
+        assert "event queue full (1): dropped /tasks/oom of sandbox pod2" in caplog.text
+        await containerd.start()
+        assert {await containerd.next_oom(), await containerd.next_oom()} == {"c1", "c3"}
+        await _until(lambda: forwarder.forwarded == 2)
+    finally:
+        await forwarder.close()
+        for other in guests[1:]:
+            await other.stop()
+
+
+async def test_an_event_not_forwarded_before_a_restart_is_forwarded_after_it(env):
+    """The sandboxer stops after the guest handed an OOM out and before containerd took it: the guest
+    gets the connection's close, queues the envelope again, and the next sandboxer forwards it."""
+    guest, containerd, forwarder = env
+    forwarder.start("pod1", GuestClient(guest.path, "pod1"))
+    guest.oom("c1")
+    await _until(lambda: guest.events.unacknowledged == 1)
+    await forwarder.close()
+    await _until(lambda: guest.events.unacknowledged == 0)
+    await containerd.start()
+    after = EventForwarder(containerd.path, retry_for=5.0, poll_backoff=(0.02, 0.1))
+    try:
+        after.start("pod1", GuestClient(guest.path, "pod1"))
+        assert await containerd.next_oom() == "c1"
+        await _until(lambda: after.forwarded == 1)
+    finally:
+        await after.close()
 
 
 async def test_refused_event_is_dropped_without_retry(env, caplog):

@@ -6,11 +6,11 @@ import pytest
 from google.protobuf import empty_pb2
 
 from kuasar_shared import errors
-from kuasar_shared.testing.mux import mux_client
+from kuasar_shared.testing.mux import mux_client, mux_host
 from kuasar_shared.api.containerd.events import task_pb2
 from kuasar_shared.api.containerd.services.events.ttrpc.v1 import events_pb2
 from kuasar_shared.api.kuasar import sandbox_pb2
-from kuasar_shared.ttrpc import Server
+from kuasar_shared.ttrpc import Client, Server
 from kuasar_vmm_task.events import OOM_TOPIC, EventQueue
 from kuasar_vmm_task.sandbox import SERVICE, SandboxService
 
@@ -117,3 +117,41 @@ async def test_event_queue_drops_oldest():
         got.append(oom.container_id)
     assert got == ["b", "c"]
     assert q.watch_oom("c", "/no/such/cgroup") is False
+
+
+async def test_events_are_delivered_at_least_once():
+    """An envelope stays pending on the host connection it was handed to until that connection asks
+    again; when the connection closes first, the next connection gets it (a sandboxer restarting
+    between the guest and containerd loses no OOM)."""
+    events = EventQueue()
+    server = Server([SandboxService(events, FakeNamespaces()).service()])
+
+    async def get(client):
+        oom = task_pb2.TaskOOM()
+        (await call(client, "GetEvents", empty_pb2.Empty(), events_pb2.Envelope)).event.Unpack(oom)
+        return oom.container_id
+
+    async def closed(client):
+        await client.close()
+        for _ in range(200):  # the guest sees the channel close a moment later
+            if not events.unacknowledged:
+                return
+            await asyncio.sleep(0.01)
+
+    async with mux_host(server) as host:
+        for cid in ("a", "b"):
+            events.publish(OOM_TOPIC, task_pb2.TaskOOM(container_id=cid))
+        first = Client(*(await host.open()))
+        assert await get(first) == "a"
+        await closed(first)  # "a" was never acknowledged
+        second = Client(*(await host.open()))
+        assert await get(second) == "a"
+        assert await get(second) == "b"  # this call acknowledged "a"
+        await closed(second)
+        third = Client(*(await host.open()))
+        assert await get(third) == "b"
+        waiting = asyncio.ensure_future(get(third))  # acknowledges "b", then waits
+        await asyncio.sleep(0.1)
+        events.publish(OOM_TOPIC, task_pb2.TaskOOM(container_id="c"))
+        assert await waiting == "c"
+        await third.close()

@@ -212,3 +212,38 @@ async def test_hybrid_vsock_handshake(tmp_path):
         assert (await c.call(SVC, "State", shim_pb2.StateRequest(id="v"), shim_pb2.StateResponse)).pid == 42
     listener.close()
     await srv.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_calls_know_their_connection_and_its_close(tmp_path):
+    """Handlers see one Connection per client connection; its close callbacks run when the client
+    goes away (and at once for a connection already closed)."""
+    seen, closed = [], []
+    svc = Service(SVC)
+
+    async def state(ctx, req):
+        if ctx.connection not in seen:
+            seen.append(ctx.connection)
+            ctx.connection.on_close(lambda: closed.append(req.id))
+        return shim_pb2.StateResponse(id=req.id)
+
+    svc.unary("State", shim_pb2.StateRequest, state)
+    srv = Server([svc])
+    path = str(tmp_path / "c.sock")
+    await srv.listen_unix(path)
+    try:
+        for name in ("a", "b"):
+            async with await Client.connect(f"ttrpc+unix://{path}") as c:
+                for _ in range(2):
+                    await c.call(SVC, "State", shim_pb2.StateRequest(id=name), shim_pb2.StateResponse)
+                assert closed == (["a"] if name == "b" else [])
+            for _ in range(100):
+                if name in closed:
+                    break
+                await asyncio.sleep(0.01)
+        assert len(seen) == 2 and seen[0] is not seen[1] and closed == ["a", "b"]
+        late = []
+        seen[0].on_close(lambda: late.append(1))
+        assert late == [1] and seen[0].closed
+    finally:
+        await srv.shutdown()

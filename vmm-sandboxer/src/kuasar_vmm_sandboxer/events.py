@@ -5,9 +5,12 @@ containerd's ttrpc events service, which is how the CRI plugin learns that a con
 (its status reason "OOMKilled"). Here one poller task per ready pod long-polls
 ``grpc.SandboxService/GetEvents`` through the relay (:meth:`GuestClient.events`) and puts each envelope
 in one bounded queue; one sender forwards them on a single connection to
-``containerd.services.events.ttrpc.v1.Events/Forward``, reconnecting as needed. Containerd may be away
-for a while (restarting): an envelope is retried with backoff for :attr:`EventForwarder.retry_for`
-seconds and then dropped, and while the queue is full the oldest envelope is dropped; both are logged.
+``containerd.services.events.ttrpc.v1.Events/Forward``, reconnecting as needed. A poller asks the guest
+again only once its envelope was forwarded (or dropped): the guest keeps an envelope until then and
+hands it out again when the connection closes first (a sandboxer restart), so none is lost in between.
+Containerd may be away for a while (restarting): an envelope is retried with backoff for
+:attr:`EventForwarder.retry_for` seconds and then dropped, and while the queue is full (more pods with an
+event waiting than it holds) the oldest envelope is dropped; both are logged.
 An unreachable containerd is warned about once per outage. Pollers retry a lost guest connection with
 backoff until the pod stops (:meth:`EventForwarder.stop`).
 """
@@ -44,6 +47,11 @@ async def _end(task: "asyncio.Task[None]") -> None:
         await asyncio.wait([task], timeout=0.5)
 
 
+def _settle(done: "asyncio.Future[None]") -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 class EventForwarder:
     """Pollers for the ready pods and the sender to containerd at ``address`` (a unix socket path).
 
@@ -58,7 +66,7 @@ class EventForwarder:
         self.poll_backoff = poll_backoff
         self.forwarded = 0
         self.dropped = 0
-        self._queue: "Optional[asyncio.Queue[Tuple[str, events_pb2.Envelope]]]" = None
+        self._queue: "Optional[asyncio.Queue[Tuple[str, events_pb2.Envelope, asyncio.Future[None]]]]" = None
         self._queue_size = queue_size
         self._pollers: Dict[str, "asyncio.Task[None]"] = {}
         self._sender: "Optional[asyncio.Task[None]]" = None
@@ -113,7 +121,7 @@ class EventForwarder:
             try:
                 async for env in events:
                     delay, warned = low, False
-                    self._enqueue(sandbox_id, env)
+                    await self._enqueue(sandbox_id, env)  # the next GetEvents acknowledges it
             except Unimplemented as err:
                 log.warning("sandbox %s: the guest agent has no GetEvents (%s); its events are not forwarded",
                             sandbox_id, err)
@@ -127,21 +135,28 @@ class EventForwarder:
             await asyncio.sleep(delay)
             delay = min(delay * 2, high)
 
-    def _enqueue(self, sandbox_id: str, env: events_pb2.Envelope) -> None:
+    async def _enqueue(self, sandbox_id: str, env: events_pb2.Envelope) -> None:
+        """Queue ``env`` for the sender; return once it was forwarded or dropped."""
         assert self._queue is not None
         log.info("sandbox %s: guest event %s", sandbox_id, env.topic)
         if self._queue.full():
-            old_id, old = self._queue.get_nowait()
+            old_id, old, settled = self._queue.get_nowait()
             self.dropped += 1
             log.warning("event queue full (%d): dropped %s of sandbox %s", self._queue.maxsize, old.topic, old_id)
-        self._queue.put_nowait((sandbox_id, env))
+            _settle(settled)
+        done: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((sandbox_id, env, done))
+        await done
 
     # --- sender --------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
         assert self._queue is not None
         while True:
-            sandbox_id, env = await self._queue.get()
-            await self._deliver(sandbox_id, env)
+            sandbox_id, env, done = await self._queue.get()
+            try:
+                await self._deliver(sandbox_id, env)
+            finally:
+                _settle(done)
 
     async def _connect(self) -> Client:
         if self._client is None or self._client.closed:

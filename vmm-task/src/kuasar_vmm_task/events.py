@@ -3,18 +3,25 @@
 Each container's memory cgroup (v1) gets an eventfd registered through ``cgroup.event_control`` on
 ``memory.oom_control``; each OOM puts one containerd Envelope in a bounded queue (the oldest is
 dropped when the host does not poll).
+
+Delivery is at least once: an envelope handed to a host connection stays pending until that
+connection calls GetEvents again (the host asks again only once it has passed the envelope on), and
+goes back to the head of the queue when the connection closes first: a sandboxer restarting between
+the hand-out and containerd gets it again through its new connection.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from typing import Dict, Tuple
+from collections import deque
+from typing import Deque, Dict, Optional, Tuple
 
 from google.protobuf import any_pb2
 
 from kuasar_shared.api.containerd.events import task_pb2
 from kuasar_shared.api.containerd.services.events.ttrpc.v1 import events_pb2
+from kuasar_shared.ttrpc import Connection
 
 __all__ = ["EventQueue", "OOM_TOPIC", "NAMESPACE"]
 
@@ -28,9 +35,18 @@ class EventQueue:
     """Envelopes waiting for GetEvents, plus the OOM watches that produce them."""
 
     def __init__(self, maxsize: int = 1024, cgroup_root: str = "/sys/fs/cgroup/memory") -> None:
-        self._queue: "asyncio.Queue[events_pb2.Envelope]" = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
+        self._queue: Deque[events_pb2.Envelope] = deque()
+        self._arrived = asyncio.Event()
+        #: the envelope each host connection was given and has not acknowledged yet
+        self._pending: Dict[Connection, events_pb2.Envelope] = {}
         self._watches: Dict[str, Tuple[int, int, str]] = {}
         self.cgroup_root = cgroup_root
+
+    @property
+    def unacknowledged(self) -> int:
+        """How many envelopes were handed out and not acknowledged yet."""
+        return len(self._pending)
 
     def publish(self, topic: str, event: object) -> None:
         env = events_pb2.Envelope(namespace=NAMESPACE, topic=topic)
@@ -38,13 +54,33 @@ class EventQueue:
         packed = any_pb2.Any()
         packed.Pack(event)  # type: ignore[arg-type]
         env.event.CopyFrom(packed)
-        if self._queue.full():
-            dropped = self._queue.get_nowait()
+        if len(self._queue) >= self.maxsize:
+            dropped = self._queue.popleft()
             log.warning("event queue full: dropped %s", dropped.topic)
-        self._queue.put_nowait(env)
+        self._queue.append(env)
+        self._arrived.set()
 
-    async def next(self) -> "events_pb2.Envelope":
-        return await self._queue.get()
+    async def next(self, connection: Optional[Connection] = None) -> "events_pb2.Envelope":
+        """The oldest envelope, waiting for one. ``connection``'s call acknowledges what it was given
+        before; the envelope returned now is pending on it until its next call or its close."""
+        if connection is not None:
+            self._pending.pop(connection, None)
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        env = self._queue.popleft()
+        if connection is not None:
+            if connection not in self._pending:
+                connection.on_close(lambda: self._return(connection))
+            self._pending[connection] = env
+        return env
+
+    def _return(self, connection: Connection) -> None:
+        env = self._pending.pop(connection, None)
+        if env is not None:
+            log.info("host connection closed before acknowledging %s: queued again", env.topic)
+            self._queue.appendleft(env)
+            self._arrived.set()
 
     def watch_oom(self, container_id: str, cgroups_path: str) -> bool:
         """Report OOMs in ``<cgroup_root>/<cgroups_path>``; False when that is impossible here."""

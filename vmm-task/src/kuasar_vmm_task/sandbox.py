@@ -121,4 +121,4 @@ class SandboxService:
         return sandbox_pb2.SyncClockPacket()
 
     async def get_events(self, ctx: CallContext, req: empty_pb2.Empty) -> events_pb2.Envelope:
-        return await self.events.next()
+        return await self.events.next(ctx.connection)

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError, Message
 from kuasar_shared.api.ttrpc import request_pb2
 from kuasar_shared.errors import Code, KuasarError, code_of
 from kuasar_shared.ttrpc import framing
-from kuasar_shared.ttrpc.service import CallContext, Method, Service, ServerStream
+from kuasar_shared.ttrpc.service import CallContext, Connection, Method, Service, ServerStream
 from kuasar_shared.ttrpc.transport import start_unix_server
 
 __all__ = ["Server"]
@@ -32,6 +32,7 @@ class _Connection:
         self.calls: Dict[int, asyncio.Task[None]] = {}
         self.streams: Dict[int, ServerStream] = {}
         self.closed = False
+        self.handle = Connection()
 
     async def write(self, stream_id: int, type_: int, flags: int, data: bytes) -> None:
         frame = framing.encode(stream_id, type_, flags, data)
@@ -134,7 +135,8 @@ class _Connection:
             metadata.setdefault(kv.key, []).append(kv.value)
         loop = asyncio.get_running_loop()
         timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else None
-        ctx = CallContext(req.service, req.method, metadata, loop.time() + timeout if timeout else None)
+        ctx = CallContext(req.service, req.method, metadata, loop.time() + timeout if timeout else None,
+                          self.handle)
         try:
             if stream is not None:
                 result: Optional[Message] = await asyncio.wait_for(method.handler(ctx, stream), timeout)
@@ -173,6 +175,7 @@ class _Connection:
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
             pass
+        self.handle._closed()
 
 
 class Server:

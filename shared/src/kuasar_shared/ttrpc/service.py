@@ -2,12 +2,40 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from google.protobuf.message import Message
 
-__all__ = ["CallContext", "ServerStream", "Method", "Service", "UnaryHandler", "StreamHandler"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["CallContext", "Connection", "ServerStream", "Method", "Service", "UnaryHandler", "StreamHandler"]
+
+
+class Connection:
+    """The client connection a call arrived on: an identity to key per-client state by, and
+    callbacks run once when it closes (also when the server shuts down)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._on_close: List[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the connection closes (at once when it has closed already)."""
+        if self.closed:
+            callback()
+        else:
+            self._on_close.append(callback)
+
+    def _closed(self) -> None:
+        self.closed = True
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one broken callback must not keep the others from running
+                _log.exception("ttrpc connection close callback failed")
 
 
 @dataclass
@@ -19,6 +47,8 @@ class CallContext:
     metadata: Dict[str, List[str]] = field(default_factory=dict)
     #: loop time at which the caller gives up, from Request.timeout_nano; None = no deadline
     deadline: Optional[float] = None
+    #: the connection of the call (None when a handler is called directly)
+    connection: Optional[Connection] = None
 
     def get(self, key: str, default: str = "") -> str:
         values = self.metadata.get(key)
