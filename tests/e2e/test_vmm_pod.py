@@ -1,7 +1,8 @@
 """End to end through kuasar-ctl and a real vmm-sandboxer + vmm-task-relay + QEMU (TCG) guest whose
 PID 1 is vmm-task: one VM for the whole module (a boot costs ~10 s here). The pod becomes Ready,
 containers run with runc inside the guest and log through streaming and FIFO stdio, exec and
-vm-exec pass exit codes through, a sandboxer restart re-attaches to the running VM, a container
+vm-exec pass exit codes through, a sandboxer restart re-attaches to the running VM, a killed relay is
+replaced and re-attaches too, a container
 announced through ``extensions.tasks`` (as iSulad does) is prepared by the sandboxer ahead of its task
 Create and purged on removal, and stop/rm/stopp/rmp leave no QEMU, tap, mount, socket or state
 directory behind; a second pod whose QEMU is killed with SIGKILL turns NotReady and is removed
@@ -16,7 +17,7 @@ import time
 import uuid
 
 import pytest
-from support import QEMU, Ctl, Sandboxer, assert_nothing_left, running, wait_for
+from support import QEMU, Ctl, Sandboxer, assert_nothing_left, pids_with, running, wait_for
 
 from kuasar_shared.ctl.clients import SandboxClient
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument
@@ -120,6 +121,23 @@ def test_sandboxer_restart_reattaches_to_the_running_vm(vmm, pod):
     result = ctl("exec", pod["containers"]["streaming"], "--", "sh", "-c", "echo still here; exit 5", check=False)
     assert (result.returncode, result.stdout) == (5, b"still here\n")
 
+
+
+def test_killed_relay_is_restarted_and_the_pod_goes_on(vmm, pod):
+    """vmm-task-relay carries every task call of every vmm pod: the sandboxer starts a new one when it
+    dies, which re-attaches to the running guest; the containers were never touched."""
+    ctl = pod["ctl"]()
+    relays = [p for p in pids_with("vmm-task-relay") if p in pids_with(vmm.dir)]
+    assert len(relays) == 1
+    os.kill(relays[0], signal.SIGKILL)
+    wait_for(lambda: [p for p in pids_with("vmm-task-relay") if p in pids_with(vmm.dir) and p != relays[0]], 20)
+    def exec_answers():
+        result = ctl("exec", pod["containers"]["fifo"], "--", "sh", "-c", "echo relay back; exit 4", check=False)
+        return result if result.returncode == 4 else None
+    result = wait_for(exec_answers, 30, interval=0.5)
+    assert result.stdout == b"relay back\n"
+    state = json.loads(ctl.out("inspect", pod["containers"]["streaming"]))["status"]["state"]
+    assert state == "CONTAINER_RUNNING"
 
 def _announced(vmm, pod_id: str) -> list[str]:
     """The container ids of the pod's stored ``extensions.tasks`` list."""
