@@ -73,13 +73,16 @@ def test_pod_is_ready_on_a_qemu_vm(vmm, pod):
 def test_container_runs_in_the_guest_and_logs(pod, io):
     ctl = pod["ctl"](io)
     ctr = ctl.out("create", pod["id"], pod["container"](
-        io, f"echo {io} from $(hostname) on $(uname -r); echo {io}-err >&2; sleep 3600"), pod["pod_config"])
+        io, f"echo {io} from $(hostname) on $(uname -r); echo {io}-err >&2; "
+            "for i in 1 2 3; do sleep 0.3; echo tick $i; done; sleep 3600"), pod["pod_config"])
     assert ctl.out("start", ctr) == ctr
     pod["containers"][io] = ctr
     logs = wait_for(lambda: (lambda r: r if f"{io} from" in r.stdout.decode() else None)(ctl("logs", ctr)), 30)
     hostname = json.loads(ctl.out("inspectp", pod["id"]))["status"]["metadata"]["name"]
     assert logs.stdout.decode().startswith(f"{io} from {hostname} on ")
     assert logs.stderr.decode() == f"{io}-err\n"
+    # output keeps coming after the first line (FIFO: through the relay's bridge)
+    wait_for(lambda: ctl("logs", ctr).stdout.decode().endswith("tick 1\ntick 2\ntick 3\n"), 30)
     assert logs.stdout.decode().split(" on ")[1].strip() != os.uname().release  # the guest's kernel
     assert ctl.out("exec", ctr, "--", "hostname") == hostname
 

@@ -33,6 +33,10 @@ class FakeGuest:
         task.unary("Delete", shim_pb2.DeleteRequest, self.delete)
         self.server = Server([task, self.hub.service()])
         self.muxes: list = []
+        #: what the container "prints" on stdout after Create, one chunk per ``output_interval`` seconds
+        self.output = [b"hello from the guest\n"]
+        self.output_interval = 0.0
+        self._writers: list = []
 
     async def start(self) -> None:
         self.listener = await asyncio.start_unix_server(self.accept, self.path)
@@ -46,10 +50,14 @@ class FakeGuest:
         self.requests.append(req)
         sid = stream_id_of(req.stdout)
         if sid:
-            ep = self.hub.endpoint(sid)
-            await ep.put(b"hello from the guest\n")
-            await ep.put(None)
+            self._writers.append(asyncio.ensure_future(self._print(self.hub.endpoint(sid))))
         return shim_pb2.CreateTaskResponse(pid=42)
+
+    async def _print(self, ep) -> None:
+        for chunk in self.output:
+            await ep.put(chunk)
+            await asyncio.sleep(self.output_interval)
+        await ep.put(None)
 
     async def exec(self, ctx, req):
         self.requests.append(req)
@@ -59,6 +67,8 @@ class FakeGuest:
         return shim_pb2.DeleteResponse(pid=42)
 
     async def close(self) -> None:
+        for writer in self._writers:
+            writer.cancel()
         self.listener.close()
         for mux in self.muxes:
             await mux.close()
@@ -126,6 +136,35 @@ async def test_create_prepares_bridges_and_delete_cleans(relay_env):
                 break
             await asyncio.sleep(0.02)
         assert not os.path.exists(prepared)
+    finally:
+        os.close(reader_fd)
+        await engine.close()
+
+
+async def test_fifo_bridge_keeps_copying_while_the_reader_lags(relay_env):
+    """Output keeps flowing into the FIFO chunk after chunk, also while earlier chunks are still unread
+    (an asyncio write-pipe transport on the O_RDWR FIFO stopped after the first)."""
+    env = relay_env
+    env["guest"].output = [b"line %d\n" % n for n in range(5)]
+    env["guest"].output_interval = 0.1
+    fifo = os.path.join(env["dir"], "stdout")
+    os.mkfifo(fifo)
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    try:
+        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
+        await engine.call(TASK, "Create", req, shim_pb2.CreateTaskResponse, timeout=10)
+        await asyncio.sleep(0.35)  # a few chunks wait in the FIFO before anything reads them
+        out = b""
+        for _ in range(200):
+            try:
+                out += os.read(reader_fd, 100)
+            except BlockingIOError:
+                pass
+            if out.count(b"\n") == 5:
+                break
+            await asyncio.sleep(0.02)
+        assert out == b"".join(env["guest"].output)
     finally:
         os.close(reader_fd)
         await engine.close()

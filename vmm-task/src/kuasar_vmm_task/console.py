@@ -33,6 +33,7 @@ from kuasar_shared import process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
 from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.fdio import readable, write_all
 from kuasar_shared.ttrpc import CallContext, Service, ServerStream
 
 __all__ = ["SERVICE", "DebugConsole", "pack", "set_window_size"]
@@ -59,38 +60,14 @@ def set_window_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-async def _readable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-async def _writable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
-
-
 async def _write(fd: int, data: bytes) -> bool:
     """Write all of ``data`` to the non-blocking ``fd``; False when the terminal is gone (EIO)."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            await _writable(fd)
-        except OSError as err:
-            if err.errno == errno.EIO:
-                return False
-            raise
+    try:
+        await write_all(fd, data)
+    except OSError as err:
+        if err.errno == errno.EIO:
+            return False
+        raise
     return True
 
 
@@ -152,7 +129,7 @@ class DebugConsole:
     @staticmethod
     async def _output(master: int, stream: ServerStream) -> None:
         while True:
-            await _readable(master)
+            await readable(master)
             try:
                 data = os.read(master, _CHUNK)
             except BlockingIOError:

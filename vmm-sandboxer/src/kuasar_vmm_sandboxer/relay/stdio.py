@@ -17,6 +17,7 @@ from google.protobuf import any_pb2
 from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
 from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
 from kuasar_shared.errors import InvalidArgument, KuasarError
+from kuasar_shared.fdio import write_all
 from kuasar_shared.ttrpc import Client
 
 __all__ = ["StdioBridge", "guest_url", "STREAMING_SERVICE"]
@@ -94,8 +95,8 @@ class StdioBridge:
                 await client.close()
 
     async def _to_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", 0))
+        """Guest output into the FIFO. Not through an asyncio write-pipe transport: on this ``O_RDWR``
+        FIFO it would take the data it wrote itself, unread yet, for the reader's close and stop."""
         try:
             while True:
                 raw = await stream.recv()
@@ -103,11 +104,9 @@ class StdioBridge:
                     break
                 msg = any_pb2.Any.FromString(raw)
                 if msg.type_url.endswith(transfer_pb2.Data.DESCRIPTOR.full_name):
-                    transport.write(transfer_pb2.Data.FromString(msg.value).data)
-                    while transport.get_write_buffer_size() > 4 * _CHUNK:
-                        await asyncio.sleep(0.01)
+                    await write_all(fd, transfer_pb2.Data.FromString(msg.value).data)
         finally:
-            transport.close()
+            os.close(fd)
 
     async def _from_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
