@@ -10,6 +10,7 @@ cleanly. The tests run in file order."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import os
 import signal
@@ -128,8 +129,21 @@ def test_sandboxer_restart_reattaches_to_the_running_vm(vmm, pod):
 
 def test_killed_relay_is_restarted_and_the_pod_goes_on(vmm, pod):
     """vmm-task-relay carries every task call of every vmm pod: the sandboxer starts a new one when it
-    dies, which re-attaches to the running guest; the containers were never touched."""
+    dies, which re-attaches to the running guest and resumes copying FIFO output; the containers were
+    never touched. The engine's side of the FIFO must stay open for that (the test holds it open, as
+    an engine that keeps its FIFOs would): kuasar-ctl's log writer alone stops at the EOF the dying
+    relay causes."""
     ctl = pod["ctl"]()
+    fifo = pod["ctl"]("fifo")
+    ticker = fifo.out("create", pod["id"], pod["container"]("ticker", "i=0; while :; do i=$((i+1)); echo tick $i; "
+                                                                       "sleep 0.2; done"), pod["pod_config"])
+    [stdout] = glob.glob(os.path.join(pod["root"], "**", f"{ticker}-stdout"), recursive=True)
+    holder = os.open(stdout, os.O_RDWR | os.O_NONBLOCK)
+    fifo("start", ticker)
+
+    def ticks() -> int:
+        return len(fifo("logs", ticker).stdout.splitlines())
+    wait_for(lambda: ticks() >= 3, 30)
     relays = [p for p in pids_with("vmm-task-relay") if p in pids_with(vmm.dir)]
     assert len(relays) == 1
     os.kill(relays[0], signal.SIGKILL)
@@ -141,6 +155,12 @@ def test_killed_relay_is_restarted_and_the_pod_goes_on(vmm, pod):
     assert result.stdout == b"relay back\n"
     state = json.loads(ctl.out("inspect", pod["containers"]["streaming"]))["status"]["state"]
     assert state == "CONTAINER_RUNNING"
+    after = ticks()
+    wait_for(lambda: ticks() >= after + 5, 30)  # output keeps arriving through the new relay
+    numbers = [int(line.split()[1]) for line in fifo("logs", ticker).stdout.decode().splitlines()]
+    assert numbers == sorted(set(numbers))  # in order (a line in flight when the relay died may be lost)
+    fifo("rm", ticker)
+    os.close(holder)
 
 def _announced(vmm, pod_id: str) -> list[str]:
     """The container ids of the pod's stored ``extensions.tasks`` list."""

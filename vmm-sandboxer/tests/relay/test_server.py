@@ -232,3 +232,53 @@ async def test_recover_reattaches_recorded_pods(relay_env):
         await engine.close()
     finally:
         await again.close()
+
+
+async def test_recovered_relay_resumes_fifo_output_of_running_containers(relay_env):
+    """The relay goes away while a container keeps printing: the next relay re-opens the recorded
+    bridge and the FIFO gets the rest of the output (what the guest buffered meanwhile included)."""
+    env = relay_env
+    env["guest"].output = [b"line %d\n" % n for n in range(12)]
+    env["guest"].output_interval = 0.05
+    fifo = os.path.join(env["dir"], "stdout")
+    os.mkfifo(fifo)
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    pods = os.path.dirname(env["pod_dir"])
+    engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    out = b""
+
+    async def read_until(lines: int) -> None:
+        nonlocal out
+        for _ in range(300):
+            try:
+                out += os.read(reader_fd, 1000)
+            except BlockingIOError:
+                pass
+            if out.count(b"\n") >= lines:
+                return
+            await asyncio.sleep(0.02)
+    try:
+        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
+        await engine.call(TASK, "Create", req, shim_pb2.CreateTaskResponse, timeout=10)
+        await read_until(2)
+        await engine.close()
+        await env["relay"].close()  # the record keeps the running bridge
+        with open(os.path.join(pods, ".tasks", "p1.json")) as f:
+            assert json.load(f)["bridges"] == [{"cid": "c1", "exec_id": "", "which": "stdout", "path": fifo}]
+        again = Relay(pods, os.path.join(pods, ".tasks"))
+        await again.recover()
+        try:
+            await read_until(12)
+            assert out == b"".join(env["guest"].output)
+            for _ in range(100):  # the output ended: its bridge is no longer recorded
+                with open(os.path.join(pods, ".tasks", "p1.json")) as f:
+                    if json.load(f)["bridges"] == []:
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("finished bridge still recorded")
+        finally:
+            await again.close()
+    finally:
+        os.close(reader_fd)
+

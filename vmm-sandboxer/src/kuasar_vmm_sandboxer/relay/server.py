@@ -2,7 +2,8 @@
 
 A PodLink owns the VM channel (the mux over ``<pod dir>/agent.sock``), the pod's task socket
 ``<pod dir>/task.sock`` and the tasks serving it (engine connections, stdio bridges). Attached pods are
-recorded in ``<state dir>/<id>.json`` so a restarted relay re-attaches them. The control socket
+recorded in ``<state dir>/<id>.json`` with their running FIFO bridges, so a relay restarted after a
+crash re-attaches them and resumes copying the output of containers that kept running. The control socket
 (``--listen``, what :class:`kuasar_shared.sandbox.taskserver.TaskServer` pings) serves
 ``kuasar.vmm.relay.v1.Relay/Attach|Detach`` (``google.protobuf.Struct`` ``{"id": ...}``) and
 ``containerd.task.v3.Task/Connect`` (liveness) and ``/Shutdown`` (detach a pod).
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from google.protobuf import empty_pb2, struct_pb2
 
@@ -42,9 +43,12 @@ class PodLink:
 
     connect_timeout = 5.0
 
-    def __init__(self, sandbox_id: str, pod_dir: str) -> None:
+    def __init__(self, sandbox_id: str, pod_dir: str, record: str) -> None:
         self.id = sandbox_id
         self.pod_dir = pod_dir
+        self.record = record
+        #: stream id -> how to re-create its bridge (cid, exec_id, which, path), saved in ``record``
+        self.bridged: Dict[str, Dict[str, str]] = {}
         self.agent = os.path.join(pod_dir, AGENT_SOCKET)
         self.socket = os.path.join(pod_dir, TASK_SOCKET)
         self._mux: Optional[MuxConnection] = None
@@ -52,6 +56,7 @@ class PodLink:
         self._listener: Optional[asyncio.AbstractServer] = None
         self._tasks: Set["asyncio.Task[None]"] = set()
         self._bridges: Dict[str, Set["asyncio.Task[None]"]] = {}
+        self._closed = False
 
     def __repr__(self) -> str:
         return "PodLink(%s, mux=%r)" % (self.id, self._mux)
@@ -110,6 +115,12 @@ class PodLink:
             if task is not None:
                 self._tasks.discard(task)
 
+    def save(self) -> None:
+        """Record the pod and its running bridges (what a restarted relay resumes); not once closed
+        (a detached pod's record is gone and stays gone)."""
+        if not self._closed:
+            write_json_atomic(self.record, {"id": self.id, "bridges": list(self.bridged.values())})
+
     def bridge(self, cid: str, exec_id: str, which: str, path: str) -> str:
         """Start copying between the FIFO ``path`` and a guest stream; returns the stream id.
 
@@ -118,8 +129,29 @@ class PodLink:
         stream_id = "-".join(p for p in (cid, exec_id, which) if p)
         bridge = StdioBridge(stream_id, path, "in" if which == "stdin" else "out", self.client)
         bridge.open()
-        self._own(bridge.run(), self._bridges.setdefault(cid, set()))
+        self.bridged[stream_id] = {"cid": cid, "exec_id": exec_id, "which": which, "path": path}
+        self.save()
+        task = self._own(bridge.run(), self._bridges.setdefault(cid, set()))
+        task.add_done_callback(lambda t: self._bridge_done(stream_id, t))
         return stream_id
+
+    def _bridge_done(self, stream_id: str, task: "asyncio.Task[None]") -> None:
+        """A bridge that ran to its end (the process's stdio closed) is not resumed after a restart;
+        one cancelled by a relay shutdown is."""
+        if not task.cancelled() and self.bridged.pop(stream_id, None) is not None:
+            self.save()
+
+    def resume(self, bridges: List[Dict[str, str]]) -> None:
+        """Re-create the recorded bridges after a restart (the guest gives a re-opened stream id the
+        output its process wrote meanwhile); one whose FIFO is gone is dropped."""
+        for entry in bridges:
+            try:
+                self.bridge(str(entry["cid"]), str(entry.get("exec_id", "")), str(entry["which"]),
+                            str(entry["path"]))
+            except (KeyError, TypeError, InvalidArgument) as err:
+                log.warning("sandbox %s: stdio bridge %s not resumed: %s", self.id, entry, err)
+        if bridges:
+            log.info("sandbox %s: %d stdio bridges resumed", self.id, len(self.bridged))
 
     def forget_container(self, cid: str, remove_bundle: bool) -> None:
         """Stop the container's bridges (output already drained when its process ended) and, if asked,
@@ -127,11 +159,17 @@ class PodLink:
         for task in self._bridges.pop(cid, set()):
             if not task.done():
                 task.cancel()
+        stale = [sid for sid, entry in self.bridged.items() if entry["cid"] == cid]
+        for sid in stale:
+            del self.bridged[sid]
+        if stale:
+            self.save()
         if remove_bundle:
             bundle.remove(self.pod_dir, cid)
 
     async def close(self) -> None:
         """Stop listening, end every connection and bridge, close the VM channel; remove the socket."""
+        self._closed = True
         if self._listener is not None:
             self._listener.close()
         tasks = list(self._tasks)
@@ -170,18 +208,22 @@ class Relay:
     def _record(self, sandbox_id: str) -> str:
         return os.path.join(self.state_dir, validate_id(sandbox_id, "sandbox") + ".json")
 
-    async def attach(self, sandbox_id: str) -> PodLink:
-        """Attach a pod (idempotent). :raise Unavailable: its VM channel cannot be opened."""
+    async def attach(self, sandbox_id: str, bridges: Optional[List[Dict[str, str]]] = None) -> PodLink:
+        """Attach a pod (idempotent); ``bridges`` are the recorded ones to resume (:meth:`recover`).
+
+        :raise Unavailable: its VM channel cannot be opened.
+        """
         validate_id(sandbox_id, "sandbox")
         async with self._lock:
             link = self.links.get(sandbox_id)
             if link is not None:
                 return link
-            link = PodLink(sandbox_id, os.path.join(self.pods_dir, sandbox_id))
+            link = PodLink(sandbox_id, os.path.join(self.pods_dir, sandbox_id), self._record(sandbox_id))
             await link.open()
             self.links[sandbox_id] = link
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-            write_json_atomic(self._record(sandbox_id), {"id": sandbox_id})
+            link.save()
+            link.resume(bridges or [])
         log.info("sandbox %s attached: tasks at %s", sandbox_id, link.socket)
         return link
 
@@ -210,8 +252,11 @@ class Relay:
                 continue
             path = os.path.join(self.state_dir, name)
             try:
-                sandbox_id = str(read_json(path)["id"])
-                await self.attach(sandbox_id)
+                record = read_json(path)
+                bridges = record.get("bridges") or []
+                if not isinstance(bridges, list):
+                    raise TypeError("bridges must be a list, got %s" % type(bridges).__name__)
+                await self.attach(str(record["id"]), bridges)
             except (CorruptState, KeyError, TypeError, InvalidArgument, Unavailable, OSError) as err:
                 log.warning("relay: dropping recorded pod %s: %s", name, err)
                 try:
