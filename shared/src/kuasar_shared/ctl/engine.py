@@ -68,7 +68,8 @@ class EngineOptions:
     def __init__(self, sandboxer: str, endpoint: str, root: str, images: str, io_type: str = "fifo",
                  hint: str = "", inline_logs: bool = False, sandbox_deadline: float = 60.0) -> None:
         self.sandboxer = sandboxer
-        #: seconds allowed for Controller Create/Start/Stop/Shutdown (a VM booting under emulation needs more)
+        #: seconds allowed for the calls that wait on a VM or a runtime: Controller Create/Start/Stop/
+        #: Shutdown/Update and task Create/Start (a VM booting under emulation needs more)
         self.sandbox_deadline = sandbox_deadline
         #: copy container output into the CRI logs inside this process, as containerd does; only for
         #: a long-lived engine process (the CLI exits after each command and starts a log writer instead)
@@ -305,9 +306,10 @@ class Engine:
             stdout=ctr.stdout, stderr=ctr.stderr,
             options=any_pb2.Any(type_url="containerd.runc.v1.Options", value=options.SerializeToString()))
         try:
-            created = await task.call("Create", request, task_pb2.CreateTaskResponse, 30.0)
+            deadline = self.options.sandbox_deadline
+            created = await task.call("Create", request, task_pb2.CreateTaskResponse, deadline)
             await task.call("Connect", task_pb2.ConnectRequest(id=ctr_id), task_pb2.ConnectResponse, 10.0)
-            await task.call("Start", task_pb2.StartRequest(id=ctr_id), task_pb2.StartResponse, 30.0)
+            await task.call("Start", task_pb2.StartRequest(id=ctr_id), task_pb2.StartResponse, deadline)
         except KuasarError as err:
             try:
                 await task.call("Delete", task_pb2.DeleteRequest(id=ctr_id), task_pb2.DeleteResponse, 10.0)
