@@ -5,11 +5,12 @@ Generic: :class:`Ctl` (kuasar-ctl for any sandbox type), :func:`wait_for`, :func
 private socket), :func:`pod_config` / :func:`container_config` (CRI configs for kuasar-ctl), and for cleanup
 checks :func:`stop_and_remove`, :func:`mounts_under`, :func:`cgroups_named` and :func:`assert_gone`.
 For vmm pods: the ``guest_image`` and ``vmm`` fixtures (registered for every e2e module by conftest.py; a
-module-scoped fixture there gives each module its own sandboxer and VM), :class:`Sandboxer` and
-:func:`assert_nothing_left`.
+module-scoped fixture there gives each module its own sandboxer and VM), :class:`Sandboxer`,
+:func:`running_sandboxer` (one with other config settings) and :func:`assert_nothing_left`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -243,14 +244,23 @@ class Sandboxer:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def running_sandboxer(image_dir: str, **settings: str) -> Iterator[Sandboxer]:
+    """A started :class:`Sandboxer` (``settings`` as for it); stopped and cleaned up afterwards."""
+    sandboxer = Sandboxer(image_dir, **settings)
+    sandboxer.start()
+    try:
+        yield sandboxer
+    finally:
+        sandboxer.stop()
+        sandboxer.cleanup()
+
+
 @pytest.fixture(scope="module")
 def vmm(guest_image: str) -> Iterator[Sandboxer]:
-    """A running vmm-sandboxer for one test module; stopped and cleaned up afterwards."""
-    sandboxer = Sandboxer(guest_image)
-    sandboxer.start()
-    yield sandboxer
-    sandboxer.stop()
-    sandboxer.cleanup()
+    """A running vmm-sandboxer for one test module."""
+    with running_sandboxer(guest_image) as sandboxer:
+        yield sandboxer
 
 
 def assert_nothing_left(sandboxer: Sandboxer, pod_id: str, netns: str, roots: list[str], cgroup: str) -> None:

@@ -8,16 +8,13 @@ import os
 import uuid
 
 import pytest
-from support import Ctl, Sandboxer, assert_gone, pids_with
+from support import Ctl, assert_gone, pids_with, running_sandboxer
 
 
 @pytest.fixture(scope="module")
 def impatient(guest_image):
-    sandboxer = Sandboxer(guest_image, boot_timeout_secs="1")
-    sandboxer.start()
-    yield sandboxer
-    sandboxer.stop()
-    sandboxer.cleanup()
+    with running_sandboxer(guest_image, boot_timeout_secs="1") as sandboxer:
+        yield sandboxer
 
 
 def test_boot_timeout_kills_and_retries_once_then_fails_cleanly(impatient, images, tmp_path):

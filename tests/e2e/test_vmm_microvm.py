@@ -9,16 +9,13 @@ import json
 import uuid
 
 import pytest
-from support import Ctl, Sandboxer, assert_nothing_left, wait_for
+from support import Ctl, assert_nothing_left, running_sandboxer, wait_for
 
 
 @pytest.fixture(scope="module")
 def microvm(guest_image):
-    sandboxer = Sandboxer(guest_image, machine_type='"microvm"')
-    sandboxer.start()
-    yield sandboxer
-    sandboxer.stop()
-    sandboxer.cleanup()
+    with running_sandboxer(guest_image, machine_type='"microvm"') as sandboxer:
+        yield sandboxer
 
 
 def test_microvm_pod_runs_a_container_and_leaves_nothing(microvm, images, tmp_path):

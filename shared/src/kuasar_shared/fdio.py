@@ -13,26 +13,25 @@ import os
 __all__ = ["readable", "writable", "write_all"]
 
 
-async def readable(fd: int) -> None:
-    """Wait until ``fd`` is readable."""
+async def _ready(fd: int, reading: bool) -> None:
     loop = asyncio.get_running_loop()
+    add, remove = (loop.add_reader, loop.remove_reader) if reading else (loop.add_writer, loop.remove_writer)
     ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    add(fd, lambda: ready.done() or ready.set_result(None))
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        remove(fd)
+
+
+async def readable(fd: int) -> None:
+    """Wait until ``fd`` is readable."""
+    await _ready(fd, reading=True)
 
 
 async def writable(fd: int) -> None:
     """Wait until ``fd`` is writable."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
+    await _ready(fd, reading=False)
 
 
 async def write_all(fd: int, data: bytes) -> None:

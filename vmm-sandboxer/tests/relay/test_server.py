@@ -101,11 +101,35 @@ def _host_bundle(root: str) -> str:
     return bundle
 
 
+class FifoReader:
+    """The engine's end of a stdout FIFO: non-blocking reads collected in :attr:`out`."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "stdout")
+        os.mkfifo(self.path)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.out = b""
+
+    async def lines(self, count: int) -> bytes:
+        """Read until ``count`` lines arrived (or ~6 s passed); everything read so far."""
+        for _ in range(300):
+            try:
+                self.out += os.read(self.fd, 1000)
+            except BlockingIOError:
+                pass
+            if self.out.count(b"\n") >= count:
+                break
+            await asyncio.sleep(0.02)
+        return self.out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 async def test_create_prepares_bridges_and_delete_cleans(relay_env):
     env = relay_env
-    fifo = os.path.join(env["dir"], "stdout")
-    os.mkfifo(fifo)
-    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    reader = FifoReader(env["dir"])
+    fifo = reader.path
     engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
     try:
         req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
@@ -117,16 +141,7 @@ async def test_create_prepares_bridges_and_delete_cleans(relay_env):
         prepared = os.path.join(env["pod_dir"], "shared", "c1")
         with open(os.path.join(prepared, "config.json")) as f:
             assert json.load(f)["linux"]["namespaces"] == []
-        out = b""
-        for _ in range(100):
-            try:
-                out += os.read(reader_fd, 100)
-            except BlockingIOError:
-                pass
-            if out.endswith(b"\n"):
-                break
-            await asyncio.sleep(0.02)
-        assert out == b"hello from the guest\n"
+        assert await reader.lines(1) == b"hello from the guest\n"
         await engine.call(TASK, "Exec", shim_pb2.ExecProcessRequest(id="c1", exec_id="e1", stdout=fifo),
                           empty_pb2.Empty, timeout=10)
         assert stream_id_of(env["guest"].requests[1].stdout) == "c1-e1-stdout"
@@ -137,7 +152,7 @@ async def test_create_prepares_bridges_and_delete_cleans(relay_env):
             await asyncio.sleep(0.02)
         assert not os.path.exists(prepared)
     finally:
-        os.close(reader_fd)
+        reader.close()
         await engine.close()
 
 
@@ -147,26 +162,15 @@ async def test_fifo_bridge_keeps_copying_while_the_reader_lags(relay_env):
     env = relay_env
     env["guest"].output = [b"line %d\n" % n for n in range(5)]
     env["guest"].output_interval = 0.1
-    fifo = os.path.join(env["dir"], "stdout")
-    os.mkfifo(fifo)
-    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    reader = FifoReader(env["dir"])
     engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
     try:
-        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
+        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=reader.path)
         await engine.call(TASK, "Create", req, shim_pb2.CreateTaskResponse, timeout=10)
         await asyncio.sleep(0.35)  # a few chunks wait in the FIFO before anything reads them
-        out = b""
-        for _ in range(200):
-            try:
-                out += os.read(reader_fd, 100)
-            except BlockingIOError:
-                pass
-            if out.count(b"\n") == 5:
-                break
-            await asyncio.sleep(0.02)
-        assert out == b"".join(env["guest"].output)
+        assert await reader.lines(5) == b"".join(env["guest"].output)
     finally:
-        os.close(reader_fd)
+        reader.close()
         await engine.close()
 
 
@@ -240,27 +244,14 @@ async def test_recovered_relay_resumes_fifo_output_of_running_containers(relay_e
     env = relay_env
     env["guest"].output = [b"line %d\n" % n for n in range(12)]
     env["guest"].output_interval = 0.05
-    fifo = os.path.join(env["dir"], "stdout")
-    os.mkfifo(fifo)
-    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    reader = FifoReader(env["dir"])
+    fifo = reader.path
     pods = os.path.dirname(env["pod_dir"])
     engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
-    out = b""
-
-    async def read_until(lines: int) -> None:
-        nonlocal out
-        for _ in range(300):
-            try:
-                out += os.read(reader_fd, 1000)
-            except BlockingIOError:
-                pass
-            if out.count(b"\n") >= lines:
-                return
-            await asyncio.sleep(0.02)
     try:
         req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
         await engine.call(TASK, "Create", req, shim_pb2.CreateTaskResponse, timeout=10)
-        await read_until(2)
+        await reader.lines(2)
         await engine.close()
         await env["relay"].close()  # the record keeps the running bridge
         with open(os.path.join(pods, ".tasks", "p1.json")) as f:
@@ -268,8 +259,7 @@ async def test_recovered_relay_resumes_fifo_output_of_running_containers(relay_e
         again = Relay(pods, os.path.join(pods, ".tasks"))
         await again.recover()
         try:
-            await read_until(12)
-            assert out == b"".join(env["guest"].output)
+            assert await reader.lines(12) == b"".join(env["guest"].output)
             for _ in range(100):  # the output ended: its bridge is no longer recorded
                 with open(os.path.join(pods, ".tasks", "p1.json")) as f:
                     if json.load(f)["bridges"] == []:
@@ -280,5 +270,5 @@ async def test_recovered_relay_resumes_fifo_output_of_running_containers(relay_e
         finally:
             await again.close()
     finally:
-        os.close(reader_fd)
+        reader.close()
 
