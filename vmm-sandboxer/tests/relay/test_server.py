@@ -248,12 +248,14 @@ async def test_recovered_relay_resumes_fifo_output_of_running_containers(relay_e
     fifo = reader.path
     pods = os.path.dirname(env["pod_dir"])
     engine = await Client.connect_unix(os.path.join(env["pod_dir"], "task.sock"))
+    stdin = os.path.join(env["dir"], "stdin")
+    os.mkfifo(stdin)
     try:
-        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo)
+        req = shim_pb2.CreateTaskRequest(id="c1", bundle=_host_bundle(env["dir"]), stdout=fifo, stdin=stdin)
         await engine.call(TASK, "Create", req, shim_pb2.CreateTaskResponse, timeout=10)
         await reader.lines(2)
         await engine.close()
-        await env["relay"].close()  # the record keeps the running bridge
+        await env["relay"].close()  # the record keeps the running output bridge (stdin is not resumed)
         with open(os.path.join(pods, ".tasks", "p1.json")) as f:
             assert json.load(f)["bridges"] == [{"cid": "c1", "exec_id": "", "which": "stdout", "path": fifo}]
         again = Relay(pods, os.path.join(pods, ".tasks"))

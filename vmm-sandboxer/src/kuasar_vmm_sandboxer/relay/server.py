@@ -2,8 +2,8 @@
 
 A PodLink owns the VM channel (the mux over ``<pod dir>/agent.sock``), the pod's task socket
 ``<pod dir>/task.sock`` and the tasks serving it (engine connections, stdio bridges). Attached pods are
-recorded in ``<state dir>/<id>.json`` with their running FIFO bridges, so a relay restarted after a
-crash re-attaches them and resumes copying the output of containers that kept running. The control socket
+recorded in ``<state dir>/<id>.json`` with their running output FIFO bridges, so a relay restarted after
+a crash re-attaches them and resumes copying the output of containers that kept running. The control socket
 (``--listen``, what :class:`kuasar_shared.sandbox.taskserver.TaskServer` pings) serves
 ``kuasar.vmm.relay.v1.Relay/Attach|Detach`` (``google.protobuf.Struct`` ``{"id": ...}``) and
 ``containerd.task.v3.Task/Connect`` (liveness) and ``/Shutdown`` (detach a pod).
@@ -129,10 +129,11 @@ class PodLink:
         stream_id = "-".join(p for p in (cid, exec_id, which) if p)
         bridge = StdioBridge(stream_id, path, "in" if which == "stdin" else "out", self.client)
         bridge.open()
-        self.bridged[stream_id] = {"cid": cid, "exec_id": exec_id, "which": which, "path": path}
-        self.save()
         task = self._own(bridge.run(), self._bridges.setdefault(cid, set()))
-        task.add_done_callback(lambda t: self._bridge_done(stream_id, t))
+        if which != "stdin":  # the engine's stdin writer saw the old reader go (EPIPE): nothing to resume
+            self.bridged[stream_id] = {"cid": cid, "exec_id": exec_id, "which": which, "path": path}
+            self.save()
+            task.add_done_callback(lambda t: self._bridge_done(stream_id, t))
         return stream_id
 
     def _bridge_done(self, stream_id: str, task: "asyncio.Task[None]") -> None:
