@@ -80,12 +80,9 @@ class StdioBridge:
             stream = await client.stream(STREAMING_SERVICE, "Stream")
             await stream.send(_pack(streaming_pb2.StreamInit(id=self.stream_id)))
             await stream.recv()  # google.protobuf.Empty: the guest accepted the id
-            if self.direction == "out":
-                await self._to_fifo(stream, fd)
-                fd = None
-            else:
-                await self._from_fifo(stream, fd)
-                fd = None
+            owned, fd = fd, None  # the copy closes it, however it ends
+            copy = self._to_fifo if self.direction == "out" else self._from_fifo
+            await copy(stream, owned)
         except KuasarError as err:
             log.info("stdio %s: guest stream ended: %s", self.stream_id, err)
         finally:
