@@ -1,6 +1,9 @@
 """channel: the virtio port found by name; POLLHUP means no host; vsock absent here."""
+import errno
 import os
 import socket
+
+import pytest
 
 from kuasar_vmm_task import channel
 
@@ -33,3 +36,25 @@ async def test_no_vsock_listener_without_device():
         server.close()
     else:
         assert await channel.listen_vsock(lambda r, w: None) is None
+
+
+async def test_port_busy_with_the_previous_session_is_waited_out(monkeypatch, tmp_path):
+    """After a host leaves, the previous session's fd closes a loop iteration later; opening the port
+    meanwhile fails with EBUSY, which must not end the agent's server (it held the containers)."""
+    real_open, attempts = os.open, []
+
+    def busy_twice(path, flags, *args):
+        attempts.append(path)
+        if len(attempts) <= 2:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_open(str(tmp_path / "port"), os.O_RDWR | os.O_CREAT, 0o600)
+    monkeypatch.setattr(channel.os, "open", busy_twice)
+    fd = await channel._open_exclusive("/dev/vport1p1")
+    os.close(fd)
+    assert attempts == ["/dev/vport1p1"] * 3
+
+    def missing(path, flags, *args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+    monkeypatch.setattr(channel.os, "open", missing)
+    with pytest.raises(FileNotFoundError):
+        await channel._open_exclusive("/dev/vport9p9")

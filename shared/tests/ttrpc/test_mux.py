@@ -203,7 +203,6 @@ async def test_ttrpc_client_fails_with_unavailable_on_loss(pair):
     (HEADER.pack(1, DATA, MAX_DATA + 1), "exceeds"),
     (frame(1, WINDOW, b"\0\0"), "WINDOW frame with a 2-byte"),
     (frame(2, OPEN, b"x"), "payload"),
-    (frame(7, DATA, b"x"), "unknown channel 7"),
     (frame(1, OPEN), "already open"),
     (frame(3, OPEN) + frame(3, CLOSE) + frame(2, OPEN), "reuses channel id 2"),
     (frame(2, OPEN) + frame(2, CLOSE) + frame(2, CLOSE), "CLOSE received twice"),
@@ -224,6 +223,18 @@ async def test_malformed_frames_close_the_whole_mux(raw_guest, bad, why):
     with pytest.raises(ConnectionError):
         await reader.read(1)
     assert guest.closed
+
+
+async def test_frames_for_an_unknown_channel_close_only_that_channel(raw_guest):
+    """The host's channel 7 is one the guest does not know (it started over on the port): the guest
+    answers with one CLOSE, ignores the host's CLOSE, and the mux and its other channels go on."""
+    rr, rw, guest = raw_guest
+    rw.write(frame(1, OPEN))
+    reader, writer = await guest.accept().__anext__()
+    rw.write(frame(7, DATA, b"x") + frame(7, WINDOW, struct.pack(">I", 10)) + frame(7, CLOSE) + frame(1, DATA, b"hi"))
+    assert await asyncio.wait_for(reader.readexactly(2), 2) == b"hi"
+    assert await asyncio.wait_for(rr.readexactly(HEADER.size), 2) == HEADER.pack(7, CLOSE, 0)
+    assert not guest.closed
 
 
 async def test_data_beyond_the_window_closes_the_mux(raw_guest):

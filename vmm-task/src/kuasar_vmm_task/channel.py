@@ -9,6 +9,7 @@ it), and waits again: a restarted host relay simply reconnects.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import select
@@ -25,6 +26,7 @@ PORT_NAME = "kuasar.agent"
 VSOCK_PORT = 1024
 _VMADDR_CID_ANY = 0xFFFFFFFF
 _POLL_INTERVAL = 0.02
+_BUSY_TRIES = 250
 
 #: gets each channel as (reader, MuxWriter); typed loosely so that Server.serve_connection fits
 Handler = Callable[[asyncio.StreamReader, Any], Awaitable[None]]
@@ -53,13 +55,26 @@ def host_connected(fd: int) -> bool:
     return not any(ev & select.POLLHUP for _fd, ev in poller.poll(0))
 
 
+async def _open_exclusive(path: str) -> int:
+    """Open the port, which takes one opener at a time: the previous session's fds close a loop
+    iteration after their transports, so EBUSY is waited out (a few seconds at most)."""
+    for _ in range(_BUSY_TRIES):
+        try:
+            return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise
+        await asyncio.sleep(_POLL_INTERVAL)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 async def open_port(path: str) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.BaseTransport]:
     """Open the port, wait until the host is connected and wrap it as an asyncio stream pair.
 
     Returns (reader, writer, read transport); the caller closes the writer and the read transport,
     which closes the port.
     """
-    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = await _open_exclusive(path)
     try:
         while not host_connected(fd):
             await asyncio.sleep(_POLL_INTERVAL)

@@ -8,8 +8,12 @@ connection must stay a separate ttrpc connection. This module carries them as ch
 Only the host opens channels (ids > 0, never reused); the guest accepts them. DATA payloads are at most
 64 KiB. Each side may send 256 KiB per channel before the receiver grants more with WINDOW (payload: a
 u32 credit), granted as the application consumes what it received. CLOSE is a full close: a side sends
-it once (after its buffered data); the channel is forgotten when both sides have sent it. A malformed
-frame, an unknown type or a window violation closes the whole mux, and losing the underlying stream
+it once (after its buffered data); the channel is forgotten when both sides have sent it. DATA or
+WINDOW for a channel a side does not know is answered with one CLOSE (and a CLOSE for one is ignored):
+the two sides can disagree on which channels exist when the guest starts over on the port while the
+host keeps its connection (a host relay reconnecting as the guest notices the previous one left), and
+each such channel then fails on its own. A malformed frame, an unknown type or a window violation
+closes the whole mux, and losing the underlying stream
 fails every channel. Each channel is an (asyncio.StreamReader, writer) pair that the ttrpc Client and
 ``Server.serve_connection`` use unchanged.
 """
@@ -239,6 +243,8 @@ class MuxConnection:
         self._max = max_channels
         self._channels: Dict[int, _Channel] = {}
         self._next_id = 1
+        #: unknown channels already answered with CLOSE
+        self._refused: Set[int] = set()
         self._ready: Dict[int, _Channel] = {}
         self._wakeup = asyncio.Event()
         self._accepted: asyncio.Queue[Optional[ChannelPair]] = asyncio.Queue()
@@ -408,7 +414,15 @@ class MuxConnection:
             return
         ch = self._channels.get(cid)
         if ch is None:
-            raise MuxProtocolError(f"frame type {type_} for unknown channel {cid}")
+            if type_ == CLOSE:
+                self._refused.discard(cid)
+            elif cid not in self._refused:
+                if len(self._refused) >= self._max:
+                    raise MuxProtocolError(f"frames for {len(self._refused)} unknown channels")
+                log.warning("mux: frame type %d for unknown channel %d; closing it", type_, cid)
+                self._refused.add(cid)
+                self._send_now(cid, CLOSE, b"")
+            return
         if type_ == DATA:
             if ch.peer_closed:
                 raise MuxProtocolError(f"DATA after CLOSE on channel {cid}")

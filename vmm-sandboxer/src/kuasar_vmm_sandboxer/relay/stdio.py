@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 STREAMING_SERVICE = "containerd.services.streaming.v1.Streaming"
 _CHUNK = 32768
 _EOF_ACK_SECONDS = 5.0
+#: backoff between attempts to open a lost output stream again
+_RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 Opener = Callable[[], Awaitable[Tuple[asyncio.StreamReader, object]]]
 
 
@@ -66,48 +68,68 @@ class StdioBridge:
         self.direction = direction
         self._connect = connect
         self._fd: Optional[int] = None
+        #: the input copy's pipe transport owns the FIFO fd (and closes it)
+        self._input_taken = False
 
     def open(self) -> None:
         self._fd = _open_fifo(self.path, os.O_RDONLY if self.direction == "in" else os.O_RDWR)
 
     async def run(self) -> None:
+        """Copy until the guest ends the stream (the process's output ended), then close the FIFO.
+
+        Output: a guest stream lost with its channel (the VM channel reconnected, the guest started
+        over on its port) is opened again, with backoff, until the copy ends or the bridge is
+        cancelled; the guest keeps the output written meanwhile. Input is copied once.
+        """
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        client: Optional[Client] = None
+        delay = _RETRY_FIRST
         try:
-            client = await self._connect()
+            while True:
+                try:
+                    await self._copy(fd)
+                    return
+                except KuasarError as err:
+                    if self.direction == "in":
+                        log.info("stdio %s: guest stream ended: %s", self.stream_id, err)
+                        return
+                    log.info("stdio %s: guest stream lost (%s); opening it again", self.stream_id, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+        finally:
+            if not self._input_taken:
+                os.close(fd)
+
+    async def _copy(self, fd: int) -> None:
+        """One guest stream. The input copy takes ``fd`` over (its pipe transport closes it)."""
+        client = await self._connect()
+        try:
             stream = await client.stream(STREAMING_SERVICE, "Stream")
             await stream.send(_pack(streaming_pb2.StreamInit(id=self.stream_id)))
             await stream.recv()  # google.protobuf.Empty: the guest accepted the id
-            owned, fd = fd, None  # the copy closes it, however it ends
-            copy = self._to_fifo if self.direction == "out" else self._from_fifo
-            await copy(stream, owned)
-        except KuasarError as err:
-            log.info("stdio %s: guest stream ended: %s", self.stream_id, err)
+            if self.direction == "out":
+                await self._to_fifo(stream, fd)
+            else:
+                await self._from_fifo(stream, fd)
         finally:
-            if fd is not None:
-                os.close(fd)
-            if client is not None:
-                await client.close()
+            await client.close()
 
     async def _to_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
         """Guest output into the FIFO. Not through an asyncio write-pipe transport: on this ``O_RDWR``
         FIFO it would take the data it wrote itself, unread yet, for the reader's close and stop."""
-        try:
-            while True:
-                raw = await stream.recv()
-                if raw is None:
-                    break
-                msg = any_pb2.Any.FromString(raw)
-                if msg.type_url.endswith(transfer_pb2.Data.DESCRIPTOR.full_name):
-                    await write_all(fd, transfer_pb2.Data.FromString(msg.value).data)
-        finally:
-            os.close(fd)
+        while True:
+            raw = await stream.recv()
+            if raw is None:
+                return
+            msg = any_pb2.Any.FromString(raw)
+            if msg.type_url.endswith(transfer_pb2.Data.DESCRIPTOR.full_name):
+                await write_all(fd, transfer_pb2.Data.FromString(msg.value).data)
 
     async def _from_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
+        self._input_taken = True
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                                     os.fdopen(fd, "rb", 0))
 
