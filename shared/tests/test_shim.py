@@ -1,7 +1,7 @@
 """shim: the containerd-shim-kuasar-<type>-v1 entry point answers -info and delete like a v2 shim.
 
 The argv used below are the exact invocations containerd 2.3.4 made in
-../shared/conformance/containerd-2.3.4/d_restart_shim_binary/shim-binary-invocations.txt.
+shared/tests/conformance/containerd-2.3.4/d_restart_shim_binary/shim-binary-invocations.txt.
 """
 from __future__ import annotations
 

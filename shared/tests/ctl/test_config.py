@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
 from kuasar_shared.ctl import config
 from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.testing.traces import ENGINE, default_conformance_dir
 
-INPUTS = "/work/shared/conformance/containerd-2.3.4/inputs"
+INPUTS = os.path.join(default_conformance_dir(str(Path(__file__).resolve().parents[3])), ENGINE, "inputs")
 
 
 def _write(tmp_path, name, text):

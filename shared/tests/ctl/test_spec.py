@@ -4,13 +4,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from kuasar_shared.ctl import config, spec
 from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.testing.traces import ENGINE, default_conformance_dir
 
-CONF = "/work/shared/conformance/containerd-2.3.4"
+CONF = os.path.join(default_conformance_dir(str(Path(__file__).resolve().parents[3])), ENGINE)
 PID = 4242
 
 

@@ -64,6 +64,6 @@ def test_find_flows_sorts_records(tmp_path: Path) -> None:
 
 def test_default_conformance_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_CONFORMANCE_DIR, raising=False)
-    assert default_conformance_dir("/work/main") == "/work/shared/conformance"
+    assert default_conformance_dir("/repo") == "/repo/shared/tests/conformance"
     monkeypatch.setenv(ENV_CONFORMANCE_DIR, "/elsewhere")
-    assert default_conformance_dir("/work/main") == "/elsewhere"
+    assert default_conformance_dir("/repo") == "/elsewhere"

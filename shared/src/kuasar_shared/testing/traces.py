@@ -1,4 +1,4 @@
-"""Reading the real containerd traces in ``shared/conformance`` and rendering messages like they do.
+"""Reading the real containerd traces in ``shared/tests/conformance`` and rendering messages like they do.
 
 The traces (see the README next to them) hold every request containerd 2.3.4 sent to a sandboxer,
 as exact bytes and as JSON rendered by Go's protojson with two twists: Anys are expanded with
@@ -57,9 +57,8 @@ class Flow:
 
 
 def default_conformance_dir(repo_root: str) -> str:
-    """``$KUASAR_CONFORMANCE_DIR``, else ``<repo_root>/../shared/conformance``."""
-    return os.environ.get(ENV_CONFORMANCE_DIR) or os.path.join(os.path.dirname(repo_root), "shared",
-                                                               "conformance")
+    """``$KUASAR_CONFORMANCE_DIR``, else the copy kept in the repository, ``<repo_root>/shared/tests/conformance``."""
+    return os.environ.get(ENV_CONFORMANCE_DIR) or os.path.join(repo_root, "shared", "tests", "conformance")
 
 
 def load_flow(path: str) -> Flow:
