@@ -5,13 +5,20 @@ The task server outlives the sandboxer: it is spawned in its own session and rec
 server that is still alive and answering ttrpc, and starts a new one otherwise; while running, it
 restarts a server that dies (:meth:`TaskServer.supervise`) on the same socket path, so the task
 address the engine holds stays valid. Containers survive both: the task server re-adopts them.
+
+With ``front=True`` (runc, wasm, quark) the engine's socket belongs to a task front
+(:mod:`kuasar_shared.taskfront`, recorded and supervised the same way) and the task server listens
+on a private socket behind it: the engine's open connections and calls in flight then survive a
+task server crash, and :func:`upgrade` replaces the server with new code the same way.
 """
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import shutil
+import signal
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -28,15 +35,19 @@ from kuasar_shared.ttrpc import Client
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
 
-__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "start_task_server"]
+__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "start_task_server", "upgrade"]
 
 log = logging.getLogger(__name__)
 
 TASK_SERVICE = "containerd.task.v3.Task"
 _RECORD = "task-server.json"
 _SOCKET = "task.sock"
+#: the task server's private socket behind a task front
+_BACKEND_SOCKET = "task-backend.sock"
 #: the task server's state directory; the leading dot keeps it out of the pod id namespace
 _TASKS_DIR = ".tasks"
+#: seconds a stopping task server gets to finish calls in flight (its DRAIN_TIMEOUT, plus start-up)
+DRAIN_SECONDS = 40.0
 
 
 def find_command(script: str, module: str) -> list[str]:
@@ -62,16 +73,27 @@ class TaskServer:
     start_timeout = 10.0
 
     def __init__(self, directory: str, command: Sequence[str], pid: int, socket_path: str,
-                 log_level: str = "info", log_file: Optional[str] = None) -> None:
+                 log_level: str = "info", log_file: Optional[str] = None, backend_path: str = "",
+                 front_pid: int = 0) -> None:
         self.directory = directory
         self.command = list(command)
         self.pid = pid
+        #: the engine's socket: the front's when there is one, else the server's
         self.socket_path = socket_path
+        #: where the server listens (behind a front: a private socket)
+        self.backend_path = backend_path or socket_path
+        self.front_pid = front_pid
         self.log_level = log_level
         self.log_file = log_file
         self._client: Optional[Client] = None
         self._watch: Optional[ExitWatch] = None
+        self._front_watch: Optional[ExitWatch] = None
         self._restart: Optional["asyncio.Task[None]"] = None
+        self._front_restart: Optional["asyncio.Task[None]"] = None
+
+    @property
+    def has_front(self) -> bool:
+        return self.backend_path != self.socket_path
 
     @property
     def address(self) -> str:
@@ -83,42 +105,105 @@ class TaskServer:
 
     @classmethod
     async def ensure(cls, directory: str, command: Sequence[str], log_level: str = "info",
-                     log_file: Optional[str] = None) -> "TaskServer":
+                     log_file: Optional[str] = None, front: bool = False) -> "TaskServer":
         """Re-adopt the recorded task server of ``directory`` or start ``command`` as a new one.
 
         The command is called with ``--listen <socket> --dir <directory>/.tasks --pods-dir <directory>
-        --log-level <level>``.
+        --log-level <level>``. With ``front``, a task front owns ``<directory>/task.sock`` (re-adopted
+        or started too) and the server listens on ``<directory>/task-backend.sock``.
 
         A new server logs to our stderr, or appends to ``log_file`` when given (``--daemon``).
         """
-        record_path = os.path.join(directory, _RECORD)
-        try:
-            record = read_json(record_path)
-            server = cls(directory, command, int(record["pid"]), str(record["socket"]), log_level, log_file)
-            if is_same_process(server.pid, record.get("start_time")) and await server.ping():
-                log.info("re-adopted task server pid %d at %s", server.pid, server.address)
+        base = os.path.abspath(directory)
+        socket_path = os.path.join(base, _SOCKET)
+        server = cls(directory, command, 0, socket_path, log_level, log_file,
+                     os.path.join(base, _BACKEND_SOCKET) if front else socket_path)
+        record = server._read_record()
+        pid = int(record.get("pid", 0))
+        if front and pid and record.get("socket") == socket_path and is_same_process(pid, record.get("start_time")):
+            log.warning("task server pid %d serves the engine without a task front (older version): stopping it "
+                        "once to put a front before its successor", pid)
+            await _stop(pid, DRAIN_SECONDS)
+        if front:
+            recorded = record.get("front") if isinstance(record.get("front"), dict) else {}
+            front_pid = int(recorded.get("pid", 0))
+            if front_pid and is_same_process(front_pid, recorded.get("start_time")):
+                server.front_pid = front_pid
+                log.info("re-adopted task front pid %d at %s", front_pid, server.address)
+            else:
+                await server._spawn_front()
+        if pid and record.get("socket") == server.backend_path and is_same_process(pid, record.get("start_time")):
+            server.pid = pid
+            if await server.ping():
+                log.info("re-adopted task server pid %d at %s", pid, server.backend_path)
                 return server
-            log.warning("recorded task server pid %s is gone or not answering; starting a new one",
-                        record.get("pid"))
-        except FileNotFoundError:
-            pass
-        except (CorruptState, KeyError, TypeError, ValueError) as err:
-            log.warning("ignoring unreadable %s: %s", record_path, err)
-        server = cls(directory, command, 0, os.path.join(os.path.abspath(directory), _SOCKET), log_level,
-                     log_file)
+        if pid:
+            log.warning("recorded task server pid %d is gone or not answering; starting a new one", pid)
         await server._spawn()
         return server
 
-    async def _spawn(self) -> None:
-        """Start a new server process on :attr:`socket_path` and record it."""
-        directory, log_level, socket_path = self.directory, self.log_level, self.socket_path
-        tasks_dir = os.path.join(os.path.abspath(directory), _TASKS_DIR)
-        argv = self.command + ["--listen", socket_path, "--dir", tasks_dir,
-                                  "--pods-dir", os.path.abspath(directory), "--log-level", log_level]
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) \
+    def _read_record(self) -> dict:
+        path = os.path.join(self.directory, _RECORD)
+        try:
+            record = read_json(path)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            return record
+        except FileNotFoundError:
+            return {}
+        except (CorruptState, ValueError) as err:
+            log.warning("ignoring unreadable %s: %s", path, err)
+            return {}
+
+    def _write_record(self) -> None:
+        record: dict = {"pid": self.pid, "start_time": start_time(self.pid), "socket": self.backend_path}
+        if self.has_front:
+            record["front"] = {"pid": self.front_pid, "start_time": start_time(self.front_pid),
+                               "socket": self.socket_path}
+        write_json_atomic(os.path.join(self.directory, _RECORD), record)
+
+    def _log_fd(self) -> Optional[int]:
+        return os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) \
             if self.log_file else None
+
+    async def _spawn_front(self) -> None:
+        """Start a task front on :attr:`socket_path` (``python -I -S``: none of our packages loaded)."""
+        spec = importlib.util.find_spec("kuasar_shared.taskfront")
+        assert spec is not None and spec.origin is not None
+        argv = [sys.executable, "-I", "-S", spec.origin, "--listen", self.socket_path,
+                "--backend", self.backend_path]
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        log_fd = self._log_fd()
+        try:
+            child = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                  start_new_session=True)
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
+        self.front_pid = child.pid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while not os.path.exists(self.socket_path):
+            if child.returncode is not None:
+                raise Internal(f"task front {' '.join(argv)} exited with status {child.returncode}")
+            if loop.time() > deadline:
+                child.kill()
+                raise Internal(f"task front did not listen on {self.socket_path} within {self.start_timeout} s")
+            await asyncio.sleep(0.01)
+        if self.pid:
+            self._write_record()
+        log.info("started task front pid %d at %s", child.pid, self.address)
+
+    async def _spawn(self) -> None:
+        """Start a new server process on :attr:`backend_path` and record it."""
+        directory, log_level, listen = self.directory, self.log_level, self.backend_path
+        tasks_dir = os.path.join(os.path.abspath(directory), _TASKS_DIR)
+        argv = self.command + ["--listen", listen, "--dir", tasks_dir,
+                                  "--pods-dir", os.path.abspath(directory), "--log-level", log_level]
+        if os.path.exists(listen):
+            os.unlink(listen)
+        log_fd = self._log_fd()
         try:
             child = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd,
                                   start_new_session=True)
@@ -133,16 +218,32 @@ class TaskServer:
                 raise Internal(f"task server {' '.join(argv)} exited with status {child.returncode}")
             if loop.time() > deadline:
                 child.kill()
-                raise Internal(f"task server did not listen on {socket_path} within "
-                               f"{self.start_timeout} s")
+                raise Internal(f"task server did not listen on {listen} within {self.start_timeout} s")
             await asyncio.sleep(0.02)
-        write_json_atomic(os.path.join(directory, _RECORD),
-                          {"pid": child.pid, "start_time": start_time(child.pid), "socket": socket_path})
-        log.info("started task server pid %d at %s", child.pid, self.address)
+        self._write_record()
+        log.info("started task server pid %d at %s", child.pid, listen)
 
     def supervise(self) -> None:
-        """Restart the server whenever it exits, until :meth:`close`."""
+        """Restart the server (and the front) whenever it exits, until :meth:`close`."""
         self._watch = ExitWatch(self.pid, self._on_exit)
+        if self.has_front and self._front_watch is None:
+            self._front_watch = ExitWatch(self.front_pid, self._on_front_exit)
+
+    def _on_front_exit(self) -> None:
+        log.error("task front pid %d exited; the engine's task connections are lost; starting a new one on %s",
+                  self.front_pid, self.socket_path)
+        self._front_watch = None
+        self._front_restart = asyncio.ensure_future(self._respawn_front())
+
+    async def _respawn_front(self) -> None:
+        try:
+            await self._spawn_front()
+        except KuasarError as err:
+            log.error("cannot restart the task front: %s; retrying in 1 s", err)
+            await asyncio.sleep(1.0)
+            self._on_front_exit()
+            return
+        self._front_watch = ExitWatch(self.front_pid, self._on_front_exit)
 
     def _on_exit(self) -> None:
         log.error("task server pid %d exited; starting a new one on %s", self.pid, self.socket_path)
@@ -162,9 +263,9 @@ class TaskServer:
     async def _connection(self) -> Client:
         if self._client is None or self._client.closed:
             try:
-                self._client = await Client.connect_unix(self.socket_path, timeout=2.0)
+                self._client = await Client.connect_unix(self.backend_path, timeout=2.0)
             except (OSError, KuasarError) as err:
-                raise Unavailable(f"task server at {self.socket_path} is unreachable: {err}") from err
+                raise Unavailable(f"task server at {self.backend_path} is unreachable: {err}") from err
         return self._client
 
     async def ping(self) -> bool:
@@ -196,14 +297,16 @@ class TaskServer:
             await client.close()
 
     async def close(self) -> None:
-        """Stop supervising and drop the connection; the server process keeps running."""
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        if self._restart is not None:
-            self._restart.cancel()
-            await asyncio.gather(self._restart, return_exceptions=True)
-            self._restart = None
+        """Stop supervising and drop the connection; the server and front processes keep running."""
+        for watch in (self._watch, self._front_watch):
+            if watch is not None:
+                watch.cancel()
+        self._watch = self._front_watch = None
+        for task in (self._restart, self._front_restart):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._restart = self._front_restart = None
         await self.close_connection()
 
 
@@ -219,8 +322,55 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
     args = ctx.args
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
     log_file = os.path.join(args.dir, log_name) if args.daemon else None
-    server = await TaskServer.ensure(args.dir, command, args.log_level, log_file)
+    server = await TaskServer.ensure(args.dir, command, args.log_level, log_file, front=True)
     server.supervise()
     exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
-    ctx.reaper.add_listener(exits.listener(lambda pid: pid == server.pid or pid in own_children))
+    ctx.reaper.add_listener(exits.listener(lambda pid: pid in (server.pid, server.front_pid) or pid in own_children))
     return server
+
+
+async def _stop(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid`` and wait for it to go; SIGKILL after ``timeout`` seconds."""
+    started = start_time(pid)
+    os.kill(pid, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while is_same_process(pid, started):
+        if loop.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.05)
+
+
+async def upgrade(directory: str, timeout: float = 60.0) -> int:
+    """Replace the running task server of a sandboxer's ``directory`` with the code now installed.
+
+    The server is told to stop (SIGTERM): it stops accepting, finishes the calls with effects in
+    flight and exits; its supervising sandboxer starts the installed command on the same private
+    socket, and the task front sends the calls it held (Wait included) to the new server. Returns
+    the new server's pid.
+
+    :raise NotFound: no live task server is recorded; Unavailable: no successor answered within
+        ``timeout`` seconds (is the sandboxer running?).
+    """
+    server = TaskServer(directory, [], 0, "")
+    record = server._read_record()
+    old = int(record.get("pid", 0))
+    if not old or not is_same_process(old, record.get("start_time")):
+        raise NotFound(f"no running task server is recorded in {os.path.join(directory, _RECORD)}")
+    if not isinstance(record.get("front"), dict):
+        log.warning("the task server of %s has no task front: the engine will see its connections close",
+                    directory)
+    os.kill(old, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        record = server._read_record()
+        new = int(record.get("pid", 0))
+        if new and new != old and is_same_process(new, record.get("start_time")):
+            server.backend_path = str(record.get("socket", ""))
+            if await server.ping():
+                await server.close_connection()
+                return new
+        await asyncio.sleep(0.05)
+    raise Unavailable(f"task server pid {old} was stopped but no new one answered within {timeout} s; "
+                      f"is the sandboxer of {directory} running?")

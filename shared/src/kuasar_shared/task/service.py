@@ -7,9 +7,10 @@ server. v2 and v3 are field-for-field identical, so both service names share the
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
@@ -18,9 +19,11 @@ from kuasar_shared.api.cgroups.v1 import metrics_pb2
 from kuasar_shared.api.containerd.runc.options import oci_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.types.task import task_pb2
-from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.errors import InvalidArgument, KuasarError, NotFound, code_of, from_code
 from kuasar_shared.ids import validate_id
-from kuasar_shared.task.backend import CgroupStats, CreateTask, ExecProcess, ExitInfo, Mount, Stdio, TaskBackend
+from kuasar_shared.task.backend import (CgroupStats, CreateTask, ExecProcess, ExitInfo, Mount, Stdio, TaskBackend,
+                                        TaskStatus)
+from kuasar_shared.task.journal import REQUEST_ID_KEY, Answer, Pending, RequestJournal
 from kuasar_shared.ttrpc.service import CallContext, Service
 
 __all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "METRICS_TYPE_URL", "timestamp", "metrics_any"]
@@ -28,6 +31,12 @@ __all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "METRICS_TYPE_URL", 
 TASK_SERVICES = ("containerd.task.v3.Task", "containerd.task.v2.Task")
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 METRICS_TYPE_URL = metrics_pb2.Metrics.DESCRIPTOR.full_name
+#: calls with effects, journaled when the task front tags them (kuasar_shared.taskfront.MUTATING)
+MUTATING = frozenset(("Create", "Start", "Delete", "Exec", "Kill", "Pause", "Resume", "Checkpoint", "ResizePty",
+                      "CloseIO", "Update", "Shutdown"))
+
+log = logging.getLogger(__name__)
+Handler = Callable[[CallContext, Any], Awaitable[Any]]
 
 
 def timestamp(when: Optional[datetime]) -> Optional[timestamp_pb2.Timestamp]:
@@ -53,6 +62,7 @@ def metrics_any(stats: CgroupStats) -> any_pb2.Any:
     m.memory.rss = stats.memory_rss
     m.memory.cache = stats.memory_cache
     m.memory.total_inactive_file = stats.memory_total_inactive_file
+    m.memory_oom_control.oom_kill = stats.memory_oom_kill
     return any_pb2.Any(type_url=METRICS_TYPE_URL, value=m.SerializeToString())
 
 
@@ -92,11 +102,21 @@ def _exit(resp: Any, info: ExitInfo) -> Any:
     return resp
 
 
-class TaskService:
-    """Builds the ttrpc services for a backend. ``services()`` returns v3 and v2."""
+_RESPONSES = {"Create": shim_pb2.CreateTaskResponse, "Start": shim_pb2.StartResponse,
+              "Delete": shim_pb2.DeleteResponse, **{m: empty_pb2.Empty for m in MUTATING - {"Create", "Start",
+                                                                                         "Delete"}}}
 
-    def __init__(self, backend: TaskBackend) -> None:
+
+class TaskService:
+    """Builds the ttrpc services for a backend. ``services()`` returns v3 and v2.
+
+    With a ``journal``, calls with effects that carry a request id run at most once: see
+    :mod:`kuasar_shared.task.journal` and :meth:`_settle`.
+    """
+
+    def __init__(self, backend: TaskBackend, journal: Optional[RequestJournal] = None) -> None:
         self.backend = backend
+        self.journal = journal
 
     def services(self) -> List[Service]:
         table: Dict[str, tuple] = {
@@ -122,9 +142,60 @@ class TaskService:
         for name in TASK_SERVICES:
             svc = Service(name)
             for method, (req_type, handler) in table.items():
-                svc.unary(method, req_type, handler)
+                svc.unary(method, req_type, self._once(method, handler) if method in MUTATING else handler)
             out.append(svc)
         return out
+
+    def _once(self, method: str, handler: Handler) -> Handler:
+        """``handler`` answered from the journal when its request id was answered before."""
+        async def once(ctx: CallContext, req: Any) -> Any:
+            request_id = ctx.get(REQUEST_ID_KEY)
+            if self.journal is None or not RequestJournal.valid(request_id):
+                return await handler(ctx, req)
+            journal = self.journal
+            seen = journal.lookup(request_id)
+            if isinstance(seen, Answer):
+                log.info("%s %s replayed after a task server restart: answered from the journal", method,
+                         request_id)
+                if seen.code:
+                    raise from_code(seen.code, seen.message)
+                return _RESPONSES[method].FromString(seen.payload)
+            if seen is None:
+                journal.begin(request_id)
+            try:
+                result = await (self._settle(method, handler, ctx, req) if isinstance(seen, Pending)
+                                else handler(ctx, req))
+            except KuasarError as err:
+                journal.finish(request_id, Answer(int(code_of(err)), err.message, b""))
+                raise
+            journal.finish(request_id, Answer(0, "", result.SerializeToString()))
+            return result
+        return once
+
+    async def _settle(self, method: str, handler: Handler, ctx: CallContext, req: Any) -> Any:
+        """Finish a call a previous server died in: what already happened is answered, not done again.
+
+        Create, Start and Exec are judged by the process's state (a second Create of a created
+        container would fail, a second Start would fail or start twice); Kill, Delete and the rest
+        are safe to run again (a repeated signal to the same process, a Delete of what is gone
+        answers NOT_FOUND, which containerd takes as deleted).
+        """
+        log.warning("%s of %s was interrupted by a task server restart; settling it", method, req.id)
+        exec_id = getattr(req, "exec_id", "")
+        try:
+            st = await self.backend.state(validate_id(req.id, "container"), _exec_id(exec_id))
+        except NotFound:
+            st = None
+        if st is not None:
+            if method == "Create" and st.pid:
+                return shim_pb2.CreateTaskResponse(pid=st.pid)
+            if method == "Create":  # the record exists but the process was never made: start over
+                await self.backend.delete(req.id, "")
+            elif method == "Start" and st.status is not TaskStatus.CREATED:
+                return shim_pb2.StartResponse(pid=st.pid)
+            elif method == "Exec":
+                return empty_pb2.Empty()
+        return await handler(ctx, req)
 
     async def create(self, ctx: CallContext, req: shim_pb2.CreateTaskRequest) -> shim_pb2.CreateTaskResponse:
         if req.checkpoint or req.parent_checkpoint:

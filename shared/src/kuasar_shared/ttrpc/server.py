@@ -30,6 +30,8 @@ class _Connection:
         self.writer = writer
         self.lock = asyncio.Lock()
         self.calls: Dict[int, asyncio.Task[None]] = {}
+        #: method name per call in flight, for :meth:`Server.drain`
+        self.methods: Dict[int, str] = {}
         self.streams: Dict[int, ServerStream] = {}
         self.closed = False
         self.handle = Connection()
@@ -81,6 +83,7 @@ class _Connection:
     def _finished(self, stream_id: int, task: "asyncio.Task[None]") -> None:
         if self.calls.get(stream_id) is task:
             del self.calls[stream_id]
+            self.methods.pop(stream_id, None)
         self.streams.pop(stream_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("ttrpc call on stream %d failed", stream_id, exc_info=task.exception())
@@ -127,6 +130,7 @@ class _Connection:
             if frame.flags & framing.FLAG_REMOTE_CLOSED or not frame.flags & framing.FLAG_REMOTE_OPEN:
                 stream._deliver(None)
         self._spawn(sid, self._call(sid, req, method, stream))
+        self.methods[sid] = req.method
 
     async def _call(self, sid: int, req: request_pb2.Request, method: Method,
                     stream: Optional[ServerStream]) -> None:
@@ -179,9 +183,14 @@ class _Connection:
 
 
 class Server:
-    """Serves registered services on any number of listeners and connections."""
+    """Serves registered services on any number of listeners and connections.
 
-    def __init__(self, services: Iterable[Service] = ()) -> None:
+    ``max_connections`` bounds the connections served at once: one more is closed right away (each
+    connection may hold a 4 MiB frame and its calls).
+    """
+
+    def __init__(self, services: Iterable[Service] = (), max_connections: Optional[int] = None) -> None:
+        self.max_connections = max_connections
         self._services: Dict[str, Service] = {}
         self._listeners: list = []
         self._connections: Set[_Connection] = set()
@@ -208,6 +217,10 @@ class Server:
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one established connection until the peer or the server closes it."""
+        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            log.warning("ttrpc: refusing a connection: %d are open", len(self._connections))
+            writer.close()
+            return
         conn = _Connection(self, reader, writer)
         self._connections.add(conn)
         task = asyncio.current_task()
@@ -223,6 +236,27 @@ class Server:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def stop_listening(self) -> None:
+        """Accept no new connection (the ones open keep being served)."""
+        for listener in self._listeners:
+            listener.close()
+
+    async def drain(self, timeout: float, keep: Iterable[str] = ()) -> bool:
+        """Wait up to ``timeout`` s until no call is in flight but those of the methods in ``keep``
+        (long-held calls such as Wait, which a restarted server answers as well); True when drained."""
+        keep = set(keep)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            busy = [t for c in self._connections for sid, t in c.calls.items()
+                    if not t.done() and c.methods.get(sid) not in keep]
+            if not busy:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(busy, timeout=remaining)
 
     async def shutdown(self) -> None:
         """Stop accepting, cancel calls in flight and close every connection."""
