@@ -3,7 +3,8 @@
 # its two containers run with runc inside the guest. Driven through the Sandbox API and Task API by
 # kuasar-ctl, through the host task relay (vmm-task-relay), exactly as containerd 2.x would.
 #
-#   sudo examples/vmm/demo.sh     (needs qemu-system-x86_64; builds the guest image once, cached)
+#   sudo examples/vmm/demo.sh     (needs qemu-system-x86_64; builds the guest image into /var/lib/kuasar
+#                                  once, where a hand-started vmm-sandboxer finds it without a config)
 #
 # Without KVM the VM runs under TCG emulation: a boot takes ~10 s and runc in the guest ~2-3 s.
 set -eu
@@ -13,7 +14,7 @@ repo=$(dirname "$(dirname "$here")")
 kind=vmm
 task_server=vmm-task-relay
 leftovers=/tmp/kuasar-demo/logs   # the log_directory of examples/pod.yaml
-images=${KUASAR_GUEST_IMAGE_DIR:-/var/cache/kuasar-guest}
+images=${KUASAR_GUEST_IMAGE_DIR:-/var/lib/kuasar}
 . "$repo/examples/lib.sh"
 
 rm -rf "$leftovers"
@@ -24,10 +25,11 @@ ls -l "$images/vmlinux.bin" "$images/kuasar.initrd"
 step "building the busybox image stand-in"
 sh "$repo/hack/make-busybox-rootfs.sh" "$work/images/busybox" >/dev/null
 
-step "start vmm-sandboxer (QEMU q35, TCG; its vmm-task-relay is started alongside)"
+step "start vmm-sandboxer (QEMU q35, accel auto: KVM where it can run the guest, else TCG; vmm-task-relay alongside)"
 sed "s#/var/lib/kuasar/#$images/#" "$repo/vmm-sandboxer/config_qemu.toml" > "$work/config_qemu.toml"
 start_sandboxer "$work/sandboxer.log" vmm-sandboxer --listen "$sock" --dir "$work/dir" \
     --config "$work/config_qemu.toml" --log-level info
+grep -o "accel auto -> .*" "$work/sandboxer.log" || true
 
 step "kuasar-ctl run examples/pod.yaml examples/busybox.yaml   (boots the VM, then runc in the guest)"
 set -- $(ctl run "$repo/examples/pod.yaml" "$repo/examples/busybox.yaml")

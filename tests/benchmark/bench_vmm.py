@@ -41,10 +41,11 @@ from workload import Groups, parallel_batch  # noqa: E402
 
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient  # noqa: E402
 from kuasar_shared.ctl.engine import Engine, EngineOptions  # noqa: E402
+from kuasar_vmm_task.image.build import default_outdir  # noqa: E402
 
 __all__ = ["VmmSide", "TimedEngine", "breakdown", "task_steps", "summarize", "slope", "config_text", "TARGETS"]
 
-IMAGE_DIR = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
+IMAGE_DIR = default_outdir()
 QEMU = "/usr/bin/qemu-system-x86_64"
 #: pods started at once in the informational parallel phase
 PARALLEL = 3

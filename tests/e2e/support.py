@@ -24,10 +24,11 @@ import uuid
 from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
+from kuasar_vmm_task.image.build import default_outdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
-IMAGE_DIR = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
+IMAGE_DIR = default_outdir()
 QEMU = "/usr/bin/qemu-system-x86_64"
 
 T = TypeVar("T")
@@ -202,8 +203,10 @@ def guest_image() -> str:
 class Sandboxer:
     """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
 
-    def __init__(self, image_dir: str, **settings: str) -> None:
-        """``settings``: config keys to set, as TOML values (``machine_type='"microvm"'``)."""
+    def __init__(self, image_dir: str, config_file: bool = True, **settings: str) -> None:
+        """``settings``: config keys to set, as TOML values (``machine_type='"microvm"'``); without
+        ``config_file`` the sandboxer starts with no ``--config``, as an operator would by hand."""
+        self.config_file = config_file
         self.work = tempfile.mkdtemp(prefix="kve2e", dir="/tmp")
         self.dir, self.listen = os.path.join(self.work, "d"), os.path.join(self.work, "vmm.sock")
         self.config = os.path.join(self.work, "config_qemu.toml")
@@ -219,8 +222,9 @@ class Sandboxer:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
+            config = ["--config", self.config] if self.config_file else []
             self.proc = subprocess.Popen([tool("vmm-sandboxer"), "--listen", self.listen, "--dir", self.dir,
-                                          "--config", self.config, "--log-level", "info"],
+                                          *config, "--log-level", "info"],
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.listen):
@@ -245,9 +249,9 @@ class Sandboxer:
 
 
 @contextlib.contextmanager
-def running_sandboxer(image_dir: str, **settings: str) -> Iterator[Sandboxer]:
-    """A started :class:`Sandboxer` (``settings`` as for it); stopped and cleaned up afterwards."""
-    sandboxer = Sandboxer(image_dir, **settings)
+def running_sandboxer(image_dir: str, config_file: bool = True, **settings: str) -> Iterator[Sandboxer]:
+    """A started :class:`Sandboxer` (arguments as for it); stopped and cleaned up afterwards."""
+    sandboxer = Sandboxer(image_dir, config_file, **settings)
     sandboxer.start()
     try:
         yield sandboxer

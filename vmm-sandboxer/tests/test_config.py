@@ -8,7 +8,7 @@ from kuasar_vmm_sandboxer import config
 
 def test_shipped_file_loads():
     cfg = config.load(__file__.rsplit("/tests/", 1)[0] + "/config_qemu.toml")
-    assert cfg.hypervisor.accel == "tcg" and cfg.hypervisor.machine_type == "q35"
+    assert cfg.hypervisor.accel == "auto" and cfg.hypervisor.machine_type == "q35"
     assert cfg.hypervisor.share_fs == config.SHARE_9P
     assert cfg.hypervisor.cpu == "qemu64,+rdrand"
     assert (cfg.hypervisor.tcg_tb_size_mb, cfg.hypervisor.memory_overhead_in_mb) == (128, 256)

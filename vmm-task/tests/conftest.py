@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from kuasar_vmm_task.image.build import build
+from kuasar_vmm_task.image.build import build, default_outdir
 
-IMAGE_DIR = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
+IMAGE_DIR = default_outdir()
 
 
 @pytest.fixture(scope="session")

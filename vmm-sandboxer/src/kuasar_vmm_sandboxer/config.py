@@ -3,7 +3,7 @@
 Upstream Kuasar reads ``/var/lib/kuasar/config_qemu.toml`` (interfaces.md 5.1); we keep its keys
 (``vcpus``, ``memory_in_mb``, ``kernel_path``, ``initrd_path``, ``image_path``, ``kernel_params``,
 ``qemu_path``, ``machine_type``, ``machine_accelerators``, ``share_fs``, ``virtiofs_*``,
-``msize_9p``, ``use_vsock``...) and add what QEMU-without-KVM needs: ``accel`` (``kvm`` or ``tcg``) and
+``msize_9p``, ``use_vsock``...) and add what QEMU-without-KVM needs: ``accel`` (``auto``, ``kvm`` or ``tcg``) and
 ``boot_timeout_secs``, plus ``[sandbox].containerd_ttrpc_address`` (where guest OOM events go; upstream
 hard-codes containerd's default). Parsing, type checks and unknown-key warnings come from
 :mod:`kuasar_shared.config`; the checks that span keys (machine type, share fs names, sizes) are here.
@@ -32,7 +32,7 @@ _MACHINES = ("microvm", "q35", "pc")
 #: features cost emulation time); rdrand seeds the guest's RNG at once (random.trust_cpu), so
 #: Python does not wait for entropy at start
 TCG_CPU = "qemu64,+rdrand"
-_ACCELS = ("kvm", "tcg")
+_ACCELS = ("auto", "kvm", "tcg")
 
 
 @dataclass
@@ -59,7 +59,8 @@ class HypervisorConfig:
     qemu_path: str = "/usr/bin/qemu-system-x86_64"
     machine_type: str = "microvm"
     machine_accelerators: str = ""
-    accel: str = "kvm"
+    #: ``auto``: KVM where it can run a stock guest kernel, else TCG (resolved once by the QEMU factory)
+    accel: str = "auto"
     cpu_model: str = ""
     default_max_vcpus: int = 0
     entropy_source: str = "/dev/urandom"
@@ -108,7 +109,7 @@ def _check(cfg: VmmConfig, path: str) -> VmmConfig:
         raise ConfigError(path, "[hypervisor].machine_type", "expected one of %s, got %r"
                           % (", ".join(_MACHINES), hv.machine_type))
     if hv.accel not in _ACCELS:
-        raise ConfigError(path, "[hypervisor].accel", "expected kvm or tcg, got %r" % hv.accel)
+        raise ConfigError(path, "[hypervisor].accel", "expected auto, kvm or tcg, got %r" % hv.accel)
     share = _SHARE_NAMES.get(hv.share_fs)
     if share is None:
         raise ConfigError(path, "[hypervisor].share_fs", "expected virtio-9p or virtio-fs, got %r" % hv.share_fs)
@@ -118,7 +119,7 @@ def _check(cfg: VmmConfig, path: str) -> VmmConfig:
                             ("tcg_tb_size_mb", hv.tcg_tb_size_mb, 1)):
         if value < low:
             raise ConfigError(path, "[hypervisor].%s" % key, "must be at least %d, got %d" % (low, value))
-    if hv.accel == "tcg" and hv.tcg_tb_size_mb >= hv.memory_overhead_in_mb:
+    if hv.accel != "kvm" and hv.tcg_tb_size_mb >= hv.memory_overhead_in_mb:
         raise ConfigError(path, "[hypervisor].tcg_tb_size_mb", "the translation cache (%d MiB) must fit in "
                           "memory_overhead_in_mb (%d MiB) with room for QEMU itself"
                           % (hv.tcg_tb_size_mb, hv.memory_overhead_in_mb))

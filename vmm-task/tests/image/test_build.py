@@ -1,4 +1,4 @@
-"""build: the real image from Debian packages (cached in /var/cache/kuasar-guest, shared by the tests)."""
+"""build: the real image from Debian packages (cached in the default image dir, shared by the tests)."""
 import json
 import os
 
@@ -27,3 +27,14 @@ def test_candidates_in_one_apt_run_name_what_is_missing():
     assert [p for p, _ in found] == ["runc", "busybox-static"] and all(v for _, v in found)
     with pytest.raises(ImageError, match="no candidate for no-such-package-kuasar; run apt-get update"):
         debs.candidates(["runc", "no-such-package-kuasar"])
+
+
+def test_an_image_it_did_not_build_is_kept(tmp_path):
+    """A kernel and initrd installed by a package (no stamp) are never overwritten without --force."""
+    (tmp_path / KERNEL_NAME).write_bytes(b"packaged kernel")
+    (tmp_path / INITRD_NAME).write_bytes(b"packaged initrd")
+    with pytest.raises(ImageError, match=r"vmlinux.bin, .*kuasar.initrd: not built by build-image.sh .*--force"):
+        build(str(tmp_path), str(tmp_path / "cache"))
+    assert (tmp_path / KERNEL_NAME).read_bytes() == b"packaged kernel"
+    assert (tmp_path / INITRD_NAME).read_bytes() == b"packaged initrd"
+    assert not (tmp_path / "cache").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 
 import pytest
 from google.protobuf import empty_pb2
@@ -20,18 +19,20 @@ from kuasar_vmm_sandboxer.hypervisors.qemu import devices as dev
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import VMSpec
+from kuasar_vmm_task.image.build import build, default_outdir
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-IMAGE_DIR = "/var/lib/kuasar"
+IMAGE_DIR = default_outdir()
 
 
 @pytest.fixture(scope="session")
 def hv_config():
-    if not os.path.exists(os.path.join(IMAGE_DIR, "vmlinux.bin")):
-        subprocess.run([os.path.join(REPO, "vmm-task", "build-image.sh"), IMAGE_DIR], check=True)
+    """The shipped config as the factory resolves it (accel decided), booting the current guest image."""
+    build(IMAGE_DIR, os.path.join(IMAGE_DIR, ".cache"))
     cfg = config.load(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")).hypervisor
     cfg.memory_in_mb = 256
-    return cfg
+    cfg.kernel_path, cfg.initrd_path = os.path.join(IMAGE_DIR, "vmlinux.bin"), os.path.join(IMAGE_DIR, "kuasar.initrd")
+    return QemuFactory(cfg).config
 
 
 async def test_lifecycle_qmp_hotplug_stop(hv_config, short_tmp):
@@ -72,22 +73,10 @@ async def test_start_failure_names_qemu_output(hv_config, short_tmp):
     assert not vm._alive()
 
 
-@pytest.fixture(scope="module")
-def current_image():
-    """The guest image of the current sources (the cache the vmm-task and e2e tests share)."""
-    from kuasar_vmm_task.image.build import build
-
-    image_dir = os.environ.get("KUASAR_GUEST_IMAGE_DIR", "/var/cache/kuasar-guest")
-    build(image_dir, os.path.join(image_dir, ".cache"))
-    return image_dir
-
-
-async def test_microvm_boots_to_the_agent_over_virtio_mmio(hv_config, current_image, short_tmp):
+async def test_microvm_boots_to_the_agent_over_virtio_mmio(hv_config, short_tmp):
     """machine_type microvm under TCG: the argv QemuVM generates boots Debian's generic kernel to
     vmm-task, which answers Check over virtio-serial on virtio-mmio and has the 9p share mounted."""
-    cfg = config.HypervisorConfig(**{**hv_config.__dict__, "machine_type": "microvm", "accel": "tcg",
-                                     "kernel_path": os.path.join(current_image, "vmlinux.bin"),
-                                     "initrd_path": os.path.join(current_image, "kuasar.initrd")})
+    cfg = config.HypervisorConfig(**{**hv_config.__dict__, "machine_type": "microvm", "accel": "tcg"})
     vm = QemuVM(VMSpec("t4", short_tmp, 1, 256), cfg)
     assert "tsc_early_khz=" in vm.kernel_params()
     os.makedirs(vm.shared_dir)

@@ -10,7 +10,12 @@ guest time and ~3 s of boot-to-agent (lz4 sat in between); 43 MB on the host dis
 
 The result is cached: ``<outdir>/kuasar-image.stamp`` records a digest of every input (package
 versions, these sources, the agent's sources); a build with the same digest and both outputs present
-does nothing. Outputs are replaced atomically.
+does nothing. Outputs are replaced atomically. An image this builder did not make (no stamp: one
+installed by a package, say) is never overwritten unless ``--force`` says so.
+
+One default location, :data:`DEFAULT_OUTDIR`, where vmm-sandboxer's built-in config and the shipped
+``config_qemu.toml`` look for the image: the demo, the tests and a hand-started sandboxer all meet there
+(``$KUASAR_GUEST_IMAGE_DIR`` moves it, see :func:`default_outdir`).
 """
 from __future__ import annotations
 
@@ -29,7 +34,12 @@ from typing import Dict, List, Tuple
 from kuasar_vmm_task.image import cpio, debs, elf, kernel
 from kuasar_vmm_task.image.kernel import ImageError
 
-__all__ = ["PACKAGES", "build", "main"]
+__all__ = ["DEFAULT_OUTDIR", "ENV_IMAGE_DIR", "PACKAGES", "build", "default_outdir", "main"]
+
+#: where vmm-sandboxer's defaults expect ``vmlinux.bin`` and ``kuasar.initrd``
+DEFAULT_OUTDIR = "/var/lib/kuasar"
+#: environment variable that moves the image elsewhere (tests, benchmarks, demo)
+ENV_IMAGE_DIR = "KUASAR_GUEST_IMAGE_DIR"
 
 #: userland packages (the kernel package is resolved from linux-image-amd64)
 PACKAGES = ("busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
@@ -249,18 +259,29 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def default_outdir() -> str:
+    """``$KUASAR_GUEST_IMAGE_DIR``, else :data:`DEFAULT_OUTDIR`."""
+    return os.environ.get(ENV_IMAGE_DIR) or DEFAULT_OUTDIR
+
+
 def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
     """Build into ``outdir`` unless the stamp says the outputs are current; return the stamp record.
 
-    :raise ImageError: a package, module or library is missing, or a tool failed.
+    :raise ImageError: a package, module or library is missing, a tool failed, or ``outdir`` holds an
+        image without our stamp (and ``force`` is not set).
     """
     started = time.monotonic()
+    stamp_path = os.path.join(outdir, _STAMP)
+    outputs = [os.path.join(outdir, KERNEL_NAME), os.path.join(outdir, INITRD_NAME)]
+    if not force and not os.path.exists(stamp_path):
+        foreign = [p for p in outputs if os.path.exists(p)]
+        if foreign:
+            raise ImageError("%s: not built by build-image.sh (no %s beside it); keeping it. Pass --force to "
+                             "replace it, or build into another directory" % (", ".join(foreign), _STAMP))
     kpkg = debs.kernel_package()
     packages = debs.candidates((kpkg, *PACKAGES))
     here = os.path.dirname(os.path.abspath(__file__))
     digest = _digest(packages, [here, _source_dir("kuasar_vmm_task"), _source_dir("kuasar_shared")])
-    stamp_path = os.path.join(outdir, _STAMP)
-    outputs = [os.path.join(outdir, KERNEL_NAME), os.path.join(outdir, INITRD_NAME)]
     if not force and all(os.path.exists(p) for p in outputs) and os.path.exists(stamp_path):
         with open(stamp_path) as handle:
             record = json.load(handle)
@@ -296,9 +317,11 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
 
 def main(argv: "List[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(prog="build-image.sh", description=__doc__.split("\n")[0])
-    parser.add_argument("outdir", nargs="?", default="/var/lib/kuasar")
+    parser.add_argument("outdir", nargs="?", default=default_outdir(),
+                        help="default: $%s, else %s" % (ENV_IMAGE_DIR, DEFAULT_OUTDIR))
     parser.add_argument("--cache", default="", help="where .debs and work files go (default: <outdir>/.cache)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the stamp matches")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even when the stamp matches, and replace an image this script did not build")
     args = parser.parse_args(argv)
     outdir = os.path.abspath(args.outdir)
     try:

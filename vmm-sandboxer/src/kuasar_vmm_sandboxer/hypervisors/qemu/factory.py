@@ -1,21 +1,28 @@
 """QemuFactory: builds :class:`QemuVM` objects and re-attaches to running ones; QemuHooks maps
-pod resources to vCPUs and memory (upstream rule: ceil(cpu_quota / cpu_period), memory limit)."""
+pod resources to vCPUs and memory (upstream rule: ceil(cpu_quota / cpu_period), memory limit).
+
+The factory decides the accelerator once, when the sandboxer starts (see :mod:`.accel`), logs why,
+and hands every VM a config whose ``accel`` is the decided one.
+"""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-from kuasar_shared.errors import Unavailable
+from kuasar_shared.errors import FailedPrecondition, Unavailable
 from kuasar_shared.oci import is_same_process
 
 from kuasar_vmm_sandboxer.config import HypervisorConfig
+from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, KvmProbe, choose
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import VM, Hooks, VMFactory, VMSpec
 
 __all__ = ["QemuFactory", "QemuHooks", "pod_resources"]
 
 _MIN_MEMORY_MB = 128
+log = logging.getLogger(__name__)
 
 
 def _int(value: Any) -> int:
@@ -50,10 +57,15 @@ class QemuHooks(Hooks):
 
 
 class QemuFactory(VMFactory):
-    def __init__(self, config: HypervisorConfig) -> None:
-        self.config = config
+    def __init__(self, config: HypervisorConfig, kvm: Optional[KvmProbe] = None) -> None:
+        self.accel: AccelChoice = choose(config.accel, kvm)
+        (log.error if self.accel.error else log.info)("%s", self.accel.describe(config.accel))
+        self.config = replace(config, accel=self.accel.accel)
 
     def create(self, spec: VMSpec) -> QemuVM:
+        """:raise FailedPrecondition: the configured accelerator cannot work on this host."""
+        if self.accel.error:
+            raise FailedPrecondition("sandbox %s: %s" % (spec.id, self.accel.error))
         return QemuVM(spec, self.config)
 
     def attach(self, spec: VMSpec, record: dict[str, Any]) -> QemuVM:
