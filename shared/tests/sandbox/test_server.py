@@ -1,6 +1,7 @@
 """Tests of kuasar_shared.sandbox.server: the unix socket, its mode, message limits, stop."""
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -83,3 +84,28 @@ async def test_unbindable_path_is_unavailable(sock_dir: str) -> None:
 async def test_empty_listen_rejected() -> None:
     with pytest.raises(ValueError):
         await serve_sandbox_api("unix://", InMemorySandboxer())
+
+
+@pytest.mark.asyncio
+async def test_stop_releases_pending_waits_instead_of_sitting_out_the_grace(sock_dir: str) -> None:
+    """A restart must not cost the grace period: containerd holds one Wait per pod for the pod's life,
+    so stop ends those at once with UNAVAILABLE, the code containerd retries on (any other would make it
+    record the pod as exited), while an ordinary call would still get its grace to finish."""
+    sandboxer = InMemorySandboxer()
+    server = await serve_sandbox_api(os.path.join(sock_dir, "s.sock"), sandboxer)
+    client = SandboxApiClient(server.address)
+    try:
+        await client.create(sandbox_pb2.ControllerCreateRequest(sandbox_id="p1"))
+        await client.start("p1")
+        waiting = asyncio.ensure_future(client.wait("p1"))
+        while not server._controller._waits:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(server.stop(3600), timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await waiting
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # what containerd retries on
+        assert "restarting" in info.value.details()
+        assert (await sandboxer.status("p1")).ready
+    finally:
+        await client.close()
+        await server.stop(None)

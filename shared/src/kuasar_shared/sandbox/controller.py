@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError, Message
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from kuasar_shared.api.containerd.types import metrics_pb2, platform_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
-from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFound, code_of
+from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFound, Unavailable, code_of
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import CreateSandbox, Sandboxer
 from kuasar_shared.sandbox.tasks import TASKS_EXTENSION, diff, parse_tasks
@@ -153,6 +153,20 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
         self._sandboxer = sandboxer
         # pod id -> (lock, number of Update calls using it); dropped when the last one is done
         self._update_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # the handlers of pending Wait calls, which last as long as their pods
+        self._waits: set["asyncio.Task[Any]"] = set()
+        self._released = False
+
+    def release_waits(self) -> int:
+        """End every pending Wait with UNAVAILABLE, so that a stop does not sit out its grace period
+        for calls that would never finish in it. containerd's proxy controller retries a Wait that
+        failed UNAVAILABLE (backing off from 128 ms) until the next sandboxer answers it; any other
+        code would make it record the pod as exited."""
+        self._released = True
+        pending = [task for task in self._waits if not task.done()]
+        for task in pending:
+            task.cancel()
+        return len(pending)
 
     @_edge
     async def Create(self, request: sandbox_pb2.ControllerCreateRequest
@@ -220,7 +234,17 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
     async def Wait(self, request: sandbox_pb2.ControllerWaitRequest
                    ) -> sandbox_pb2.ControllerWaitResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
-        exit_status = await self._sandboxer.wait(sandbox_id)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._waits.add(handler)
+        try:
+            exit_status = await self._sandboxer.wait(sandbox_id)
+        except asyncio.CancelledError:
+            if not self._released:
+                raise  # the engine went away
+            raise Unavailable("sandbox %s: the sandboxer is restarting; wait again" % sandbox_id) from None
+        finally:
+            self._waits.discard(handler)  # type: ignore[arg-type]
         return sandbox_pb2.ControllerWaitResponse(exit_status=exit_status.exit_status,
                                                   exited_at=_timestamp(exit_status.exited_at))
 

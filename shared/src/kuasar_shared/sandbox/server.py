@@ -6,6 +6,7 @@ and restricts it to its owner (mode 0600) because the API can start and remove p
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import TYPE_CHECKING, Optional
@@ -14,7 +15,7 @@ import grpc
 
 from kuasar_shared.errors import Unavailable
 from kuasar_shared.sandbox.api import Sandboxer
-from kuasar_shared.sandbox.controller import DecodeErrorInterceptor, add_controller_to_server
+from kuasar_shared.sandbox.controller import DecodeErrorInterceptor, SandboxController, add_controller_to_server
 from kuasar_shared.store import PodStore
 
 if TYPE_CHECKING:
@@ -40,9 +41,10 @@ class SandboxApiServer:
     """A running Sandbox API server. Resource handling: owns the gRPC server and the socket file,
     both released by :meth:`stop`; the sandboxer stays owned by the caller."""
 
-    def __init__(self, server: grpc.aio.Server, path: str) -> None:
+    def __init__(self, server: grpc.aio.Server, path: str, controller: SandboxController) -> None:
         self._server = server
         self._path = path
+        self._controller = controller
         self._stopped = False
 
     @property
@@ -56,13 +58,18 @@ class SandboxApiServer:
         return "unix://" + self._path
 
     async def stop(self, grace: Optional[float] = None) -> None:
-        """Stop accepting calls, let running calls finish for ``grace`` seconds (None = cancel them
-        at once; a pending Wait is cancelled either way when the grace ends), remove the socket.
+        """Stop accepting calls, cancel pending Waits (they last as long as their pods), let other
+        running calls finish for ``grace`` seconds (None = cancel them at once), remove the socket.
         Calling it again does nothing."""
         if self._stopped:
             return
         self._stopped = True
-        await self._server.stop(grace)
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        await asyncio.sleep(0)  # new calls are refused from here on; then no Wait can slip in after this
+        released = self._controller.release_waits()
+        if released:
+            _log.info("released %d pending Wait call%s", released, "" if released == 1 else "s")
+        await stopping
         try:
             os.unlink(self._path)
         except FileNotFoundError:
@@ -100,7 +107,7 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServ
         ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
         ("grpc.so_reuseport", 0),
     ])
-    add_controller_to_server(sandboxer, server)
+    controller = add_controller_to_server(sandboxer, server)
     try:
         port = server.add_insecure_port("unix:" + path)
     except RuntimeError as err:
@@ -110,7 +117,7 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServ
     await server.start()
     os.chmod(path, _SOCKET_MODE)
     _log.info("sandbox API listening on %s", path)
-    return SandboxApiServer(server, path)
+    return SandboxApiServer(server, path, controller)
 
 
 async def serve_until_shutdown(ctx: "DaemonContext", sandboxer: Sandboxer, status: str) -> None:
