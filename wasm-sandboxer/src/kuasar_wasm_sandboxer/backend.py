@@ -257,6 +257,9 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
             return
         if alive:  # created, never started: its control socket died with the old server
             kill(proc.pid)
+        elif proc.status is TaskStatus.RUNNING:  # it ended while no task server ran: the sandboxer recorded how
+            self._own(self._adopted_exit(container, proc))
+            return
         proc.exited(self._lost_status(proc), utc_now())
 
     async def close(self) -> None:

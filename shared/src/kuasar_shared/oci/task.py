@@ -340,8 +340,8 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
             await self._await_exit(container.init)
 
     def _readopt(self, container: Container, proc: Proc, alive: bool) -> None:
-        if not alive:
-            proc.exited(self._lost_status(proc), utc_now())
+        if not alive:  # it ended while no task server ran: the sandboxer recorded how
+            self._own(self._adopted_exit(container, proc))
         elif proc is container.init and not self.hooks.init_pid_is_own:
             if proc.status is not TaskStatus.CREATED:
                 self._own(self._runtime_wait(container))

@@ -1,0 +1,226 @@
+"""kill -9 of the task server, over and over, while pods run: the engine must not notice (issue 14).
+
+For each sandbox type (runc, wasm, quark): a real sandboxer, PODS pods with a container printing a
+tick every 0.2 s, and a containerd-like client holding a Task ``Wait`` for every container on the
+task address. Then KILLS times: start a container told to exit 42, start an exec in the background,
+``kill -9`` the task server in the middle of it, and check that every container is still running
+for the engine (State through kuasar-ctl, and the held Waits have not returned), the exec answered,
+a new exec answers, the output still flows, and the exit 42 reaches the engine as 42 both through
+State and through the Wait held across the kill. At the end the pods are removed and nothing of
+them is left (processes, cgroups, exit records).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pytest
+from support import Ctl, assert_gone, cgroups_named, container_config, pids_with, pod_config, start_daemon, \
+    stop_daemon, tool, wait_for
+
+from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
+from kuasar_shared.ttrpc import Client
+
+KILLS = int(os.environ.get("KUASAR_E2E_KILLS", "20"))
+PODS = 3
+TASK = "containerd.task.v3.Task"
+
+#: the wasm workload: "tick" prints forever, "exit N" exits with N after a second, "echo X" prints X
+TICKER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "tick")) { for (int i = 0;; i++) { printf("tick %d\n", i); fflush(stdout); usleep(200000); } }
+    if (!strcmp(mode, "exit")) { sleep(1); return atoi(argv[2]); }
+    if (!strcmp(mode, "echo")) { usleep(300000); printf("%s\n", argv[2]); return 0; }
+    return 1;
+}
+"""
+
+
+@dataclass
+class Kind:
+    """How one sandbox type's workload is spelled."""
+
+    name: str
+    image: str
+    tick: list[str]
+    exit42: list[str]
+    exec_echo: list[str]  # the exec prints its last argument after ~0.3 s
+
+
+SHELL = dict(tick=["/bin/sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+             exit42=["/bin/sh", "-c", "sleep 1; exit 42"], exec_echo=["sh", "-c", "sleep 0.3; echo $0", "done"])
+KINDS = {
+    "runc": Kind("runc", "busybox", **SHELL),
+    "quark": Kind("quark", "busybox", **SHELL),
+    "wasm": Kind("wasm", "ticker", ["/bin/ticker.wasm", "tick"], ["/bin/ticker.wasm", "exit", "42"],
+                 ["/bin/ticker.wasm", "echo", "done"]),
+}
+
+
+class HeldWaits:
+    """A containerd-like Task API client: one connection to the task address, a Wait held per container."""
+
+    def __init__(self, address: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client: Client = self._run(Client.connect_unix(address))
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def hold(self, container_id: str) -> "Future[shim_pb2.WaitResponse]":
+        return asyncio.run_coroutine_threadsafe(
+            self.client.call(TASK, "Wait", shim_pb2.WaitRequest(id=container_id), shim_pb2.WaitResponse), self.loop)
+
+    def close(self) -> None:
+        self._run(self.client.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def ticker_images(tmp_path_factory) -> str:
+    if not shutil.which("clang") or not os.path.exists("/usr/lib/wasm32-wasi/libc.a"):
+        pytest.skip("needs clang, lld, wasi-libc and libclang-rt-dev-wasm32 (hack/setup.sh installs them)")
+    images = tmp_path_factory.mktemp("ticker-images")
+    bin_dir = images / "ticker" / "bin"
+    bin_dir.mkdir(parents=True)
+    (images / "ticker.c").write_text(TICKER_C)
+    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", "-o", str(bin_dir / "ticker.wasm"),
+                    str(images / "ticker.c")], check=True)
+    return str(images)
+
+
+@pytest.fixture
+def sandboxer(request, tmp_path) -> Iterator[tuple[str, str]]:
+    """The sandboxer of the test's type on a private socket and dir; it, its task front and server, and
+    anything of a failed test are stopped afterwards."""
+    kind = request.param
+    if os.geteuid() != 0 or {"runc": not shutil.which("runc"), "quark": not shutil.which("runsc")}.get(kind):
+        pytest.skip(f"needs root and the {kind} runtime")
+    listen, state = str(tmp_path / f"{kind}.sock"), str(tmp_path / "dir")
+    proc = start_daemon([tool(f"{kind}-sandboxer"), "--listen", listen, "--dir", state, "--log-level", "info"],
+                        listen, str(tmp_path / "sandboxer.log"))
+    yield listen, state
+    stop_daemon(proc)
+    for pid in pids_with(state):  # the task front and server outlive the sandboxer by design
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _record(state: str) -> dict:
+    with open(os.path.join(state, "task-server.json")) as f:
+        return json.load(f)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_task_server(state: str) -> int:
+    """kill -9 the recorded task server; returns once its successor is recorded and alive."""
+    old = _record(state)["pid"]
+    os.kill(old, signal.SIGKILL)
+    return wait_for(lambda: (lambda new: new if new != old and _alive(new) else 0)(_record(state)["pid"]), 20)
+
+
+def _status(ctl: Ctl, ctr: str) -> dict:
+    return json.loads(ctl.out("inspect", ctr))["status"]
+
+
+def _ticks(ctl: Ctl, ctr: str) -> int:
+    return ctl.out("logs", ctr).count("tick ")
+
+
+@pytest.mark.parametrize("sandboxer,kind", [(k, k) for k in KINDS], indirect=["sandboxer"], ids=list(KINDS))
+def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer, kind, images) -> None:
+    endpoint, state = sandboxer
+    spec = KINDS[kind]
+    image_dir = request.getfixturevalue("ticker_images") if kind == "wasm" else images
+    ctl = Ctl(kind, endpoint, str(tmp_path / "ctl"), image_dir, "fifo")
+    tag = uuid.uuid4().hex[:6]
+    extra = {"pod_namespaces": False} if kind == "wasm" else {}
+
+    def ctr_cfg(name: str, command: list[str]) -> str:
+        return container_config(str(tmp_path / f"{name}.json"), name, command, image=spec.image)
+
+    pods, tickers, cfgs = [], [], []
+    for i in range(PODS):
+        cfg = pod_config(str(tmp_path / f"pod{i}.json"), f"k{i}-{tag}", f"/kuasar-kill-{tag}-{i}",
+                         str(tmp_path / "logs"), **extra)
+        pod = ctl.out("runp", cfg)
+        ticker = ctl.out("create", pod, ctr_cfg(f"tick{i}", spec.tick), cfg)
+        ctl("start", ticker)
+        pods.append(pod)
+        tickers.append(ticker)
+        cfgs.append(cfg)
+    for ticker in tickers:
+        wait_for(lambda t=ticker: _ticks(ctl, t) > 0, 30)
+
+    waits = HeldWaits(os.path.join(state, "task.sock"))
+    try:
+        held = {t: waits.hold(t) for t in tickers}
+        rng = random.Random(14)
+        for n in range(KILLS):
+            k = n % PODS
+            exiter = ctl.out("create", pods[k], ctr_cfg(f"exit{n}", spec.exit42), cfgs[k])
+            ctl("start", exiter)
+            exiter_wait = waits.hold(exiter)
+            ticks_before = _ticks(ctl, tickers[k])
+            background = subprocess.Popen(ctl.base + ["exec", tickers[k], "--", *spec.exec_echo[:-1],
+                                                      f"{spec.exec_echo[-1]}{n}"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            threading.Event().wait(rng.uniform(0.0, 0.4))  # somewhere in Exec, Start, Wait or Delete
+            _kill_task_server(state)
+
+            out, err = background.communicate(timeout=60)
+            assert (background.returncode, out.decode().strip()) == (0, f"done{n}"), err.decode()
+            for t in tickers:
+                assert _status(ctl, t)["state"] == "CONTAINER_RUNNING", f"kill {n}: {t} not running for the engine"
+                assert not held[t].done(), f"kill {n}: the Wait held for {t} returned {held[t].result()}"
+            assert ctl("exec", tickers[(k + 1) % PODS], "--", *spec.exec_echo, timeout=60).stdout.strip() == b"done"
+            wait_for(lambda: _ticks(ctl, tickers[k]) > ticks_before, 20)
+            wait_for(lambda: _status(ctl, exiter)["state"] == "CONTAINER_EXITED", 30)
+            assert _status(ctl, exiter)["exitCode"] == 42, f"kill {n}: exit code lost"
+            assert exiter_wait.result(30).exit_status == 42
+            ctl("rm", exiter)
+
+        for pod in pods:
+            ctl("rmp", pod)
+        for t in tickers:
+            assert held[t].result(30).exit_status in (137, 143), f"{t}: {held[t].result()}"
+    finally:
+        waits.close()
+        for pod in pods:
+            ctl("rmp", pod, check=False)
+
+    def leftovers() -> list[str]:
+        found = [f"process {p}" for pod in pods for p in pids_with(pod)]
+        found += [c for i in range(PODS) for c in cgroups_named(f"/kuasar-kill-{tag}-{i}")]
+        exits = os.path.join(state, ".exits")
+        found += [os.path.join(exits, f) for f in (os.listdir(exits) if os.path.isdir(exits) else [])]
+        found += [os.path.join(state, d) for d in os.listdir(state) if d in pods]
+        return found
+    assert_gone(leftovers, 20)
