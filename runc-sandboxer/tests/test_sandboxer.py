@@ -123,7 +123,7 @@ async def test_stop_and_shutdown_leave_nothing(sandboxer: RuncSandboxer, netns: 
     await sandboxer.create(req)
     status = await sandboxer.start(req.id)
     pod_dir = os.path.join(sandboxer.directory, req.id)
-    assert len(_mounts_under(pod_dir)) == 3
+    assert len(_mounts_under(pod_dir)) == 4  # ns/{uts,ipc,net} and the pod's /dev/shm
     assert os.path.isdir("/sys/fs/cgroup/memory" + cgroup_parent)
     metrics = await sandboxer.metrics(req.id)
     assert metrics is not None

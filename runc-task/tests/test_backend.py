@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Mount, Stdio, TaskStatus
 from kuasar_shared.oci import wait_exit
 from kuasar_shared.oci.task import UNKNOWN_EXIT
@@ -208,6 +208,20 @@ async def test_shutdown_kills_and_removes_every_container_of_a_sandbox(backend, 
 
 
 @pytest.mark.asyncio
-async def test_terminal_is_unimplemented(backend) -> None:
-    with pytest.raises(Unimplemented):
-        await backend.create(CreateTask(id=_cid(), bundle="/nonexistent", stdio=Stdio(terminal=True)))
+async def test_terminal_init_gets_a_pty_and_its_output(backend, bundle_factory, fifo) -> None:
+    cid = _cid()
+    out = fifo("tty-out")
+    reader = asyncio.ensure_future(read_fifo(out))
+    bundle = bundle_factory(cid, ["sh", "-c", "tty; stty size"])
+    await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out, terminal=True)))
+    await backend.resize_pty(cid, "", 90, 30)
+    with pytest.raises(InvalidArgument):
+        await backend.resize_pty(cid, "", 1 << 16, 30)
+    await backend.start(cid, "")
+    assert (await asyncio.wait_for(backend.wait(cid, ""), 10)).exit_status == 0
+    lines = (await reader).decode().split("\r\n")
+    assert lines[0].startswith("/dev/pts/") and lines[1] == "30 90"
+    assert (await backend.state(cid, "")).stdio.terminal
+    await backend.delete(cid, "")
+    with pytest.raises(NotFound):
+        await backend.resize_pty(cid, "", 90, 30)

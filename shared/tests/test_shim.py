@@ -6,6 +6,7 @@ shared/tests/conformance/containerd-2.3.4/d_restart_shim_binary/shim-binary-invo
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
 
 from kuasar_shared.api.containerd.runc.options import oci_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
-from kuasar_shared.shim import binary_name, runtime_name, shim_main
+from kuasar_shared.shim import FEATURES_TYPE_URL, binary_name, runtime_features, runtime_name, shim_main
 
 DELETE_ARGV = ["-namespace", "k8s.io", "-address", "/var/lib/ctrd/containerd/containerd.sock", "-publish-binary",
                "/var/lib/ctrd/bin/containerd", "-id",
@@ -139,3 +140,37 @@ def test_as_a_real_binary_on_path(tmp_path) -> None:
     resp = shim_pb2.DeleteResponse()
     resp.ParseFromString(delete.stdout)
     assert resp.exit_status == 137
+
+
+def test_info_reports_the_runtime_features_containerd_reads() -> None:
+    """containerd's CRI enables recursive read-only mounts for a handler whose -info features
+    list ``rro`` (runc >= 1.1 does), decoding the Any by FEATURES_TYPE_URL as JSON."""
+    out, err = io.BytesIO(), io.StringIO()
+    assert shim_main("runc", ["-info"], stdin=io.BytesIO(b""), stdout=out, stderr=err, runtime="runc") == 0
+    info = _runtime_info_class()()
+    info.ParseFromString(out.getvalue())
+    assert info.features.type_url == FEATURES_TYPE_URL
+    features = json.loads(info.features.value)
+    assert features == json.loads(runtime_features("runc") or b"null")
+    assert "rro" in features["mountOptions"]
+
+
+def test_info_features_follow_binary_name_and_vanish_without_a_runtime(tmp_path) -> None:
+    fake = tmp_path / "my-runc"
+    fake.write_text('#!/bin/sh\n[ "$1" = features ] && echo \'{"mountOptions": ["ro"]}\'\n')
+    os.chmod(fake, 0o755)
+    opts = any_pb2.Any()
+    opts.Pack(oci_pb2.Options(binary_name=str(fake)), type_url_prefix="")
+    out = io.BytesIO()
+    shim_main("runc", ["-info"], stdin=io.BytesIO(opts.SerializeToString()), stdout=out, stderr=io.StringIO(),
+              runtime="runc")
+    info = _runtime_info_class()()
+    info.ParseFromString(out.getvalue())
+    assert json.loads(info.features.value) == {"mountOptions": ["ro"]}
+    assert runtime_features(str(tmp_path / "missing")) is None
+    fake.write_text("#!/bin/sh\necho not-json\n")
+    assert runtime_features(str(fake)) is None
+    code, out_bytes, _ = call(["-info"])  # a sandbox type without an OCI runtime reports none
+    info = _runtime_info_class()()
+    info.ParseFromString(out_bytes)
+    assert code == 0 and not info.HasField("features")

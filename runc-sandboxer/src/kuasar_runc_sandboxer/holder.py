@@ -56,16 +56,21 @@ class HolderParent:
         ours.setblocking(False)
         return cls(pid, ours)
 
-    async def spawn(self, sandbox_id: str, netns: str, hostname: str) -> int:
+    async def spawn(self, sandbox_id: str, netns: str, hostname: str, host_ipc: bool = False,
+                    host_pid: bool = False, sysctls: Optional[dict[str, str]] = None) -> int:
         """Create a holder for a pod and return its pid (host PID namespace).
 
-        :raise InvalidArgument: when the netns cannot be joined or the hostname set.
+        ``host_ipc`` / ``host_pid``: stay in the node's IPC / PID namespace; ``sysctls``: ``/proc/sys``
+        file -> value, written by the holder in the pod's namespaces.
+
+        :raise InvalidArgument: when the netns cannot be joined, the hostname or a sysctl set.
         :raise Unavailable: when the helper is gone.
         """
         if self._lock is None:
             self._lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
-        request = json.dumps({"id": sandbox_id, "netns": netns, "hostname": hostname}) + "\n"
+        request = json.dumps({"id": sandbox_id, "netns": netns, "hostname": hostname, "host_ipc": host_ipc,
+                              "host_pid": host_pid, "sysctls": sysctls or {}}) + "\n"
         async with self._lock:
             try:
                 await loop.sock_sendall(self._sock, request.encode())

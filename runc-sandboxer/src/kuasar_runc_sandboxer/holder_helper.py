@@ -5,14 +5,17 @@ runc-sandboxer starts this file as a fresh interpreter (``python -I -S holder_he
 its event loop and grpc threads exist, and asks it for holders over the inherited socket. Being a
 separate, small program keeps it free of the sandboxer's state (no grpc, no copy-on-write pages
 dirtied behind the sandboxer's back) and makes forking in it safe. For each request it
-double-forks: the intermediate child unshares IPC, UTS and PID namespaces and forks the holder,
+double-forks: the intermediate child unshares the UTS namespace, the IPC namespace (unless the pod
+uses the node's) and the PID namespace (unless the pod uses the node's) and forks the holder,
 which becomes PID 1 of the new PID namespace, joins the pod's network namespace (unless host
-network), sets the pod hostname and execs kuasar_shared's tiny pause program with SIGCHLD ignored
-(the kernel then reaps orphans of the pod's PID namespace). Holders ignore every signal sent from
-outside their namespace except SIGKILL.
+network), sets the pod hostname, applies the pod's sysctls (they belong to its IPC and network
+namespaces, so only the holder can set them) and execs kuasar_shared's tiny pause program with
+SIGCHLD ignored (the kernel then reaps orphans of the pod's PID namespace). Holders ignore every
+signal sent from outside their namespace except SIGKILL.
 
-Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname"}`` answered by a
-JSON line ``{"pid": n}`` or ``{"error": "..."}``. Standard library only (no site-packages: small).
+Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname", "host_ipc",
+"host_pid", "sysctls": {"/proc/sys path": value}}`` answered by a JSON line ``{"pid": n}`` or
+``{"error": "..."}``. Standard library only (no site-packages: small).
 """
 from __future__ import annotations
 
@@ -54,9 +57,11 @@ def _reap_all(_signum: int = 0, _frame: Any = None) -> None:
             return
 
 
-def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> None:
+def _holder(request: dict[str, Any], report: int, pause: int, name: str) -> None:
     """Body of the holder (grandchild, PID 1 of the pod's PID namespace). Never returns."""
     try:
+        netns = str(request.get("netns") or "")
+        hostname = str(request.get("hostname") or "")
         if netns:
             fd = os.open(netns, os.O_RDONLY)
             try:
@@ -65,6 +70,14 @@ def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> No
                 os.close(fd)
         if hostname:
             socket.sethostname(hostname)
+        for path, value in dict(request.get("sysctls") or {}).items():
+            if not str(path).startswith("/proc/sys/") or "/../" in str(path):
+                raise ValueError(f"not a sysctl file: {path}")
+            try:
+                with open(str(path), "w") as handle:
+                    handle.write(str(value))
+            except OSError as err:
+                raise OSError(err.errno, f"sysctl {path[len('/proc/sys/'):]}={value}: {err.strerror}") from None
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
@@ -86,15 +99,18 @@ def _holder(netns: str, hostname: str, report: int, pause: int, name: str) -> No
 
 def _spawn_holder(request: dict[str, Any], pause: int) -> dict[str, Any]:
     """In the helper: double-fork one holder and return ``{"pid"}`` or ``{"error"}``."""
-    netns = str(request.get("netns") or "")
-    hostname = str(request.get("hostname") or "")
     name = "sandbox-" + str(request.get("id", ""))
+    flags = _CLONE_NEWUTS
+    if not request.get("host_ipc"):
+        flags |= _CLONE_NEWIPC
+    if not request.get("host_pid"):
+        flags |= _CLONE_NEWPID
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
         try:
             os.close(read_end)
-            _check(_libc.unshare(_CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWPID), "unshare")
+            _check(_libc.unshare(flags), "unshare")
             holder = os.fork()
             if holder == 0:
                 _set_name(name)
@@ -102,7 +118,7 @@ def _spawn_holder(request: dict[str, Any], pause: int) -> dict[str, Any]:
                 os.closerange(3, low)
                 os.closerange(low + 1, high)
                 os.closerange(high + 1, 65536)
-                _holder(netns, hostname, write_end, pause, name)
+                _holder(request, write_end, pause, name)
             os.write(write_end, (json.dumps({"pid": holder}) + "\n").encode())
             os._exit(0)
         except BaseException as err:

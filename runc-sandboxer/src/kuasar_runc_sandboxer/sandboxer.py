@@ -1,7 +1,10 @@
 """RuncSandboxer: runc pods as namespace holders, containers run by the separate runc-task server.
 
-A pod is one holder process (see :mod:`.holder`) owning the pod's IPC, UTS and PID namespaces and
-sitting in its network namespace (or the host's for hostNetwork pods). Start pins those namespaces
+A pod is one holder process (see :mod:`.holder`) owning the pod's UTS, IPC and PID namespaces (the
+node's IPC or PID namespace for hostIPC / hostPID pods), sitting in its network namespace (or the
+host's for hostNetwork pods) and having set the pod's sysctls there. Create writes the pod's
+``hostname``, ``hosts`` and ``resolv.conf`` and Start mounts its ``/dev/shm`` (see
+:mod:`kuasar_shared.sandbox.podfiles`; runc-task mounts them into containers). Start pins the namespaces
 under ``<dir>/<id>/ns/`` and reports the holder's pid, so the ``/proc/<pid>/ns/...`` paths that
 containerd writes into container specs resolve to the pod (runc-task also rewrites ``/proc/0/ns``
 paths to the pinned files). Every change is saved to ``<dir>/<id>/sandbox.json``; after a restart
@@ -19,12 +22,15 @@ from typing import Optional
 from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.oci import is_same_process, kill, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
+from kuasar_shared.mounts import MountError
 from kuasar_shared.sandbox.base import PodSandboxer
+from kuasar_shared.sandbox.podfiles import mount_pod_shm, unmount_pod_shm, write_pod_files
 from kuasar_shared.sandbox.pods import PodRecord, PodState, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.nsfiles import bind_namespaces, namespaces_match, unbind_namespaces
+from kuasar_runc_sandboxer.sysctls import sysctl_files
 
 __all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK"]
 
@@ -40,6 +46,10 @@ class Pod(PodRecord):
 
     hostname: str = ""
     shared_pid: bool = False
+    host_pid: bool = False
+    host_ipc: bool = False
+    #: /proc/sys file -> value, set by the holder
+    sysctls: dict[str, str] = field(default_factory=dict)
     pid: int = 0
     holder_start: Optional[int] = None
     ns_types: list[str] = field(default_factory=list)
@@ -69,20 +79,35 @@ class RuncSandboxer(PodSandboxer[Pod]):
     async def create(self, req: CreateSandbox) -> None:
         if req.netns_path and not os.path.exists(req.netns_path):
             raise InvalidArgument(f"sandbox {req.id}: network namespace {req.netns_path} does not exist")
-        if req.host_pid:
-            raise InvalidArgument(f"sandbox {req.id}: the host PID namespace (pid: NODE) is not supported")
+        try:
+            sysctls = sysctl_files(req.sysctls, req.host_network, req.host_ipc)
+        except InvalidArgument as err:
+            raise InvalidArgument(f"sandbox {req.id}: {err.message}") from err
         created = (req.created_at or datetime.now(timezone.utc)).isoformat()
-        self.pods.add(Pod(id=req.id, netns=req.netns_path, hostname=req.hostname, shared_pid=req.shared_pid,
-                          cgroup_parent=req.cgroup_parent, created_at=created))
-        log.info("sandbox %s created (netns %s, shared pid %s)", req.id, req.netns_path or "host",
-                 req.shared_pid)
+        pod = Pod(id=req.id, netns=req.netns_path, hostname=req.hostname, shared_pid=req.shared_pid,
+                  host_pid=req.host_pid, host_ipc=req.host_ipc, sysctls=sysctls,
+                  cgroup_parent=req.cgroup_parent, created_at=created)
+        self.pods.add(pod)
+        try:
+            write_pod_files(self.pods.pod_dir(req.id), req.hostname, req.dns_config)
+        except InvalidArgument as err:
+            self.pods.remove(pod)
+            raise InvalidArgument(f"sandbox {req.id}: {err.message}") from err
+        log.info("sandbox %s created (netns %s, shared pid %s, host pid %s, host ipc %s)", req.id,
+                 req.netns_path or "host", req.shared_pid, req.host_pid, req.host_ipc)
 
     async def _start_pod(self, pod: Pod) -> None:
         if pod.cgroup_parent:
             self.pods.create_cgroup(pod)
             self.pods.save(pod)
-        pid = await self.holders.spawn(pod.id, pod.netns, pod.hostname)
-        types = ["uts", "ipc", "net"] + (["pid"] if pod.shared_pid else [])
+        if not pod.host_ipc:
+            try:
+                mount_pod_shm(self.pods.pod_dir(pod.id))
+            except MountError as err:
+                raise InvalidArgument(f"sandbox {pod.id}: cannot mount its /dev/shm: {err}") from err
+        pid = await self.holders.spawn(pod.id, pod.netns, pod.hostname, host_ipc=pod.host_ipc,
+                                       host_pid=pod.host_pid, sysctls=pod.sysctls)
+        types = ["uts"] + ([] if pod.host_ipc else ["ipc"]) + ["net"] + (["pid"] if pod.shared_pid else [])
         try:
             bind_namespaces(self.pods.pod_dir(pod.id), pid, types)
         except KuasarError as err:
@@ -97,6 +122,10 @@ class RuncSandboxer(PodSandboxer[Pod]):
         if is_same_process(pod.pid, pod.holder_start):
             kill(pod.pid)
             await wait_exit(pod.pid)
+        try:
+            unmount_pod_shm(self.pods.pod_dir(pod.id))
+        except (MountError, OSError) as err:
+            log.warning("sandbox %s: cannot unmount its /dev/shm: %s", pod.id, err)
 
     async def _readopt(self, pod: Pod) -> bool:
         if pod.state is not PodState.READY:

@@ -3,7 +3,8 @@
 All of the container, process, exit and persistence logic is :class:`kuasar_shared.oci.task.OciTaskBackend`;
 this module only says how runc containers join their pod: the spec's ``/proc/<pid>/ns/...`` paths
 point at the namespaces runc-sandboxer pinned (:mod:`.podns`), a spec without ``cgroupsPath`` goes
-below the pod's cgroup parent, and ``hostname`` is dropped when the UTS namespace is shared. runc is
+below the pod's cgroup parent, the pod's ``hostname``, ``hosts``, ``resolv.conf`` and ``/dev/shm``
+are mounted in, and ``hostname`` is dropped when the UTS namespace is shared. runc is
 invoked with ``--root <root>/<engine namespace>`` and the binary from the runc options, if any.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Optional
 
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import ExitRecorder, drop_hostname_if_shared_uts, set_cgroups_path
+from kuasar_shared.oci.pod import add_pod_mounts
 from kuasar_shared.oci.task import OciHooks, OciTaskBackend, Placement
 from kuasar_shared.task.backend import CreateTask
 
@@ -30,6 +32,7 @@ class RuncHooks(OciHooks):
     """
 
     name = "runc-task"
+    terminals = True
 
     def __init__(self, pods_dir: str, binary: str, runtime_root: str) -> None:
         self.pods_dir = pods_dir
@@ -39,6 +42,8 @@ class RuncHooks(OciHooks):
     def place(self, req: CreateTask, spec: dict[str, Any], namespace: str) -> Placement:
         sandbox_id = sandbox_id_of(spec, req.bundle)
         join_pod_namespaces(spec, self.pods_dir, sandbox_id)
+        if self.pods_dir and sandbox_id:
+            add_pod_mounts(spec, os.path.join(self.pods_dir, sandbox_id))
         cgroups_path = default_cgroups_path(spec, self.pods_dir, sandbox_id, req.id)
         if cgroups_path:
             set_cgroups_path(spec, cgroups_path)

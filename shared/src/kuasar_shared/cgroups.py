@@ -357,6 +357,7 @@ class CgroupV1(Cgroup):
             memory_total_inactive_file=mstat.get("total_inactive_file", 0),
             pids_current=_read_int(os.path.join(pids, "pids.current")) if pids else 0,
             pids_limit=_read_int(os.path.join(pids, "pids.max")) if pids else 0,
+            memory_oom_kill=_read_kv(os.path.join(mem, "memory.oom_control")).get("oom_kill", 0) if mem else 0,
         )
 
 
@@ -422,4 +423,5 @@ class CgroupV2(Cgroup):
             memory_total_inactive_file=mstat.get("inactive_file", 0),
             pids_current=_read_int(os.path.join(d, "pids.current")),
             pids_limit=_read_int(os.path.join(d, "pids.max")),
+            memory_oom_kill=events.get("oom_kill", 0),
         )

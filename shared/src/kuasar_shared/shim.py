@@ -8,23 +8,35 @@ containerd's runtime v2 shim contract describes (``pkg/shim``: protobuf on stdou
 never serves tasks: those live in the sandboxer's task server.
 
 - ``-info``: reads the runtime options (a serialized ``google.protobuf.Any``) from stdin and
-  writes a ``containerd.types.RuntimeInfo`` (name, version, options echoed back).
+  writes a ``containerd.types.RuntimeInfo`` (name, version, options echoed back, and the OCI
+  runtime's ``features`` JSON when the sandbox type runs one). containerd's CRI reads those
+  features to learn what a runtime handler supports (recursive read-only mounts: ``rro`` in
+  ``mountOptions``; user namespaces), as it does from ``runc features`` through its runc shim.
 - ``delete``: writes a ``containerd.task.v3.DeleteResponse`` with ``exit_status`` 137
   (128 + SIGKILL, what runc's shim reports for a task it cleans up) and ``exited_at`` now.
 - ``-v`` prints the version; ``start`` and serving are refused with a clear message.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from typing import IO, Optional, Sequence
 
 from google.protobuf import any_pb2, timestamp_pb2
 
 from kuasar_shared import __version__
+from kuasar_shared.api.containerd.runc.options import oci_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 
-__all__ = ["runtime_name", "binary_name", "runtime_info", "delete_response", "shim_main"]
+__all__ = ["runtime_name", "binary_name", "runtime_info", "runtime_features", "delete_response", "shim_main",
+           "FEATURES_TYPE_URL"]
+
+#: typeurl under which containerd registers the OCI runtime-spec ``features.Features`` (JSON-encoded)
+FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+#: seconds ``<runtime> features`` may take
+FEATURES_TIMEOUT = 10.0
 
 #: exit status reported for a task cleaned up through ``delete``: 128 + SIGKILL
 DELETE_EXIT_STATUS = 137
@@ -60,21 +72,55 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def runtime_info(sandbox_type: str, options: bytes = b"", version: str = __version__) -> bytes:
+def _parse_any(options: bytes) -> Optional[any_pb2.Any]:
+    """The options as an Any, None when empty or unparsable (dropped, not fatal)."""
+    if not options:
+        return None
+    any_msg = any_pb2.Any()
+    try:
+        any_msg.ParseFromString(options)
+    except Exception:  # protobuf's DecodeError
+        return None
+    return any_msg if any_msg.type_url else None
+
+
+def runtime_info(sandbox_type: str, options: bytes = b"", version: str = __version__,
+                 features: Optional[bytes] = None) -> bytes:
     """A serialized ``containerd.types.RuntimeInfo`` (api/types/introspection.proto):
     ``name = 1``, ``version = 2`` (``RuntimeVersion{version = 1, revision = 2}``),
-    ``options = 3`` (Any). ``options`` is echoed only when it parses as an Any."""
+    ``options = 3`` (Any), ``features = 4`` (Any of the OCI features JSON, :data:`FEATURES_TYPE_URL`).
+    ``options`` is echoed only when it parses as an Any."""
     out = _field(1, runtime_name(sandbox_type).encode())
     out += _field(2, _field(1, version.encode()))
-    if options:
-        any_msg = any_pb2.Any()
-        try:
-            any_msg.ParseFromString(options)
-        except Exception:  # protobuf's DecodeError; unparsable options are dropped, not fatal
-            any_msg = None
-        if any_msg is not None and any_msg.type_url:
-            out += _field(3, bytes(any_msg.SerializeToString()))
+    any_msg = _parse_any(options)
+    if any_msg is not None:
+        out += _field(3, bytes(any_msg.SerializeToString()))
+    if features is not None:
+        out += _field(4, bytes(any_pb2.Any(type_url=FEATURES_TYPE_URL, value=features).SerializeToString()))
     return out
+
+
+def _runtime_binary(default: str, options: bytes) -> str:
+    """``binary_name`` of runc options (``containerd.runc.v1.Options``) when set, else ``default``."""
+    any_msg = _parse_any(options)
+    if any_msg is not None and any_msg.type_url.endswith("containerd.runc.v1.Options"):
+        try:
+            return oci_pb2.Options.FromString(any_msg.value).binary_name or default
+        except Exception:  # protobuf's DecodeError: the default runtime then
+            return default
+    return default
+
+
+def runtime_features(binary: str, timeout: float = FEATURES_TIMEOUT) -> Optional[bytes]:
+    """The JSON ``<binary> features`` prints (OCI runtime-spec features.md), None when the runtime
+    has no such command or answers no JSON object (containerd then assumes no optional feature)."""
+    try:
+        done = subprocess.run([binary, "features"], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, check=True)
+        decoded = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return done.stdout.strip() if isinstance(decoded, dict) else None
 
 
 def delete_response(pid: int = 0) -> bytes:
@@ -129,10 +175,13 @@ def _read_stdin(stdin: IO[bytes]) -> bytes:
 
 
 def shim_main(sandbox_type: str, argv: Optional[Sequence[str]] = None, *, stdin: Optional[IO[bytes]] = None,
-              stdout: Optional[IO[bytes]] = None, stderr: Optional[IO[str]] = None) -> int:
+              stdout: Optional[IO[bytes]] = None, stderr: Optional[IO[str]] = None,
+              runtime: Optional[str] = None) -> int:
     """Run the shim entry point for ``sandbox_type`` and return the exit code.
 
     :param argv: arguments without the program name (default ``sys.argv[1:]``).
+    :param runtime: the OCI runtime binary whose ``features`` ``-info`` reports (overridden by
+        ``binary_name`` in runc options); None for sandbox types that run none.
     :param stdin/stdout: binary streams (default the process's); stderr for messages.
     :return: 0 after answering ``-info``, ``-v`` or ``delete``; 2 for bad flags; 1 for anything
         this binary refuses to do (``start``, serving tasks).
@@ -153,7 +202,9 @@ def shim_main(sandbox_type: str, argv: Optional[Sequence[str]] = None, *, stdin:
         stdout.flush()
         return 0
     if flags.get("info"):
-        stdout.write(runtime_info(sandbox_type, _read_stdin(stdin)))
+        options = _read_stdin(stdin)
+        features = runtime_features(_runtime_binary(runtime, options)) if runtime else None
+        stdout.write(runtime_info(sandbox_type, options, features=features))
         stdout.flush()
         return 0
     action = rest[0] if rest else ""

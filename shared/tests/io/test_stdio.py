@@ -1,14 +1,18 @@
 """Stdio plumbing against real child processes: FIFOs (engine fifo io) and the Streaming service."""
 import asyncio
+import fcntl
 import os
+import socket
+import struct
 import subprocess
+import termios
 
 import pytest
 from google.protobuf import any_pb2
 
 from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
 from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
-from kuasar_shared.errors import InvalidArgument, Unimplemented
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument
 from kuasar_shared.io import StreamingHub, open_process_io, stream_id_of
 from kuasar_shared.task.backend import Stdio
 from kuasar_shared.ttrpc import Client, Server
@@ -60,8 +64,8 @@ async def test_fifo_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(InvalidArgument, match="not a FIFO"):
         await open_process_io(Stdio(stdout=str(tmp_path / "file")), None)
-    with pytest.raises(Unimplemented):
-        await open_process_io(Stdio(terminal=True), None)
+    with pytest.raises(InvalidArgument, match="streaming"):
+        await open_process_io(Stdio(stdout="ttrpc+unix:///x?streaming_id=a-stdout", terminal=True), None)
     with pytest.raises(InvalidArgument, match="streaming"):
         await open_process_io(Stdio(stdout="ttrpc+unix:///x?streaming_id=a-stdout"), None)
 
@@ -168,3 +172,44 @@ async def test_stream_without_init_is_rejected(hub_server):
         from kuasar_shared.errors import InvalidArgument as IA
         with pytest.raises(IA, match="StreamInit"):
             await asyncio.wait_for(st.recv(), 5)
+
+
+async def test_terminal_copies_between_fifos_and_the_master_it_receives(tmp_path):
+    """A terminal process: the master arrives over the console socket (as runc sends it), engine
+    stdin reaches the pty, pty output reaches the engine's stdout FIFO, resize sets the size."""
+    fin, fout = str(tmp_path / "in"), str(tmp_path / "out")
+    os.mkfifo(fin)
+    os.mkfifo(fout)
+    engine_in = os.open(fin, os.O_RDWR)
+    engine_out = os.open(fout, os.O_RDONLY | os.O_NONBLOCK)
+    pio = await open_process_io(Stdio(stdin=fin, stdout=fout, terminal=True), None, name="tty")
+    try:
+        assert pio.stdin is None and pio.stdout is None and pio.console_socket
+        with pytest.raises(FailedPrecondition):
+            pio.resize(80, 24)
+        master, slave = os.openpty()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as runtime:
+            runtime.connect(pio.console_socket)
+            socket.send_fds(runtime, [b"console"], [master])
+        os.close(master)
+        await pio.attach_console()
+        pio.resize(100, 40)
+        rows, cols = struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        assert (rows, cols) == (40, 100)
+        os.write(engine_in, b"typed\n")
+        assert await asyncio.get_running_loop().run_in_executor(None, os.read, slave, 100) == b"typed\n"
+        os.write(slave, b"printed")
+        os.close(slave)  # the process is gone: the copier sees EIO and closes the engine's stdout
+        await pio.wait()
+        os.set_blocking(engine_out, True)
+        data = b""
+        while True:
+            chunk = os.read(engine_out, 100)
+            if not chunk:
+                break
+            data += chunk
+        assert data == b"typed\r\nprinted"  # the terminal echoes what was typed
+    finally:
+        await pio.close()
+        os.close(engine_in)
+        os.close(engine_out)

@@ -5,6 +5,10 @@
 - FIFO stdin: a pipe plus a copier, so that CloseIO can deliver EOF to the process.
 - Streaming URLs: a pipe plus a copier to/from the :class:`StreamingHub` endpoint of that id.
 - Empty: /dev/null.
+- Terminal (``terminal = true``): the runtime makes a pty and sends its master to
+  :attr:`ProcessIO.console_socket`; :meth:`ProcessIO.attach_console` then copies engine stdin to it
+  and its output to the engine's stdout (see :mod:`kuasar_shared.io.console`). Unlike FIFO output,
+  a terminal does not survive a restart of the task server (the master dies with it).
 """
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ import asyncio
 import logging
 import os
 import stat
-from typing import List, Optional
+from typing import Awaitable, Callable, List, Optional
 
-from kuasar_shared.errors import InvalidArgument, Unimplemented
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument
+from kuasar_shared.fdio import write_all
+from kuasar_shared.io.console import ConsoleSocket, copy_from_master, copy_to_master, resize
 from kuasar_shared.io.streaming import Endpoint, StreamingHub, stream_id_of
 from kuasar_shared.task.backend import Stdio
 
@@ -53,6 +59,40 @@ class ProcessIO:
         self._tasks: List[asyncio.Task[None]] = []
         self._endpoints: List[str] = []
         self._hub: Optional[StreamingHub] = None
+        #: terminal processes: where the runtime sends the pty master, then the master itself
+        self._console: Optional[ConsoleSocket] = None
+        self._master: Optional[int] = None
+        self._sink: Optional[Callable[[Optional[bytes]], Awaitable[None]]] = None
+        self._source: Optional[Callable[[], Awaitable[Optional[bytes]]]] = None
+        #: what :meth:`close` releases besides the copiers (a terminal's FIFOs)
+        self._closers: List[Callable[[], None]] = []
+        #: prefix of the copier task names
+        self.name = ""
+
+    @property
+    def console_socket(self) -> Optional[str]:
+        """The ``--console-socket`` path to give the runtime (None: not a terminal)."""
+        return self._console.path if self._console is not None else None
+
+    async def attach_console(self) -> None:
+        """Receive the pty master from the runtime and start copying (after create/exec succeeded).
+
+        :raise Internal: the runtime sent no terminal.
+        """
+        if self._console is None or self._sink is None:
+            return
+        self._master = await self._console.receive()
+        self._console.close()
+        self._console = None
+        self._spawn(f"{self.name}-console-copier", copy_from_master(self._master, self._sink))
+        if self._source is not None:
+            self._spawn(f"{self.name}-stdin-copier", copy_to_master(self._master, self._source))
+
+    def resize(self, width: int, height: int) -> None:
+        """ResizePty. :raise FailedPrecondition: the process has no terminal."""
+        if self._master is None:
+            raise FailedPrecondition("the process has no terminal")
+        resize(self._master, width, height)
 
     def child_started(self) -> None:
         for fd in self._child_fds:
@@ -77,6 +117,15 @@ class ProcessIO:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        if self._master is not None:
+            os.close(self._master)
+            self._master = None
+        for closer in self._closers:
+            closer()
+        self._closers.clear()
         if self._hub is not None:
             for sid in self._endpoints:
                 self._hub.release(sid)
@@ -128,12 +177,17 @@ async def open_process_io(stdio: Stdio, hub: Optional[StreamingHub], name: str =
 
     :raise InvalidArgument: a FIFO path is relative, missing or not a FIFO; a streaming URL is
         given but this server has no Streaming service.
-    :raise Unimplemented: a terminal was requested.
     """
-    if stdio.terminal:
-        raise Unimplemented("terminal (tty) processes are not supported; use stdin/stdout without tty")
     pio = ProcessIO()
     pio._hub = hub
+    pio.name = name
+    if stdio.terminal:
+        try:
+            await _open_terminal(pio, stdio, hub)
+        except BaseException:
+            await pio.close()
+            raise
+        return pio
     try:
         for which in ("stdout", "stderr"):
             url = getattr(stdio, which)
@@ -171,6 +225,59 @@ async def open_process_io(stdio: Stdio, hub: Optional[StreamingHub], name: str =
         await pio.close()
         raise
     return pio
+
+
+async def _open_terminal(pio: ProcessIO, stdio: Stdio, hub: Optional[StreamingHub]) -> None:
+    """Prepare a terminal process: the console socket, the engine's stdout as the sink of the pty
+    output and its stdin as the source of the pty input (stderr is unused: a pty has one output)."""
+    if stdio.stdout:
+        sid = stream_id_of(stdio.stdout)
+        if sid is None:
+            sink = _FdSink(_open_fifo(stdio.stdout, os.O_RDWR))
+            os.set_blocking(sink.fd, False)
+            pio._sink = sink
+            pio._closers.append(sink.close)
+        elif hub is None:
+            raise InvalidArgument(f"stdout {stdio.stdout!r} is a streaming URL but streaming IO is not served here")
+        else:
+            pio._endpoints.append(sid)
+            pio._sink = hub.endpoint(sid).put
+    else:
+        pio._sink = _discard
+    if stdio.stdin:
+        sid = stream_id_of(stdio.stdin)
+        if sid is None:
+            source, transport = await _fifo_source(_open_fifo(stdio.stdin, os.O_RDONLY))
+            pio._source = source
+            pio._closers.append(transport.close)
+        elif hub is None:
+            raise InvalidArgument(f"stdin {stdio.stdin!r} is a streaming URL but streaming IO is not served here")
+        else:
+            pio._endpoints.append(sid)
+            pio._source = hub.endpoint(sid).get
+    pio._console = ConsoleSocket()
+
+
+class _FdSink:
+    """Writes chunks to a FIFO; None (the end) or :meth:`close` closes it, which is EOF for the engine."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def __call__(self, chunk: Optional[bytes]) -> None:
+        if chunk is None:
+            self.close()
+        elif self.fd >= 0:
+            await write_all(self.fd, chunk)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def _discard(chunk: Optional[bytes]) -> None:
+    """The sink of a terminal whose output nobody reads."""
 
 
 async def _fifo_source(fd: int):  # type: ignore[no-untyped-def]

@@ -56,6 +56,8 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
     kill_timeout = 10.0
     #: what runs the containers, in error messages (``terminals are not supported by <name>``)
     name = "this task server"
+    #: whether processes may have a terminal (``terminal = true`` stdio)
+    terminals = False
 
     def __init__(self, store: ContainerStore[C], hub: Optional[StreamingHub] = None,
                  exits: Optional[ExitRecorder] = None) -> None:
@@ -88,7 +90,7 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         task.add_done_callback(self._tasks.discard)
 
     def _refuse_terminal(self, container_id: str, stdio: Stdio) -> None:
-        if stdio.terminal:
+        if stdio.terminal and not self.terminals:
             raise Unimplemented(f"container {container_id}: terminals are not supported by {self.name}")
 
     def _startable(self, container_id: str, exec_id: str) -> tuple[C, Proc]:
@@ -215,7 +217,8 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
             if container.init.status is not TaskStatus.RUNNING:
                 raise FailedPrecondition(f"container {req.id} is not running")
             container.execs[req.exec_id] = Proc(exec_id=req.exec_id, spec=self._exec_spec(req.spec), stdio={
-                "stdin": req.stdio.stdin, "stdout": req.stdio.stdout, "stderr": req.stdio.stderr})
+                "stdin": req.stdio.stdin, "stdout": req.stdio.stdout, "stderr": req.stdio.stderr,
+                "terminal": req.stdio.terminal})
             self.store.save(container)
 
     async def state(self, id: str, exec_id: str) -> ProcessState:
@@ -245,6 +248,13 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         pio = self._io.get((id, exec_id))
         if stdin and pio is not None:
             pio.close_stdin()
+
+    async def resize_pty(self, id: str, exec_id: str, width: int, height: int) -> None:
+        self._get(id).proc(exec_id)
+        pio = self._io.get((id, exec_id))
+        if pio is None:
+            raise FailedPrecondition(f"container {id} process {exec_id!r} has no terminal")
+        pio.resize(width, height)
 
     async def shutdown(self, id: str, now: bool) -> None:
         """Kill every container of sandbox ``id`` (or the container ``id``); ``now``: also delete them."""

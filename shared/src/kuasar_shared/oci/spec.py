@@ -17,7 +17,7 @@ from kuasar_shared.store import write_json_atomic
 
 __all__ = ["CONFIG_NAME", "NAMESPACE_TYPES", "load_spec", "save_spec", "rootfs_path",
            "namespace_path", "set_namespace_path", "replace_proc_ns_paths", "drop_hostname_if_shared_uts",
-           "set_cgroups_path", "clamp_oom_score_adj", "own_oom_score_adj"]
+           "set_cgroups_path", "clamp_oom_score_adj", "own_oom_score_adj", "has_own_pid_namespace"]
 
 CONFIG_NAME = "config.json"
 #: OCI namespace type -> the /proc/<pid>/ns file name
@@ -96,6 +96,15 @@ def replace_proc_ns_paths(spec: dict[str, Any], pid: int, paths: Mapping[str, st
             entry["path"] = paths[ns_type]
             done.append(ns_type)
     return done
+
+
+def has_own_pid_namespace(spec: dict[str, Any]) -> bool:
+    """True when the spec asks for a new PID namespace (an entry of type ``pid`` without a path).
+
+    Without one, the container's processes outlive its init (they share the pod's or the host's
+    PID namespace), so whoever reports the init's exit must kill them.
+    """
+    return namespace_path(spec, "pid") == ""
 
 
 def drop_hostname_if_shared_uts(spec: dict[str, Any]) -> bool:

@@ -20,18 +20,28 @@ re-adopts processes whose pid and start time still match and watches them with p
 ``wait``). Their exit status is no longer ours to reap: it is claimed from the
 :class:`~kuasar_shared.oci.ExitRecorder` of the subreaper they re-parented to (the sandboxer),
 else reported as 128 + the last signal this server sent, or 255 (containerd's "unknown").
+
+Stray processes. When the init of a container without a PID namespace of its own exits, its
+children live on in the pod's namespace, holding the container's output FIFOs open: the engine
+then waits forever for that output to end before it deletes the task. As containerd's runc shim
+does (``ShouldKillAllOnExit``), every remaining process of such a container is killed
+(``<runtime> kill --all``) before the init's exit is reported, and a Kill with ``all`` still
+reaches them after the init is gone.
 """
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal as signals
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Optional
 
+from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
 from kuasar_shared.mounts import mount_all
@@ -40,12 +50,50 @@ from kuasar_shared.oci.exits import ExitRecorder
 from kuasar_shared.oci.pids import is_same_process, start_time
 from kuasar_shared.oci.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
 from kuasar_shared.oci.runtime import OciRuntime, StdioFds, read_pid_file
-from kuasar_shared.oci.spec import clamp_oom_score_adj, load_spec, rootfs_path, save_spec
+from kuasar_shared.oci.spec import clamp_oom_score_adj, has_own_pid_namespace, load_spec, rootfs_path, save_spec
 from kuasar_shared.task.backend import CgroupStats, CreateTask, Stdio, TaskStatus
 
 __all__ = ["OciTaskBackend", "OciHooks", "Placement", "UNKNOWN_EXIT"]
 
 log = logging.getLogger(__name__)
+
+
+def _own_pid_namespace(container: Container) -> bool:
+    """Whether the container's spec gives it a PID namespace of its own (an unreadable spec: no,
+    so that its processes are killed, as containerd's shim decides)."""
+    try:
+        return has_own_pid_namespace(load_spec(container.bundle))
+    except KuasarError:
+        return False
+
+
+def _cgroup_of(container: Container) -> Optional[Cgroup]:
+    """The host cgroup of the container's spec (a cgroupfs ``linux.cgroupsPath``), if any."""
+    try:
+        path = str((load_spec(container.bundle).get("linux") or {}).get("cgroupsPath") or "")
+    except KuasarError:
+        return None
+    if not path.startswith("/") or ":" in path:  # relative paths and systemd slices are the runtime's
+        return None
+    try:
+        return Cgroup.open(path)
+    except KuasarError:
+        return None
+
+
+def _stats_from_runtime(data: dict[str, Any]) -> CgroupStats:
+    """CgroupStats from the ``data`` of ``<runtime> events --stats``."""
+    cpu = data.get("cpu", {}).get("usage", {})
+    memory = data.get("memory", {})
+    usage, raw = memory.get("usage", {}), memory.get("raw", {})
+    pids = data.get("pids", {})
+    return CgroupStats(cpu_total_ns=int(cpu.get("total", 0)), cpu_user_ns=int(cpu.get("user", 0)),
+                       cpu_kernel_ns=int(cpu.get("kernel", 0)), memory_usage=int(usage.get("usage", 0)),
+                       memory_limit=int(usage.get("limit", 0)), memory_max_usage=int(usage.get("max", 0)),
+                       memory_failcnt=int(usage.get("failcnt", 0)), memory_rss=int(raw.get("rss", 0)),
+                       memory_cache=int(raw.get("cache", 0)),
+                       memory_total_inactive_file=int(raw.get("total_inactive_file", 0)),
+                       pids_current=int(pids.get("current", 0)), pids_limit=int(pids.get("limit", 0)))
 
 
 def _fds(pio: ProcessIO) -> StdioFds:
@@ -84,6 +132,8 @@ class OciHooks(abc.ABC):
     #: True when exec processes are signalled through ``<runtime> kill --pid <internal pid>``
     #: (runsc: the host pid of an exec is a waiter that does not forward signals)
     internal_exec_pids = False
+    #: True when the runtime makes terminals for ``terminal = true`` processes (``--console-socket``)
+    terminals = False
 
     @abc.abstractmethod
     def place(self, req: CreateTask, spec: dict[str, Any], namespace: str) -> Placement:
@@ -120,6 +170,9 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         super().__init__(ContainerStore(directory, Container), hub, exits)
         self.hooks = hooks
         self.name = hooks.name
+        self.terminals = hooks.terminals
+        #: containers whose init exited and whose stray processes are being killed
+        self._ending: set[str] = set()
 
     @staticmethod
     def _runtime(container: Container) -> OciRuntime:
@@ -136,6 +189,25 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         if proc.status is not TaskStatus.STOPPED:
             self._exited(container, proc, status, utc_now())
 
+    def _exited(self, container: Container, proc: Proc, status: int, at: datetime) -> None:
+        """Record an exit; for the init of a container sharing its PID namespace, kill the
+        container's remaining processes first (see the module docstring)."""
+        if proc is not container.init or proc.status is TaskStatus.STOPPED or _own_pid_namespace(container):
+            super()._exited(container, proc, status, at)
+        elif container.id not in self._ending:
+            self._ending.add(container.id)
+            self._own(self._kill_strays_then_exit(container, proc, status, at))
+
+    async def _kill_strays_then_exit(self, container: Container, proc: Proc, status: int, at: datetime) -> None:
+        try:
+            await self._runtime(container).kill(container.id, signals.SIGKILL, all=True)
+            log.info("container %s: init exited; its remaining processes were killed", container.id)
+        except KuasarError as err:
+            log.warning("container %s: cannot kill the processes left by its init: %s", container.id, err)
+        finally:
+            self._ending.discard(container.id)
+            super()._exited(container, proc, status, at)
+
     def _exec_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         clamp_oom_score_adj(spec)
@@ -146,13 +218,14 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
             spec = load_spec(req.bundle)
             placement = self.hooks.place(req, spec, namespace)
             clamp_oom_score_adj(spec.setdefault("process", {}))
+            spec["process"]["terminal"] = req.stdio.terminal
             save_spec(req.bundle, spec)
             sandbox_id = placement.sandbox_id
             container = Container(id=req.id, bundle=req.bundle, namespace=namespace, sandbox_id=sandbox_id,
                                   binary=placement.binary, root=placement.root,
                                   global_args=placement.global_args, rootfs=rootfs_path(req.bundle, spec))
             container.init.stdio = {"stdin": req.stdio.stdin, "stdout": req.stdio.stdout,
-                                    "stderr": req.stdio.stderr}
+                                    "stderr": req.stdio.stderr, "terminal": req.stdio.terminal}
             if req.rootfs:
                 os.makedirs(container.rootfs, exist_ok=True)
                 container.mounted = len(mount_all(req.rootfs, container.rootfs))
@@ -161,7 +234,14 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
                                             name=req.id)
                 try:
                     pid_file = os.path.join(self.store.work_dir(req.id), "init.pid")
-                    pid = await self._runtime(container).create(req.id, req.bundle, pid_file, _fds(pio))
+                    pid = await self._runtime(container).create(req.id, req.bundle, pid_file, _fds(pio),
+                                                                console_socket=pio.console_socket)
+                    try:
+                        await pio.attach_console()
+                    except BaseException:
+                        with contextlib.suppress(KuasarError):
+                            await self._runtime_delete(container)
+                        raise
                 except BaseException:
                     await pio.close()
                     raise
@@ -217,14 +297,15 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         work = self.store.work_dir(container.id)
         spec_path = os.path.join(work, proc.exec_id + ".process.json")
         with open(spec_path, "w") as handle:
-            json.dump(proc.spec or {}, handle)
+            json.dump(dict(proc.spec or {}, terminal=proc.stdio_value().terminal), handle)
         pid_file = os.path.join(work, proc.exec_id + ".pid")
         internal = os.path.join(work, proc.exec_id + ".ipid") if self.hooks.internal_exec_pids else None
         pio = await open_process_io(proc.stdio_value(), self.hub, name=f"{container.id}-{proc.exec_id}")
         try:
             pid = await self._runtime(container).exec(
                 container.id, spec_path, pid_file, os.path.join(work, "exec-log.json"), _fds(pio),
-                internal_pid_file=internal)
+                console_socket=pio.console_socket, internal_pid_file=internal)
+            await pio.attach_console()
             if internal is not None:
                 proc.runtime_pid = read_pid_file(internal)
         except BaseException:
@@ -242,6 +323,9 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
     async def kill(self, id: str, exec_id: str, signal: int, all: bool) -> None:
         container = self._get(id)
         proc = container.proc(exec_id)
+        if not exec_id and all and proc.status is TaskStatus.STOPPED:
+            await self._kill_remaining(container, signal)
+            return
         if proc.status is TaskStatus.STOPPED or (exec_id and not proc.pid):
             raise NotFound(f"container {id} process {exec_id!r} is not running")
         proc.signal = signal
@@ -258,12 +342,27 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         except FailedPrecondition as err:
             raise NotFound(str(err)) from err
 
+    async def _kill_remaining(self, container: Container, signal: int) -> None:
+        """Kill(all) after the init exited: what is left of the container still gets the signal.
+
+        :raise NotFound: nothing of the container is left to signal (what containerd expects).
+        """
+        runtime = self._runtime(container)
+        try:
+            left = await runtime.ps(container.id)
+            if left:
+                await runtime.kill(container.id, signal, all=True)
+        except KuasarError as err:
+            raise NotFound(f"container {container.id} is not running: {err}") from err
+        if not left:
+            raise NotFound(f"container {container.id} is not running")
+
     async def _remove(self, container: Container) -> None:
         """Delete the runtime's container (killing a created init), unmount and forget it."""
         await self._runtime_delete(container)
         init = container.init
         if init.status is TaskStatus.CREATED and not self.hooks.init_pid_is_own:
-            self._exited(container, init, 128 + signals.SIGKILL, utc_now())  # never started: no waiter
+            super()._exited(container, init, 128 + signals.SIGKILL, utc_now())  # never started: no waiter
         elif init.status is not TaskStatus.STOPPED:
             await self._await_exit(init)
         for exec_id in ["", *container.execs]:
@@ -295,19 +394,27 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         return await self._runtime(container).ps(id)
 
     async def stats(self, id: str) -> CgroupStats:
+        """The runtime's stats sample plus the OOM kill count of the container's cgroup; once the
+        init has exited (the runtime then reports nothing) the cgroup's own counters, which the
+        engine reads to tell an OOM kill (``memory_oom_kill``) until the container is deleted.
+
+        :raise NotFound: neither the runtime nor the cgroup can tell.
+        """
         container = self._get(id)
-        data = await self._runtime(container).stats(id)
-        cpu = data.get("cpu", {}).get("usage", {})
-        memory = data.get("memory", {})
-        usage, raw = memory.get("usage", {}), memory.get("raw", {})
-        pids = data.get("pids", {})
-        return CgroupStats(cpu_total_ns=int(cpu.get("total", 0)), cpu_user_ns=int(cpu.get("user", 0)),
-                           cpu_kernel_ns=int(cpu.get("kernel", 0)), memory_usage=int(usage.get("usage", 0)),
-                           memory_limit=int(usage.get("limit", 0)), memory_max_usage=int(usage.get("max", 0)),
-                           memory_failcnt=int(usage.get("failcnt", 0)), memory_rss=int(raw.get("rss", 0)),
-                           memory_cache=int(raw.get("cache", 0)),
-                           memory_total_inactive_file=int(raw.get("total_inactive_file", 0)),
-                           pids_current=int(pids.get("current", 0)), pids_limit=int(pids.get("limit", 0)))
+        cgroup = _cgroup_of(container)
+        try:
+            data = await self._runtime(container).stats(id)
+        except KuasarError as err:
+            if cgroup is None:
+                raise
+            try:
+                return cgroup.stats()
+            except NotFound:
+                raise NotFound(f"container {id} has no stats: {err}") from err
+        stats = _stats_from_runtime(data)
+        if cgroup is not None and cgroup.exists():
+            stats = replace(stats, memory_oom_kill=cgroup.stats().memory_oom_kill)
+        return stats
 
     async def pause(self, id: str) -> None:
         async with self._lock(id):

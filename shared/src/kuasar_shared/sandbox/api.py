@@ -75,8 +75,26 @@ class CreateSandbox:
         return self._namespace_mode("pid") == _NS_NODE
 
     @property
+    def host_ipc(self) -> bool:
+        """True when the pod uses the node's IPC namespace (``namespace_options.ipc = NODE``)."""
+        return self._namespace_mode("ipc") == _NS_NODE
+
+    @property
     def hostname(self) -> str:
         return str(self.config.get("hostname", ""))
+
+    @property
+    def sysctls(self) -> dict[str, str]:
+        """The pod's ``linux.sysctls`` (name -> value), unvalidated."""
+        return {str(k): str(v) for k, v in dict(self.config.get("linux", {}).get("sysctls", {})).items()}
+
+    @property
+    def dns_config(self) -> Optional[dict[str, list[str]]]:
+        """The pod's ``dns_config`` (servers, searches, options), None when the engine sent none."""
+        dns = self.config.get("dns_config")
+        if dns is None:
+            return None
+        return {key: [str(v) for v in dns.get(key, [])] for key in ("servers", "searches", "options")}
 
     @property
     def cgroup_parent(self) -> str:

@@ -104,6 +104,8 @@ class CgroupStats:
     memory_total_inactive_file: int = 0
     pids_current: int = 0
     pids_limit: int = 0
+    #: processes the kernel killed for hitting the memory limit (CRI's OOMKilled comes from it)
+    memory_oom_kill: int = 0
 
 
 class TaskBackend(abc.ABC):

@@ -38,6 +38,16 @@ class MemoryEntry(_message.Message):
     usage: int
     def __init__(self, limit: _Optional[int] = ..., usage: _Optional[int] = ..., max: _Optional[int] = ..., failcnt: _Optional[int] = ...) -> None: ...
 
+class MemoryOomControl(_message.Message):
+    __slots__ = ["oom_kill", "oom_kill_disable", "under_oom"]
+    OOM_KILL_DISABLE_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILL_FIELD_NUMBER: _ClassVar[int]
+    UNDER_OOM_FIELD_NUMBER: _ClassVar[int]
+    oom_kill: int
+    oom_kill_disable: int
+    under_oom: int
+    def __init__(self, oom_kill_disable: _Optional[int] = ..., under_oom: _Optional[int] = ..., oom_kill: _Optional[int] = ...) -> None: ...
+
 class MemoryStat(_message.Message):
     __slots__ = ["active_anon", "active_file", "cache", "dirty", "hierarchical_memory_limit", "hierarchical_swap_limit", "inactive_anon", "inactive_file", "kernel", "kernel_tcp", "mapped_file", "pg_fault", "pg_maj_fault", "pg_pg_in", "pg_pg_out", "rss", "rss_huge", "swap", "total_active_anon", "total_active_file", "total_cache", "total_dirty", "total_inactive_anon", "total_inactive_file", "total_mapped_file", "total_pg_fault", "total_pg_maj_fault", "total_pg_pg_in", "total_pg_pg_out", "total_rss", "total_rss_huge", "total_unevictable", "total_writeback", "unevictable", "usage", "writeback"]
     ACTIVE_ANON_FIELD_NUMBER: _ClassVar[int]
@@ -115,14 +125,16 @@ class MemoryStat(_message.Message):
     def __init__(self, cache: _Optional[int] = ..., rss: _Optional[int] = ..., rss_huge: _Optional[int] = ..., mapped_file: _Optional[int] = ..., dirty: _Optional[int] = ..., writeback: _Optional[int] = ..., pg_pg_in: _Optional[int] = ..., pg_pg_out: _Optional[int] = ..., pg_fault: _Optional[int] = ..., pg_maj_fault: _Optional[int] = ..., inactive_anon: _Optional[int] = ..., active_anon: _Optional[int] = ..., inactive_file: _Optional[int] = ..., active_file: _Optional[int] = ..., unevictable: _Optional[int] = ..., hierarchical_memory_limit: _Optional[int] = ..., hierarchical_swap_limit: _Optional[int] = ..., total_cache: _Optional[int] = ..., total_rss: _Optional[int] = ..., total_rss_huge: _Optional[int] = ..., total_mapped_file: _Optional[int] = ..., total_dirty: _Optional[int] = ..., total_writeback: _Optional[int] = ..., total_pg_pg_in: _Optional[int] = ..., total_pg_pg_out: _Optional[int] = ..., total_pg_fault: _Optional[int] = ..., total_pg_maj_fault: _Optional[int] = ..., total_inactive_anon: _Optional[int] = ..., total_active_anon: _Optional[int] = ..., total_inactive_file: _Optional[int] = ..., total_active_file: _Optional[int] = ..., total_unevictable: _Optional[int] = ..., usage: _Optional[_Union[MemoryEntry, _Mapping]] = ..., swap: _Optional[_Union[MemoryEntry, _Mapping]] = ..., kernel: _Optional[_Union[MemoryEntry, _Mapping]] = ..., kernel_tcp: _Optional[_Union[MemoryEntry, _Mapping]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ["cpu", "memory", "pids"]
+    __slots__ = ["cpu", "memory", "memory_oom_control", "pids"]
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OOM_CONTROL_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
     cpu: CPUStat
     memory: MemoryStat
+    memory_oom_control: MemoryOomControl
     pids: PidsStat
-    def __init__(self, pids: _Optional[_Union[PidsStat, _Mapping]] = ..., cpu: _Optional[_Union[CPUStat, _Mapping]] = ..., memory: _Optional[_Union[MemoryStat, _Mapping]] = ...) -> None: ...
+    def __init__(self, pids: _Optional[_Union[PidsStat, _Mapping]] = ..., cpu: _Optional[_Union[CPUStat, _Mapping]] = ..., memory: _Optional[_Union[MemoryStat, _Mapping]] = ..., memory_oom_control: _Optional[_Union[MemoryOomControl, _Mapping]] = ...) -> None: ...
 
 class PidsStat(_message.Message):
     __slots__ = ["current", "limit"]
