@@ -7,9 +7,11 @@ with container specs shaped like the ones containerd writes for such a pod.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import uuid
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import pytest
@@ -279,3 +281,21 @@ def _any_json(value: dict[str, Any]) -> any_pb2.Any:
     """An OCI Process as containerd's typeurl encodes it (JSON)."""
     return any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
                        value=json.dumps(value).encode())
+
+
+@pytest.mark.asyncio
+async def test_creation_time_survives_a_sandboxer_restart(sandboxer: RuncSandboxer, holders, netns: str) -> None:
+    """Status after a restart answers the engine's own creation time (never a zero timestamp)."""
+    created = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    req = dataclasses.replace(_pod(netns=netns), created_at=created)
+    await sandboxer.create(req)
+    started = await sandboxer.start(req.id)
+    assert started.created_at == created
+    restarted = RuncSandboxer(sandboxer.directory, holders, sandboxer.task_server)
+    await restarted.recover()
+    try:
+        status = await restarted.status(req.id)
+        assert status.ready and status.created_at == created
+    finally:
+        for watch in restarted._watches.values():
+            watch.cancel()
