@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
-from support import Ctl, assert_gone, cgroups_named, container_config, pids_with, pod_config, start_daemon, \
+from support import Ctl, cgroups_named, container_config, pids_with, pod_config, start_daemon, \
     stop_daemon, tool, wait_for
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
@@ -223,4 +223,7 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
         found += [os.path.join(exits, f) for f in (os.listdir(exits) if os.path.isdir(exits) else [])]
         found += [os.path.join(state, d) for d in os.listdir(state) if d in pods]
         return found
-    assert_gone(leftovers, 20)
+    try:
+        wait_for(lambda: not leftovers(), 20)
+    except AssertionError:
+        assert leftovers() == []

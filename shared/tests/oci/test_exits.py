@@ -43,3 +43,17 @@ def test_old_records_are_pruned(tmp_path) -> None:
     os.utime(old, (0, 0))
     recorder.record(ExitEvent(2, 0, datetime.now(timezone.utc)))
     assert sorted(os.listdir(tmp_path)) == ["2.json"]
+
+
+def test_sweep_removes_old_records_of_processes_no_one_waits_for(tmp_path) -> None:
+    recorder = ExitRecorder(str(tmp_path))
+    at = datetime.now(timezone.utc)
+    for pid in (10, 11, 12):
+        recorder.record(ExitEvent(pid, 0, at))
+    old = os.path.getmtime(tmp_path / "10.json") - 60
+    for pid in (10, 11):
+        os.utime(tmp_path / f"{pid}.json", (old, old))
+    (tmp_path / "notes.txt").write_text("not a record")
+    assert recorder.sweep(keep={11}, min_age=10) == 1
+    assert sorted(os.listdir(tmp_path)) == ["11.json", "12.json", "notes.txt"]
+    assert ExitRecorder(str(tmp_path / "absent")).sweep(keep=(), min_age=0) == 0

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from datetime import datetime
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 from kuasar_shared.daemon.reaper import ExitEvent
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
@@ -74,6 +74,32 @@ class ExitRecorder:
             os.unlink(self._path(pid))
         except FileNotFoundError:
             pass
+
+    def sweep(self, keep: Collection[int], min_age: float) -> int:
+        """Remove records older than ``min_age`` seconds whose pid is not in ``keep``; returns how many.
+
+        The subreaper records every exit it did not expect, including ones no task server will
+        claim: the sandboxer's own helpers that re-parented to it (runsc's sandbox and gofer) and a
+        dead task server's spare processes. The task server calls this with the pids it still
+        waits for, so those records go within seconds instead of piling up.
+        """
+        cutoff = time.time() - min_age
+        removed = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(".json") or not name[:-5].isdigit() or int(name[:-5]) in keep:
+                continue
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     async def claim(self, pid: int, timeout: float = 1.0) -> Optional[tuple[int, datetime]]:
         """Wait up to ``timeout`` seconds for the record of ``pid``; consume and return

@@ -80,6 +80,11 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         except KeyError:
             raise NotFound(f"container {container_id} not found") from None
 
+    def tracked_pids(self) -> set[int]:
+        """Pids of the processes this server still waits for (their exit records must stay)."""
+        return {proc.pid for container in self._containers.values() for proc in container.procs()
+                if proc.pid and proc.status is not TaskStatus.STOPPED}
+
     def _lock(self, container_id: str) -> asyncio.Lock:
         return self._locks.setdefault(container_id, asyncio.Lock())
 

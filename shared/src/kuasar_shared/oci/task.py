@@ -96,6 +96,20 @@ def _stats_from_runtime(data: dict[str, Any]) -> CgroupStats:
                        pids_current=int(pids.get("current", 0)), pids_limit=int(pids.get("limit", 0)))
 
 
+def _runs_with_argument(argument: str) -> bool:
+    """Whether a live process has ``argument`` on its command line."""
+    needle = argument.encode() + b"\0"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if needle in handle.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 def _fds(pio: ProcessIO) -> StdioFds:
     return StdioFds(stdin=pio.stdin, stdout=pio.stdout, stderr=pio.stderr)
 
@@ -319,6 +333,58 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         self._io[(container.id, proc.exec_id)] = pio
         proc.pid, proc.start_time = pid, start_time(pid)
         self._watch_child(container, proc)
+
+    async def interrupted_start(self, id: str, exec_id: str) -> Optional[int]:
+        """Judge a Start a killed task server left unanswered by what the runtime leaves behind.
+
+        Init: the runtime's state says whether ``start`` ran. Exec: the runtime writes
+        ``<exec id>.pid`` once the process runs; a ``<runtime> exec`` of the dead server that is
+        still running (its command line names ``<exec id>.process.json``) is waited for first.
+        """
+        async with self._lock(id):
+            container = self._get(id)
+            proc = container.proc(exec_id)
+            if proc.status is not TaskStatus.CREATED:
+                return proc.pid
+            if not exec_id:
+                try:
+                    status = (await self._runtime(container).state(id)).get("status")
+                except KuasarError:
+                    return None
+                if status == "created":
+                    return None
+            else:
+                pid = await self._started_exec(container, proc)
+                if not pid:
+                    return None
+                proc.pid, proc.start_time = pid, start_time(pid)
+            proc.status = TaskStatus.RUNNING
+            self.store.save(container)
+            self._readopt(container, proc, is_same_process(proc.pid, proc.start_time))
+            log.info("container %s process %r: the interrupted Start had started pid %d", id, exec_id, proc.pid)
+            return proc.pid
+
+    async def _started_exec(self, container: Container, proc: Proc, timeout: float = 30.0) -> int:
+        """The pid of an exec a dead server's runtime call started, else 0; removes that call's files."""
+        work = self.store.work_dir(container.id)
+        spec_path = os.path.join(work, proc.exec_id + ".process.json")
+        pid_file, internal = (os.path.join(work, proc.exec_id + ext) for ext in (".pid", ".ipid"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pid = 0
+        while True:
+            if os.path.exists(pid_file):
+                with contextlib.suppress(KuasarError):
+                    pid = read_pid_file(pid_file)
+                    if self.hooks.internal_exec_pids:
+                        proc.runtime_pid = read_pid_file(internal)
+            if pid or not _runs_with_argument(spec_path) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        for path in (spec_path, pid_file, internal):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return pid
 
     async def kill(self, id: str, exec_id: str, signal: int, all: bool) -> None:
         container = self._get(id)

@@ -166,6 +166,12 @@ class TaskBackend(abc.ABC):
     async def checkpoint(self, id: str, path: str) -> None:
         raise Unimplemented("checkpoint is not supported")
 
+    async def interrupted_start(self, id: str, exec_id: str) -> Optional[int]:
+        """A Start of this process was cut short by a task server restart (see task.journal): its pid
+        when it started after all (and is tracked from now on), None when it did not and may be
+        started again. The default knows no trace a Start leaves and answers None."""
+        return None
+
     async def connect(self, id: str) -> int:
         """Return the init pid of a known container (NotFound otherwise)."""
         return (await self.state(id, "")).pid

@@ -10,6 +10,7 @@ to the successor), and journals every tagged call so the front's replays run at 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -32,12 +33,28 @@ MAX_CONNECTIONS = 80
 DRAIN_TIMEOUT = 30.0
 #: long-held calls a stopping server does not wait for
 _LONG_HELD = ("Wait", "Stream")
+#: seconds between sweeps of exit records no process of ours will claim, and their minimum age
+#: (a claim waits at most a second for its record)
+EXIT_SWEEP_INTERVAL = 5.0
+EXIT_RECORD_GRACE = 10.0
+
+
+async def _sweep_exits(backend: RecordedTaskBackend) -> None:
+    """Keep the sandboxer's exit records to those of our processes (see ExitRecorder.sweep)."""
+    if backend.exits is None:
+        return
+    while True:
+        await asyncio.sleep(EXIT_SWEEP_INTERVAL)
+        removed = backend.exits.sweep(backend.tracked_pids(), EXIT_RECORD_GRACE)
+        if removed:
+            log.debug("removed %d exit records no container of ours will claim", removed)
 
 
 async def serve_task_api(ctx: DaemonContext, listen: str, backend: RecordedTaskBackend, hub: StreamingHub) -> None:
     """Serve ``backend`` (and ``hub``'s Streaming service) on ``listen`` until ``ctx`` shuts down."""
     journal = RequestJournal(os.path.join(backend.store.directory, JOURNAL_DIR))
     server = Server([*TaskService(backend, journal).services(), hub.service()], max_connections=MAX_CONNECTIONS)
+    sweeper = asyncio.ensure_future(_sweep_exits(backend))
     try:
         await server.listen_unix(os.path.abspath(listen))
         ctx.ready(listen)
@@ -47,5 +64,7 @@ async def serve_task_api(ctx: DaemonContext, listen: str, backend: RecordedTaskB
             log.warning("calls still running after %s s are cancelled; a restarted server settles them",
                         DRAIN_TIMEOUT)
     finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
         await server.shutdown()
         await backend.close()

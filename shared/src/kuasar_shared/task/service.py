@@ -175,8 +175,9 @@ class TaskService:
     async def _settle(self, method: str, handler: Handler, ctx: CallContext, req: Any) -> Any:
         """Finish a call a previous server died in: what already happened is answered, not done again.
 
-        Create, Start and Exec are judged by the process's state (a second Create of a created
-        container would fail, a second Start would fail or start twice); Kill, Delete and the rest
+        Create and Exec are judged by the process's state (a second Create of a created container
+        would fail), Start by the backend (:meth:`TaskBackend.interrupted_start`: a Start of a
+        process the runtime did start is answered with its pid); Kill, Delete and the rest
         are safe to run again (a repeated signal to the same process, a Delete of what is gone
         answers NOT_FOUND, which containerd takes as deleted).
         """
@@ -191,8 +192,10 @@ class TaskService:
                 return shim_pb2.CreateTaskResponse(pid=st.pid)
             if method == "Create":  # the record exists but the process was never made: start over
                 await self.backend.delete(req.id, "")
-            elif method == "Start" and st.status is not TaskStatus.CREATED:
-                return shim_pb2.StartResponse(pid=st.pid)
+            elif method == "Start":
+                pid = await self.backend.interrupted_start(req.id, _exec_id(exec_id))
+                if pid:
+                    return shim_pb2.StartResponse(pid=pid)
             elif method == "Exec":
                 return empty_pb2.Empty()
         return await handler(ctx, req)

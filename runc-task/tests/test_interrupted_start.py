@@ -1,0 +1,88 @@
+"""A Start cut short by a task server kill (issue 14): the next server judges it by what runc left
+behind, so a process that did start is adopted and answered, never started a second time."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+
+import pytest
+
+from kuasar_shared.daemon.reaper import get_reaper
+from kuasar_shared.oci import ExitRecorder
+from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
+from kuasar_runc_task.backend import RuncTaskBackend
+
+SPEC = {"args": ["sh", "-c", "echo ran >> /ran; sleep 0.3; exit 7"], "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}}
+
+
+async def _running_container(state_dir: str, bundle_factory) -> tuple[RuncTaskBackend, str, str]:
+    backend = RuncTaskBackend(state_dir)
+    cid = "ctr-" + uuid.uuid4().hex[:10]
+    bundle = bundle_factory(cid, ["sleep", "1000"])
+    await backend.create(CreateTask(id=cid, bundle=bundle))
+    await backend.start(cid, "")
+    await backend.exec(ExecProcess(id=cid, exec_id="e1", stdio=Stdio(), spec=SPEC))
+    return backend, cid, bundle
+
+
+@pytest.mark.asyncio
+async def test_exec_the_dead_server_started_is_adopted_with_its_exit_status(tmp_path, bundle_factory) -> None:
+    state_dir = str(tmp_path / "tasks")
+    first, cid, bundle = await _running_container(state_dir, bundle_factory)
+    # the server dies inside Start, after `runc exec` ran: the runtime's pid file is all that is left
+    container = first._get(cid)
+    work = first.store.work_dir(cid)
+    spec_path = os.path.join(work, "e1.process.json")
+    with open(spec_path, "w") as handle:
+        json.dump(dict(SPEC, terminal=False), handle)
+    started = await first._runtime(container).exec(cid, spec_path, os.path.join(work, "e1.pid"),
+                                                   os.path.join(work, "exec-log.json"))
+    await first.close()
+
+    # this test process plays the sandboxer too: the subreaper recording exits of orphans
+    exits = ExitRecorder(str(tmp_path / "exits"))
+    listener = exits.listener(lambda pid: False)
+    get_reaper().add_listener(listener)
+    second = RuncTaskBackend(state_dir, exits=exits)
+    await second.recover()
+    try:
+        assert (await second.state(cid, "e1")).status is TaskStatus.CREATED
+        assert await second.interrupted_start(cid, "e1") == started
+        assert (await second.state(cid, "e1")).status is TaskStatus.RUNNING
+        assert (await asyncio.wait_for(second.wait(cid, "e1"), 10)).exit_status == 7
+        with open(os.path.join(bundle, "rootfs", "ran")) as handle:
+            assert handle.read() == "ran\n"
+        assert not os.path.exists(spec_path) and not os.path.exists(os.path.join(work, "e1.pid"))
+    finally:
+        get_reaper().remove_listener(listener)
+        await second.shutdown(cid, now=True)
+        await second.close()
+
+
+@pytest.mark.asyncio
+async def test_exec_and_init_that_never_started_may_start_again(tmp_path, bundle_factory) -> None:
+    state_dir = str(tmp_path / "tasks")
+    first, cid, _ = await _running_container(state_dir, bundle_factory)
+    other = "ctr-" + uuid.uuid4().hex[:10]
+    await first.create(CreateTask(id=other, bundle=bundle_factory(other, ["sleep", "1000"])))
+    await first.close()
+
+    second = RuncTaskBackend(state_dir)
+    await second.recover()
+    try:
+        assert await second.interrupted_start(cid, "e1") is None
+        assert await second.interrupted_start(other, "") is None
+        assert await second.start(cid, "e1") > 0
+        assert (await asyncio.wait_for(second.wait(cid, "e1"), 10)).exit_status == 7
+        # `runc start` ran but the answer was lost: the runtime's state shows it
+        await second._runtime(second._get(other)).start(other)
+        pid = (await second.state(other, "")).pid
+        assert await second.interrupted_start(other, "") == pid
+        assert (await second.state(other, "")).status is TaskStatus.RUNNING
+    finally:
+        await second.shutdown(cid, now=True)
+        await second.shutdown(other, now=True)
+        await second.close()
