@@ -227,3 +227,35 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
         wait_for(lambda: not leftovers(), 20)
     except AssertionError:
         assert leftovers() == []
+
+
+@pytest.mark.parametrize("sandboxer", ["runc"], indirect=True)
+def test_live_upgrade_while_waits_are_held(tmp_path, sandboxer, images) -> None:
+    """kuasar-task-upgrade (what the RPM scriptlet runs) replaces the task server while a containerd-like
+    client holds Waits and an exec is running: nothing fails, the exec finishes, later exits arrive."""
+    endpoint, state = sandboxer
+    ctl = Ctl("runc", endpoint, str(tmp_path / "ctl"), images, "fifo")
+    cfg = pod_config(str(tmp_path / "pod.json"), "upgrade", f"/kuasar-upgrade-{uuid.uuid4().hex[:6]}",
+                     str(tmp_path / "logs"))
+    pod, ticker = ctl.out("run", cfg, container_config(str(tmp_path / "t.json"), "tick", SHELL["tick"])).split()
+    waits = HeldWaits(os.path.join(state, "task.sock"))
+    try:
+        held = waits.hold(ticker)
+        for _ in range(3):
+            old = _record(state)["pid"]
+            running_exec = subprocess.Popen(ctl.base + ["exec", ticker, "--", "sh", "-c", "sleep 1; echo finished"],
+                                            stdout=subprocess.PIPE)
+            threading.Event().wait(0.5)
+            upgrade = subprocess.run([tool("python"), "-m", "kuasar_shared.sandbox.upgrade", "--dir", state],
+                                     capture_output=True, text=True, timeout=120)
+            assert upgrade.returncode == 0, upgrade.stderr
+            new = _record(state)["pid"]
+            assert new != old and not _alive(old) and f"new pid {new}" in upgrade.stdout
+            assert running_exec.communicate(timeout=60)[0] == b"finished\n" and running_exec.returncode == 0
+            assert not held.done() and _status(ctl, ticker)["state"] == "CONTAINER_RUNNING"
+            assert ctl.out("exec", ticker, "--", "echo", "hi") == "hi"
+        ctl("stop", ticker)
+        assert held.result(30).exit_status == 137
+    finally:
+        waits.close()
+        ctl("rmp", pod, check=False)
