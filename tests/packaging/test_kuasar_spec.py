@@ -11,7 +11,7 @@ import pytest
 from rpmroot import REPO, Built, Root, build, expected_subpackages, run, system_python_env
 
 SCRIPTS = {
-    "kuasar-common": ["kuasar-ctl"],
+    "kuasar-common": ["kuasar-ctl", "kuasar-task-upgrade"],
     "kuasar-runc": ["runc-sandboxer", "runc-task", "containerd-shim-kuasar-runc-v1"],
     "kuasar-wasm": ["wasm-sandboxer", "wasm-task", "containerd-shim-kuasar-wasm-v1"],
     "kuasar-quark": ["quark-sandboxer", "quark-task", "containerd-shim-kuasar-quark-v1"],
@@ -144,7 +144,9 @@ def test_upgrade_keeps_config_and_restarts(rpms: Built, rpms_next: Built, new_ro
     root = new_root()
     root.systemd_booted()
     root.install(*rpms.paths("kuasar-common", "kuasar-runc"))
-    assert root.systemctl_log() == ["daemon-reload", "preset kuasar-runc.service"]
+    # is-active: a fresh install finds no running sandboxer (the fake systemctl says yes; the
+    # upgrade command then finds no task server and stays quiet)
+    assert root.systemctl_log() == ["daemon-reload", "preset kuasar-runc.service", "-q is-active kuasar-runc.service"]
     mine = root.path / "etc/sysconfig/kuasar-runc"
     edited = mine.read_text().replace("/run/runc-sandboxer.sock", "/run/my-runc.sock")
     mine.write_text(edited)
@@ -154,8 +156,10 @@ def test_upgrade_keeps_config_and_restarts(rpms: Built, rpms_next: Built, new_ro
     assert root.rpm("-q", "kuasar-runc").stdout.strip() == "kuasar-runc-0.1.0-2.noarch"
     assert mine.read_text() == edited, "the operator's sysconfig was replaced"
     assert "--log-level info" in (root.path / "etc/sysconfig/kuasar-runc.rpmnew").read_text()
-    log = root.systemctl_log()[2:]
+    log = root.systemctl_log()[3:]
     assert "try-restart kuasar-runc.service" in log, log
+    # then the live upgrade of the task server (kuasar-task-upgrade), only when the sandboxer runs
+    assert log.index("-q is-active kuasar-runc.service") > log.index("try-restart kuasar-runc.service"), log
     assert "daemon-reload" in log
 
     root.rpm("-e", "kuasar-runc")
