@@ -35,6 +35,9 @@ class Pod(PodRecord):
     #: task API address; ``""``: the shared task server
     address: str = ""
     runtime: RuntimeInvocation = field(default_factory=RuntimeInvocation)
+    #: Start began and has not finished: a pod still CREATED with this set after a restart was given
+    #: up by the engine (its Start call failed) and is rolled back
+    starting: bool = False
 
     def __repr__(self) -> str:
         return f"Pod(id={self.id!r}, state={self.state.value}, kernel={self.kernel})"

@@ -5,7 +5,8 @@ installed); its host process (the Sentry) is the pod's pid and is watched with a
 sandbox that dies (``kill -9``) makes the pod NOTREADY and its Wait return. Containers run through
 the separate quark-task server (runsc) or Quark's own task socket. Every change is saved to
 ``<dir>/<id>/sandbox.json``; after a restart a pod whose sandbox process is alive is Ready again,
-any other pod is cleaned up and forgotten (NOT_FOUND).
+any other pod is cleaned up and forgotten (NOT_FOUND), and so is a pod whose Start a crash cut short
+(its processes, cgroups and files: the engine's Start failed, it will not come back for the pod).
 """
 from __future__ import annotations
 
@@ -70,12 +71,14 @@ class QuarkSandboxer(PodSandboxer[Pod]):
         log.info("sandbox %s created (netns %s)", req.id, req.netns_path or "none")
 
     async def _start_pod(self, pod: Pod) -> None:
+        pod.starting = True  # saved before any effect: see _readopt
         if pod.cgroup_parent:
             self.pods.create_cgroup(pod)
-            self.pods.save(pod)
+        self.pods.save(pod)
         started = await self.kernel.start(pod, self.pods.pod_dir(pod.id))
         pod.pid, pod.pid_start, pod.address, pod.runtime = (started.pid, started.pid_start, started.address,
                                                             started.runtime)
+        pod.starting = False
         self._watch(pod.id, pod.pid, pod.kernel)
         log.info("sandbox %s ready, %s pid %d", pod.id, self.kernel.name, pod.pid)
 
@@ -98,6 +101,12 @@ class QuarkSandboxer(PodSandboxer[Pod]):
         await self._remove(Pod(id=sandbox_id, kernel=self.kernel.name))
 
     async def _readopt(self, pod: Pod) -> bool:
+        if pod.state is PodState.CREATED and pod.starting:
+            log.warning("sandbox %s: its Start was cut short by a restart and the engine gave up on it; "
+                        "rolling it back", pod.id)
+            await self.kernel.abandon(pod, self.pods.pod_dir(pod.id))
+            self.pods.remove(pod)
+            return False
         if pod.state is not PodState.READY:
             return True
         if not is_same_process(pod.pid, pod.pid_start):
