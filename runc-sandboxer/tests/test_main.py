@@ -52,7 +52,8 @@ async def test_sigterm_and_restart_keep_pods_and_task_connections(tmp_path, cont
     listen, directory = str(tmp_path / "runc.sock"), str(tmp_path / "dir")
     sandboxer = await _start_sandboxer(listen, directory)
     with open(os.path.join(directory, "task-server.json")) as handle:
-        task_pid = json.load(handle)["pid"]
+        record = json.load(handle)
+    task_pid, front_pid = record["pid"], record["front"]["pid"]
     api = SandboxApiClient("unix://" + listen)
     try:
         await api.create(_create("restart-pod"))
@@ -84,6 +85,7 @@ async def test_sigterm_and_restart_keep_pods_and_task_connections(tmp_path, cont
         sandboxer.send_signal(signal.SIGTERM)
         await asyncio.wait_for(sandboxer.wait(), 20)
         stop_pid(task_pid)
+        stop_pid(front_pid)
     assert start_time(pid) is None and start_time(started.pid) is None
 
 

@@ -247,3 +247,10 @@ async def test_connection_limit_and_oversized_frames(front) -> None:
         writer.close()
         for c in clients:
             await c.close()
+
+
+async def test_an_idle_front_whose_socket_is_gone_exits(front) -> None:
+    """A front nobody can reach any more (its directory was removed) does not linger."""
+    listen, _, proc = front
+    os.unlink(listen)
+    assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30) == 0

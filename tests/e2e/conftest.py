@@ -56,7 +56,7 @@ def runc_sandboxer(tmp_path):
 
 
 def _task_server_pids(state_dir: str) -> list[int]:
-    """runc-task processes serving this private dir (they outlive the sandboxer by design)."""
+    """runc-task and task front processes serving this private dir (they outlive the sandboxer by design)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -66,6 +66,7 @@ def _task_server_pids(state_dir: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if any(b"runc-task" in a for a in argv[:2]) and any(state_dir.encode() in a for a in argv):
+        server = any(b"runc-task" in a or b"taskfront" in a for a in argv[:4])
+        if server and any(state_dir.encode() in a for a in argv):
             pids.append(int(entry))
     return pids

@@ -43,10 +43,11 @@ def quark(tmp_path):
     yield sandboxer
     task_pid = sandboxer.task_server_pid()
     sandboxer.stop()
-    try:
-        os.kill(task_pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    for pid in [task_pid, *pids_with(os.path.join(sandboxer.dir, "task.sock"))]:  # the server and its front
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def _pod_config(tmp_path, tag: str) -> str:
@@ -65,7 +66,7 @@ def _wait_for(predicate):
 
 
 def _leftovers(paths: list[str], cgroup_parent: str, netns: str) -> list[str]:
-    daemons = ("quark-sandboxer", "quark-task")  # they serve every pod and outlive this one
+    daemons = ("quark-sandboxer", "quark-task", "taskfront.py")  # they serve every pod and outlive this one
     pids = sorted({pid for path in paths for pid in pids_with(path, unless=daemons)})
     found = mounts_under(paths) + [f"process {pid}" for pid in pids] + cgroups_named(cgroup_parent)
     if netns and os.path.exists(netns):
@@ -79,8 +80,9 @@ def _pod_files(state_dir: str) -> list[str]:
     for name in os.listdir(state_dir):
         if name in (".runsc", ".tasks") or not name.startswith("."):
             for dirpath, _, files in os.walk(os.path.join(state_dir, name)):
-                found += [os.path.join(dirpath, f) for f in files]
-    return [f for f in found if not f.endswith(("task-server.json", "task.sock"))]
+                # .tasks/.requests: the task server's request journal, pruned by age (task.journal)
+                found += [os.path.join(dirpath, f) for f in files if not dirpath.endswith(".requests")]
+    return [f for f in found if not f.endswith(("task-server.json", "task.sock", "task-backend.sock"))]
 
 
 @pytest.mark.parametrize("io", ["fifo", "streaming"])

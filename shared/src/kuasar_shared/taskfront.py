@@ -18,7 +18,8 @@ front sends them again on a new connection:
 
 The front is deliberately tiny and never needs upgrading: it runs as ``python -I -S taskfront.py``
 and imports only the interpreter's C modules (no asyncio, protobuf or gRPC: ~4 MB PSS). It bounds
-the number of engine connections and the bytes it reads ahead per connection.
+the number of engine connections and the bytes it reads ahead per connection. With no engine
+connection open it exits once its socket path is gone or no task server answered for a minute.
 
 Command line: ``--listen PATH --backend PATH [--max-connections N] [--buffer-limit BYTES]``.
 """
@@ -45,6 +46,10 @@ MUTATING = frozenset((b"Create", b"Start", b"Delete", b"Exec", b"Kill", b"Pause"
 REQUEST_ID_KEY = b"kuasar-request-id"
 #: seconds between attempts to reach a backend that is down
 RETRY_INTERVAL = 0.05
+#: seconds between checks that the front is still wanted (see Front.still_wanted)
+CHECK_INTERVAL = 5.0
+#: an idle front whose backend has not answered for this long exits
+ORPHAN_EXIT = 60.0
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 
@@ -258,6 +263,9 @@ class Front:
             pass
         self.listener.bind(listen)
         os.chmod(listen, 0o600)
+        self.listen = listen
+        self.inode = os.stat(listen).st_ino
+        self.last_check = self.answered_at = time.monotonic()
         self.listener.listen(128)
         self.listener.setblocking(False)
         self.epoll.register(self.listener.fileno(), _IN)
@@ -389,11 +397,35 @@ class Front:
             log(f"task server is back after {time.monotonic() - self.down_since:.2f} s; calls in flight sent again")
             self.down_since = None
 
+    def still_wanted(self) -> bool:
+        """False once no engine connection is open and either our socket path is gone (the sandboxer's
+        directory was removed) or no task server answered for :data:`ORPHAN_EXIT` seconds (the
+        sandboxer and its task server were stopped for good); a later sandboxer starts a new front."""
+        now = time.monotonic()
+        if self.links or now - self.last_check < CHECK_INTERVAL:
+            return True
+        self.last_check = now
+        try:
+            if os.stat(self.listen).st_ino != self.inode:
+                return False
+        except FileNotFoundError:
+            return False
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(self.backend)
+            self.answered_at = now
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        return now - self.answered_at < ORPHAN_EXIT
+
     def run(self) -> None:
-        """Serve until killed."""
+        """Serve until killed, or until no longer wanted."""
         listener = self.listener.fileno()
-        while True:
-            timeout = RETRY_INTERVAL if self.waiting else -1
+        while self.still_wanted():
+            timeout = RETRY_INTERVAL if self.waiting else CHECK_INTERVAL
             for fd, events in self.epoll.poll(timeout):
                 if fd == listener:
                     self._accept()
@@ -401,6 +433,8 @@ class Front:
                     self._event(fd, events)
             if self.waiting:
                 self._reconnect()
+        log(f"no engine connection, and {self.listen} is gone or no task server answered for {ORPHAN_EXIT:.0f} s: "
+            f"exiting")
 
 
 def parse(argv: list[str]) -> dict[str, str]:
