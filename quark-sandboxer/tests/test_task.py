@@ -11,6 +11,7 @@ import pytest
 
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.oci.task import UNKNOWN_EXIT, OciTaskBackend
+from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
 from kuasar_shared.testing.oci import read_fifo
 
@@ -133,3 +134,36 @@ async def test_restart_readopts_and_sentry_kill_ends_waits(tmp_path, runsc_pods,
         assert not os.listdir(os.path.join(runsc_pods.directory, ".runsc"))
     finally:
         await second.close()
+
+
+async def test_pod_dns_hostname_and_hosts_reach_the_container(tmp_path, runsc_pods, backend, bundle_factory,
+                                                              fifo) -> None:
+    """critest DNS config: the pod's files are bind-mounted into the gVisor container."""
+    sandbox_id = "pod-" + uuid.uuid4().hex[:8]
+    await runsc_pods.create(CreateSandbox(id=sandbox_id, config={
+        "hostname": "quark-pod", "dns_config": {"servers": ["10.254.0.10"], "searches": ["svc.example"]}}))
+    await runsc_pods.start(sandbox_id)
+    cid = _cid()
+    out = fifo("files.out")
+    reader = asyncio.ensure_future(read_fifo(out))
+    bundle = bundle_factory(cid, ["sh", "-c", "cat /etc/resolv.conf /etc/hostname /etc/hosts"], sandbox_id)
+    await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out)))
+    await backend.start(cid, "")
+    with open("/etc/hosts") as handle:
+        hosts = handle.read()
+    assert (await reader).decode() == "search svc.example\nnameserver 10.254.0.10\nquark-pod\n" + hosts
+    assert (await asyncio.wait_for(backend.wait(cid, ""), 20)).exit_status == 0
+    await backend.delete(cid, "")
+
+
+async def test_kill_of_an_exited_or_never_started_container_is_not_found(backend, bundle_factory, pod) -> None:
+    """What containerd's StopContainer / task Delete accept as 'already stopped' (was INTERNAL)."""
+    done, created = _cid(), _cid()
+    await backend.create(CreateTask(id=done, bundle=bundle_factory(done, ["true"], pod)))
+    await backend.start(done, "")
+    assert (await asyncio.wait_for(backend.wait(done, ""), 20)).exit_status == 0
+    await backend.create(CreateTask(id=created, bundle=bundle_factory(created, ["true"], pod)))
+    for cid, kill_all in ((done, True), (created, False)):
+        with pytest.raises(NotFound):
+            await backend.kill(cid, "", signal.SIGKILL, kill_all)
+        await asyncio.wait_for(backend.delete(cid, ""), 20)

@@ -5,7 +5,8 @@ The pod is named by the CRI annotation ``io.kubernetes.cri.sandbox-id`` (or cont
 sandbox was made (runsc binary, ``--root``, platform and network flags). The spec gets the
 annotations runsc's multi-container support reads (``container-type = container``, ``sandbox-id``
 = the pod's root container, whose id is the pod id), so ``runsc create`` adds the container to the
-running Sentry instead of booting a new kernel. runsc reports the Sentry's pid for every
+running Sentry instead of booting a new kernel; the pod's ``hostname``, ``hosts`` and ``resolv.conf``
+are mounted in. runsc reports the Sentry's pid for every
 container, gives a sub-container the stdio of ``runsc start``, and its exec pids are waiters:
 hence the hook flags.
 """
@@ -15,7 +16,7 @@ import os
 from typing import Any
 
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from kuasar_shared.oci.pod import sandbox_id_of
+from kuasar_shared.oci.pod import add_pod_mounts, sandbox_id_of
 from kuasar_shared.oci.task import OciHooks, Placement
 from kuasar_shared.store import CorruptState, read_json
 from kuasar_shared.task.backend import CreateTask
@@ -53,6 +54,7 @@ class RunscHooks(OciHooks):
         pod = self._pod(sandbox_id)
         if pod.state is not PodState.READY or not pod.runtime.binary:
             raise FailedPrecondition(f"container {req.id}: sandbox {sandbox_id} is {pod.state.value}, not ready")
+        add_pod_mounts(spec, os.path.join(self.pods_dir, sandbox_id))
         annotations = spec.setdefault("annotations", {})
         annotations[CONTAINER_TYPE] = "container"
         annotations[SANDBOX_ID] = sandbox_id

@@ -19,6 +19,7 @@ from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.oci import is_same_process
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.sandbox.base import UNEXPECTED_EXIT, PodSandboxer
+from kuasar_shared.sandbox.podfiles import write_pod_files
 from kuasar_shared.sandbox.pods import parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer
 
@@ -66,8 +67,14 @@ class QuarkSandboxer(PodSandboxer[Pod]):
             raise InvalidArgument(f"sandbox {req.id}: the host PID namespace (pid: NODE) cannot be shared "
                                   f"with an application kernel")
         created = (req.created_at or datetime.now(timezone.utc)).isoformat()
-        self.pods.add(Pod(id=req.id, kernel=self.kernel.name, netns=req.netns_path, hostname=req.hostname,
-                          cgroup_parent=req.cgroup_parent, created_at=created))
+        pod = Pod(id=req.id, kernel=self.kernel.name, netns=req.netns_path, hostname=req.hostname,
+                  cgroup_parent=req.cgroup_parent, created_at=created)
+        self.pods.add(pod)
+        try:
+            write_pod_files(self.pods.pod_dir(req.id), req.hostname, req.dns_config)
+        except InvalidArgument as err:
+            self.pods.remove(pod)
+            raise InvalidArgument(f"sandbox {req.id}: {err.message}") from err
         log.info("sandbox %s created (netns %s)", req.id, req.netns_path or "none")
 
     async def _start_pod(self, pod: Pod) -> None:

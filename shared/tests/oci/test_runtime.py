@@ -23,6 +23,11 @@ def test_error_from_output_reads_last_json_error_line() -> None:
                       FailedPrecondition)
     assert isinstance(error_from_output("x", "c1", "", 2), Internal)
     assert "exit status 2" in str(error_from_output("x", "c1", "", 2))
+    # runsc's words for a process already gone and for a container never started
+    runsc_gone = 'signaling container "c1": signaling process in container "c1" PID 0: no such process'
+    assert isinstance(error_from_output("kill", "c1", runsc_gone, 1), NotFound)
+    assert isinstance(error_from_output("kill", "c1", 'cannot signal container "c1" in state created', 1),
+                      FailedPrecondition)
 
 
 @pytest.mark.asyncio

@@ -36,6 +36,9 @@ _MESSAGE_ERRORS: tuple[tuple[str, type[KuasarError]], ...] = (
     ("is stopped", FailedPrecondition),
     ("not stopped", FailedPrecondition),
     ("stopped container", FailedPrecondition),
+    # runsc, for a container whose process has already gone / was never started
+    ("no such process", NotFound),
+    ("in state created", FailedPrecondition),
 )
 
 
