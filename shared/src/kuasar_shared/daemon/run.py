@@ -13,7 +13,8 @@ import argparse
 import asyncio
 import logging
 import os
-from typing import Any, Awaitable, Callable, Coroutine, Optional, Sequence
+import sys
+from typing import Any, Awaitable, Callable, Coroutine, NoReturn, Optional, Sequence
 
 from kuasar_shared.daemon.log import setup_logging
 from kuasar_shared.daemon.notify import Notifier
@@ -141,8 +142,12 @@ async def _amain(name: str, version: str, args: argparse.Namespace,
 
 def run_daemon(name: str, version: str, args: argparse.Namespace,
                main: Callable[[DaemonContext], Awaitable[None]], *, keep_fds: Sequence[int] = (),
-               subreaper: bool = True) -> int:
-    """Run a daemon to completion and return its exit code (0 clean, 1 when ``main`` raised).
+               subreaper: bool = True) -> NoReturn:
+    """Run a daemon to completion and exit the process (0 clean, 1 when ``main`` raised).
+
+    The exit skips the interpreter's own teardown (grpc's threads, module finalization): it cost
+    30-120 ms of every ``systemctl restart``, and by then ``main`` has closed its sockets, written
+    its state durably and the loop has shut down its executor; logs and stdio are flushed first.
 
     :param args: from :func:`kuasar_shared.daemon.args.parse_args` (``log_level``, ``daemon``,
         ``dir`` are used here).
@@ -160,4 +165,11 @@ def run_daemon(name: str, version: str, args: argparse.Namespace,
         setup_logging(level, filename=log_file)
     else:
         setup_logging(level)
-    return asyncio.run(_amain(name, version, args, main, subreaper))
+    code = asyncio.run(_amain(name, version, args, main, subreaper))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
