@@ -40,6 +40,8 @@ def test_microvm_under_tcg_is_accepted(caplog):
     ("[hypervisor]\nshare_fs = 'nfs'", "[hypervisor].share_fs"),
     ("[hypervisor]\nmemory_in_mb = 16", "[hypervisor].memory_in_mb"),
     ("[hypervisor]\ninitrd_path = ''", "[hypervisor]"),
+    ("[hypervisor]\ntype = 'firecracker'", "[hypervisor].type"),
+    ("[hypervisor]\ntype = 3", "[hypervisor].type"),
     ("[hypervisor]\ntcg_tb_size_mb = 0", "[hypervisor].tcg_tb_size_mb"),
     ("[hypervisor]\naccel = 'tcg'\ntcg_tb_size_mb = 1024", "[hypervisor].tcg_tb_size_mb"),
 ])
@@ -52,3 +54,9 @@ def test_bad_values_name_file_and_key(text, key):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         config.load("/nonexistent/config_qemu.toml")
+
+
+def test_the_type_picks_the_backend_config():
+    """``[hypervisor] type`` chooses the backend; upstream's QEMU files (no type) stay QEMU."""
+    assert type(config.parse("").hypervisor).__name__ == "QemuConfig"
+    assert config.parse("[hypervisor]\ntype = 'qemu'\n").hypervisor.type == "qemu"

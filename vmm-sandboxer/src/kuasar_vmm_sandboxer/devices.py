@@ -12,12 +12,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Optional
 
-__all__ = ["Device", "opt", "render", "render_all", "Transport"]
+__all__ = ["Device", "opt", "flag", "render", "render_all", "Transport"]
 
 
 def opt(key: str, default: Any = None) -> Any:
     """A device field rendered as ``key=value``."""
     return field(default=default, metadata={"key": key})
+
+
+def flag(key: str, default: bool = False) -> Any:
+    """A boolean field rendered as a bare ``key`` when true (StratoVirt's ``server,nowait``)."""
+    return field(default=default, metadata={"key": key, "flag": True})
 
 
 def _value(value: Any) -> str:
@@ -47,6 +52,10 @@ class Device:
             key = f.metadata.get("key")
             if key is None or value is None or value == "":
                 continue
+            if f.metadata.get("flag"):
+                if value:
+                    parts.append(key)
+                continue
             parts.append("%s=%s" % (key, _value(value)))
         return [self.option, ",".join(([first] if first else []) + parts)]
 
@@ -73,4 +82,5 @@ class Transport:
 
     @classmethod
     def for_machine(cls, machine_type: str) -> "Transport":
-        return cls("mmio" if machine_type == "microvm" else "pci")
+        """From a machine type, options included (``microvm,...`` is mmio)."""
+        return cls("mmio" if machine_type.split(",")[0] == "microvm" else "pci")

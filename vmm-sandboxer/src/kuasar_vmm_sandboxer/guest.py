@@ -72,6 +72,10 @@ class GuestClient:
         finally:
             await client.close()
 
+    async def check(self, timeout: float) -> None:
+        """One Check. :raise Unavailable or DeadlineExceeded: the agent does not answer in ``timeout``."""
+        await self.call("Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=timeout)
+
     async def wait_ready(self, timeout: float) -> float:
         """Call Check until it answers (the first call waits for the guest to open its port).
 
@@ -83,7 +87,7 @@ class GuestClient:
         while True:
             left = deadline - loop.time()
             try:
-                await self.call("Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=max(left, 0.1))
+                await self.check(max(left, 0.1))
                 return loop.time() - begin
             except Unavailable:
                 if loop.time() + 0.05 > deadline:

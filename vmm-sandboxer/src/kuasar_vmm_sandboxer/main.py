@@ -1,4 +1,4 @@
-"""``vmm-sandboxer``: wiring only — config, relay, recovery, Sandbox API."""
+"""``vmm-sandboxer``: wiring only — config, the ``[hypervisor] type``'s backend, relay, recovery, Sandbox API."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.sandbox.server import serve_sandbox_api
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 
-from kuasar_vmm_sandboxer import __version__, config
+from kuasar_vmm_sandboxer import __version__, config, hypervisors
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
 
 NAME = "vmm-sandboxer"
@@ -24,7 +24,7 @@ def load_config(path: str, explicit: bool) -> config.VmmConfig:
     """The config file; a missing default file means built-in defaults, a missing explicit one is an error."""
     if not explicit and not os.path.exists(path):
         log.warning("%s does not exist; using built-in defaults", path)
-        return config.VmmConfig()
+        return config.parse("", "<built-in defaults>")  # the default type's own defaults
     return config.load(path)
 
 
@@ -46,7 +46,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log_file = os.path.join(args.dir, "vmm-task-relay.log") if args.daemon else None
         relay = await TaskServer.ensure(args.dir, RELAY, args.log_level, log_file)
         relay.supervise()
-        sandboxer = VmmSandboxer(args.dir, cfg, relay, args.log_level)
+        backend = hypervisors.backends()[cfg.hypervisor.type]
+        sandboxer = VmmSandboxer(args.dir, cfg, backend.factory(cfg.hypervisor), backend.hooks(), relay,
+                                 args.log_level)
         try:
             await sandboxer.recover()
             server = await serve_sandbox_api(args.listen, sandboxer)

@@ -3,11 +3,16 @@ what a VM pod needs to be re-attached and to answer Status."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Dict, Optional, cast
 
+from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.sandbox.pods import PodRecord
 
-__all__ = ["VmmPod"]
+__all__ = ["VmmPod", "DEBUG_ANNOTATION"]
+
+#: a pod annotation (request or PodSandboxConfig) "true" boots the guest with ``task.debug``
+DEBUG_ANNOTATION = "io.kuasar.vmm.debug"
 
 
 @dataclass
@@ -22,6 +27,14 @@ class VmmPod(PodRecord):
     network: Optional[dict[str, Any]] = None
     #: start-up breakdown in milliseconds (spawn, qemu, agent, setup)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def for_request(cls, req: CreateSandbox, vcpus: int, memory_mb: int) -> "VmmPod":
+        """A new pod of a Create request, sized ``vcpus`` x ``memory_mb``."""
+        annotations = {**(req.config.get("annotations") or {}), **req.annotations}
+        return cls(id=req.id, netns="" if req.host_network else req.netns_path, config=req.config,
+                   created_at=(req.created_at or datetime.now(timezone.utc)).isoformat(), vcpus=vcpus,
+                   memory_mb=memory_mb, debug=annotations.get(DEBUG_ANNOTATION, "") == "true")
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "VmmPod":

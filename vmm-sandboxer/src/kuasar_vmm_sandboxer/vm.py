@@ -1,18 +1,29 @@
 """The hypervisor interface: :class:`VM`, :class:`VMFactory` and :class:`Hooks` (upstream's vm.rs shape).
 
 The pod lifecycle (:mod:`kuasar_vmm_sandboxer.sandboxer`) is written once against these; a hypervisor
-is an adapter that turns a :class:`VMSpec` into a running VM and back from its persisted record. QEMU is
-the one adapter today (:mod:`kuasar_vmm_sandboxer.hypervisors.qemu`).
+is an adapter that turns a :class:`VMSpec` into a running VM and back from its persisted record (one
+package per hypervisor under :mod:`kuasar_vmm_sandboxer.hypervisors`). Devices are not hot-plugged:
+the pod share, NICs and the agent channel are all on the command line, and containers reach the guest
+through the share, so the VM interface has no hot_attach/hot_detach.
 """
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from kuasar_vmm_sandboxer.devices import Device
+from kuasar_shared.errors import KuasarError
 
-__all__ = ["Nic", "VMSpec", "Pids", "VM", "VMFactory", "Hooks", "exit_code"]
+if TYPE_CHECKING:
+    from kuasar_vmm_sandboxer.guest import GuestClient
+
+__all__ = ["Nic", "VMSpec", "Pids", "VM", "VMFactory", "Hooks", "PodResourceHooks", "pod_resources",
+           "exit_code"]
+
+log = logging.getLogger(__name__)
+_MIN_MEMORY_MB = 128
 
 
 @dataclass(frozen=True)
@@ -58,16 +69,12 @@ class VM(abc.ABC):
     async def start(self) -> int:
         """Spawn the VMM and return its pid once it accepts control connections.
 
-        :raise Internal: the VMM could not be started (message carries its stderr).
+        :raise Internal: the VMM could not be started (message carries its output).
         """
 
     @abc.abstractmethod
     async def stop(self, force: bool, timeout: float = 10.0) -> None:
-        """Stop the VM: graceful unless ``force``, then a control-channel quit, then SIGKILL. Idempotent."""
-
-    @abc.abstractmethod
-    async def wait(self) -> int:
-        """Until the VMM exits; its exit code (255 when not ours to reap)."""
+        """Stop the VM: graceful unless ``force``, then the control channel, then SIGKILL. Idempotent."""
 
     @abc.abstractmethod
     def watch(self, callback: Callable[[int], None]) -> None:
@@ -75,24 +82,16 @@ class VM(abc.ABC):
 
     @abc.abstractmethod
     async def pids(self) -> Pids:
-        """The VMM pid, its vCPU thread ids and helper pids."""
+        """The VMM pid, its vCPU thread ids and helper pids (what goes into the pod cgroup)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
         """:raise Unavailable: the VMM's control channel does not answer."""
 
-    @abc.abstractmethod
-    async def hot_attach(self, device: Device) -> None:
-        """Add a device to the running VM. :raise Internal: the VMM refused."""
-
-    @abc.abstractmethod
-    async def hot_detach(self, device_id: str) -> None:
-        """Remove a hot-plugged device. :raise Internal: the VMM refused."""
-
     @property
     @abc.abstractmethod
     def agent_socket(self) -> str:
-        """Host unix socket of the guest agent channel (virtio-serial chardev or hybrid vsock)."""
+        """Host unix socket of the guest agent channel (the relay connects to it)."""
 
     @abc.abstractmethod
     def record(self) -> dict[str, Any]:
@@ -107,7 +106,10 @@ class VMFactory(abc.ABC):
 
     @abc.abstractmethod
     def create(self, spec: VMSpec) -> VM:
-        """A VM object for ``spec`` (nothing started yet)."""
+        """A VM object for ``spec`` (nothing started yet).
+
+        :raise FailedPrecondition: this host cannot run the configured VM.
+        """
 
     @abc.abstractmethod
     def attach(self, spec: VMSpec, record: dict[str, Any]) -> VM:
@@ -119,16 +121,65 @@ class VMFactory(abc.ABC):
 
 
 class Hooks:
-    """Per-hypervisor adjustments around the lifecycle; the defaults do nothing."""
+    """Per-hypervisor steps at fixed points of the lifecycle (upstream's five); the defaults do nothing.
 
-    def pre_start(self, spec: VMSpec) -> VMSpec:
+    Called by :class:`~kuasar_vmm_sandboxer.sandboxer.VmmSandboxer`: ``post_create`` in Create (its
+    spec's vCPUs and memory are recorded with the pod), ``pre_start`` before each boot attempt,
+    ``post_start`` once the guest is set up (a failure fails Start), ``pre_stop`` before the VM is
+    stopped (the relay has let go of the guest by then) and ``post_stop`` after it is gone (failures
+    there are logged: the pod stops anyway).
+    """
+
+    def post_create(self, spec: VMSpec, pod_config: Mapping[str, Any]) -> VMSpec:
         return spec
 
-    async def post_start(self, vm: VM) -> None:
+    async def pre_start(self, spec: VMSpec) -> VMSpec:
+        return spec
+
+    async def post_start(self, vm: VM, guest: "GuestClient") -> None:
+        return None
+
+    async def pre_stop(self, vm: VM) -> None:
         return None
 
     async def post_stop(self, vm: VM) -> None:
         return None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def pod_resources(config: Mapping[str, Any], vcpus: int, memory_mb: int) -> tuple[int, int]:
+    """vCPUs and memory (MiB) for a pod from CRI ``linux.resources`` (the decoded PodSandboxConfig),
+    upstream's rule: ceil(cpu_quota / cpu_period) vCPUs, the memory limit as RAM; the configured
+    defaults when a limit is absent."""
+    res = config.get("linux", {}).get("resources", {}) or {}
+    quota, period = _int(res.get("cpu_quota")), _int(res.get("cpu_period"))
+    if quota > 0 and period > 0:
+        vcpus = max(1, math.ceil(quota / period))
+    limit = _int(res.get("memory_limit_in_bytes"))
+    if limit > 0:
+        memory_mb = max(_MIN_MEMORY_MB, limit // (1 << 20))
+    return vcpus, memory_mb
+
+
+class PodResourceHooks(Hooks):
+    """What upstream's QEMU, StratoVirt and Cloud Hypervisor hooks all do: size the VM from the pod's
+    resources, and sync the guest clock once it runs (the periodic sync follows)."""
+
+    def post_create(self, spec: VMSpec, pod_config: Mapping[str, Any]) -> VMSpec:
+        vcpus, memory = pod_resources(pod_config, spec.vcpus, spec.memory_mb)
+        return replace(spec, vcpus=vcpus, memory_mb=memory)
+
+    async def post_start(self, vm: VM, guest: "GuestClient") -> None:
+        try:
+            await guest.sync_clock()
+        except KuasarError as err:  # upstream logs it too: the periodic sync tries again
+            log.warning("sandbox %s: clock sync after start failed: %s", guest.id, err)
 
 
 def exit_code(status: Optional[int]) -> int:

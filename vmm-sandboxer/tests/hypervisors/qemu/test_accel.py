@@ -10,6 +10,7 @@ import pytest
 from kuasar_shared.errors import FailedPrecondition
 from kuasar_vmm_sandboxer import config
 from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, KvmProbe, choose, probe_kvm
+from kuasar_vmm_sandboxer.hypervisors.qemu.config import TCG_CPU, QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
 from kuasar_vmm_sandboxer.vm import VMSpec
 
@@ -80,11 +81,11 @@ def test_config_default_is_auto_and_unknown_values_are_refused() -> None:
 
 def test_factory_resolves_once_logs_why_and_refuses_pods_when_kvm_cannot_work(caplog, tmp_path) -> None:
     caplog.set_level(logging.INFO)
-    auto = QemuFactory(config.HypervisorConfig(accel="auto"), PVM)
-    assert auto.config.accel == "tcg" and auto.config.cpu == config.TCG_CPU
+    auto = QemuFactory(QemuConfig(accel="auto"), PVM)
+    assert auto.config.accel == "tcg" and auto.config.cpu == TCG_CPU
     assert "accel auto -> tcg: emulation, because /dev/kvm is KVM-PVM" in caplog.text
     assert auto.create(VMSpec("p1", str(tmp_path), 1, 256)).config.accel == "tcg"
-    forced = QemuFactory(config.HypervisorConfig(accel="kvm"), PVM)
+    forced = QemuFactory(QemuConfig(accel="kvm"), PVM)
     with pytest.raises(FailedPrecondition, match=r'sandbox p2: \[hypervisor\].accel = "kvm" cannot work'):
         forced.create(VMSpec("p2", str(tmp_path), 1, 256))
-    assert QemuFactory(config.HypervisorConfig(accel="auto"), USABLE).config.cpu == "host"
+    assert QemuFactory(QemuConfig(accel="auto"), USABLE).config.cpu == "host"

@@ -4,16 +4,16 @@ import asyncio
 import pytest
 
 from kuasar_shared.errors import FailedPrecondition
-from kuasar_vmm_sandboxer.config import SHARE_VIRTIOFS, HypervisorConfig
-from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuHooks, pod_resources
+from kuasar_vmm_sandboxer.config import SHARE_VIRTIOFS
+from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu import vm as qemu_vm
 from kuasar_vmm_sandboxer.hypervisors.qemu.tsc import host_tsc_khz
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import BASE_KERNEL_PARAMS, QemuVM
-from kuasar_vmm_sandboxer.vm import Nic, VMSpec
+from kuasar_vmm_sandboxer.vm import Nic, PodResourceHooks, VMSpec, pod_resources
 
 
 def _cfg(**kw):
-    cfg = HypervisorConfig(accel="tcg", use_vsock=False, kernel_path="/k/vmlinux.bin", initrd_path="/k/kuasar.initrd")
+    cfg = QemuConfig(accel="tcg", use_vsock=False, kernel_path="/k/vmlinux.bin", initrd_path="/k/kuasar.initrd")
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -103,7 +103,7 @@ def test_q35_virtiofs_nics_debug_kvm():
     assert "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,id=nic0" in tail
     assert tail[-2:] == ["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"]
     assert vm.virtiofsd_argv()[:2] == ["/usr/lib/qemu/virtiofsd", "--socket-path=/d/p2/virtiofs.sock"]
-    assert vm._in_netns(["q"]) == ["nsenter", "--net=/var/run/netns/x", "--", "q"]
+    assert vm.in_netns(["q"]) == ["nsenter", "--net=/var/run/netns/x", "--", "q"]
 
 
 def test_vsock_replaces_serial_port(monkeypatch):
@@ -118,5 +118,5 @@ def test_pod_resources_upstream_rule():
                                    "memory_limit_in_bytes": str(300 << 20)}}}
     assert pod_resources(cfg, 1, 1024) == (2, 300)
     assert pod_resources({}, 1, 1024) == (1, 1024)
-    spec = QemuHooks(cfg).pre_start(VMSpec("p", "/d", 1, 1024))
+    spec = PodResourceHooks().post_create(VMSpec("p", "/d", 1, 1024), cfg)
     assert (spec.vcpus, spec.memory_mb) == (2, 300)

@@ -1,5 +1,11 @@
-"""The QEMU adapter: argv from device dataclasses, QMP through ``qemu.qmp``."""
-from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory, QemuHooks
+"""The QEMU backend (``[hypervisor] type = "qemu"``, the default): argv from device dataclasses, QMP
+through ``qemu.qmp``, the accelerator decided once by the factory."""
+from kuasar_vmm_sandboxer.hypervisors import Backend
+from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
+from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
+from kuasar_vmm_sandboxer.vm import PodResourceHooks
 
-__all__ = ["QemuVM", "QemuFactory", "QemuHooks"]
+__all__ = ["BACKEND", "QemuConfig", "QemuVM", "QemuFactory"]
+
+BACKEND = Backend(name="qemu", config=QemuConfig, factory=QemuFactory, hooks=PodResourceHooks)

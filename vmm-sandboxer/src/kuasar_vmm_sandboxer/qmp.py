@@ -1,8 +1,9 @@
-"""QMP over ``qemu.qmp``: short-lived connections, so an idle pod holds no connection and no task.
+"""QMP over ``qemu.qmp`` for the hypervisors that speak it (QEMU, StratoVirt): short-lived connections,
+so an idle pod holds no connection and no task.
 
-QEMU's QMP socket (``server=on,wait=off``) serves one client at a time; each command here connects,
-negotiates, executes and disconnects (a few ms on a unix socket), which also makes re-attaching
-after a sandboxer restart trivial.
+A QMP socket (QEMU ``server=on,wait=off``, StratoVirt ``server,nowait``) serves one client at a time;
+each command here connects, negotiates, executes and disconnects (a few ms on a unix socket), which
+also makes re-attaching after a sandboxer restart trivial.
 """
 from __future__ import annotations
 
