@@ -1,6 +1,10 @@
 import os
 import subprocess
+import sys
 
+import pytest
+
+from kuasar_shared.errors import InvalidArgument
 from kuasar_vmm_sandboxer import network
 
 
@@ -40,3 +44,19 @@ async def test_no_fork_and_nothing_on_the_host(pod_netns, monkeypatch):
 async def test_destroy_of_vanished_netns_is_quiet():
     await network.destroy(network.PodNetwork(netns="/var/run/netns/kv-does-not-exist"))
     assert not os.path.exists("/var/run/netns/kv-does-not-exist")
+
+
+async def test_a_netlink_failure_is_invalid_argument_and_leaves_no_tap(pod_netns):
+    """eth0 already has an ingress qdisc: setup fails naming the errno and removes the tap it made."""
+    subprocess.run(["ip", "netns", "exec", pod_netns["pod"], "tc", "qdisc", "add", "dev", "eth0", "ingress"],
+                   check=True)
+    with pytest.raises(InvalidArgument, match=r"cannot set up VM networking in .*File exists"):
+        await network.setup(pod_netns["path"])
+    assert "tap_kua_0" not in _sh(pod_netns["pod"], "ip link")
+
+
+def test_the_sandboxer_starts_without_pyroute2():
+    """Importing pyroute2 costs ~100 ms of every restart; it is loaded when a pod's network is set up."""
+    code = "import sys, kuasar_vmm_sandboxer.main; print('pyroute2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

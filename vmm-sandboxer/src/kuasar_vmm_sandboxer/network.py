@@ -8,6 +8,8 @@ veth's addresses and routes go to the guest in SetupSandbox. All netlink goes th
 fresh thread that first ``setns``es into the pod namespace (netlink sockets and the tap ioctl belong to
 the calling thread's namespace). pyroute2's ``NetNS`` is not used: it forks the daemon, and the child,
 SIGTERMed on close, writes into the inherited signal wakeup fd, so the daemon would shut itself down.
+pyroute2 is imported in that thread, on first use: importing it costs ~100 ms, which every sandboxer
+restart would pay. Its NetlinkError leaves the thread as an OSError with the same errno.
 :func:`destroy` removes exactly what :func:`setup` made.
 """
 from __future__ import annotations
@@ -19,14 +21,14 @@ import os
 import socket
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from kuasar_shared.errors import InvalidArgument
 
 from kuasar_vmm_sandboxer.vm import Nic
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 __all__ = ["Address", "Interface", "Route", "PodNetwork", "setup", "destroy"]
 
@@ -117,6 +119,9 @@ async def _in_netns(netns: str, fn: Callable[[IPRoute], _T]) -> _T:
             done.set_result(result)
 
     def run() -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         result, error = None, None
         try:
             own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -136,6 +141,8 @@ async def _in_netns(netns: str, fn: Callable[[IPRoute], _T]) -> _T:
                     _setns(own)
             finally:
                 os.close(own)
+        except NetlinkError as err:
+            error = OSError(err.code, "netlink: %s" % err)
         except BaseException as err:  # handed to the awaiting coroutine
             error = err
         loop.call_soon_threadsafe(finish, result, error)
@@ -151,6 +158,8 @@ def _mirror(ns: IPRoute, src: int, dst: int) -> None:
 
 
 def _setup(ns: IPRoute, netns: str) -> PodNetwork:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     net = PodNetwork(netns=netns)
     try:
         names: dict[int, str] = {}
@@ -194,6 +203,8 @@ def _setup(ns: IPRoute, netns: str) -> PodNetwork:
 
 
 def _destroy(ns: IPRoute, net: PodNetwork) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     for iface in net.interfaces:
         for name in (iface.tap, iface.name):
             found = ns.link_lookup(ifname=name)
@@ -215,7 +226,7 @@ async def setup(netns: str) -> PodNetwork:
     """
     try:
         return await _in_netns(netns, lambda ns: _setup(ns, netns))
-    except (NetlinkError, OSError) as err:
+    except OSError as err:
         raise InvalidArgument("cannot set up VM networking in %s: %s" % (netns, err)) from err
 
 
@@ -226,5 +237,5 @@ async def destroy(net: PodNetwork) -> None:
         return
     try:
         await _in_netns(net.netns, lambda ns: _destroy(ns, net))
-    except (NetlinkError, OSError) as err:
+    except OSError as err:
         log.warning("cannot clean up networking in %s: %s", net.netns, err)
