@@ -254,3 +254,47 @@ async def test_an_idle_front_whose_socket_is_gone_exits(front) -> None:
     listen, _, proc = front
     os.unlink(listen)
     assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30) == 0
+
+
+async def test_requests_in_flight_are_bounded_over_all_connections(tmp_path) -> None:
+    """With a 1 MiB budget, a second 800 KiB request waits in the front until the first is answered:
+    neither the front nor the task server holds more than the budget of requests at once."""
+    listen, backend_path = str(tmp_path / "task.sock"), str(tmp_path / "backend.sock")
+    arrived: list[str] = []
+    release = asyncio.Event()
+    big = Service("test.Big")
+
+    async def hold(ctx, req):  # type: ignore[no-untyped-def]
+        arrived.append(req.id[0])
+        await release.wait()
+        return shim_pb2.StateResponse(id=req.id[0])
+    big.unary("Hold", shim_pb2.StateRequest, hold)
+    server = Server([big])
+    await server.listen_unix(backend_path)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", taskfront.__file__, "--listen", listen, "--backend",
+                             backend_path, "--inflight-limit", str(1 << 20)])
+    clients: list[Client] = []
+    try:
+        for _ in range(200):
+            if os.path.exists(listen):
+                break
+            await asyncio.sleep(0.02)
+        clients = [await Client.connect_unix(listen) for _ in range(2)]
+        calls = [asyncio.ensure_future(c.call("test.Big", "Hold", shim_pb2.StateRequest(id=name * (800 << 10)),
+                                              shim_pb2.StateResponse)) for c, name in zip(clients, "ab")]
+        for _ in range(100):
+            if arrived:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert len(arrived) == 1
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        assert sorted(answer.id for answer in answers) == ["a", "b"]
+        assert sorted(arrived) == ["a", "b"]
+    finally:
+        for c in clients:
+            await c.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        await server.shutdown()

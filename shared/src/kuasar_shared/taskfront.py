@@ -18,10 +18,12 @@ front sends them again on a new connection:
 
 The front is deliberately tiny and never needs upgrading: it runs as ``python -I -S taskfront.py``
 and imports only the interpreter's C modules (no asyncio, protobuf or gRPC: ~4 MB PSS). It bounds
-the number of engine connections and the bytes it reads ahead per connection. With no engine
+the number of engine connections, the bytes it reads ahead per connection and the bytes of
+requests it holds unanswered over all connections (the task server then holds no more). With no engine
 connection open it exits once its socket path is gone or no task server answered for a minute.
 
-Command line: ``--listen PATH --backend PATH [--max-connections N] [--buffer-limit BYTES]``.
+Command line: ``--listen PATH --backend PATH [--max-connections N] [--buffer-limit BYTES]
+[--inflight-limit BYTES]``.
 """
 from __future__ import annotations
 
@@ -127,8 +129,10 @@ def response(stream_id: int, code: int, message: str) -> bytes:
 class Link:
     """One engine connection and its current backend connection.
 
-    ``pending`` holds every request sent on and not yet answered, as (frame, replayable); what the
-    front reads ahead is bounded by ``limit`` (``ein`` + ``bout``, and separately the pending copies).
+    ``pending`` holds every request sent on and not yet answered, as (frame, replayable, charge);
+    what the front reads ahead is bounded by ``limit`` (``ein`` + ``bout``, and separately the
+    pending copies). A frame's bytes are charged to the front's budget (:meth:`Front.reserve`) before
+    its body is read, and released when it is answered (data frames: when passed on).
     """
 
     def __init__(self, front: Front, esock: _socket.socket, number: int) -> None:
@@ -139,8 +143,10 @@ class Link:
         self.eout = bytearray()
         self.bin = bytearray()
         self.bout = bytearray()
-        self.pending: dict[int, tuple[bytes, bool]] = {}
+        self.pending: dict[int, tuple[bytes, bool, int]] = {}
         self.pending_bytes = 0
+        #: budget reserved for the frame being read
+        self.reserved = 0
         self.skip = 0
         self.skip_stream = 0
         self.prefix = front.instance + b"-" + str(number).encode() + b"-"
@@ -167,16 +173,24 @@ class Link:
                 self.skip, self.skip_stream = length, sid
                 continue
             end = HEADER.size + length
+            if not self.reserved:
+                if not self.front.reserve(end):
+                    self.front.blocked.add(self)
+                    return
+                self.reserved = end
             if len(buf) < end:
                 return
             frame = bytes(buf[:end])
             del buf[:end]
+            charge, self.reserved = self.reserved, 0
             if type_ == TYPE_REQUEST:
-                frame = self.request(sid, frame)
+                frame = self.request(sid, frame, charge)
+            else:
+                self.front.release(charge)
             if self.bsock is not None:
                 self.bout += frame
 
-    def request(self, sid: int, frame: bytes) -> bytes:
+    def request(self, sid: int, frame: bytes, charge: int) -> bytes:
         """Remember a request for replay; tag calls with effects with a request id."""
         service, method = envelope(frame[HEADER.size:])
         replayable = service in TASK_SERVICES
@@ -184,12 +198,23 @@ class Link:
             body = tag(frame[HEADER.size:], self.prefix + str(sid).encode())
             _, _, type_, flags = HEADER.unpack_from(frame)
             frame = HEADER.pack(len(body), sid, type_, flags) + body
-        old = self.pending.get(sid)
-        if old is not None:
-            self.pending_bytes -= len(old[0])
-        self.pending[sid] = (frame, replayable)
-        self.pending_bytes += len(frame)
+        self._forget(sid)
+        self.pending[sid] = (frame, replayable, charge)
+        self.pending_bytes += charge
         return frame
+
+    def _forget(self, sid: int) -> None:
+        done = self.pending.pop(sid, None)
+        if done is not None:
+            self.pending_bytes -= done[2]
+            self.front.release(done[2])
+
+    def release_all(self) -> None:
+        """Give back every charge (the engine connection is closed)."""
+        for sid in list(self.pending):
+            self._forget(sid)
+        self.front.release(self.reserved)
+        self.reserved = 0
 
     # -- backend side --------------------------------------------------------------------------
     def backend_frames(self) -> None:
@@ -200,9 +225,7 @@ class Link:
             if len(buf) < end:
                 return
             if type_ == TYPE_RESPONSE:
-                done = self.pending.pop(sid, None)
-                if done is not None:
-                    self.pending_bytes -= len(done[0])
+                self._forget(sid)
             self.eout += buf[:end]
             del buf[:end]
 
@@ -213,23 +236,22 @@ class Link:
             self.front.forget(sock)
         self.bin.clear()
         self.bout.clear()
-        for sid, (frame, replayable) in list(self.pending.items()):
+        for sid, (_frame, replayable, _charge) in list(self.pending.items()):
             if not replayable:
-                del self.pending[sid]
-                self.pending_bytes -= len(frame)
+                self._forget(sid)
                 self.eout += response(sid, UNAVAILABLE, "task server restarted: stream lost, open it again")
 
     def attach(self, sock: _socket.socket) -> None:
         """Use a new backend connection: send every pending call again, oldest first."""
         self.bsock = sock
         self.bin.clear()
-        self.bout = bytearray(b"".join(frame for _, (frame, _r) in sorted(self.pending.items())))
+        self.bout = bytearray(b"".join(pending[0] for _, pending in sorted(self.pending.items())))
 
     def interest(self) -> tuple[int, int]:
         """epoll masks for (engine, backend): stop reading a side whose output is over the limit."""
         limit = self.front.buffer_limit
         emask = _OUT if self.eout else 0
-        if len(self.ein) + len(self.bout) < limit and self.pending_bytes < limit:
+        if len(self.ein) + len(self.bout) < limit and self.pending_bytes < limit and self not in self.front.blocked:
             emask |= _IN
         bmask = _OUT if self.bout else 0
         if len(self.eout) + len(self.bin) < limit:
@@ -245,10 +267,17 @@ class Front:
     """
 
     def __init__(self, listen: str, backend: str, max_connections: int = 64,
-                 buffer_limit: int = MAX_MESSAGE + HEADER.size + (64 << 10)) -> None:
+                 buffer_limit: int = MAX_MESSAGE + HEADER.size + (64 << 10), inflight_limit: int = 8 << 20) -> None:
         self.backend = backend
         self.max_connections = max_connections
         self.buffer_limit = buffer_limit
+        #: bytes of requests read and not yet answered, over every link: bounds what the front and the
+        #: task server hold at once (16 engine connections sending 4 MiB each cost the server 70 MB)
+        self.inflight_limit = inflight_limit
+        self.inflight = 0
+        #: links waiting for budget to read the frame whose header they have
+        self.blocked: set[Link] = set()
+        self.released = False
         self.instance = os.urandom(6).hex().encode()
         self.epoll = select.epoll()
         self.fds: dict[int, tuple[Link, bool]] = {}
@@ -269,6 +298,26 @@ class Front:
         self.listener.listen(128)
         self.listener.setblocking(False)
         self.epoll.register(self.listener.fileno(), _IN)
+
+    def reserve(self, size: int) -> bool:
+        """Charge ``size`` bytes to the budget; one frame always fits when nothing is charged."""
+        if self.inflight and self.inflight + size > self.inflight_limit:
+            return False
+        self.inflight += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.inflight -= size
+        if size and self.blocked:
+            self.released = True
+
+    def _unblock(self) -> None:
+        """Let links waiting for budget read on, while it lasts."""
+        self.released = False
+        for link in list(self.blocked):
+            self.blocked.discard(link)
+            link.engine_frames()
+            self._update(link)
 
     def forget(self, sock: _socket.socket) -> None:
         fd = sock.fileno()
@@ -319,6 +368,8 @@ class Front:
     def _close(self, link: Link) -> None:
         self.links.discard(link)
         self.waiting.discard(link)
+        self.blocked.discard(link)
+        link.release_all()
         if link.bsock is not None:
             self.forget(link.bsock)
             link.bsock = None
@@ -433,16 +484,18 @@ class Front:
                     self._event(fd, events)
             if self.waiting:
                 self._reconnect()
+            if self.released:
+                self._unblock()
         log(f"no engine connection, and {self.listen} is gone or no task server answered for {ORPHAN_EXIT:.0f} s: "
             f"exiting")
 
 
 def parse(argv: list[str]) -> dict[str, str]:
     """``--name value`` pairs (argparse would cost the front a megabyte)."""
-    known = {"--listen", "--backend", "--max-connections", "--buffer-limit"}
+    known = {"--listen", "--backend", "--max-connections", "--buffer-limit", "--inflight-limit"}
     if len(argv) % 2 or any(a not in known for a in argv[::2]):
         raise SystemExit(f"usage: taskfront.py --listen PATH --backend PATH [--max-connections N] "
-                         f"[--buffer-limit BYTES], got {argv}")
+                         f"[--buffer-limit BYTES] [--inflight-limit BYTES], got {argv}")
     opts = dict(zip(argv[::2], argv[1::2]))
     if "--listen" not in opts or "--backend" not in opts:
         raise SystemExit("taskfront.py: --listen and --backend are required")
@@ -456,6 +509,8 @@ def main(argv: list[str]) -> None:
         kwargs["max_connections"] = int(opts["--max-connections"])
     if "--buffer-limit" in opts:
         kwargs["buffer_limit"] = max(int(opts["--buffer-limit"]), MAX_MESSAGE + HEADER.size)
+    if "--inflight-limit" in opts:
+        kwargs["inflight_limit"] = int(opts["--inflight-limit"])
     front = Front(opts["--listen"], opts["--backend"], **kwargs)
     log(f"serving {opts['--listen']} for the task server at {opts['--backend']}")
     front.run()
