@@ -1,5 +1,6 @@
-"""A Start cut short by a task server kill (issue 14): the next server judges it by what runc left
-behind, so a process that did start is adopted and answered, never started a second time."""
+"""A Start or Create cut short by a task server kill (issue 14): the next server judges it by what runc
+left behind, so a process that did start is adopted and answered, never started a second time, and a
+container made without a record is removed before the Create runs again."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ import uuid
 import pytest
 
 from kuasar_shared.daemon.reaper import get_reaper
-from kuasar_shared.oci import ExitRecorder
+from kuasar_shared.oci import ExitRecorder, start_time
 from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
 from kuasar_runc_task.backend import RuncTaskBackend
 
@@ -85,4 +86,29 @@ async def test_exec_and_init_that_never_started_may_start_again(tmp_path, bundle
     finally:
         await second.shutdown(cid, now=True)
         await second.shutdown(other, now=True)
+        await second.close()
+
+
+@pytest.mark.asyncio
+async def test_create_the_dead_server_left_without_a_record_is_undone_then_made(tmp_path, bundle_factory) -> None:
+    """runc create ran but the server died before recording the container: its runc state is removed
+    so that the replayed Create succeeds instead of failing with "already exists"."""
+    state_dir = str(tmp_path / "tasks")
+    backend = RuncTaskBackend(state_dir)
+    cid = "ctr-" + uuid.uuid4().hex[:10]
+    bundle = bundle_factory(cid, ["sleep", "1000"])
+    req = CreateTask(id=cid, bundle=bundle)
+    pid = await backend.create(req)
+    backend.store.remove(cid)  # the record the dead server never wrote
+    await backend.close()
+
+    second = RuncTaskBackend(state_dir)
+    await second.recover()
+    try:
+        await second.interrupted_create(req)
+        assert start_time(pid) is None  # runc's init of the unrecorded container is gone
+        new_pid = await second.create(req)
+        assert new_pid > 0 and (await second.state(cid, "")).status is TaskStatus.CREATED
+    finally:
+        await second.shutdown(cid, now=True)
         await second.close()

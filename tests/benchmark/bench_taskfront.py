@@ -5,7 +5,8 @@
 
 A real runc-sandboxer starts its task front and runc-task in a temp dir (as root). Measured:
 - memory: the front's PSS/RSS idle and with 16 idle engine connections (each also one connection of
-  the front to runc-task), runc-task's RSS in both cases;
+  the front to runc-task), runc-task's RSS in both cases; then 16 connections that each send one
+  4 MiB request at once (a flood the bounds are for): runc-task's RSS growth and the front's RSS;
 - per-call overhead: the same unary call straight to runc-task's private socket and through the front,
   interleaved in batches; a read (State of an unknown container) and a call with effects (Kill of an
   unknown container, which the front tags and runc-task journals);
@@ -33,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procstats import latency_summary, smaps  # noqa: E402
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2  # noqa: E402
+from kuasar_shared.api.ttrpc import request_pb2  # noqa: E402
+from kuasar_shared.ttrpc import framing  # noqa: E402
 from kuasar_shared.errors import NotFound  # noqa: E402
 from kuasar_shared.sandbox.taskserver import TASK_SERVICE  # noqa: E402
 from kuasar_shared.ttrpc import Client  # noqa: E402
@@ -83,6 +86,20 @@ async def _latencies(front: Client, direct: Client, name: str, calls: int) -> di
             "extra_ms_p90": front_s["p90"] - direct_s["p90"], "extra_ms_mean": front_s["mean"] - direct_s["mean"]}
 
 
+async def _flood(path: str, connections: int) -> None:
+    """``connections`` connections each send one request of just under 4 MiB, then read its answer."""
+    payload = shim_pb2.UpdateTaskRequest(id="flood", annotations={"k": "x" * ((4 << 20) - 512)}).SerializeToString()
+    frame = framing.encode(1, framing.TYPE_REQUEST, 0, request_pb2.Request(
+        service=TASK_SERVICE, method="Update", payload=payload).SerializeToString())
+    pairs = [await asyncio.open_unix_connection(path) for _ in range(connections)]
+    for _, writer in pairs:
+        writer.write(frame)
+    await asyncio.gather(*(writer.drain() for _, writer in pairs))
+    await asyncio.gather(*(framing.read_frame(reader) for reader, _ in pairs))
+    for _, writer in pairs:
+        writer.close()
+
+
 async def _restart_gaps(directory: str, front: Client, kills: int) -> dict[str, float]:
     gaps = []
     for _ in range(kills):
@@ -113,6 +130,11 @@ async def measure(directory: str, calls: int, kills: int) -> dict[str, Any]:
     result["task_server_16_connections"] = smaps(_record(directory)["pid"]).as_dict()
     for client in idle:
         await client.close()
+    before = smaps(_record(directory)["pid"]).rss_kb
+    await _flood(front_sock, 16)
+    await asyncio.sleep(0.5)
+    result["flood_16x4MiB"] = {"task_server_rss_growth_kb": smaps(_record(directory)["pid"]).rss_kb - before,
+                               "front_after": smaps(front_pid).as_dict()}
 
     front, direct = await Client.connect_unix(front_sock), await Client.connect_unix(backend_sock)
     try:

@@ -44,7 +44,8 @@ from typing import Any, Optional
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
-from kuasar_shared.mounts import mount_all
+from kuasar_shared.ids import validate_id
+from kuasar_shared.mounts import mount_all, unmount_recursive
 from kuasar_shared.oci.container import Container, ContainerStore, Proc
 from kuasar_shared.oci.exits import ExitRecorder
 from kuasar_shared.oci.pids import is_same_process, start_time
@@ -333,6 +334,23 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         self._io[(container.id, proc.exec_id)] = pio
         proc.pid, proc.start_time = pid, start_time(pid)
         self._watch_child(container, proc)
+
+    async def interrupted_create(self, req: CreateTask) -> None:
+        """Undo what a Create cut short by a restart left without a record: the runtime's container
+        (``delete --force``) and the rootfs mounts, so that the Create can run again."""
+        namespace = validate_id(req.namespace, "namespace") if req.namespace else "default"
+        spec = load_spec(req.bundle)
+        placement = self.hooks.place(req, spec, namespace)
+        container = Container(id=req.id, bundle=req.bundle, namespace=namespace, sandbox_id=placement.sandbox_id,
+                              binary=placement.binary, root=placement.root, global_args=placement.global_args,
+                              rootfs=rootfs_path(req.bundle, spec))
+        async with self._lock(req.id):
+            with contextlib.suppress(KuasarError):
+                await self._runtime_delete(container)
+            if req.rootfs and os.path.ismount(container.rootfs):
+                unmount_recursive(container.rootfs)
+            self.store.remove(req.id)
+        log.info("container %s: what an interrupted Create left was removed", req.id)
 
     async def interrupted_start(self, id: str, exec_id: str) -> Optional[int]:
         """Judge a Start a killed task server left unanswered by what the runtime leaves behind.

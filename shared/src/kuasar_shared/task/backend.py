@@ -166,6 +166,10 @@ class TaskBackend(abc.ABC):
     async def checkpoint(self, id: str, path: str) -> None:
         raise Unimplemented("checkpoint is not supported")
 
+    async def interrupted_create(self, req: CreateTask) -> None:
+        """A Create of this container was cut short by a task server restart and left no record:
+        remove what it may have made so that it can run again. The default has nothing to undo."""
+
     async def interrupted_start(self, id: str, exec_id: str) -> Optional[int]:
         """A Start of this process was cut short by a task server restart (see task.journal): its pid
         when it started after all (and is tracked from now on), None when it did not and may be

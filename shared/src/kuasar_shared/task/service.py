@@ -94,6 +94,18 @@ def _exec_id(exec_id: str) -> str:
     return validate_id(exec_id, "exec") if exec_id else ""
 
 
+def _create_task(ctx: CallContext, req: shim_pb2.CreateTaskRequest) -> CreateTask:
+    if req.checkpoint or req.parent_checkpoint:
+        raise InvalidArgument("restoring from a checkpoint is not supported")
+    if not req.bundle or not os.path.isabs(req.bundle):
+        raise InvalidArgument(f"task {req.id!r}: bundle must be an absolute path, got {req.bundle!r}")
+    return CreateTask(
+        id=validate_id(req.id, "container"), bundle=req.bundle,
+        rootfs=tuple(Mount(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs),
+        stdio=Stdio(req.stdin, req.stdout, req.stderr, req.terminal),
+        namespace=ctx.get(NAMESPACE_KEY), options=_options(req.options))
+
+
 def _exit(resp: Any, info: ExitInfo) -> Any:
     resp.exit_status = info.exit_status
     ts = timestamp(info.exited_at)
@@ -176,7 +188,8 @@ class TaskService:
         """Finish a call a previous server died in: what already happened is answered, not done again.
 
         Create and Exec are judged by the process's state (a second Create of a created container
-        would fail), Start by the backend (:meth:`TaskBackend.interrupted_start`: a Start of a
+        would fail; a Create that left no record has its leftovers removed by the backend and runs
+        again), Start by the backend (:meth:`TaskBackend.interrupted_start`: a Start of a
         process the runtime did start is answered with its pid); Kill, Delete and the rest
         are safe to run again (a repeated signal to the same process, a Delete of what is gone
         answers NOT_FOUND, which containerd takes as deleted).
@@ -198,19 +211,12 @@ class TaskService:
                     return shim_pb2.StartResponse(pid=pid)
             elif method == "Exec":
                 return empty_pb2.Empty()
+        elif method == "Create":
+            await self.backend.interrupted_create(_create_task(ctx, req))
         return await handler(ctx, req)
 
     async def create(self, ctx: CallContext, req: shim_pb2.CreateTaskRequest) -> shim_pb2.CreateTaskResponse:
-        if req.checkpoint or req.parent_checkpoint:
-            raise InvalidArgument("restoring from a checkpoint is not supported")
-        if not req.bundle or not os.path.isabs(req.bundle):
-            raise InvalidArgument(f"task {req.id!r}: bundle must be an absolute path, got {req.bundle!r}")
-        create = CreateTask(
-            id=validate_id(req.id, "container"), bundle=req.bundle,
-            rootfs=tuple(Mount(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs),
-            stdio=Stdio(req.stdin, req.stdout, req.stderr, req.terminal),
-            namespace=ctx.get(NAMESPACE_KEY), options=_options(req.options))
-        return shim_pb2.CreateTaskResponse(pid=await self.backend.create(create))
+        return shim_pb2.CreateTaskResponse(pid=await self.backend.create(_create_task(ctx, req)))
 
     async def start(self, ctx: CallContext, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
         pid = await self.backend.start(validate_id(req.id, "container"), _exec_id(req.exec_id))
