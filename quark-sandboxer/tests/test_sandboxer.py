@@ -53,3 +53,18 @@ async def test_recovery_keeps_live_pods_and_cleans_the_rest(runsc_pods, pod) -> 
         await second.close()
     for pod_record in list(runsc_pods.pods):
         runsc_pods.pods.forget(pod_record.id)
+
+
+async def test_host_network_pod_uses_the_node_network(runsc_pods) -> None:
+    """critest HostNetwork / portforward in host network: the sandbox stays in the node's network
+    namespace and gVisor uses the host's network stack; a pod without network gets none."""
+    host = CreateSandbox(id="hostnet-pod", config={"linux": {"security_context": {
+        "namespace_options": {"network": "NODE"}}}})
+    await runsc_pods.create(host)
+    status = await runsc_pods.start(host.id)
+    assert os.readlink(f"/proc/{status.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    assert "--network=host" in runsc_pods.pods.get(host.id).runtime.global_args
+    await runsc_pods.create(CreateSandbox(id="nonet-pod"))
+    status = await runsc_pods.start("nonet-pod")
+    assert os.readlink(f"/proc/{status.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert "--network=none" in runsc_pods.pods.get("nonet-pod").runtime.global_args

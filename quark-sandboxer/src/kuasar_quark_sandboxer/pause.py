@@ -31,18 +31,20 @@ def _write_pause(rootfs: str) -> None:
 
 
 def write_sandbox_bundle(bundle: str, sandbox_id: str, hostname: str = "", netns: str = "",
-                         cgroups_path: str = "") -> dict[str, Any]:
+                         cgroups_path: str = "", host_network: bool = False) -> dict[str, Any]:
     """Write ``<bundle>/config.json`` and ``<bundle>/rootfs/pause`` for the pod's root container.
 
     Args:
         netns: the pod's network namespace file, joined by the sandbox (``""``: a new one).
+        host_network: the sandbox stays in the node's network namespace (``netns`` is ignored).
         cgroups_path: ``linux.cgroupsPath`` of the sandbox (``""``: none).
 
     Returns the spec written.
     """
     _write_pause(os.path.join(bundle, "rootfs"))
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    if not host_network:
+        namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
     caps: list[str] = []
     spec: dict[str, Any] = {
         "ociVersion": "1.0.2",

@@ -29,6 +29,8 @@ class RuntimeInvocation:
 class Pod(PodRecord):
     kernel: str = "runsc"
     hostname: str = ""
+    #: the pod asked for the node's network (CRI ``namespace_options.network = NODE``)
+    host_network: bool = False
     #: the application kernel's host process (runsc: the Sentry; quark: the ``quark sandbox``)
     pid: int = 0
     pid_start: Optional[int] = None

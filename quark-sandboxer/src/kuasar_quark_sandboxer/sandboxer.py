@@ -68,7 +68,7 @@ class QuarkSandboxer(PodSandboxer[Pod]):
                                   f"with an application kernel")
         created = (req.created_at or datetime.now(timezone.utc)).isoformat()
         pod = Pod(id=req.id, kernel=self.kernel.name, netns=req.netns_path, hostname=req.hostname,
-                  cgroup_parent=req.cgroup_parent, created_at=created)
+                  host_network=req.host_network, cgroup_parent=req.cgroup_parent, created_at=created)
         self.pods.add(pod)
         try:
             write_pod_files(self.pods.pod_dir(req.id), req.hostname, req.dns_config)

@@ -3,7 +3,9 @@
 Pod start writes the root container's bundle (:mod:`..pause`) to ``<dir>/<id>/sandbox`` and runs
 ``runsc create`` + ``start`` with the pod id as container id, in the pod's network namespace when
 there is one (``--network=sandbox``: gVisor's netstack takes over the namespace's interfaces and
-routes), else with ``--network=none``. The Sentry's pid is the pod's pid: containerd writes
+routes), with ``--network=host`` for a pod that asked for the node's network (gVisor then uses the
+host's network stack, so the node's ports and addresses are the pod's), else ``--network=none``
+(and always when the configured network is ``none``). The Sentry's pid is the pod's pid: containerd writes
 ``/proc/<pid>/ns/...`` paths of it into container specs and quark-task runs every container of
 the pod inside this sandbox. Stop kills the root container, which ends the whole sandbox; clean-up
 is ``runsc delete -force``.
@@ -48,7 +50,10 @@ class RunscKernel(Kernel):
         self.config = config
 
     def _invocation(self, pod: Pod) -> RuntimeInvocation:
-        network = self.config.network if pod.netns else "none"
+        if pod.netns or self.config.network == "none":
+            network = self.config.network
+        else:
+            network = "host" if pod.host_network else "none"
         return RuntimeInvocation(binary=self.config.path, root=self.root,
                                  global_args=[f"--platform={self.config.platform}", f"--network={network}",
                                               *self.config.extra_flags])
@@ -62,7 +67,8 @@ class RunscKernel(Kernel):
         bundle = os.path.join(pod_dir, "sandbox")
         cgroups_path = "/" + "/".join(p for p in (pod.cgroup_parent.strip("/"), pod.id) if p) \
             if pod.cgroup_parent else ""
-        write_sandbox_bundle(bundle, pod.id, hostname=pod.hostname, netns=pod.netns, cgroups_path=cgroups_path)
+        write_sandbox_bundle(bundle, pod.id, hostname=pod.hostname, netns=pod.netns, cgroups_path=cgroups_path,
+                             host_network="--network=host" in invocation.global_args)
         runtime = self._runtime(invocation)
         pid = await runtime.create(pod.id, bundle, os.path.join(pod_dir, "sandbox.pid"))
         hide = self.config.hide_proc_sys_net and "--network=sandbox" in invocation.global_args
