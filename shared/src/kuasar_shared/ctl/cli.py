@@ -7,6 +7,7 @@
     kuasar-ctl stop CTR | rm CTR | stopp POD | rmp POD
     kuasar-ctl -s vmm vm-exec [-i] [--timeout S] POD -- cmd...   (in the pod's guest; timeout -> 124)
     kuasar-ctl -s vmm vm-shell POD        (interactive shell in the guest of a pod started with debug)
+    kuasar-ctl doctor [--type T]          (preflight of this host for each installed sandbox type)
 
 Ids are accepted by unique prefix. ``-s/--sandboxer`` picks ``/run/<type>-sandboxer.sock`` unless
 ``--endpoint`` is given; ``--io`` chooses FIFO or streaming stdio for new containers.
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("vm-shell", help="interactive shell in the guest of a vmm pod started with debug "
                    "(annotation io.kuasar.vmm.debug=true)").add_argument("pod")
+    doctor = sub.add_parser("doctor", help="check this host for each installed sandbox type (ok / warn / fail)")
+    doctor.add_argument("--type", dest="types", action="append", choices=SANDBOXERS,
+                        help="only this type (repeatable; default: every installed one)")
     return p
 
 
@@ -314,6 +318,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="kuasar-ctl: %(levelname)s: %(message)s")
+    if args.command == "doctor":  # a host check: no sandboxer connection, no metadata store
+        from kuasar_shared.ctl.doctor import run_doctor
+        return run_doctor(args.types)
     try:
         return asyncio.run(_amain(args))
     except KuasarError as err:
