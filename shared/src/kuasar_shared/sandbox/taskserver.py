@@ -14,6 +14,7 @@ task server crash, and :func:`upgrade` replaces the server with new code the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
@@ -282,13 +283,26 @@ class TaskServer:
         return True
 
     async def shutdown_pod(self, sandbox_id: str, now: bool) -> None:
-        """Ask the server to kill (``now``: and delete) every container of a pod."""
-        client = await self._connection()
+        """Ask the server to kill (``now``: and delete) every container of a pod.
+
+        Behind a front the call goes through it, like the engine's: a server that dies meanwhile
+        gets it again from the front (journaled) instead of leaving the pod's containers behind.
+        """
+        request = shim_pb2.ShutdownRequest(id=sandbox_id, now=now)
+        if not self.has_front:
+            client = await self._connection()
+            with contextlib.suppress(NotFound):
+                await client.call(TASK_SERVICE, "Shutdown", request, empty_pb2.Empty, timeout=30.0)
+            return
         try:
-            await client.call(TASK_SERVICE, "Shutdown", shim_pb2.ShutdownRequest(id=sandbox_id, now=now),
-                              empty_pb2.Empty, timeout=30.0)
-        except NotFound:
-            pass
+            front = await Client.connect_unix(self.socket_path, timeout=2.0)
+        except (OSError, KuasarError) as err:
+            raise Unavailable(f"task front at {self.socket_path} is unreachable: {err}") from err
+        try:
+            with contextlib.suppress(NotFound):
+                await front.call(TASK_SERVICE, "Shutdown", request, empty_pb2.Empty, timeout=60.0)
+        finally:
+            await front.close()
 
     async def close_connection(self) -> None:
         """Drop the sandboxer's ttrpc connection (reopened on the next call)."""
