@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from kuasar_shared.ctl.doctor import installed_types, run_doctor
 from kuasar_shared.doctor import (Finding, Sandboxer, Status, binary_version, cgroup_findings,
                                   containerd_findings, isulad_findings, sandboxer_options, socket_findings)
@@ -40,7 +38,8 @@ def test_cgroup_layouts(tmp_path) -> None:
 
 
 def test_sysconfig_options_and_defaults(tmp_path) -> None:
-    (tmp_path / "kuasar-vmm").write_text("# comment\nOPTIONS='--listen /run/x.sock --dir /run/x --config /etc/c.toml'\n")
+    (tmp_path / "kuasar-vmm").write_text("# comment\n"
+                                         "OPTIONS='--listen /run/x.sock --dir /run/x --config /etc/c.toml'\n")
     assert sandboxer_options("vmm", str(tmp_path)) == Sandboxer("vmm", "/run/x.sock", "/run/x", "/etc/c.toml")
     assert sandboxer_options("runc", str(tmp_path)) == Sandboxer("runc", "/run/runc-sandboxer.sock",
                                                                  "/run/kuasar-runc", None)

@@ -14,7 +14,8 @@ from rpmroot import REPO
 
 # Data recorded elsewhere (its paths are facts of the capture), generated protobuf code, and this file,
 # which has to name what it looks for.
-_EXEMPT = ("shared/tests/conformance/containerd-", "shared/src/kuasar_shared/api/", "tests/packaging/test_self_contained.py")
+_EXEMPT = ("shared/tests/conformance/containerd-", "shared/src/kuasar_shared/api/",
+           "tests/packaging/test_self_contained.py")
 _RELATIVE = re.compile(r"(?<![\w.])((?:\.\./)+)([\w.-]+)")
 
 
