@@ -156,14 +156,18 @@ async def test_pod_dns_hostname_and_hosts_reach_the_container(tmp_path, runsc_po
     await backend.delete(cid, "")
 
 
-async def test_kill_of_an_exited_or_never_started_container_is_not_found(backend, bundle_factory, pod) -> None:
-    """What containerd's StopContainer / task Delete accept as 'already stopped' (was INTERNAL)."""
+async def test_kill_of_an_exited_or_never_started_container(backend, bundle_factory, pod) -> None:
+    """What containerd's StopContainer / task Delete (WithProcessKill) need (both were INTERNAL):
+    NotFound for a process already gone, FailedPrecondition for one never started (its Wait only
+    ends at Delete, so containerd must not wait for it)."""
     done, created = _cid(), _cid()
     await backend.create(CreateTask(id=done, bundle=bundle_factory(done, ["true"], pod)))
     await backend.start(done, "")
     assert (await asyncio.wait_for(backend.wait(done, ""), 20)).exit_status == 0
     await backend.create(CreateTask(id=created, bundle=bundle_factory(created, ["true"], pod)))
-    for cid, kill_all in ((done, True), (created, False)):
-        with pytest.raises(NotFound):
-            await backend.kill(cid, "", signal.SIGKILL, kill_all)
+    with pytest.raises(NotFound):
+        await backend.kill(done, "", signal.SIGKILL, True)
+    with pytest.raises(FailedPrecondition):
+        await backend.kill(created, "", signal.SIGKILL, True)
+    for cid in (done, created):
         await asyncio.wait_for(backend.delete(cid, ""), 20)

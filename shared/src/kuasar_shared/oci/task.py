@@ -424,6 +424,11 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         try:
             await self._runtime(container).kill(id, signal, all=all)
         except FailedPrecondition as err:
+            if proc.status is TaskStatus.CREATED:
+                # never started and the runtime cannot signal it (runsc): its Wait only ends at
+                # Delete, so containerd must hear FailedPrecondition (go on deleting), not NotFound
+                # (wait for the exit first)
+                raise
             raise NotFound(str(err)) from err
 
     async def _kill_remaining(self, container: Container, signal: int) -> None:
