@@ -13,6 +13,7 @@ is ``runsc delete -force``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -99,6 +100,13 @@ class RunscKernel(Kernel):
     async def cleanup(self, pod: Pod, pod_dir: str) -> None:
         await self._delete(self._runtime(pod.runtime if pod.runtime.binary else self._invocation(pod)), pod.id)
         shutil.rmtree(os.path.join(pod_dir, "sandbox"), ignore_errors=True)
+        # what `delete -force` cannot see: the lock (and state) of a `runsc create` killed half way
+        prefix = f"{pod.id}_sandbox:"
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.root):
+                if name.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.root, name))
 
     @staticmethod
     async def _delete(runtime: OciRuntime, sandbox_id: str) -> None:
