@@ -18,7 +18,7 @@ from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_wasm_sandboxer.backend import UNKNOWN_EXIT, WasmTaskBackend
 from kuasar_wasm_sandboxer.entrypoint import MAX_ARGS_BYTES, TRAP_EXIT
-from kuasar_wasm_sandboxer.runners import RunnerPool
+from kuasar_wasm_sandboxer.runners import ForkServer
 from wasm_helpers import cgroup_exists, processes_mentioning
 
 
@@ -28,8 +28,9 @@ def _cid() -> str:
 
 @pytest.fixture
 async def backend(tmp_path):
-    pool = RunnerPool(str(tmp_path / "cache"), 64 << 20)
-    task_backend = WasmTaskBackend(str(tmp_path / "tasks"), pool)
+    forkserver = ForkServer(str(tmp_path / "cache"), 64 << 20)
+    forkserver.start()
+    task_backend = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
     yield task_backend
     for container_id in list(task_backend._containers):
         await task_backend.shutdown(container_id, now=True)
@@ -257,13 +258,14 @@ async def test_second_start_uses_the_cache(backend, bundle_factory, fifo) -> Non
         await backend.start(cid, "")
         await asyncio.wait_for(backend.wait(cid, ""), 30)
         await backend.delete(cid, "")
-    entries = os.listdir(backend.pool.cache_dir)
+    entries = os.listdir(backend.forkserver.cache_dir)
     assert len([e for e in entries if e.endswith(".cwasm")]) == 1
 
 
 async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo) -> None:
-    pool = RunnerPool(str(tmp_path / "cache"), 64 << 20)
-    first = WasmTaskBackend(str(tmp_path / "tasks"), pool)
+    forkserver = ForkServer(str(tmp_path / "cache"), 64 << 20)
+    forkserver.start()
+    first = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
     cid = _cid()
     created = _cid()
     out = fifo("restart-out")
@@ -272,8 +274,9 @@ async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo)
     created_pid = await first.create(CreateTask(id=created, bundle=bundle_factory(["/bin/loop.wat"])))
     await first.close()  # the old server goes away; the module keeps running
     assert os.path.exists(f"/proc/{pid}")
-    second = WasmTaskBackend(str(tmp_path / "tasks"), RunnerPool(str(tmp_path / "cache"), 64 << 20))
+    second = WasmTaskBackend(str(tmp_path / "tasks"), ForkServer(str(tmp_path / "cache"), 64 << 20))
     await second.recover()
+    second.forkserver.start()
     try:
         state = await second.state(cid, "")
         assert state.status is TaskStatus.RUNNING and state.pid == pid
@@ -287,3 +290,87 @@ async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo)
         await second.delete(created, "")
     finally:
         await second.close()
+
+
+def _status_field(pid: int, field: str) -> str:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return line.split()[1]
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _mapped_cache_files(pid: int, cache_dir: str) -> set[str]:
+    with open(f"/proc/{pid}/maps") as handle:
+        return {line.split()[-1] for line in handle if " r-xp " in line and cache_dir in line}
+
+
+async def test_runners_are_forked_children_of_the_task_server_in_sessions_of_their_own(
+        backend, bundle_factory) -> None:
+    cid = _cid()
+    await backend.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/loop.wat"])))
+    pid = await backend.start(cid, "")
+    forkserver = backend.forkserver.pid
+    assert forkserver is not None
+    # re-parented to the task server (its reaper has the exit status), not the fork-server's child
+    assert int(_status_field(pid, "PPid")) == os.getpid()
+    # a signal to the task server's or the fork-server's process group or session never reaches it
+    assert os.getsid(pid) not in (os.getsid(0), os.getsid(forkserver))
+    assert os.getpgid(pid) not in (os.getpgid(0), os.getpgid(forkserver))
+    await backend.kill(cid, "", signal.SIGKILL, False)
+    assert (await asyncio.wait_for(backend.wait(cid, ""), 10)).exit_status == 137
+
+
+async def test_containers_of_one_module_share_the_mapped_code(backend, bundle_factory) -> None:
+    ids = [_cid() for _ in range(3)]
+    pids = []
+    for cid in ids:
+        await backend.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/loop.wat"])))
+        pids.append(await backend.start(cid, ""))
+    mapped = [_mapped_cache_files(pid, backend.forkserver.cache_dir) for pid in pids]
+    # the first runner compiled, stored and then mapped the entry too: one file for all three
+    assert len(mapped[0]) == 1 and mapped[0] == mapped[1] == mapped[2]
+    for cid in ids:
+        await backend.kill(cid, "", signal.SIGKILL, False)
+        await asyncio.wait_for(backend.wait(cid, ""), 10)
+
+
+async def test_stats_of_a_running_container_come_from_its_cgroup(backend, bundle_factory) -> None:
+    cgroup = f"/kuasar-wasm-test-{uuid.uuid4().hex[:8]}/ctr"
+    cid = _cid()
+    await backend.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/loop.wat"], memory=64 << 20,
+                                                                  cgroups_path=cgroup)))
+    pid = await backend.start(cid, "")
+    before = await backend.stats(cid)
+    while (await backend.stats(cid)).cpu_total_ns <= before.cpu_total_ns:  # the module spins
+        await asyncio.sleep(0.05)
+    stats = await backend.stats(cid)
+    # pids counts tasks: a runner that compiled keeps wasmtime's compile threads
+    assert stats.pids_current >= 1 and stats.memory_limit == 64 << 20 and stats.memory_usage > 0
+    assert Cgroup.open(cgroup).pids() == [pid]
+    await backend.kill(cid, "", signal.SIGKILL, False)
+    await asyncio.wait_for(backend.wait(cid, ""), 10)
+    await backend.delete(cid, "")
+
+
+async def test_fork_server_killed_running_modules_keep_running_and_a_new_one_forks(
+        backend, bundle_factory, fifo) -> None:
+    running, created = _cid(), _cid()
+    out = fifo("fs-out")
+    await backend.create(CreateTask(id=running, bundle=bundle_factory(["/bin/loop.wat"])))
+    running_pid = await backend.start(running, "")
+    await backend.create(CreateTask(id=created, bundle=bundle_factory(["/bin/hello.wat"]), stdio=Stdio(stdout=out)))
+    old = backend.forkserver.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    await wait_exit(old)
+    assert (await backend.state(running, "")).status is TaskStatus.RUNNING and os.path.exists(f"/proc/{running_pid}")
+    reader = asyncio.ensure_future(read_fifo(out))
+    await backend.start(created, "")  # created before the kill: its runner is not the fork-server's
+    assert (await asyncio.wait_for(backend.wait(created, ""), 30)).exit_status == 0
+    assert await reader == b"hello from wat\n"
+    _, status, output, _ = await _run(backend, bundle_factory(["/bin/hello.wat"]), fifo)  # a new fork-server
+    assert (status, output) == (0, b"hello from wat\n")
+    assert backend.forkserver.pid not in (None, old)
+    await backend.kill(running, "", signal.SIGTERM, False)
+    assert (await asyncio.wait_for(backend.wait(running, ""), 10)).exit_status == 128 + signal.SIGTERM

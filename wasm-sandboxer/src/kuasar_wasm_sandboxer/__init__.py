@@ -2,7 +2,7 @@
 
 ``wasm-sandboxer`` serves the Sandbox API (a pod is a record plus a cgroup); the separate
 ``wasm-task`` process serves the Task API and runs every container process in its own runner
-process (:mod:`.runner`, the only place that loads wasmtime).
+process, forked by the fork-server (:mod:`.forkserver`, the only place that loads wasmtime).
 """
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 
 Create mounts the rootfs the engine sent, makes the container's cgroup (``linux.cgroupsPath``, else
 ``<pod cgroup>/<container id>``) with the spec's resources, maps the spec onto a
-:class:`~kuasar_wasm_sandboxer.entrypoint.RunSpec`, takes a warm runner, moves it into the cgroup
-and has it load and instantiate the module: a missing, escaping or invalid module fails Create.
+:class:`~kuasar_wasm_sandboxer.entrypoint.RunSpec`, has the fork-server fork a runner, moves it
+into the cgroup and has it load and instantiate the module: a missing, escaping or invalid module fails Create.
 Start lets ``_start`` run. Exec runs another module of the same rootfs in another runner in the
 same cgroup. Kill signals the runner. A runner's exit status is the module's (see
-:mod:`kuasar_wasm_sandboxer.runner`), from the reaper while it is our child.
+:mod:`kuasar_wasm_sandboxer.runner`), from the reaper while it is our child (runners re-parent to
+this server, see :mod:`kuasar_wasm_sandboxer.forkserver`). Stats come from the container's cgroup.
 
 Each container is saved in ``<dir>/<id>.json`` after every change. After a task-server restart,
 :meth:`WasmTaskBackend.recover` re-adopts runners whose pid and start time still match and watches
@@ -34,7 +35,7 @@ from kuasar_shared.task.backend import CgroupStats, CreateTask, TaskStatus
 
 from kuasar_wasm_sandboxer.container import Container, Proc, WasmContainerStore
 from kuasar_wasm_sandboxer.entrypoint import RunSpec, build_run_spec
-from kuasar_wasm_sandboxer.runners import Runner, RunnerPool
+from kuasar_wasm_sandboxer.runners import ForkServer, Runner
 
 __all__ = ["WasmTaskBackend", "UNKNOWN_EXIT"]
 
@@ -54,7 +55,7 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
 
     Args:
         directory: container records (``<id>.json``) and work files (run specs).
-        pool: where runner processes come from.
+        forkserver: where runner processes come from (started by the caller, closed by :meth:`close`).
         pods_dir: the sandboxer's ``--dir`` (pod records with the pod's cgroup).
         hub: the Streaming service of this server, for ``io_type = "streaming"`` stdio.
         exits: where the sandboxer records exits of runners orphaned by a dead task server.
@@ -63,10 +64,10 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
     name = "wasm containers"
     store: WasmContainerStore
 
-    def __init__(self, directory: str, pool: RunnerPool, pods_dir: str = "",
+    def __init__(self, directory: str, forkserver: ForkServer, pods_dir: str = "",
                  hub: Optional[StreamingHub] = None, exits: Optional[ExitRecorder] = None) -> None:
         super().__init__(WasmContainerStore(directory), hub, exits)
-        self.pool = pool
+        self.forkserver = forkserver
         self.pods_dir = pods_dir
         #: created, not yet started runners by (container id, exec id)
         self._pending: dict[tuple[str, str], Runner] = {}
@@ -85,14 +86,18 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         run.save(spec_path)
         name = run.name
         pio = await open_process_io(proc.stdio_value(), self.hub, name=name.replace("/", "-"))
-        runner = self.pool.take()
+        try:
+            runner = await self.forkserver.take()
+        except BaseException:
+            await pio.close()
+            raise
         try:
             if container.cgroup:
                 Cgroup.open(container.cgroup).add_pid(runner.pid)
             reply = await runner.configure(name, spec_path, StdioFds(stdin=pio.stdin, stdout=pio.stdout,
                                                                      stderr=pio.stderr))
         except BaseException:
-            runner.abandon()
+            await runner.abandon()
             await pio.close()
             raise
         finally:
@@ -125,7 +130,6 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                 runner = await self._launch(container, container.init, run)
             except BaseException:
                 self._release(container)
-                self.pool.warm_up()
                 raise
             self._pending[(req.id, "")] = runner
             self._containers[req.id] = container
@@ -161,11 +165,7 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                     raise FailedPrecondition(f"container {id} is not running; cannot start exec {exec_id}")
                 run = build_run_spec(f"{id}/{exec_id}", proc.spec or {}, container.rootfs,
                                      self._spec_mounts(container), False, 0)
-                try:
-                    runner = await self._launch(container, proc, run)
-                except BaseException:
-                    self.pool.warm_up()
-                    raise
+                runner = await self._launch(container, proc, run)
             else:
                 pending = self._pending.pop((id, ""), None)
                 if pending is None:
@@ -175,8 +175,6 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
             runner.start()
             proc.status = TaskStatus.RUNNING
             self.store.save(container)
-            # warm the next runner only now: its ~100 ms of imports must not compete with this start
-            self.pool.warm_up()
             return proc.pid
 
     def _spec_mounts(self, container: Container) -> list[Any]:
@@ -204,7 +202,8 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         pending = self._pending.pop((container.id, ""), None)
         if pending is not None:
             container.init.signal = signals.SIGKILL
-            pending.abandon()
+            pending.control.close()
+            kill(pending.pid)
         for proc in container.procs():
             if proc.status is not TaskStatus.STOPPED and proc.pid:
                 if is_same_process(proc.pid, proc.start_time):
@@ -268,4 +267,4 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
             runner.control.close()
         self._pending.clear()
         await super().close()
-        await self.pool.close()
+        await self.forkserver.close()

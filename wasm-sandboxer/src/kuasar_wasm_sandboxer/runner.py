@@ -1,9 +1,10 @@
-"""The runner: one process per wasm container process, started as ``python -m kuasar_wasm_sandboxer.runner``.
+"""The runner: one forked process per wasm container process (see :mod:`kuasar_wasm_sandboxer.forkserver`).
 
-The task server keeps one runner *warm* (wasmtime imported, engine built: ~100 ms of work done
-ahead), so a container start only pays for loading the module. The conversation over the
-SOCK_SEQPACKET control socket (``--control FD``), one message per step:
+A runner starts life as a copy of the fork-server (wasmtime imported, engine built, heap frozen),
+so it shares those pages and only pays for its own module. The conversation with the task server
+over its SOCK_SEQPACKET control socket, one message per step:
 
+    runner -> server   {"pid": <pid>}           (at once: the server moves it into the container's cgroup)
     server -> runner   {"spec": "<run spec JSON path>", "stdio": ["stdout", ...]} + those fds (SCM_RIGHTS)
     runner -> server   {"ready": true, "compiled": bool, "load_ms": float, "warnings": [...]}
                        or {"error": "<message>", "warnings": [...]}
@@ -11,25 +12,25 @@ SOCK_SEQPACKET control socket (``--control FD``), one message per step:
 
 Before ``start`` the runner exits quietly when the socket closes (its container was deleted, or
 the task server died before starting it). After ``start`` the socket is gone and the runner lives
-on its own: it survives task-server restarts and exits with the module's status (see
-:meth:`~kuasar_wasm_sandboxer.engines.wasmtime.Program.run`). SIGINT/SIGTERM keep their default
-action so that Kill works while the module runs native code.
+on its own: it survives task-server and fork-server restarts and exits with the module's status
+(see :meth:`~kuasar_wasm_sandboxer.engines.wasmtime.Program.run`). SIGINT/SIGTERM keep their
+default action so that Kill works while the module runs native code.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import signal
 import socket
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache
 from kuasar_wasm_sandboxer.entrypoint import RunSpec
 
-__all__ = ["main", "START", "STDIO_NAMES", "MAX_MESSAGE"]
+if TYPE_CHECKING:
+    from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine
+
+__all__ = ["run", "START", "STDIO_NAMES", "MAX_MESSAGE"]
 
 START = b"start"
 STDIO_NAMES = ("stdin", "stdout", "stderr")
@@ -61,21 +62,17 @@ def _reply(control: socket.socket, **message: object) -> None:
     control.send(json.dumps(message).encode()[:MAX_MESSAGE])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="kuasar-wasm-runner")
-    parser.add_argument("--control", type=int, required=True, metavar="FD")
-    parser.add_argument("--cache-dir", default="", metavar="DIR")
-    parser.add_argument("--cache-size", type=int, default=DEFAULT_MAX_BYTES, metavar="BYTES")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    control = socket.socket(fileno=args.control)
+def run(control: socket.socket, engine: "WasmtimeEngine") -> int:
+    """Hold the conversation on ``control`` and run the module; returns the exit status.
+
+    Resource handling: closes ``control`` before the module runs.
+    """
+    from kuasar_wasm_sandboxer.engines.wasmtime import LoadError
+
     collected = _Collect()
-    logging.getLogger().addHandler(collected)
-    from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine, engine_fingerprint
-    cache = ModuleCache(args.cache_dir, engine_fingerprint(), args.cache_size) if args.cache_dir else None
-    engine = WasmtimeEngine(cache)
+    logging.getLogger().handlers[:] = [collected]  # not the fork-server's stderr: that is the module's now
     try:
+        _reply(control, pid=os.getpid())
         message, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, len(STDIO_NAMES))
     except OSError:
         return 0
@@ -99,7 +96,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command != START:
         return 0
     return program.run()
-
-
-if __name__ == "__main__":
-    os._exit(main())

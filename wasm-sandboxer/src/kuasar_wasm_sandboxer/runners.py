@@ -1,32 +1,43 @@
-"""Task-server side of the runner processes: a warm pool and the control conversation.
+"""Task-server side of the runners: the fork-server process and the per-runner conversation.
 
-Each container process is its own runner process (fork+exec of ``python -m
-kuasar_wasm_sandboxer.runner`` through :mod:`kuasar_shared.process`, so the reaper owns its exit),
-in its own session so that signals meant for the task server never reach a module. One runner is
-kept warm (wasmtime imported: ~100 ms of work done ahead); :meth:`RunnerPool.take` hands it out and
-the backend warms the next one once the container has started. See
-:mod:`kuasar_wasm_sandboxer.runner` for the protocol.
+The task server keeps one fork-server (:mod:`kuasar_wasm_sandboxer.forkserver`), spawned through
+:mod:`kuasar_shared.process` in a session of its own, and supervises it: when it dies (kill -9,
+crash) a new one is started; running modules are not its children and do not notice. Each
+container process asks it for a runner (:meth:`ForkServer.take`): a new socketpair, one end sent
+to the fork-server, the runner says hello with its pid on the other. Runners re-parent to the task
+server (a child subreaper), so their exit statuses come from the reaper like any child's. See
+:mod:`kuasar_wasm_sandboxer.runner` for the conversation.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
+import signal
 import socket
 import sys
+import time
 from typing import Any, Optional
 
 from kuasar_shared import process
-from kuasar_shared.errors import DeadlineExceeded, Internal, InvalidArgument
+from kuasar_shared.daemon import get_reaper, set_child_subreaper
+from kuasar_shared.daemon.reaper import is_child_subreaper
+from kuasar_shared.errors import DeadlineExceeded, Internal, InvalidArgument, KuasarError, Unavailable
 from kuasar_shared.oci import StdioFds, start_time
 
-from kuasar_wasm_sandboxer.runner import MAX_MESSAGE, START
+from kuasar_wasm_sandboxer.forkserver import FORK
+from kuasar_wasm_sandboxer.runner import MAX_MESSAGE, START, STDIO_NAMES
 
-__all__ = ["Runner", "RunnerPool"]
+__all__ = ["Runner", "ForkServer"]
 
 log = logging.getLogger(__name__)
 
-RUNNER_MODULE = "kuasar_wasm_sandboxer.runner"
+FORKSERVER_MODULE = "kuasar_wasm_sandboxer.forkserver"
+
+
+def _seqpacket_pair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
 
 class Runner:
@@ -38,9 +49,8 @@ class Runner:
     #: seconds a runner may take to load (compile) a module
     load_timeout = 120.0
 
-    def __init__(self, proc: process.Process, control: socket.socket) -> None:
-        self.proc = proc
-        self.pid = proc.pid
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
         self.control = control
 
     def __repr__(self) -> str:
@@ -56,7 +66,7 @@ class Runner:
         :raise Internal: the runner died. :raise DeadlineExceeded: loading took too long.
         :return: the runner's reply (``compiled``: whether the cache missed).
         """
-        names = [n for n in ("stdin", "stdout", "stderr") if getattr(stdio, n) is not None]
+        names = [n for n in STDIO_NAMES if getattr(stdio, n) is not None]
         fds = [getattr(stdio, n) for n in names]
         message = json.dumps({"spec": spec_path, "stdio": names}).encode()
         loop = asyncio.get_running_loop()
@@ -68,12 +78,8 @@ class Runner:
         except OSError:
             raw = b""
         if not raw:
-            try:
-                event = await asyncio.wait_for(self.proc.wait(), 5.0)
-                detail = f"exited with status {event.status}"
-            except asyncio.TimeoutError:
-                detail = "closed its control socket"
-            raise Internal(f"{name}: the wasm runner (pid {self.pid}) {detail} before the module was ready")
+            raise Internal(f"{name}: the wasm runner (pid {self.pid}) ended or closed its control socket "
+                           f"before the module was ready")
         reply = json.loads(raw)
         for warning in reply.get("warnings") or []:
             log.warning("%s: %s", name, warning)
@@ -88,29 +94,72 @@ class Runner:
         finally:
             self.control.close()
 
-    def abandon(self) -> None:
-        """Close the control socket and kill the runner (a failed or deleted Create)."""
+    async def abandon(self, timeout: float = 5.0) -> None:
+        """Close the control socket, kill the runner and wait (bounded) until the reaper has it.
+
+        Only for a runner nobody watches yet (a failed Create): its exit is consumed here.
+        """
         self.control.close()
-        self.proc.kill()
+        exited = get_reaper().subscribe(self.pid)
+        if not exited.done():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            await asyncio.wait_for(exited, timeout)
+        except asyncio.TimeoutError:
+            log.warning("wasm runner pid %d did not exit within %s s", self.pid, timeout)
 
 
-class RunnerPool:
-    """Spawns runners; keeps one warm.
+class ForkServer:
+    """The fork-server of this task server, restarted when it dies.
 
     :param cache_dir: the compiled-module cache ("" disables it); ``cache_size`` its bound.
-    Resource handling: :meth:`close` kills the warm runner and waits for it.
+    Resource handling: :meth:`start` spawns it and a supervising task; :meth:`close` stops both.
     """
+
+    #: seconds to wait for a runner's hello (the fork-server may still be importing wasmtime)
+    hello_timeout = 60.0
+    #: a fork-server that died younger than this is restarted only after this long (no crash loop)
+    restart_backoff = 1.0
 
     def __init__(self, cache_dir: str, cache_size: int, python: str = sys.executable) -> None:
         self.cache_dir = cache_dir
         self.cache_size = cache_size
         self.python = python
-        self._warm: Optional[Runner] = None
+        self._proc: Optional[process.Process] = None
+        self._control: Optional[socket.socket] = None
+        self._spawned_at = 0.0
+        self._supervisor: Optional[asyncio.Task[None]] = None
 
-    def _spawn(self) -> Runner:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    def __repr__(self) -> str:
+        return f"ForkServer(pid={self.pid})"
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The running fork-server's pid (None before :meth:`start` or after :meth:`close`)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Spawn the fork-server and supervise it (call once, in the running loop).
+
+        The runners it forks re-parent to this process: it becomes a child subreaper if it is not
+        one already (task servers are).
+        """
+        if self._supervisor is not None:
+            return
+        if not is_child_subreaper():
+            set_child_subreaper()
+        self._spawn()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    def _spawn(self) -> None:
+        if self._control is not None:
+            self._control.close()
+        ours, theirs = _seqpacket_pair()
         try:
-            argv = [self.python, "-m", RUNNER_MODULE, "--control", str(theirs.fileno()),
+            argv = [self.python, "-m", FORKSERVER_MODULE, "--control", str(theirs.fileno()),
                     "--cache-dir", self.cache_dir, "--cache-size", str(self.cache_size)]
             proc = process.spawn(argv, stdin=process.DEVNULL, stdout=process.DEVNULL,
                                  pass_fds=[theirs.fileno()], start_new_session=True)
@@ -120,26 +169,85 @@ class RunnerPool:
         finally:
             theirs.close()
         ours.setblocking(False)
-        return Runner(proc, ours)
+        self._proc, self._control, self._spawned_at = proc, ours, time.monotonic()
+        log.info("wasm fork-server started, pid %d", proc.pid)
 
-    def take(self) -> Runner:
-        """A runner for one container process: the warm one if any, else a new one. Call
-        :meth:`warm_up` once the taken runner has loaded its module, so that warming the next one
-        does not compete with it for CPU."""
-        warm, self._warm = self._warm, None
-        if warm is not None and warm.proc.returncode is None:
-            return warm
-        if warm is not None:
-            warm.control.close()
-        return self._spawn()
+    async def _supervise(self) -> None:
+        """Start a new fork-server whenever the current one exits."""
+        while True:
+            proc = self._proc
+            assert proc is not None
+            event = await proc.wait()
+            if proc is not self._proc:
+                continue
+            log.warning("wasm fork-server pid %d exited with status %d; starting a new one", proc.pid, event.status)
+            if time.monotonic() - self._spawned_at < self.restart_backoff:
+                await asyncio.sleep(self.restart_backoff)
+            if proc is self._proc:
+                try:
+                    self._spawn()
+                except KuasarError as err:
+                    log.error("cannot start a wasm fork-server: %s", err)
+                    self._spawned_at = time.monotonic()
 
-    def warm_up(self) -> None:
-        """Have a warm runner (at server start, and after each take)."""
-        if self._warm is None:
-            self._warm = self._spawn()
+    async def take(self) -> Runner:
+        """A new runner, forked for one container process (not yet in any cgroup).
+
+        :raise Unavailable: the fork-server is not started, or did not fork (twice).
+        :raise DeadlineExceeded: no runner said hello within :attr:`hello_timeout`.
+        """
+        for _attempt in range(2):
+            if self._control is None:
+                break
+            ours, theirs = _seqpacket_pair()
+            try:
+                socket.send_fds(self._control, [FORK], [theirs.fileno()])
+            except OSError as err:  # the fork-server died or is stuck; the supervisor replaces it
+                ours.close()
+                log.warning("wasm fork-server pid %s does not take requests (%s)", self.pid, err)
+                await self._replaced()
+                continue
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            try:
+                hello = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(ours, MAX_MESSAGE),
+                                               self.hello_timeout)
+            except asyncio.TimeoutError:
+                ours.close()
+                raise DeadlineExceeded(f"the wasm fork-server (pid {self.pid}) forked no runner within "
+                                       f"{self.hello_timeout} s") from None
+            except OSError:
+                hello = b""
+            if hello:
+                return Runner(int(json.loads(hello)["pid"]), ours)
+            ours.close()
+            await self._replaced()
+        raise Unavailable("the wasm fork-server did not fork a runner; try again")
+
+    async def _replaced(self) -> None:
+        """Replace the fork-server now if it just died (waits up to a second to find out)."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), 1.0)
+        except asyncio.TimeoutError:
+            return
+        if proc is self._proc:
+            log.warning("wasm fork-server pid %d is gone; starting a new one", proc.pid)
+            self._spawn()
 
     async def close(self) -> None:
-        if self._warm is not None:
-            warm, self._warm = self._warm, None
-            warm.abandon()
-            await warm.proc.wait()
+        """Stop supervising and end the fork-server (running modules are not its children)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            proc.kill()
+            await proc.wait()

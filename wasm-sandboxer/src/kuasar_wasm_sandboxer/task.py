@@ -1,4 +1,4 @@
-"""``wasm-task``: wiring only — recover containers, keep a runner warm, serve the Task API (v2 + v3)."""
+"""``wasm-task``: wiring only — recover containers, start the fork-server, serve the Task API (v2 + v3)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ from kuasar_shared.task.server import serve_task_api
 from kuasar_wasm_sandboxer import __version__
 from kuasar_wasm_sandboxer.backend import WasmTaskBackend
 from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES
-from kuasar_wasm_sandboxer.runners import RunnerPool
+from kuasar_wasm_sandboxer.runners import ForkServer
 
 NAME = "wasm-task"
 
@@ -35,10 +35,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     async def serve(ctx: DaemonContext) -> None:
         hub = StreamingHub()
         exits = ExitRecorder(os.path.join(args.pods_dir, EXITS_DIR)) if args.pods_dir else None
-        pool = RunnerPool(cache_dir, args.cache_size)
-        backend = WasmTaskBackend(args.dir, pool, pods_dir=args.pods_dir, hub=hub, exits=exits)
+        forkserver = ForkServer(cache_dir, args.cache_size)
+        backend = WasmTaskBackend(args.dir, forkserver, pods_dir=args.pods_dir, hub=hub, exits=exits)
         await backend.recover()
-        pool.warm_up()
+        forkserver.start()
         await serve_task_api(ctx, args.listen, backend, hub)
 
     return run_daemon(NAME, __version__, args, serve)

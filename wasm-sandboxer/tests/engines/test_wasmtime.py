@@ -1,10 +1,11 @@
-"""WasmtimeEngine in-process: compile vs cache, damaged cache entries, load errors (no module is run here:
-running needs the runner's own stdio, see test_backend.py)."""
+"""WasmtimeEngine in-process: compile vs cache (a hit compiles nothing and maps the cached file), damaged
+cache entries, load errors (no module is run here: running needs the runner's own stdio, see test_backend.py)."""
 from __future__ import annotations
 
 import os
 
 import pytest
+import wasmtime
 
 from kuasar_wasm_sandboxer.cache import ModuleCache, content_key
 from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine, engine_fingerprint
@@ -32,6 +33,23 @@ def test_compile_then_cache_then_damaged_entry(tmp_path, modules) -> None:
     assert engine.compiled  # recompiled, no crash
     engine.prepare(_spec(modules["prog.wasm"], "wasm"))
     assert engine.compiled
+
+
+def test_cache_hit_compiles_nothing_and_maps_the_entry(tmp_path, modules, monkeypatch) -> None:
+    cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint())
+    WasmtimeEngine(cache).prepare(_spec(modules["prog.wasm"], "wasm"))
+
+    def no_compiling(*args: object) -> None:
+        raise AssertionError("a cache hit compiled the module")
+    monkeypatch.setattr(wasmtime.Module, "__init__", no_compiling)
+    engine = WasmtimeEngine(cache)
+    module = engine.load(_spec(modules["prog.wasm"], "wasm"))
+    assert not engine.compiled
+    with open(modules["prog.wasm"], "rb") as handle:
+        entry = cache.path(content_key(handle.read()))
+    with open("/proc/self/maps") as maps:  # the machine code is the cache file's pages, shared by runners
+        assert any(line.rstrip().endswith(entry) and " r-xp " in line for line in maps)
+    del module
 
 
 def test_load_errors(modules) -> None:

@@ -1,1 +1,1 @@
-"""WebAssembly engines, one module each; only the runner process imports them (never the task server)."""
+"""WebAssembly engines, one module each; only the fork-server (and the runners it forks) imports them (never the task server)."""

@@ -1,7 +1,9 @@
 """WasmtimeEngine: load (cache or compile), link WASI and run one module in the current process.
 
-Imported only by the runner process (:mod:`kuasar_wasm_sandboxer.runner`): the task server never
-loads wasmtime, which keeps its memory small. WASI stdio is inherited, so the module writes
+Imported only by the fork-server (:mod:`kuasar_wasm_sandboxer.forkserver`), which builds the
+engine once; each runner it forks loads, links and runs one module. The task server never loads
+wasmtime, which keeps its memory small. Code from the cache is mapped from its file, so runners
+of one module share it. WASI stdio is inherited, so the module writes
 straight to the runner's fds 0/1/2, which are the container's stdio. Memory: the store limit caps
 linear memory at the container's limit minus what the runner process already uses, so a module
 asking for more sees ``memory.grow`` fail (malloc returns NULL) before the cgroup would OOM-kill it.
@@ -87,7 +89,8 @@ class WasmtimeEngine:
         self.compiled = False
 
     def load(self, spec: RunSpec) -> wasmtime.Module:
-        """The compiled module of ``spec.module``, from the cache when possible.
+        """The compiled module of ``spec.module``, mapped from the cache when possible (a hit
+        compiles nothing).
 
         :raise LoadError: unreadable file or invalid WebAssembly / WAT.
         """
@@ -97,10 +100,10 @@ class WasmtimeEngine:
         except OSError as err:
             raise LoadError(f"cannot read {spec.argv[0]}: {err.strerror}") from err
         key = content_key(data)
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = self.cache.lookup(key) if self.cache is not None else None
         if cached is not None:
             try:
-                module = wasmtime.Module.deserialize(self.engine, cached)
+                module = wasmtime.Module.deserialize_file(self.engine, cached)
                 self.compiled = False
                 return module
             except wasmtime.WasmtimeError as err:
@@ -113,8 +116,13 @@ class WasmtimeEngine:
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as err:
             raise LoadError(f"{spec.argv[0]} is not a valid WebAssembly module: {_first_line(err)}") from err
         self.compiled = True
-        if self.cache is not None:
-            self.cache.put(key, bytes(module.serialize()))
+        stored = self.cache.put(key, bytes(module.serialize())) if self.cache is not None else None
+        if stored is not None:
+            # map the code just stored, so that even this first runner shares it with the next ones
+            try:
+                return wasmtime.Module.deserialize_file(self.engine, stored)
+            except wasmtime.WasmtimeError as err:
+                log.warning("%s: cached code rejected (%s); running the compiled module", spec.name, err)
         return module
 
     def prepare(self, spec: RunSpec) -> Program:

@@ -1,0 +1,104 @@
+"""The fork-server: one process that imported wasmtime once and forks a runner per container process.
+
+Started by the task server as ``python -m kuasar_wasm_sandboxer.forkserver --control FD``. It
+imports everything a runner needs, builds the wasmtime engine, then freezes its heap
+(``gc.freeze()``: the collector never writes to those objects again) so that its pages stay shared
+copy-on-write with every runner: a container costs only what its own module touches, not a
+fresh interpreter. It never compiles a module itself (wasmtime's compile threads must not exist
+when it forks).
+
+Each request on the control socket is one message carrying one fd (SCM_RIGHTS): the runner's end
+of a new control socket (see :mod:`kuasar_wasm_sandboxer.runner`). The fork-server forks twice:
+the intermediate child starts a new session (signals meant for the task server's session never
+reach a module), forks the runner and exits at once, so the runner re-parents to the nearest child
+subreaper, the task server, whose reaper collects its exit status exactly as for any child (and if
+the task server dies, the sandboxer's subreaper records it, see
+:class:`~kuasar_shared.oci.ExitRecorder`). The fork-server is therefore nobody's parent for long
+and can be killed at any time without touching a running module. It exits when the control socket
+closes (its task server is gone).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from kuasar_wasm_sandboxer import runner
+from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache
+from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine, engine_fingerprint
+
+__all__ = ["main", "FORK"]
+
+#: the request (with the runner's control socket attached)
+FORK = b"fork"
+
+log = logging.getLogger(__name__)
+
+
+def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
+    """In the intermediate child: new session, fork the runner, exit (never returns)."""
+    status = 0
+    try:
+        os.setsid()
+        control.close()
+        if os.fork() == 0:
+            status = 1
+            try:
+                status = runner.run(socket.socket(fileno=fd), engine)
+            except BaseException:  # the runner must end here, never return into the fork-server loop
+                traceback.print_exc()
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def serve(control: socket.socket, engine: WasmtimeEngine) -> int:
+    """Fork a runner per request until ``control`` closes; returns the exit status."""
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(control, len(FORK), 1)
+        except OSError as err:
+            log.error("fork-server: control socket failed: %s", err)
+            return 1
+        if not message:
+            return 0
+        for fd in fds:
+            try:
+                pid = os.fork()
+            except OSError as err:  # the task server sees the runner's socket close and fails Create
+                log.error("fork-server: cannot fork a runner: %s", err)
+            else:
+                if pid == 0:
+                    _runner(control, fd, engine)
+                os.waitpid(pid, 0)
+            finally:
+                os.close(fd)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="kuasar-wasm-forkserver")
+    parser.add_argument("--control", type=int, required=True, metavar="FD")
+    parser.add_argument("--cache-dir", default="", metavar="DIR")
+    parser.add_argument("--cache-size", type=int, default=DEFAULT_MAX_BYTES, metavar="BYTES")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+    control = socket.socket(fileno=args.control)
+    cache = ModuleCache(args.cache_dir, engine_fingerprint(), args.cache_size) if args.cache_dir else None
+    engine = WasmtimeEngine(cache)
+    gc.collect()
+    gc.freeze()
+    return serve(control, engine)
+
+
+if __name__ == "__main__":
+    os._exit(main())
