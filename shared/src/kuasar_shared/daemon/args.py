@@ -64,4 +64,7 @@ def parse_args(name: str, version: str, argv: Optional[Sequence[str]] = None, *,
     """
     parser = build_parser(name, version, listen=default_listen(sandbox_type), dir=default_dir(sandbox_type),
                           config=config)
+    parser.add_argument("--metrics-listen", default="", metavar="ADDR",
+                        help="serve Prometheus metrics at http://ADDR/metrics: HOST:PORT (127.0.0.1:9610) or "
+                             "unix:/path (default: off)")
     return parser.parse_args(argv)

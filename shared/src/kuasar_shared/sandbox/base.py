@@ -41,6 +41,8 @@ class PodSandboxer(Sandboxer, Generic[P]):
         self.pods: PodTable[P] = PodTable(directory, record_type)
         self.task_server = task_server
         self._watches: dict[str, ExitWatch] = {}
+        #: what :meth:`recover` did with the pods it found on disk, by outcome (the metrics report it)
+        self.recoveries: dict[str, int] = {}
 
     # -- what subclasses do ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -147,10 +149,17 @@ class PodSandboxer(Sandboxer, Generic[P]):
             if not isinstance(pod, PodRecord):
                 log.error("sandbox %s: unrecoverable state (%s); cleaning up", sandbox_id, pod)
                 await self._drop_unreadable(sandbox_id)
+                self._recovered("unreadable")
                 continue
             if await self._readopt(pod):
                 self.pods.adopt(pod)
                 log.info("sandbox %s recovered (%s)", pod.id, pod.state.value)
+                self._recovered("readopted_" + pod.state.value)
+            else:
+                self._recovered("cleaned_up")
+
+    def _recovered(self, outcome: str) -> None:
+        self.recoveries[outcome] = self.recoveries.get(outcome, 0) + 1
 
     async def close(self) -> None:
         for watch in self._watches.values():

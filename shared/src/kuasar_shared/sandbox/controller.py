@@ -23,6 +23,7 @@ import calendar
 import functools
 import logging
 import platform
+import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
@@ -54,6 +55,8 @@ _UPDATE_TASKS_FIELD = "extensions." + TASKS_EXTENSION
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Errors that are a normal part of the conversation with an engine, not worth a warning.
 _QUIET = (NotFound,)
+#: what a controller reports each call to: (method, gRPC code name, seconds)
+Observer = Callable[[str, str, float], None]
 
 # GOARCH names for platform.machine() values (containerd's platforms.Normalize).
 _ARCHITECTURES = {
@@ -127,17 +130,26 @@ def _edge(method: Callable[[Any, _Req], Awaitable[_Resp]]) -> Callable[..., Awai
 
     @functools.wraps(method)
     async def handler(self: Any, request: _Req, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
+        begin = time.monotonic()
+        code = grpc.StatusCode.CANCELLED
         try:
             if isinstance(request, _Undecodable):
                 raise InvalidArgument("malformed %s request: %s" % (request.method, request.error))
-            return await method(self, request)
+            response = await method(self, request)
+            code = grpc.StatusCode.OK
+            return response
         except KuasarError as err:
             level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
             _log.log(level, "%s: %s (%s)", method.__name__, err, code_of(err).name)
-            await context.abort(_GRPC_CODES[int(code_of(err))], err.message)
+            code = _GRPC_CODES[int(code_of(err))]
+            await context.abort(code, err.message)
         except Exception as err:  # an unexpected failure must not take the server down
             _log.exception("%s failed unexpectedly", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "%s: %s" % (type(err).__name__, err))
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, "%s: %s" % (type(err).__name__, err))
+        finally:
+            if self.observe is not None:
+                self.observe(method.__name__, code.name, time.monotonic() - begin)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return handler
@@ -149,8 +161,10 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
     Holds no pod state of its own except one lock per pod while an Update is diffed and applied.
     """
 
-    def __init__(self, sandboxer: Sandboxer) -> None:
+    def __init__(self, sandboxer: Sandboxer, observe: Optional[Observer] = None) -> None:
         self._sandboxer = sandboxer
+        #: called after every call with (method, gRPC code name, seconds): the metrics, when enabled
+        self.observe = observe
         # pod id -> (lock, number of Update calls using it); dropped when the last one is done
         self._update_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # the handlers of pending Wait calls, which last as long as their pods
@@ -311,9 +325,10 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
         return sandbox_pb2.ControllerUpdateResponse()
 
 
-def add_controller_to_server(sandboxer: Sandboxer, server: grpc.aio.Server) -> SandboxController:
+def add_controller_to_server(sandboxer: Sandboxer, server: grpc.aio.Server,
+                             observe: Optional[Observer] = None) -> SandboxController:
     """Register a :class:`SandboxController` for ``sandboxer`` on ``server`` (not started)."""
-    controller = SandboxController(sandboxer)
+    controller = SandboxController(sandboxer, observe)
     register = sandbox_pb2_grpc.add_ControllerServicer_to_server
     register(controller, server)  # type: ignore[no-untyped-call,unused-ignore]
     return controller

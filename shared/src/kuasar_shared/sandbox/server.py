@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import grpc
 
 from kuasar_shared.errors import Unavailable
 from kuasar_shared.sandbox.api import Sandboxer
-from kuasar_shared.sandbox.controller import DecodeErrorInterceptor, SandboxController, add_controller_to_server
+from kuasar_shared.sandbox.controller import (DecodeErrorInterceptor, Observer, SandboxController,
+                                              add_controller_to_server)
 from kuasar_shared.store import PodStore
 
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
+    from kuasar_shared.metrics import MetricsServer
+    from kuasar_shared.sandbox.base import PodSandboxer
 
 __all__ = ["SandboxApiServer", "serve_sandbox_api", "serve_until_shutdown", "MAX_MESSAGE_SIZE"]
 
@@ -84,7 +87,8 @@ class SandboxApiServer:
         return "<SandboxApiServer %s %s>" % (self._path, "stopped" if self._stopped else "serving")
 
 
-async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServer:
+async def serve_sandbox_api(listen: str, sandboxer: Sandboxer, observe: Optional[Observer] = None
+                            ) -> SandboxApiServer:
     """Serve ``containerd.services.sandbox.v1.Controller`` for ``sandboxer`` on a unix socket.
 
     The caller recovers the sandboxer (``await sandboxer.recover()``) before calling this, so the
@@ -93,6 +97,7 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServ
     :param listen: socket path, or ``unix://<path>``; a stale socket file is removed and the parent
         directory created.
     :param sandboxer: the implementation every call is delegated to.
+    :param observe: told the method, code and duration of every call (the metrics, when enabled).
     :raise Unavailable: when the socket cannot be bound (the message names the path).
     :return: the started server; stop it with :meth:`SandboxApiServer.stop`.
     """
@@ -107,7 +112,7 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServ
         ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
         ("grpc.so_reuseport", 0),
     ])
-    controller = add_controller_to_server(sandboxer, server)
+    controller = add_controller_to_server(sandboxer, server, observe)
     try:
         port = server.add_insecure_port("unix:" + path)
     except RuntimeError as err:
@@ -120,13 +125,32 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer) -> SandboxApiServ
     return SandboxApiServer(server, path, controller)
 
 
-async def serve_until_shutdown(ctx: "DaemonContext", sandboxer: Sandboxer, status: str) -> None:
-    """A sandboxer daemon's serving phase: recover ``sandboxer``, serve it on ``--listen``, report
-    ready (``status`` and the pods on disk in ``--dir``), and serve until ``ctx`` shuts down."""
+async def serve_until_shutdown(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]", status: str) -> None:
+    """A sandboxer daemon's serving phase: recover ``sandboxer``, serve it on ``--listen`` (and its metrics
+    on ``--metrics-listen`` when given), report ready (``status`` and the pods on disk in ``--dir``), and
+    serve until ``ctx`` shuts down."""
     await sandboxer.recover()
-    server = await serve_sandbox_api(ctx.args.listen, sandboxer)
+    metrics = await _serve_metrics(ctx, sandboxer)
+    server = await serve_sandbox_api(ctx.args.listen, sandboxer, metrics.metrics.observe if metrics else None)
     ctx.ready(status, recovered=len(PodStore(ctx.args.dir).ids()))
     try:
         await ctx.shutdown_event.wait()
     finally:
         await server.stop(1.0)
+        if metrics is not None:
+            await metrics.close()
+
+
+async def _serve_metrics(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]") -> "Optional[MetricsServer]":
+    """The metrics endpoint when ``--metrics-listen`` asks for one; prometheus-client is imported only then."""
+    address = getattr(ctx.args, "metrics_listen", "")
+    if not address:
+        return None
+    try:
+        from kuasar_shared.metrics import SandboxerMetrics, serve_metrics
+    except ImportError as err:
+        raise Unavailable("--metrics-listen needs prometheus-client (pip install prometheus-client, or the "
+                          "distribution's python3-prometheus-client): %s" % err) from err
+    sandbox_type = ctx.name.rsplit("-sandboxer", 1)[0]
+    metrics = SandboxerMetrics(sandbox_type, ctx.version, sandboxer.pods, lambda: sandboxer.recoveries)
+    return await serve_metrics(address, metrics)

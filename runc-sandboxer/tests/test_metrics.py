@@ -1,0 +1,114 @@
+"""--metrics-listen: a real runc-sandboxer serves Prometheus metrics that move with a real pod, parsed with
+prometheus-client's own parser; without the flag the library is not even imported."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kuasar_shared import process
+from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
+from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
+from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.metrics import parse_metrics_address
+from kuasar_shared.testing.conformance import SandboxApiClient
+
+BIN = os.path.dirname(sys.executable)
+
+
+async def _scrape(path: str, target: bytes = b"/metrics") -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+
+def test_address_forms() -> None:
+    assert parse_metrics_address("unix:/run/m.sock") == ("/run/m.sock", None)
+    assert parse_metrics_address("127.0.0.1:9610") == (None, ("127.0.0.1", 9610))
+    assert parse_metrics_address("[::1]:9610") == (None, ("::1", 9610))
+    for bad in ("unix:relative.sock", "9610", "localhost:", "host:99999"):
+        with pytest.raises(InvalidArgument, match="--metrics-listen"):
+            parse_metrics_address(bad)
+
+
+def test_off_by_default_means_not_imported() -> None:
+    code = "import sys, kuasar_runc_sandboxer.main; print('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+@pytest.mark.asyncio
+async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid) -> None:
+    listen, directory, metrics = str(tmp_path / "runc.sock"), str(tmp_path / "dir"), str(tmp_path / "m.sock")
+    parent = "/kuasar-test-metrics-" + uuid.uuid4().hex[:8]
+    sandboxer = process.spawn([os.path.join(BIN, "runc-sandboxer"), "--listen", listen, "--dir", directory,
+                               "--metrics-listen", "unix:" + metrics])
+    api = SandboxApiClient("unix://" + listen)
+    try:
+        for _ in range(200):
+            if os.path.exists(listen) or sandboxer.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert os.path.exists(listen) and os.path.exists(metrics)
+        status, body = await _scrape(metrics)
+        assert status == b"HTTP/1.0 200 OK"
+        before = _samples(body)
+        assert before[("kuasar_sandboxer_info", (("type", "runc"), ("version", "0.1.0")))] == 1.0
+
+        config = cri_pb2.PodSandboxConfig(hostname="metrics-pod", linux=cri_pb2.LinuxPodSandboxConfig(
+            cgroup_parent=parent, security_context=cri_pb2.LinuxSandboxSecurityContext(
+                namespace_options=cri_pb2.NamespaceOption(network=cri_pb2.NODE))))
+        request = sandbox_pb2.ControllerCreateRequest(sandbox_id="metrics-pod", sandboxer="runc")
+        request.options.Pack(config, type_url_prefix="")
+        request.options.type_url = "runtime.v1.PodSandboxConfig"
+        await api.create(request)
+        await api.start("metrics-pod")
+        try:
+            await api.status("no-such-pod")
+        except Exception:
+            pass
+        after = _samples((await _scrape(metrics))[1])
+        assert after[("kuasar_sandbox_api_requests_total", (("code", "OK"), ("method", "Start")))] == 1.0
+        assert after[("kuasar_sandbox_api_requests_total", (("code", "NOT_FOUND"), ("method", "Status")))] == 1.0
+        assert after[("kuasar_sandbox_api_request_duration_seconds_count", (("method", "Create"),))] == 1.0
+        assert after[("kuasar_pods", (("state", "ready"),))] == 1.0
+        # the pod cgroup exists, and has no container yet: its numbers are there, small
+        for name in ("kuasar_pod_pids", "kuasar_pod_memory_usage_bytes", "kuasar_pod_cpu_seconds_total",
+                     "kuasar_pod_oom_kills_total"):
+            assert after[(name, (("pod", "metrics-pod"),))] >= 0
+        assert (await _scrape(metrics, b"/other"))[0] == b"HTTP/1.0 404 Not Found"
+
+        await api.stop("metrics-pod")
+        await api.shutdown("metrics-pod")
+        gone = _samples((await _scrape(metrics))[1])
+        assert not any(labels == (("pod", "metrics-pod"),) for _, labels in gone)
+    finally:
+        await api.close()
+        sandboxer.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(sandboxer.wait(), 20)
+        with open(os.path.join(directory, "task-server.json")) as handle:
+            record = json.load(handle)
+        stop_pid(record["pid"])
+        if record.get("front"):
+            stop_pid(record["front"]["pid"])
+        for hierarchy in os.listdir("/sys/fs/cgroup"):
+            leftover = os.path.join("/sys/fs/cgroup", hierarchy, parent.strip("/"))
+            if os.path.isdir(leftover):
+                os.rmdir(leftover)
+    assert not os.path.exists(metrics)
