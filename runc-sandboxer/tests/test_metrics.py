@@ -99,6 +99,11 @@ async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid)
         gone = _samples((await _scrape(metrics))[1])
         assert not any(labels == (("pod", "metrics-pod"),) for _, labels in gone)
     finally:
+        for call in (api.stop, api.shutdown):  # a failed assertion must not leave the pod behind
+            try:
+                await call("metrics-pod")
+            except Exception:
+                pass
         await api.close()
         sandboxer.send_signal(signal.SIGTERM)
         await asyncio.wait_for(sandboxer.wait(), 20)

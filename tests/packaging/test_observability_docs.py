@@ -1,0 +1,37 @@
+"""docs/observability.md and the Grafana dashboard name only metrics the sandboxers really expose."""
+from __future__ import annotations
+
+import json
+import re
+
+from rpmroot import REPO
+
+from kuasar_shared.metrics import SandboxerMetrics
+from kuasar_shared.sandbox.pods import PodRecord, PodTable
+
+
+def _exposed(tmp_path) -> set[str]:
+    metrics = SandboxerMetrics("runc", "0.1.0", PodTable(str(tmp_path), PodRecord), lambda: {"cleaned_up": 1})
+    metrics.observe("Start", "OK", 0.01)
+    text = metrics.exposition().decode()
+    families = set(re.findall(r"^# TYPE (\S+) (\w+)", text, re.M))
+    names = {name for name, _ in families}
+    for name, kind in families:
+        names |= {name + "_total"} if kind == "counter" else set()
+        names |= {name + s for s in ("_bucket", "_count", "_sum")} if kind == "histogram" else set()
+        names |= {name + "_info"} if kind == "info" else set()
+    return names
+
+
+def test_dashboard_queries_use_exposed_metrics(tmp_path) -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana" / "kuasar.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    used = {m for e in exprs for m in re.findall(r"\bkuasar_[a-z_]+", e)}
+    assert used and used <= _exposed(tmp_path)
+
+
+def test_docs_table_names_exposed_metrics(tmp_path) -> None:
+    text = (REPO / "docs" / "observability.md").read_text()
+    documented = set(re.findall(r"`(kuasar_[a-z_]+)`", text))
+    assert len(documented) >= 9 and documented <= _exposed(tmp_path)
