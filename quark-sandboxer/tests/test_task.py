@@ -3,6 +3,7 @@ shared volumes, exec, exit codes, kill, re-adoption, and a Sentry killed with SI
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -171,3 +172,31 @@ async def test_kill_of_an_exited_or_never_started_container(backend, bundle_fact
         await backend.kill(created, "", signal.SIGKILL, True)
     for cid in (done, created):
         await asyncio.wait_for(backend.delete(cid, ""), 20)
+
+
+async def test_capabilities_runsc_does_not_know_are_dropped(backend, bundle_factory, pod, fifo) -> None:
+    """critest Privileged / adding ALL capabilities: containerd lists every capability of the host's
+    kernel; runsc refused to start such a container ('unknown capability "CAP_PERFMON"')."""
+    cid = _cid()
+    bundle = bundle_factory(cid, ["sleep", "1000"], pod)
+    spec_path = os.path.join(bundle, "config.json")
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    every = spec["process"]["capabilities"]["bounding"] + ["CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_BPF",
+                                                          "CAP_CHECKPOINT_RESTORE"]
+    spec["process"]["capabilities"] = {kind: list(every) for kind in ("bounding", "effective", "permitted")}
+    with open(spec_path, "w") as handle:
+        json.dump(spec, handle)
+    await backend.create(CreateTask(id=cid, bundle=bundle))
+    await backend.start(cid, "")
+    with open(spec_path) as handle:
+        capabilities = json.load(handle)["process"]["capabilities"]
+    assert "CAP_SYS_ADMIN" in capabilities["effective"] and "CAP_PERFMON" not in capabilities["effective"]
+    out = fifo("caps.out")
+    reader = asyncio.ensure_future(read_fifo(out))
+    exec_spec = {"args": ["sh", "-c", "grep CapEff /proc/self/status"], "cwd": "/", "env": ["PATH=/bin"],
+                 "user": {"uid": 0, "gid": 0}, "capabilities": {k: list(every) for k in ("bounding", "effective")}}
+    await backend.exec(ExecProcess(id=cid, exec_id="caps", stdio=Stdio(stdout=out), spec=exec_spec))
+    await backend.start(cid, "caps")
+    assert (await asyncio.wait_for(backend.wait(cid, "caps"), 20)).exit_status == 0
+    assert b"CapEff" in await reader

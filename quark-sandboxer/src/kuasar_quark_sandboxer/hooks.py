@@ -8,7 +8,11 @@ annotations runsc's multi-container support reads (``container-type = container`
 running Sentry instead of booting a new kernel; the pod's ``hostname``, ``hosts`` and ``resolv.conf``
 are mounted in. runsc reports the Sentry's pid for every
 container, gives a sub-container the stdio of ``runsc start``, and its exec pids are waiters:
-hence the hook flags.
+hence the hook flags. Capabilities Linux added in 5.8/5.9 (``CAP_PERFMON``, ``CAP_BPF``,
+``CAP_CHECKPOINT_RESTORE``) are dropped from init and exec processes: runsc releases before 2023
+refuse to start a process that names them ("unknown capability"), which is every privileged or
+``ALL``-capabilities container containerd makes on a newer kernel, and gVisor implements none of
+what they allow.
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ from kuasar_shared.task.backend import CreateTask
 from kuasar_quark_sandboxer.pause import CONTAINER_TYPE, SANDBOX_ID
 from kuasar_quark_sandboxer.pod import RECORD_NAME, Pod, PodState
 
-__all__ = ["RunscHooks"]
+__all__ = ["RunscHooks", "UNSUPPORTED_CAPABILITIES"]
+
+#: capabilities runsc (before 2023) rejects; gVisor has no perf events, BPF or checkpoint/restore
+UNSUPPORTED_CAPABILITIES = frozenset({"CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"})
 
 
 class RunscHooks(OciHooks):
@@ -55,8 +62,17 @@ class RunscHooks(OciHooks):
         if pod.state is not PodState.READY or not pod.runtime.binary:
             raise FailedPrecondition(f"container {req.id}: sandbox {sandbox_id} is {pod.state.value}, not ready")
         add_pod_mounts(spec, os.path.join(self.pods_dir, sandbox_id))
+        self.adapt_process(spec.setdefault("process", {}))
         annotations = spec.setdefault("annotations", {})
         annotations[CONTAINER_TYPE] = "container"
         annotations[SANDBOX_ID] = sandbox_id
         return Placement(sandbox_id=sandbox_id, binary=pod.runtime.binary, root=pod.runtime.root,
                          global_args=tuple(pod.runtime.global_args))
+
+    def adapt_process(self, process: dict[str, Any]) -> None:
+        capabilities = process.get("capabilities")
+        if not isinstance(capabilities, dict):
+            return
+        for kind, names in capabilities.items():
+            if isinstance(names, list):
+                capabilities[kind] = [name for name in names if name not in UNSUPPORTED_CAPABILITIES]

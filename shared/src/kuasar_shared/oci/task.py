@@ -158,6 +158,10 @@ class OciHooks(abc.ABC):
         :raise KuasarError: when the container cannot run (e.g. its pod is unknown).
         """
 
+    def adapt_process(self, process: dict[str, Any]) -> None:
+        """Adapt an OCI Process object (a container's init in :meth:`place`'s spec, or an exec's)
+        to what the runtime accepts, in place. The default changes nothing."""
+
     def created(self, container_id: str, spec: dict[str, Any]) -> None:
         """The container exists with the adapted ``spec`` (e.g. to start watching its cgroup)."""
 
@@ -226,6 +230,7 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
     def _exec_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         clamp_oom_score_adj(spec)
+        self.hooks.adapt_process(spec)
         return spec
 
     async def create(self, req: CreateTask) -> int:
