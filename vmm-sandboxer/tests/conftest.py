@@ -1,13 +1,65 @@
-"""Fixtures for the vmm-sandboxer tests: private network namespaces and a short temp dir
-(unix socket paths must stay under 108 bytes)."""
+"""Fixtures for the vmm-sandboxer tests: private network namespaces, a short temp dir (unix socket paths
+must stay under 108 bytes) and each hypervisor's shipped config pointed at the fake binaries of
+``fakes/`` (StratoVirt and Cloud Hypervisor cannot run here; QEMU also runs for real elsewhere)."""
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import uuid
+from typing import Callable
 
 import pytest
+
+from kuasar_vmm_sandboxer import config
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+FAKES = os.path.join(TESTS, "fakes")
+#: [hypervisor] type -> the config file shipped for it
+SHIPPED = {"qemu": "config_qemu.toml", "stratovirt": "config_stratovirt.toml", "cloud-hypervisor": "config_clh.toml"}
+
+
+def fake_binary(directory: str, fake: str) -> str:
+    """An executable in ``directory`` that execs ``fakes/fake_<fake>.py`` (so the VMM pid is the fake's)."""
+    path = os.path.join(directory, fake)
+    with open(path, "w") as f:
+        f.write('#!/bin/sh\nexec "%s" "%s" "$@"\n' % (sys.executable, os.path.join(FAKES, "fake_%s.py" % fake)))
+    os.chmod(path, stat.S_IRWXU)
+    return path
+
+
+def shipped_config(hypervisor: str) -> config.VmmConfig:
+    return config.load(os.path.join(os.path.dirname(TESTS), SHIPPED[hypervisor]))
+
+
+@pytest.fixture
+def fake_hypervisor(short_tmp: str) -> Callable[[str], config.VmmConfig]:
+    """``make(type)``: the shipped config of ``type`` with its binaries replaced by fakes, empty stand-ins
+    for the guest kernel/initrd/image, a 10 s boot timeout and no containerd to forward events to."""
+    def make(hypervisor: str) -> config.VmmConfig:
+        cfg = shipped_config(hypervisor)
+        hv = cfg.hypervisor
+        for name in ("vmlinux.bin", "kuasar.initrd", "kuasar.img"):
+            open(os.path.join(short_tmp, name), "w").close()
+        hv.kernel_path = os.path.join(short_tmp, "vmlinux.bin")
+        hv.initrd_path = os.path.join(short_tmp, "kuasar.initrd") if hv.initrd_path else ""
+        hv.image_path = os.path.join(short_tmp, "kuasar.img") if hv.image_path else ""
+        hv.boot_timeout_secs = 10
+        cfg.sandbox.containerd_ttrpc_address = ""
+        if hypervisor == "qemu":
+            hv.qemu_path = fake_binary(short_tmp, "qemu")  # type: ignore[attr-defined]
+            hv.use_vsock = False  # type: ignore[attr-defined]
+        elif hypervisor == "stratovirt":
+            hv.path = fake_binary(short_tmp, "stratovirt")  # type: ignore[attr-defined]
+            hv.virtiofsd_conf.path = fake_binary(short_tmp, "virtiofsd")  # type: ignore[attr-defined]
+        else:
+            hv.path = fake_binary(short_tmp, "cloud_hypervisor")  # type: ignore[attr-defined]
+            hv.virtiofsd.path = fake_binary(short_tmp, "virtiofsd")  # type: ignore[attr-defined]
+        return cfg
+    return make
 
 
 @pytest.fixture

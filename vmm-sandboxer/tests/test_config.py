@@ -60,3 +60,27 @@ def test_the_type_picks_the_backend_config():
     """``[hypervisor] type`` chooses the backend; upstream's QEMU files (no type) stay QEMU."""
     assert type(config.parse("").hypervisor).__name__ == "QemuConfig"
     assert config.parse("[hypervisor]\ntype = 'qemu'\n").hypervisor.type == "qemu"
+
+
+@pytest.mark.parametrize("name, shipped", [("qemu", "config_qemu.toml"), ("stratovirt", "config_stratovirt.toml"),
+                                           ("cloud-hypervisor", "config_clh.toml")])
+def test_every_backend_ships_a_config_of_its_type(name, shipped, caplog):
+    from kuasar_vmm_sandboxer import hypervisors
+
+    with caplog.at_level(logging.WARNING):
+        cfg = config.load(__file__.rsplit("/tests/", 1)[0] + "/" + shipped)
+    assert cfg.hypervisor.type == name and type(cfg.hypervisor) is hypervisors.backends()[name].config
+    assert caplog.text == "", "the shipped file has keys its backend does not know"
+
+
+def test_backends_are_the_packages_under_hypervisors():
+    from kuasar_vmm_sandboxer import hypervisors
+
+    assert sorted(hypervisors.backends()) == ["cloud-hypervisor", "qemu", "stratovirt"]
+
+
+def test_a_key_of_another_backend_warns(caplog):
+    """``qemu_path`` in a StratoVirt file is a mistake worth a warning (it is ignored)."""
+    with caplog.at_level(logging.WARNING):
+        config.parse("[hypervisor]\ntype = 'stratovirt'\nqemu_path = '/usr/bin/qemu'\n", "x.toml")
+    assert "[hypervisor].qemu_path" in caplog.text

@@ -49,7 +49,7 @@ class Booter:
             await vm.start()
             try:
                 place(await vm.pids())
-                await self.relay.attach(spec.id)
+                await self.relay.attach(spec.id, vm.agent_address)
                 attached = time.monotonic()
                 await guest.wait_ready(self.timeout)
             except (DeadlineExceeded, Unavailable) as err:

@@ -74,6 +74,10 @@ class ProcessVM(VM, abc.ABC):
         try:
             self._proc = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd,
                                        start_new_session=True)
+        except BaseException:
+            if self._helper is not None:  # a virtiofsd started for this VM must not outlive the failure
+                self._helper.kill()
+            raise
         finally:
             os.close(log_fd)
         self.pid, self.pid_start = self._proc.pid, start_time(self._proc.pid)

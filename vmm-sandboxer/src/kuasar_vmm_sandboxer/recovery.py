@@ -33,7 +33,7 @@ async def reattach(factory: VMFactory, relay: RelayControl, guest: GuestClient, 
     except KuasarError as err:
         raise Unrecoverable(err, factory.attach(spec, record)) from err
     try:
-        await relay.attach(spec.id)
+        await relay.attach(spec.id, vm.agent_address)
         await guest.check(RECOVER_CHECK)
     except KuasarError as err:
         raise Unrecoverable(err, vm) from err

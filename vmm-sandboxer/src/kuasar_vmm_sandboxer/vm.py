@@ -89,13 +89,15 @@ class VM(abc.ABC):
         """:raise Unavailable: the VMM's control channel does not answer."""
 
     @property
-    @abc.abstractmethod
-    def agent_socket(self) -> str:
-        """Host unix socket of the guest agent channel (the relay connects to it)."""
+    def agent_address(self) -> str:
+        """How the relay reaches the guest agent: "" for the virtio-serial port multiplexed over the
+        chardev socket ``<pod dir>/agent.sock``, ``hvsock://<path>:<port>`` for a hybrid vsock socket."""
+        return ""
 
     @abc.abstractmethod
     def record(self) -> dict[str, Any]:
-        """What to persist to re-attach after a sandboxer restart (:meth:`VMFactory.recover`)."""
+        """What to persist to re-attach after a sandboxer restart (:meth:`VMFactory.recover`); its
+        ``"pid"`` is the VMM's (Status reports it)."""
 
     def close(self) -> None:
         """Drop watches and handles; the VM keeps running."""

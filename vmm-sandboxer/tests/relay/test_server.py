@@ -274,3 +274,64 @@ async def test_recovered_relay_resumes_fifo_output_of_running_containers(relay_e
     finally:
         reader.close()
 
+
+
+class HvsockGuest:
+    """FakeGuest's services behind a Cloud Hypervisor style hybrid vsock socket: ``CONNECT <port>\\n``,
+    ``OK <n>\\n`` from the guest's port 1024, then plain ttrpc; any other port is closed at once."""
+
+    def __init__(self, path: str) -> None:
+        self.guest = FakeGuest(path)
+        self.ports: list = []
+
+    async def start(self) -> None:
+        self.listener = await asyncio.start_unix_server(self.accept, self.guest.path)
+
+    async def accept(self, reader, writer) -> None:
+        port = (await reader.readline()).decode().split()[1]
+        self.ports.append(port)
+        if port != "1024":
+            writer.close()
+            return
+        writer.write(b"OK 1073741824\n")
+        await self.guest.server.serve_connection(reader, writer)
+
+    async def close(self) -> None:
+        self.listener.close()
+
+
+async def test_hybrid_vsock_agent(short_tmp):
+    """A pod attached with an hvsock agent address: one guest connection per engine connection, recorded
+    with the address so a restarted relay reaches the guest the same way."""
+    pods = os.path.join(short_tmp, "pods")
+    pod_dir = os.path.join(pods, "p2")
+    os.makedirs(pod_dir)
+    guest = HvsockGuest(os.path.join(pod_dir, "task.vsock"))
+    await guest.start()
+    relay = Relay(pods, os.path.join(pods, ".tasks"))
+    server = Server(relay.services())
+    await server.listen_unix(os.path.join(pods, "task.sock"))
+    control = RelayControl(os.path.join(pods, "task.sock"))
+    address = "hvsock://%s:1024" % guest.guest.path
+    try:
+        with pytest.raises(InvalidArgument):
+            await control.attach("p2", "vsock://3:1024")
+        with pytest.raises(InvalidArgument, match="not in the pod directory"):
+            await control.attach("p2", "hvsock://%s:1024" % os.path.join(short_tmp, "elsewhere.sock"))
+        await control.attach("p2", address)
+        for n in range(2):
+            engine = await Client.connect_unix(os.path.join(pod_dir, "task.sock"))
+            await engine.call(TASK, "Exec", shim_pb2.ExecProcessRequest(id="c1", exec_id="e%d" % n),
+                              empty_pb2.Empty, timeout=10)
+            await engine.close()
+        assert guest.ports == ["1024", "1024"]
+        with open(os.path.join(pods, ".tasks", "p2.json")) as f:
+            assert json.load(f)["agent"] == address
+        await relay.close()
+        relay = Relay(pods, os.path.join(pods, ".tasks"))
+        await relay.recover()
+        assert relay.links["p2"].hvsock == (guest.guest.path, 1024)
+    finally:
+        await server.shutdown()
+        await relay.close()
+        await guest.close()

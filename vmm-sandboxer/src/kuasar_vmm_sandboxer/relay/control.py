@@ -17,18 +17,22 @@ class RelayControl:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
 
-    async def _call(self, method: str, sandbox_id: str, timeout: float) -> None:
+    async def _call(self, method: str, sandbox_id: str, timeout: float, **fields: str) -> None:
         req = struct_pb2.Struct()
-        req.update({"id": sandbox_id})
+        req.update({"id": sandbox_id, **fields})
         client = await Client.connect_unix(self.socket_path, timeout=5.0)
         try:
             await client.call(CONTROL_SERVICE, method, req, empty_pb2.Empty, timeout=timeout)
         finally:
             await client.close()
 
-    async def attach(self, sandbox_id: str) -> None:
-        """:raise Unavailable: the relay or the pod's VM channel is unreachable."""
-        await self._call("Attach", sandbox_id, 15.0)
+    async def attach(self, sandbox_id: str, agent: str = "") -> None:
+        """Have the relay serve the pod's task socket over its VM's agent channel ``agent`` ("": the
+        virtio-serial mux on ``<pod dir>/agent.sock``; ``hvsock://<path>:<port>``: hybrid vsock).
+
+        :raise Unavailable: the relay or the pod's VM channel is unreachable.
+        """
+        await self._call("Attach", sandbox_id, 15.0, agent=agent)
 
     async def detach(self, sandbox_id: str) -> None:
         """Idempotent: a pod the relay does not know is fine."""

@@ -1,11 +1,14 @@
 """The relay's pods: one :class:`PodLink` per attached VM, and the control service the sandboxer calls.
 
-A PodLink owns the VM channel (the mux over ``<pod dir>/agent.sock``), the pod's task socket
+A PodLink owns the VM channel (the mux over ``<pod dir>/agent.sock``, a virtio-serial chardev; or, when
+the pod was attached with ``"agent": "hvsock://<path>:<port>"``, a hybrid vsock socket such as Cloud
+Hypervisor's ``--vsock socket=``, where each channel is its own connection opened with
+``CONNECT <port>`` and the guest speaks plain ttrpc on it), the pod's task socket
 ``<pod dir>/task.sock`` and the tasks serving it (engine connections, stdio bridges). Attached pods are
 recorded in ``<state dir>/<id>.json`` with their running output FIFO bridges, so a relay restarted after
 a crash re-attaches them and resumes copying the output of containers that kept running. The control socket
 (``--listen``, what :class:`kuasar_shared.sandbox.taskserver.TaskServer` pings) serves
-``kuasar.vmm.relay.v1.Relay/Attach|Detach`` (``google.protobuf.Struct`` ``{"id": ...}``) and
+``kuasar.vmm.relay.v1.Relay/Attach|Detach`` (``google.protobuf.Struct`` ``{"id": ..., "agent": ...}``) and
 ``containerd.task.v3.Task/Connect`` (liveness) and ``/Shutdown`` (detach a pod).
 """
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from google.protobuf import empty_pb2, struct_pb2
 
@@ -29,13 +32,22 @@ from kuasar_vmm_sandboxer import bundle
 from kuasar_vmm_sandboxer.relay.forward import Forwarder
 from kuasar_vmm_sandboxer.relay.stdio import StdioBridge
 
-__all__ = ["Relay", "PodLink", "CONTROL_SERVICE", "TASK_SOCKET"]
+__all__ = ["Relay", "PodLink", "CONTROL_SERVICE", "TASK_SOCKET", "HVSOCK", "parse_hvsock"]
 
 log = logging.getLogger(__name__)
 CONTROL_SERVICE = "kuasar.vmm.relay.v1.Relay"
 TASK_SOCKET = "task.sock"
 AGENT_SOCKET = "agent.sock"
 _STREAM_LIMIT = 1 << 16
+HVSOCK = "hvsock://"
+
+
+def parse_hvsock(address: str) -> Tuple[str, int]:
+    """``hvsock://<unix path>:<port>`` as (path, port). :raise InvalidArgument: anything else."""
+    path, _, port = address[len(HVSOCK):].rpartition(":")
+    if not address.startswith(HVSOCK) or not path.startswith("/") or not port.isdigit():
+        raise InvalidArgument("agent address %r is not hvsock:///<path>:<port>" % address)
+    return path, int(port)
 
 
 class PodLink:
@@ -43,13 +55,20 @@ class PodLink:
 
     connect_timeout = 5.0
 
-    def __init__(self, sandbox_id: str, pod_dir: str, record: str) -> None:
+    def __init__(self, sandbox_id: str, pod_dir: str, record: str, agent_address: str = "") -> None:
+        """:raise InvalidArgument: ``agent_address`` is neither "" (the mux) nor an hvsock address of a
+        socket in ``pod_dir`` (the relay connects to nothing else)."""
         self.id = sandbox_id
         self.pod_dir = pod_dir
         self.record = record
         #: stream id -> how to re-create its bridge (cid, exec_id, which, path), saved in ``record``
         self.bridged: Dict[str, Dict[str, str]] = {}
-        self.agent = os.path.join(pod_dir, AGENT_SOCKET)
+        self.agent_address = agent_address
+        self.hvsock: Optional[Tuple[str, int]] = parse_hvsock(agent_address) if agent_address else None
+        if self.hvsock is not None and os.path.dirname(self.hvsock[0]) != pod_dir:
+            raise InvalidArgument("sandbox %s: the agent socket %s is not in the pod directory %s"
+                                  % (sandbox_id, self.hvsock[0], pod_dir))
+        self.agent = self.hvsock[0] if self.hvsock else os.path.join(pod_dir, AGENT_SOCKET)
         self.socket = os.path.join(pod_dir, TASK_SOCKET)
         self._mux: Optional[MuxConnection] = None
         self._mux_lock = asyncio.Lock()
@@ -64,9 +83,13 @@ class PodLink:
     async def open(self) -> None:
         """Connect the VM channel and listen on the pod's task socket.
 
-        :raise Unavailable: the agent socket does not accept a connection.
+        :raise Unavailable: the agent socket does not accept a connection (hvsock: does not exist; the
+            guest may still be booting, each channel connects on its own).
         """
-        await self._connect()
+        if self.hvsock is None:
+            await self._connect()
+        elif not os.path.exists(self.agent):
+            raise Unavailable("sandbox %s: the VM agent socket %s does not exist" % (self.id, self.agent))
         self._listener = await start_unix_server(self.socket, self._serve)
 
     async def _connect(self) -> MuxConnection:
@@ -86,9 +109,32 @@ class PodLink:
             return self._mux
 
     async def channel(self) -> Any:
-        """A new logical connection to the guest agent (reconnects a lost VM channel once)."""
+        """A new logical connection to the guest agent (reconnects a lost VM channel once).
+
+        :raise Unavailable: the VM or the guest's port does not take it.
+        """
+        if self.hvsock is not None:
+            return await self._hvsock_channel(*self.hvsock)
         mux = self._mux if self._mux is not None and not self._mux.closed else await self._connect()
         return await mux.open()
+
+    async def _hvsock_channel(self, path: str, port: int) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=_STREAM_LIMIT),
+                                                    self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as err:
+            raise Unavailable("sandbox %s: cannot connect to %s: %s" % (self.id, path, err or type(err).__name__)) \
+                from err
+        try:
+            writer.write(b"CONNECT %d\n" % port)
+            answer = await asyncio.wait_for(reader.readline(), self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as err:
+            writer.close()
+            raise Unavailable("sandbox %s: hybrid vsock %s: %s" % (self.id, path, err or type(err).__name__)) from err
+        if not answer.startswith(b"OK "):
+            writer.close()
+            raise Unavailable("sandbox %s: guest port %d on %s refused (%r)" % (self.id, port, path, answer[:40]))
+        return reader, writer
 
     async def client(self) -> Client:
         reader, writer = await self.channel()
@@ -119,7 +165,8 @@ class PodLink:
         """Record the pod and its running bridges (what a restarted relay resumes); not once closed
         (a detached pod's record is gone and stays gone)."""
         if not self._closed:
-            write_json_atomic(self.record, {"id": self.id, "bridges": list(self.bridged.values())})
+            write_json_atomic(self.record, {"id": self.id, "agent": self.agent_address,
+                                            "bridges": list(self.bridged.values())})
 
     def bridge(self, cid: str, exec_id: str, which: str, path: str) -> str:
         """Start copying between the FIFO ``path`` and a guest stream; returns the stream id.
@@ -209,17 +256,19 @@ class Relay:
     def _record(self, sandbox_id: str) -> str:
         return os.path.join(self.state_dir, validate_id(sandbox_id, "sandbox") + ".json")
 
-    async def attach(self, sandbox_id: str, bridges: Optional[List[Dict[str, str]]] = None) -> PodLink:
-        """Attach a pod (idempotent); ``bridges`` are the recorded ones to resume (:meth:`recover`).
+    async def attach(self, sandbox_id: str, bridges: Optional[List[Dict[str, str]]] = None,
+                     agent: str = "") -> PodLink:
+        """Attach a pod (idempotent); ``bridges`` are the recorded ones to resume (:meth:`recover`),
+        ``agent`` its channel ("": the mux on ``<pod dir>/agent.sock``, or ``hvsock://<path>:<port>``).
 
-        :raise Unavailable: its VM channel cannot be opened.
+        :raise Unavailable: its VM channel cannot be opened. :raise InvalidArgument: bad ``agent``.
         """
         validate_id(sandbox_id, "sandbox")
         async with self._lock:
             link = self.links.get(sandbox_id)
             if link is not None:
                 return link
-            link = PodLink(sandbox_id, os.path.join(self.pods_dir, sandbox_id), self._record(sandbox_id))
+            link = PodLink(sandbox_id, os.path.join(self.pods_dir, sandbox_id), self._record(sandbox_id), agent)
             await link.open()
             self.links[sandbox_id] = link
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -257,7 +306,7 @@ class Relay:
                 bridges = record.get("bridges") or []
                 if not isinstance(bridges, list):
                     raise TypeError("bridges must be a list, got %s" % type(bridges).__name__)
-                await self.attach(str(record["id"]), bridges)
+                await self.attach(str(record["id"]), bridges, str(record.get("agent", "")))
             except (CorruptState, KeyError, TypeError, InvalidArgument, Unavailable, OSError) as err:
                 log.warning("relay: dropping recorded pod %s: %s", name, err)
                 try:
@@ -279,7 +328,8 @@ class Relay:
         return validate_id(value.string_value, "sandbox")
 
     async def _attach_call(self, ctx: CallContext, req: struct_pb2.Struct) -> empty_pb2.Empty:
-        await self.attach(self._id(req))
+        agent = req.fields.get("agent")
+        await self.attach(self._id(req), agent=agent.string_value if agent is not None else "")
         return empty_pb2.Empty()
 
     async def _detach_call(self, ctx: CallContext, req: struct_pb2.Struct) -> empty_pb2.Empty:

@@ -1,0 +1,120 @@
+"""A stand-in for ``stratovirt`` with the command line StratoVirtVM builds, checked against the syntax
+upstream Kuasar's ``stratovirt/`` produces (bare ``server,nowait``, ``-smp cpus=N``, PCI devices on
+``pcie.0`` with distinct explicit ``addr``, ``mem-share=on`` for vhost-user-fs): it writes ``-pidfile``,
+serves QMP (StratoVirt's greeting; ``query-status``, ``query-cpus``, ``quit``), the vhost-user-fs socket
+(StratoVirt is its server) and vmm-task's SandboxService on the ``kuasar.agent`` virtserialport."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, Dict, List
+
+from fake_guest import build_server, fail, serve_serial_port
+from fake_qemu import props
+from fake_qmp import serve_qmp
+
+PROGRAM = "stratovirt"
+VALUE_OPTIONS = {"-name", "-uuid", "-machine", "-qmp", "-kernel", "-initrd", "-append", "-smp", "-m", "-pidfile",
+                 "-D", "-global", "-object", "-device", "-chardev", "-drive", "-netdev"}
+FLAGS = {"-daemonize", "-disable-seccomp", "-mem-prealloc"}
+
+
+def parse(argv: List[str]) -> Dict[str, List[str]]:
+    options: Dict[str, List[str]] = {}
+    i = 0
+    while i < len(argv):
+        opt = argv[i]
+        if opt in FLAGS:
+            options.setdefault(opt, []).append("")
+            i += 1
+        elif opt in VALUE_OPTIONS and i + 1 < len(argv):
+            options.setdefault(opt, []).append(argv[i + 1])
+            i += 2
+        else:
+            fail(PROGRAM, "Invalid argument: %s" % opt)
+    return options
+
+
+def socket_chardev(chardev: Dict[str, str]) -> str:
+    if chardev[""] != "socket" or "server" not in chardev or "nowait" not in chardev or chardev["server"] or \
+            chardev["nowait"]:
+        fail(PROGRAM, "-chardev %s: expected socket,id=..,path=..,server,nowait" % chardev.get("id"))
+    return chardev["path"]
+
+
+def check(options: Dict[str, List[str]]) -> Dict[str, Any]:
+    for required in ("-machine", "-kernel", "-qmp", "-smp", "-m", "-pidfile"):
+        if required not in options:
+            fail(PROGRAM, "%s missing (StratoVirtVM always passes it)" % required)
+    if "-daemonize" in options:
+        fail(PROGRAM, "this fake runs in the foreground; StratoVirtVM does not daemonize")
+    for path in options["-kernel"] + options.get("-initrd", []):
+        if not os.path.exists(path):
+            fail(PROGRAM, "Failed to open file %s" % path)
+    qmp = options["-qmp"][0]
+    if not (qmp.startswith("unix:") and qmp.endswith(",server,nowait")):
+        fail(PROGRAM, "-qmp %s: expected unix:PATH,server,nowait" % qmp)
+    smp = options["-smp"][0]
+    if not smp.startswith("cpus=") or not smp[5:].isdigit():
+        fail(PROGRAM, "-smp %s: expected cpus=N" % smp)
+    machine = options["-machine"][0].split(",")
+    chardevs = {p["id"]: p for p in map(props, options.get("-chardev", []))}
+    devices = list(map(props, options.get("-device", [])))
+    addrs = [d["addr"] for d in devices if d[""].endswith("-pci")]
+    if machine[0] != "microvm":
+        for d in devices:
+            if d[""].endswith("-pci") and (d.get("bus") != "pcie.0" or not d.get("addr")):
+                fail(PROGRAM, "-device %s: a PCI device needs bus=pcie.0 and addr" % d[""])
+        if len(set(addrs)) != len(addrs) or "0x0" in addrs:
+            fail(PROGRAM, "PCI addresses must be distinct and not 0x0 (reserved): %s" % addrs)
+    drivers = {d[""] for d in devices}
+    if "virtserialport" in drivers and not drivers & {"virtio-serial-pci", "virtio-serial-device"}:
+        fail(PROGRAM, "virtserialport without a virtio-serial bus")
+    fs = [d for d in devices if d[""].startswith("vhost-user-fs")]
+    if fs and "mem-share=on" not in machine:
+        fail(PROGRAM, "vhost-user-fs needs -machine ...,mem-share=on")
+    agent = [d for d in devices if d[""] == "virtserialport" and d.get("name") == "kuasar.agent"]
+    if len(agent) != 1 or agent[0].get("chardev") not in chardevs:
+        fail(PROGRAM, "no virtserialport named kuasar.agent on a chardev")
+    return {"qmp": qmp[len("unix:"):-len(",server,nowait")], "pidfile": options["-pidfile"][0],
+            "agent": socket_chardev(chardevs[agent[0]["chardev"]]), "vcpus": int(smp[5:]),
+            "fs": [socket_chardev(chardevs[d["chardev"]]) for d in fs]}
+
+
+async def run(plan: Dict[str, Any]) -> int:
+    loop = asyncio.get_running_loop()
+    done: "asyncio.Future[int]" = loop.create_future()
+
+    def quit_soon(_: Dict[str, Any]) -> Dict[str, Any]:
+        loop.call_later(0.05, lambda: done.done() or done.set_result(0))
+        return {}
+
+    commands = {
+        "query-status": lambda _: {"status": "running", "singlestep": False, "running": True},
+        "query-cpus": lambda _: [{"CPU": i, "current": i == 0, "halted": False, "arch": "x86",
+                                  "qom_path": "/machine/unattached/device[%d]" % i, "thread_id": os.getpid()}
+                                 for i in range(plan["vcpus"])],
+        "quit": quit_soon,
+    }
+    with open(plan["pidfile"], "w") as f:
+        f.write("%d\n" % os.getpid())
+    servers = [await serve_serial_port(plan["agent"], build_server())]
+    for path in plan["fs"]:
+        servers.append(await asyncio.start_unix_server(lambda r, w: None, path))
+    servers.append(await serve_qmp(plan["qmp"], {"StratoVirt": {"micro": 0, "minor": 4, "major": 2},
+                                                 "package": ""}, commands))
+    loop.add_signal_handler(signal.SIGTERM, lambda: done.done() or done.set_result(0))
+    status = await done
+    for server in servers:
+        server.close()
+    return status
+
+
+def main() -> int:
+    return asyncio.run(run(check(parse(sys.argv[1:]))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
