@@ -67,4 +67,7 @@ def parse_args(name: str, version: str, argv: Optional[Sequence[str]] = None, *,
     parser.add_argument("--metrics-listen", default="", metavar="ADDR",
                         help="serve Prometheus metrics at http://ADDR/metrics: HOST:PORT (127.0.0.1:9610) or "
                              "unix:/path (default: off)")
+    parser.add_argument("--trace-endpoint", default="", metavar="URL",
+                        help="export OpenTelemetry spans to this OTLP/gRPC collector, e.g. http://127.0.0.1:4317 "
+                             "(default: off)")
     return parser.parse_args(argv)

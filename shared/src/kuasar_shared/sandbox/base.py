@@ -15,6 +15,7 @@ import abc
 import logging
 from typing import Generic, Optional, Type
 
+from kuasar_shared import tracing
 from kuasar_shared.errors import KuasarError
 from kuasar_shared.oci.pids import ExitWatch
 from kuasar_shared.sandbox.api import ExitStatus, Sandboxer, SandboxStatus, TaskDiff
@@ -91,7 +92,8 @@ class PodSandboxer(Sandboxer, Generic[P]):
         if self.task_server is None:
             return
         try:
-            await self.task_server.shutdown_pod(pod.id, now=now)
+            with tracing.span("task server: %s containers" % ("remove" if now else "stop"), sandbox_id=pod.id):
+                await self.task_server.shutdown_pod(pod.id, now=now)
         except KuasarError as err:
             log.warning("sandbox %s: task server could not %s its containers: %s", pod.id,
                         "remove" if now else "stop", err)
@@ -105,7 +107,8 @@ class PodSandboxer(Sandboxer, Generic[P]):
         if pod.state is PodState.READY:
             await self._shutdown_tasks(pod, now=False)
             self._unwatch(pod.id)
-            await self._stop_pod(pod)
+            with tracing.span("pod stop", sandbox_id=pod.id):
+                await self._stop_pod(pod)
             self.pods.stopped(pod, 0)
             log.info("sandbox %s stopped", pod.id)
         else:
@@ -116,7 +119,8 @@ class PodSandboxer(Sandboxer, Generic[P]):
         async with self.pods.lock(id):
             pod = self.pods.get(id)
             pod.require(PodState.CREATED, "start")
-            await self._start_pod(pod)
+            with tracing.span("pod start", sandbox_id=id):
+                await self._start_pod(pod)
             self.pods.running(pod)
             return self._status(pod)
 
@@ -135,7 +139,8 @@ class PodSandboxer(Sandboxer, Generic[P]):
             pod = self.pods.get(id)
             await self._stop(pod)
             await self._shutdown_tasks(pod, now=True)
-            await self._remove(pod)
+            with tracing.span("pod remove", sandbox_id=id):
+                await self._remove(pod)
         log.info("sandbox %s removed", id)
 
     async def update_tasks(self, id: str, diff: TaskDiff) -> None:

@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError, Message
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from kuasar_shared.api.containerd.types import metrics_pb2, platform_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
+from kuasar_shared import tracing
 from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFound, Unavailable, code_of
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import CreateSandbox, Sandboxer
@@ -55,6 +56,7 @@ _UPDATE_TASKS_FIELD = "extensions." + TASKS_EXTENSION
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Errors that are a normal part of the conversation with an engine, not worth a warning.
 _QUIET = (NotFound,)
+_SERVICE = "containerd.services.sandbox.v1.Controller"
 #: what a controller reports each call to: (method, gRPC code name, seconds)
 Observer = Callable[[str, str, float], None]
 
@@ -132,24 +134,29 @@ def _edge(method: Callable[[Any, _Req], Awaitable[_Resp]]) -> Callable[..., Awai
     async def handler(self: Any, request: _Req, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
         begin = time.monotonic()
         code = grpc.StatusCode.CANCELLED
-        try:
-            if isinstance(request, _Undecodable):
-                raise InvalidArgument("malformed %s request: %s" % (request.method, request.error))
-            response = await method(self, request)
-            code = grpc.StatusCode.OK
-            return response
-        except KuasarError as err:
-            level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
-            _log.log(level, "%s: %s (%s)", method.__name__, err, code_of(err).name)
-            code = _GRPC_CODES[int(code_of(err))]
-            await context.abort(code, err.message)
-        except Exception as err:  # an unexpected failure must not take the server down
-            _log.exception("%s failed unexpectedly", method.__name__)
-            code = grpc.StatusCode.INTERNAL
-            await context.abort(code, "%s: %s" % (type(err).__name__, err))
-        finally:
-            if self.observe is not None:
-                self.observe(method.__name__, code.name, time.monotonic() - begin)
+        with tracing.server_span("Controller/" + method.__name__, context.invocation_metadata(),
+                                 **{"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method.__name__,
+                                    "kuasar.sandbox_id": getattr(request, "sandbox_id", "")}) as span:
+            try:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgument("malformed %s request: %s" % (request.method, request.error))
+                response = await method(self, request)
+                code = grpc.StatusCode.OK
+                return response
+            except KuasarError as err:
+                level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
+                _log.log(level, "%s: %s (%s)", method.__name__, err, code_of(err).name)
+                code = _GRPC_CODES[int(code_of(err))]
+                await context.abort(code, err.message)
+            except Exception as err:  # an unexpected failure must not take the server down
+                _log.exception("%s failed unexpectedly", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "%s: %s" % (type(err).__name__, err))
+            finally:
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if self.observe is not None:
+                    self.observe(method.__name__, code.name, time.monotonic() - begin)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return handler

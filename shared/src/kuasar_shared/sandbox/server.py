@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import grpc
 
+from kuasar_shared import tracing
 from kuasar_shared.errors import Unavailable
 from kuasar_shared.sandbox.api import Sandboxer
 from kuasar_shared.sandbox.controller import (DecodeErrorInterceptor, Observer, SandboxController,
@@ -129,16 +130,32 @@ async def serve_until_shutdown(ctx: "DaemonContext", sandboxer: "PodSandboxer[An
     """A sandboxer daemon's serving phase: recover ``sandboxer``, serve it on ``--listen`` (and its metrics
     on ``--metrics-listen`` when given), report ready (``status`` and the pods on disk in ``--dir``), and
     serve until ``ctx`` shuts down."""
-    await sandboxer.recover()
-    metrics = await _serve_metrics(ctx, sandboxer)
-    server = await serve_sandbox_api(ctx.args.listen, sandboxer, metrics.metrics.observe if metrics else None)
-    ctx.ready(status, recovered=len(PodStore(ctx.args.dir).ids()))
+    _start_tracing(ctx)
     try:
-        await ctx.shutdown_event.wait()
+        await sandboxer.recover()
+        metrics = await _serve_metrics(ctx, sandboxer)
+        server = await serve_sandbox_api(ctx.args.listen, sandboxer, metrics.metrics.observe if metrics else None)
+        ctx.ready(status, recovered=len(PodStore(ctx.args.dir).ids()))
+        try:
+            await ctx.shutdown_event.wait()
+        finally:
+            await server.stop(1.0)
+            if metrics is not None:
+                await metrics.close()
     finally:
-        await server.stop(1.0)
-        if metrics is not None:
-            await metrics.close()
+        tracing.shutdown()
+
+
+def _start_tracing(ctx: "DaemonContext") -> None:
+    """Export spans when ``--trace-endpoint`` asks for it; OpenTelemetry is imported only then."""
+    endpoint = getattr(ctx.args, "trace_endpoint", "")
+    if not endpoint:
+        return
+    try:
+        tracing.enable(endpoint, ctx.name, ctx.version)
+    except ImportError as err:
+        raise Unavailable("--trace-endpoint needs opentelemetry-sdk and opentelemetry-exporter-otlp-proto-grpc "
+                          "(pip install 'kuasar-shared[tracing]'): %s" % err) from err
 
 
 async def _serve_metrics(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]") -> "Optional[MetricsServer]":
