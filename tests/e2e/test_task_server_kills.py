@@ -2,8 +2,9 @@
 
 For each sandbox type (runc, wasm, quark): a real sandboxer, PODS pods with a container printing a
 tick every 0.2 s, and a containerd-like client holding a Task ``Wait`` for every container on the
-task address. Then KILLS times: start a container told to exit 42, start an exec in the background,
-``kill -9`` the task server in the middle of it, and check that every container is still running
+task address. Then KILLS times: start a container told to exit 42, start an exec (and every
+CYCLE_EVERY kills a whole pod cycle: run a pod with a container, remove it) in the background, ``kill -9`` the task server in the
+middle of them, and check that every container is still running
 for the engine (State through kuasar-ctl, and the held Waits have not returned), the exec answered,
 a new exec answers, the output still flows, and the exit 42 reaches the engine as 42 both through
 State and through the Wait held across the kill. At the end the pods are removed and nothing of
@@ -33,6 +34,8 @@ from kuasar_shared.ttrpc import Client
 
 KILLS = int(os.environ.get("KUASAR_E2E_KILLS", "20"))
 PODS = 3
+#: a whole pod cycle runs across every this many kills (each costs a pod start and removal)
+CYCLE_EVERY = 4
 TASK = "containerd.task.v3.Task"
 
 #: the wasm workload: "tick" prints forever, "exit N" exits with N after a second, "echo X" prints X
@@ -179,6 +182,17 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
     for ticker in tickers:
         wait_for(lambda t=ticker: _ticks(ctl, t) > 0, 30)
 
+    def pod_cycle(n: int, errors: list[BaseException]) -> None:
+        """A pod started, given a container and removed while the task server is killed."""
+        try:
+            cfg = pod_config(str(tmp_path / f"cycle{n}.json"), f"c{n}-{tag}", f"/kuasar-kill-{tag}-c{n}",
+                             str(tmp_path / "logs"), **extra)
+            pod = ctl.out("runp", cfg, timeout=120)
+            ctl("start", ctl.out("create", pod, ctr_cfg(f"cyc{n}", spec.tick), cfg, timeout=120), timeout=120)
+            ctl("rmp", pod, timeout=120)
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
     waits = HeldWaits(os.path.join(state, "task.sock"))
     try:
         held = {t: waits.hold(t) for t in tickers}
@@ -192,6 +206,10 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
             background = subprocess.Popen(ctl.base + ["exec", tickers[k], "--", *spec.exec_echo[:-1],
                                                       f"{spec.exec_echo[-1]}{n}"],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cycle_errors: list[BaseException] = []
+            cycle = threading.Thread(target=pod_cycle, args=(n, cycle_errors))
+            if n % CYCLE_EVERY == 0:
+                cycle.start()
             threading.Event().wait(rng.uniform(0.0, 0.4))  # somewhere in Exec, Start, Wait or Delete
             _kill_task_server(state)
 
@@ -206,6 +224,9 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
             assert _status(ctl, exiter)["exitCode"] == 42, f"kill {n}: exit code lost"
             assert exiter_wait.result(30).exit_status == 42
             ctl("rm", exiter)
+            if n % CYCLE_EVERY == 0:
+                cycle.join(180)
+                assert not cycle.is_alive() and not cycle_errors, f"kill {n}: pod cycle: {cycle_errors}"
 
         for pod in pods:
             ctl("rmp", pod)
@@ -219,6 +240,8 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
     def leftovers() -> list[str]:
         found = [f"process {p}" for pod in pods for p in pids_with(pod)]
         found += [c for i in range(PODS) for c in cgroups_named(f"/kuasar-kill-{tag}-{i}")]
+        found += [c for n in range(KILLS) for c in cgroups_named(f"/kuasar-kill-{tag}-c{n}")]
+        found += [f"process {p}" for p in pids_with(f"-{tag}")]
         exits = os.path.join(state, ".exits")
         found += [os.path.join(exits, f) for f in (os.listdir(exits) if os.path.isdir(exits) else [])]
         found += [os.path.join(state, d) for d in os.listdir(state) if d in pods]
