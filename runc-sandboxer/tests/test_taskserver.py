@@ -64,3 +64,52 @@ async def test_corrupt_record_starts_a_new_server(tmp_path, stop_pid) -> None:
     finally:
         await server.close()
         stop_pid(server.pid)
+
+
+@pytest.mark.asyncio
+async def test_front_is_readopted_and_restarted_on_the_engine_socket(tmp_path, stop_pid) -> None:
+    directory = str(tmp_path)
+    server = await TaskServer.ensure(directory, RUNC_TASK, front=True)
+    pids = [server.pid, server.front_pid]
+    try:
+        assert server.address == "ttrpc+unix://" + os.path.join(directory, "task.sock")
+        assert server.backend_path == os.path.join(directory, "task-backend.sock")
+        with open(os.path.join(directory, "task-server.json")) as handle:
+            assert json.load(handle)["front"]["pid"] == server.front_pid
+        again = await TaskServer.ensure(directory, RUNC_TASK, front=True)
+        assert (again.pid, again.front_pid) == (server.pid, server.front_pid)
+        await again.close()
+
+        server.supervise()
+        old_front = server.front_pid
+        os.kill(old_front, signal.SIGKILL)
+        for _ in range(200):
+            if server.front_pid != old_front and os.path.exists(os.path.join(directory, "task.sock")):
+                break
+            await asyncio.sleep(0.05)
+        pids.append(server.front_pid)
+        assert server.front_pid != old_front and start_time(server.front_pid) is not None
+        with open(os.path.join(directory, "task-server.json")) as handle:
+            assert json.load(handle)["front"]["pid"] == server.front_pid
+    finally:
+        await server.close()
+        for pid in pids:
+            stop_pid(pid)
+
+
+@pytest.mark.asyncio
+async def test_a_server_without_front_is_replaced_once_by_a_front_and_a_server(tmp_path, stop_pid) -> None:
+    """The first start after an upgrade from a version without a front: the old server is stopped (it
+    held the engine's socket) and a front and a new server take its place."""
+    directory = str(tmp_path)
+    legacy = await TaskServer.ensure(directory, RUNC_TASK)
+    await legacy.close()
+    server = await TaskServer.ensure(directory, RUNC_TASK, front=True)
+    try:
+        assert start_time(legacy.pid) is None
+        assert server.pid != legacy.pid and server.front_pid and await server.ping()
+    finally:
+        await server.close()
+        stop_pid(server.pid)
+        stop_pid(server.front_pid)
+        stop_pid(legacy.pid)
