@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import uuid
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import pytest
+import pytest_asyncio
 
+from kuasar_shared.sandbox.taskserver import TaskServer
 from kuasar_vmm_sandboxer import config
+from kuasar_vmm_sandboxer.main import RELAY
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 FAKES = os.path.join(TESTS, "fakes")
@@ -88,3 +92,17 @@ ip -n {peer} addr add 10.231.0.1/24 dev kp{tag}; ip -n {peer} link set kp{tag} u
     yield {"pod": pod, "peer": peer, "path": f"/var/run/netns/{pod}"}
     for ns in (pod, peer):
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest_asyncio.fixture
+async def relay(short_tmp: str) -> AsyncIterator[TaskServer]:
+    """A vmm-task-relay for ``<short_tmp>/vmm`` (the sandboxer's --dir); SIGKILLed afterwards."""
+    directory = os.path.join(short_tmp, "vmm")
+    os.makedirs(directory)
+    server = await TaskServer.ensure(directory, RELAY)
+    yield server
+    await server.close()
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

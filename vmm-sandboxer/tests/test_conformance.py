@@ -9,31 +9,14 @@ exit watch) runs without a VM. QEMU also runs for real in ``hypervisors/qemu/tes
 """
 from __future__ import annotations
 
-import os
-import signal
-from typing import AsyncIterator, Callable
+from typing import Callable
 
-import pytest
 import pytest_asyncio
 
 from kuasar_shared.sandbox.taskserver import TaskServer
 from kuasar_shared.testing.conformance import SandboxerConformance
 from kuasar_vmm_sandboxer import config, hypervisors
-from kuasar_vmm_sandboxer.main import RELAY
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
-
-
-@pytest_asyncio.fixture
-async def relay(short_tmp: str) -> AsyncIterator[TaskServer]:
-    directory = os.path.join(short_tmp, "vmm")
-    os.makedirs(directory)
-    server = await TaskServer.ensure(directory, RELAY)
-    yield server
-    await server.close()
-    try:
-        os.kill(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class VmmConformance(SandboxerConformance):

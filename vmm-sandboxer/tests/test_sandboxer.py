@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import pytest
-import pytest_asyncio
 
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.sandbox.taskserver import TaskServer
@@ -20,19 +19,6 @@ from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
 from kuasar_vmm_sandboxer.vm import VM, PodResourceHooks, VMSpec
 
 BACKENDS = ["qemu", "stratovirt", "cloud-hypervisor"]
-
-
-@pytest_asyncio.fixture
-async def relay(short_tmp: str) -> AsyncIterator[TaskServer]:
-    directory = os.path.join(short_tmp, "vmm")
-    os.makedirs(directory)
-    server = await TaskServer.ensure(directory, RELAY)
-    yield server
-    await server.close()
-    try:
-        os.kill(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _sandboxer(cfg: config.VmmConfig, relay: TaskServer, hooks: PodResourceHooks = None) -> VmmSandboxer:

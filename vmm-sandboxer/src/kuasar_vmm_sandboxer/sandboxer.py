@@ -15,7 +15,7 @@ import os
 import time
 from typing import Awaitable, Optional
 
-from kuasar_shared.errors import FailedPrecondition, InvalidArgument, KuasarError
+from kuasar_shared.errors import FailedPrecondition, KuasarError
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus, TaskDiff, encode_tasks
 from kuasar_shared.sandbox.base import PodSandboxer
 from kuasar_shared.sandbox.pods import PodState, parse_time
@@ -81,10 +81,6 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         await clock.sync_clocks(lambda: (self.guest(p.id) for p in self.pods if p.state is PodState.READY))
 
     async def create(self, req: CreateSandbox) -> None:
-        if req.netns_path and not os.path.exists(req.netns_path):
-            raise InvalidArgument("sandbox %s: network namespace %s does not exist" % (req.id, req.netns_path))
-        if req.host_pid:
-            raise InvalidArgument("sandbox %s: a VM pod cannot use the host PID namespace (pid: NODE)" % req.id)
         hv = self.config.hypervisor
         spec = self.hooks.post_create(VMSpec(id=req.id, pod_dir=self.pods.pod_dir(req.id), vcpus=hv.vcpus,
                                              memory_mb=hv.memory_in_mb), req.config)
@@ -136,8 +132,7 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         self.pods.save(pod)
 
     async def _teardown(self, pod: VmmPod, vm: Optional[VM]) -> None:
-        """Undo a start: event forwarding, relay link, VM (then ``post_stop``), network (the cgroup goes
-        with the pod)."""
+        """Undo a start: event forwarding, relay link, VM (+ ``post_stop``), network (not the cgroup)."""
         await self.running.release(pod.id)
         await _logged(pod.id, "relay detach", self.relay.detach(pod.id))
         if vm is not None:
@@ -178,8 +173,7 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         await super()._drop_unreadable(sandbox_id)
 
     async def _readopt(self, pod: VmmPod) -> bool:
-        """A ready pod is re-attached (VMM alive and answering, relay attached, agent Check), or
-        torn down and removed."""
+        """Re-attach a ready pod (:mod:`.recovery`), or tear it down and remove it."""
         if pod.state is not PodState.READY:
             return True
         net = network.PodNetwork.from_json(pod.network) if pod.network else None

@@ -5,7 +5,9 @@ A fake hypervisor (``fake_qemu.py``, ``fake_stratovirt.py``, ``fake_cloud_hyperv
 mux, as with the guest's ``kuasar.agent`` port) or :func:`serve_hybrid_vsock` for a Cloud Hypervisor
 style vsock socket (``CONNECT <port>\\n`` / ``OK <n>\\n``, then plain ttrpc). What the agent would do to
 the guest kernel (sysctls, pod namespaces, links, routes, the clock) is replaced by recorders that log
-to stderr: the service code, the protocol and the messages are the real ones.
+to stderr: the service code, the protocol and the messages are the real ones. A kernel command line
+with ``fake.silent_agent`` (:data:`SILENT`) makes a guest that never gets to its agent: the channel
+accepts the host and stays mute, as a stalled boot does.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_task import network, pod, sandbox
 from kuasar_vmm_task.events import EventQueue
 
-__all__ = ["build_server", "serve_serial_port", "serve_hybrid_vsock", "fail"]
+__all__ = ["build_server", "serve_serial_port", "serve_hybrid_vsock", "fail", "SILENT"]
 
 log = logging.getLogger("fake-guest")
 VSOCK_AGENT_PORT = 1024
+SILENT = "fake.silent_agent"
 
 
 def fail(program: str, message: str) -> None:
@@ -55,9 +58,14 @@ def build_server() -> Server:
     return server
 
 
-async def serve_serial_port(path: str, server: Server) -> asyncio.AbstractServer:
-    """Listen on ``path`` like a ``server=on`` chardev; each host connection is one mux session."""
+async def serve_serial_port(path: str, server: Server, silent: bool = False) -> asyncio.AbstractServer:
+    """Listen on ``path`` like a ``server=on`` chardev; each host connection is one mux session
+    (``silent``: read and ignored)."""
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if silent:
+            while await reader.read(4096):
+                pass
+            return
         mux = MuxConnection(reader, writer, is_host=False)
         try:
             await mux.serve(server.serve_connection)

@@ -1,7 +1,8 @@
 """A stand-in for ``qemu-system-x86_64`` with the command line QemuVM builds: checks it the way QEMU
 would refuse it, then serves QMP on ``-qmp`` and the guest agent (vmm-task's SandboxService) on the
-``kuasar.agent`` virtserialport's chardev. ``system_powerdown`` and ``quit`` end it (status 0), as does
-SIGTERM; ``query-cpus-fast`` lists one vCPU per ``-smp`` (its own pid as the thread)."""
+``kuasar.agent`` virtserialport's chardev (mute with ``fake.silent_agent`` in ``-append``).
+``system_powerdown`` and ``quit`` end it (status 0), as does SIGTERM; ``query-cpus-fast`` lists one vCPU
+per ``-smp`` (its own pid as the thread)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ import signal
 import sys
 from typing import Any, Dict, List
 
-from fake_guest import build_server, fail, serve_serial_port
+from fake_guest import SILENT, build_server, fail, serve_serial_port
 from fake_qmp import serve_qmp
 
 PROGRAM = "qemu-system-x86_64"
@@ -68,6 +69,7 @@ def check(options: Dict[str, List[str]]) -> Dict[str, Any]:
         fail(PROGRAM, "-chardev %s: the agent chardev must be socket,server=on,wait=off" % chardev["id"])
     serial = options.get("-serial", ["file:/dev/null"])[0]
     return {"qmp": qmp[len("unix:"):-len(",server=on,wait=off")], "agent": chardev["path"],
+            "silent": SILENT in options.get("-append", [""])[0].split(),
             "vcpus": int(options["-smp"][0].split(",")[0]), "console": serial.partition("file:")[2]}
 
 
@@ -93,7 +95,7 @@ async def run(plan: Dict[str, Any]) -> int:
     if plan["console"]:
         with open(plan["console"], "a") as console:
             console.write("fake QEMU: guest agent on %s\n" % plan["agent"])
-    servers = [await serve_serial_port(plan["agent"], build_server()),
+    servers = [await serve_serial_port(plan["agent"], build_server(), plan["silent"]),
                await serve_qmp(plan["qmp"], {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "fake"},
                                commands)]
     loop.add_signal_handler(signal.SIGTERM, finish, 0)
