@@ -3,8 +3,8 @@
 For each sandbox type (runc, wasm, quark): a real sandboxer, PODS pods with a container printing a
 tick every 0.2 s, and a containerd-like client holding a Task ``Wait`` for every container on the
 task address. Then KILLS times: start a container told to exit 42, start an exec (and every
-CYCLE_EVERY kills a whole pod cycle: run a pod with a container, remove it) in the background, ``kill -9`` the task server in the
-middle of them, and check that every container is still running
+CYCLE_EVERY kills a whole pod cycle: run a pod with a container, remove it) in the background,
+``kill -9`` the task server in the middle of them, and check that every container is still running
 for the engine (State through kuasar-ctl, and the held Waits have not returned), the exec answered,
 a new exec answers, the output still flows, and the exit 42 reaches the engine as 42 both through
 State and through the Wait held across the kill. At the end the pods are removed and nothing of
@@ -219,8 +219,8 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
                 assert _status(ctl, t)["state"] == "CONTAINER_RUNNING", f"kill {n}: {t} not running for the engine"
                 assert not held[t].done(), f"kill {n}: the Wait held for {t} returned {held[t].result()}"
             assert ctl("exec", tickers[(k + 1) % PODS], "--", *spec.exec_echo, timeout=60).stdout.strip() == b"done"
-            wait_for(lambda: _ticks(ctl, tickers[k]) > ticks_before, 20)
-            wait_for(lambda: _status(ctl, exiter)["state"] == "CONTAINER_EXITED", 30)
+            wait_for(lambda t=tickers[k], before=ticks_before: _ticks(ctl, t) > before, 20)
+            wait_for(lambda c=exiter: _status(ctl, c)["state"] == "CONTAINER_EXITED", 30)
             assert _status(ctl, exiter)["exitCode"] == 42, f"kill {n}: exit code lost"
             assert exiter_wait.result(30).exit_status == 42
             ctl("rm", exiter)

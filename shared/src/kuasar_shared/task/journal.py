@@ -16,7 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 from kuasar_shared.store import CorruptState, read_json
 
