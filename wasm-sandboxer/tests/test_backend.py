@@ -357,6 +357,7 @@ async def test_fork_server_killed_running_modules_keep_running_and_a_new_one_for
         backend, bundle_factory, fifo) -> None:
     running, created = _cid(), _cid()
     out = fifo("fs-out")
+    reader = asyncio.ensure_future(read_fifo(out))
     await backend.create(CreateTask(id=running, bundle=bundle_factory(["/bin/loop.wat"])))
     running_pid = await backend.start(running, "")
     await backend.create(CreateTask(id=created, bundle=bundle_factory(["/bin/hello.wat"]), stdio=Stdio(stdout=out)))
@@ -365,7 +366,6 @@ async def test_fork_server_killed_running_modules_keep_running_and_a_new_one_for
     os.kill(old, signal.SIGKILL)
     await wait_exit(old)
     assert (await backend.state(running, "")).status is TaskStatus.RUNNING and os.path.exists(f"/proc/{running_pid}")
-    reader = asyncio.ensure_future(read_fifo(out))
     await backend.start(created, "")  # created before the kill: its runner is not the fork-server's
     assert (await asyncio.wait_for(backend.wait(created, ""), 30)).exit_status == 0
     assert await reader == b"hello from wat\n"

@@ -22,6 +22,22 @@ from kuasar_wasm_sandboxer.sandboxer import DEFAULT_CGROUP_ROOT, WASM_TASK, Wasm
 from wasm_helpers import cgroup_exists, processes_mentioning
 
 
+async def _forkserver_of(task_pid: int) -> int:
+    """The pid of the fork-server the task server ``task_pid`` started (waits until it exists)."""
+    while True:
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    argv = handle.read().split(b"\0")
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == task_pid and b"kuasar_wasm_sandboxer.forkserver" in argv:
+                return int(entry)
+        await asyncio.sleep(0.05)
+
+
 def _pod(cgroup_parent: str = "") -> CreateSandbox:
     linux = {"cgroup_parent": cgroup_parent} if cgroup_parent else {}
     return CreateSandbox(id="pod-" + uuid.uuid4().hex[:10], config={"linux": linux})
@@ -116,8 +132,10 @@ async def test_sandboxer_and_task_server_restart_keep_a_running_module(task_serv
     # the task server dies: a supervised new one re-adopts the module on the same socket
     again.supervise()
     old_pid = again.pid
+    old_forkserver = await asyncio.wait_for(_forkserver_of(old_pid), 30)
     os.kill(old_pid, signal.SIGKILL)
     await wait_exit(old_pid)
+    await asyncio.wait_for(wait_exit(old_forkserver), 30)  # its control socket closed with the old server
     for _ in range(200):
         if again.pid != old_pid and await again.ping():
             break
@@ -128,6 +146,7 @@ async def test_sandboxer_and_task_server_restart_keep_a_running_module(task_serv
     try:
         state = await _task(client, "State", shim_pb2.StateRequest(id=cid), shim_pb2.StateResponse)
         assert state.status == 2 and state.pid == created.pid  # RUNNING, same runner
+        assert await asyncio.wait_for(_forkserver_of(again.pid), 30) != old_forkserver  # a new one started
         await _task(client, "Kill", shim_pb2.KillRequest(id=cid, signal=signal.SIGTERM), empty_pb2.Empty)
         waited = await _task(client, "Wait", shim_pb2.WaitRequest(id=cid), shim_pb2.WaitResponse)
         assert waited.exit_status == 128 + signal.SIGTERM

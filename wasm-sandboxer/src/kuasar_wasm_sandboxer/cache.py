@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 256 << 20
 _SUFFIX = ".cwasm"
 _SUM_SUFFIX = ".sum"
-_CHUNK = 1 << 20
+_CHUNK = 64 << 10
 
 
 def content_key(data: bytes) -> str:

@@ -5,7 +5,7 @@ engine once; each runner it forks loads, links and runs one module. The task ser
 wasmtime, which keeps its memory small. Code from the cache is mapped from its file, so runners
 of one module share it. WASI stdio is inherited, so the module writes
 straight to the runner's fds 0/1/2, which are the container's stdio. Memory: the store limit caps
-linear memory at the container's limit minus what the runner process already uses, so a module
+linear memory at the container's limit minus what its cgroup is already charged, so a module
 asking for more sees ``memory.grow`` fail (malloc returns NULL) before the cgroup would OOM-kill it.
 """
 from __future__ import annotations
@@ -45,6 +45,42 @@ def _resident_bytes() -> int:
         return int(handle.read().split()[1]) * _PAGE
 
 
+def _cgroup_charge() -> Optional[int]:
+    """Bytes charged to this process's memory cgroup (v2 ``memory.current``, v1 ``memory.usage_in_bytes``)."""
+    try:
+        with open("/proc/self/cgroup") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        if controllers == "":
+            usage = os.path.join("/sys/fs/cgroup", path.lstrip("/"), "memory.current")
+        elif "memory" in controllers.split(","):
+            usage = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            with open(usage) as handle:
+                return int(handle.read())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _used_bytes() -> int:
+    """What already counts against the container's memory limit.
+
+    A forked runner's resident set is mostly pages it shares with the fork-server, charged to the
+    fork-server's cgroup, not the container's; the container cgroup's own charge is the truth. The
+    smaller of the two also covers a runner left outside any container cgroup (its cgroup is the
+    task server's, whose charge is not the container's).
+    """
+    charged = _cgroup_charge()
+    resident = _resident_bytes()
+    return resident if charged is None else min(charged, resident)
+
+
 class Program:
     """An instantiated module ready to run; :meth:`run` returns the exit status."""
 
@@ -78,7 +114,7 @@ def _report(message: str) -> None:
 
 
 class WasmtimeEngine:
-    """One wasmtime Engine plus the compiled-module cache.
+    """One wasmtime Engine, its WASI linker and the compiled-module cache.
 
     :ivar compiled: whether the last :meth:`load` compiled (False: served from the cache).
     """
@@ -87,6 +123,9 @@ class WasmtimeEngine:
         self.engine = wasmtime.Engine()
         self.cache = cache
         self.compiled = False
+        # one WASI linker for every store: built once in the fork-server, its pages shared by every runner
+        self.linker = wasmtime.Linker(self.engine)
+        self.linker.define_wasi()
 
     def load(self, spec: RunSpec) -> wasmtime.Module:
         """The compiled module of ``spec.module``, mapped from the cache when possible (a hit
@@ -146,11 +185,9 @@ class WasmtimeEngine:
         store = wasmtime.Store(self.engine)
         store.set_wasi(wasi)
         if spec.memory_limit > 0:
-            store.set_limits(memory_size=max(spec.memory_limit - _resident_bytes() - _HEADROOM, _PAGE))
-        linker = wasmtime.Linker(self.engine)
-        linker.define_wasi()
+            store.set_limits(memory_size=max(spec.memory_limit - _used_bytes() - _HEADROOM, _PAGE))
         try:
-            instance = linker.instantiate(store, module)
+            instance = self.linker.instantiate(store, module)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as err:
             raise LoadError(f"cannot instantiate {spec.argv[0]}: {_first_line(err)}") from err
         start = instance.exports(store).get("_start")
