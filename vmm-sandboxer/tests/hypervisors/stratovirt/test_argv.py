@@ -55,7 +55,8 @@ def test_devices_match_upstream_fragments():
                            "-device", "vhost-user-fs-pci,id=vhost-user-fs-1,chardev=virtio-fs-1,tag=kuasar,"
                                       "bus=pcie.0,addr=0x3"]
     assert tail[18:] == ["-netdev", "tap,id=net0,ifname=tap0",
-                         "-device", "virtio-net-pci,netdev=net0,id=virtio-net0,bus=pcie.0,addr=0x4,mac=a1:b2:c3:d5:f4:00"]
+                         "-device", "virtio-net-pci,netdev=net0,id=virtio-net0,bus=pcie.0,addr=0x4,"
+                                    "mac=a1:b2:c3:d5:f4:00"]
 
 
 def test_image_firmware_and_microvm():
