@@ -362,7 +362,7 @@ class Front:
             self._update(link)
 
     def _accept_one(self) -> _socket.socket:
-        fd, _ = self.listener._accept()
+        fd, _ = self.listener._accept()  # type: ignore[attr-defined]  # the C socket's accept: no socket.py
         return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
 
     def _close(self, link: Link) -> None:

@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import sys
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from google.protobuf import empty_pb2
 
@@ -126,7 +126,8 @@ class TaskServer:
                         "once to put a front before its successor", pid)
             await _stop(pid, DRAIN_SECONDS)
         if front:
-            recorded = record.get("front") if isinstance(record.get("front"), dict) else {}
+            found = record.get("front")
+            recorded: Dict[str, Any] = found if isinstance(found, dict) else {}
             front_pid = int(recorded.get("pid", 0))
             if front_pid and is_same_process(front_pid, recorded.get("start_time")):
                 server.front_pid = front_pid
@@ -143,7 +144,7 @@ class TaskServer:
         await server._spawn()
         return server
 
-    def _read_record(self) -> dict:
+    def _read_record(self) -> Dict[str, Any]:
         path = os.path.join(self.directory, _RECORD)
         try:
             record = read_json(path)
@@ -157,7 +158,7 @@ class TaskServer:
             return {}
 
     def _write_record(self) -> None:
-        record: dict = {"pid": self.pid, "start_time": start_time(self.pid), "socket": self.backend_path}
+        record: Dict[str, Any] = {"pid": self.pid, "start_time": start_time(self.pid), "socket": self.backend_path}
         if self.has_front:
             record["front"] = {"pid": self.front_pid, "start_time": start_time(self.front_pid),
                                "socket": self.socket_path}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 from kuasar_shared.daemon.run import DaemonContext
 from kuasar_shared.io import StreamingHub
@@ -39,7 +40,7 @@ EXIT_SWEEP_INTERVAL = 5.0
 EXIT_RECORD_GRACE = 10.0
 
 
-async def _sweep_exits(backend: RecordedTaskBackend) -> None:
+async def _sweep_exits(backend: RecordedTaskBackend[Any]) -> None:
     """Keep the sandboxer's exit records to those of our processes (see ExitRecorder.sweep)."""
     if backend.exits is None:
         return
@@ -50,7 +51,7 @@ async def _sweep_exits(backend: RecordedTaskBackend) -> None:
             log.debug("removed %d exit records no container of ours will claim", removed)
 
 
-async def serve_task_api(ctx: DaemonContext, listen: str, backend: RecordedTaskBackend, hub: StreamingHub) -> None:
+async def serve_task_api(ctx: DaemonContext, listen: str, backend: RecordedTaskBackend[Any], hub: StreamingHub) -> None:
     """Serve ``backend`` (and ``hub``'s Streaming service) on ``listen`` until ``ctx`` shuts down."""
     journal = RequestJournal(os.path.join(backend.store.directory, JOURNAL_DIR))
     server = Server([*TaskService(backend, journal).services(), hub.service()], max_connections=MAX_CONNECTIONS)
