@@ -200,3 +200,28 @@ async def test_capabilities_runsc_does_not_know_are_dropped(backend, bundle_fact
     await backend.start(cid, "caps")
     assert (await asyncio.wait_for(backend.wait(cid, "caps"), 20)).exit_status == 0
     assert b"CapEff" in await reader
+
+
+async def test_shared_pid_pod_containers_see_the_pause_process_as_pid_1(runsc_pods, backend, bundle_factory, pod,
+                                                                         fifo) -> None:
+    """critest PodPID: containerd names the pod's PID namespace (/proc/<sandbox pid>/ns/pid); the
+    container must run in it, not in a namespace of its own; without the path it keeps its own."""
+    sandbox_pid = (await runsc_pods.status(pod)).pid
+    outputs = {}
+    for name, pid_ns in (("shared", {"type": "pid", "path": f"/proc/{sandbox_pid}/ns/pid"}), ("own", {"type": "pid"})):
+        cid = _cid()
+        bundle = bundle_factory(cid, ["cat", "/proc/1/cmdline"], pod)
+        spec_path = os.path.join(bundle, "config.json")
+        with open(spec_path) as handle:
+            spec = json.load(handle)
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"] + [pid_ns]
+        with open(spec_path, "w") as handle:
+            json.dump(spec, handle)
+        out = fifo(name + ".out")
+        reader = asyncio.ensure_future(read_fifo(out))
+        await backend.create(CreateTask(id=cid, bundle=bundle, stdio=Stdio(stdout=out)))
+        await backend.start(cid, "")
+        outputs[name] = (await reader).rstrip(b"\0")
+        assert (await asyncio.wait_for(backend.wait(cid, ""), 20)).exit_status == 0
+        await backend.delete(cid, "")
+    assert outputs == {"shared": b"/pause", "own": b"cat\0/proc/1/cmdline"}

@@ -8,7 +8,10 @@ annotations runsc's multi-container support reads (``container-type = container`
 running Sentry instead of booting a new kernel; the pod's ``hostname``, ``hosts`` and ``resolv.conf``
 are mounted in. runsc reports the Sentry's pid for every
 container, gives a sub-container the stdio of ``runsc start``, and its exec pids are waiters:
-hence the hook flags. Capabilities Linux added in 5.8/5.9 (``CAP_PERFMON``, ``CAP_BPF``,
+hence the hook flags. A container that joins the pod's PID namespace (a ``pid`` entry with a path,
+what containerd writes for a shared-PID pod) gets no ``pid`` entry at all: runsc then runs it in the
+sandbox's own PID namespace, where the pod's pause process is PID 1 (with the path it would make a
+new namespace, the container's init being PID 1). Capabilities Linux added in 5.8/5.9 (``CAP_PERFMON``, ``CAP_BPF``,
 ``CAP_CHECKPOINT_RESTORE``) are dropped from init and exec processes: runsc releases before 2023
 refuse to start a process that names them ("unknown capability"), which is every privileged or
 ``ALL``-capabilities container containerd makes on a newer kernel, and gVisor implements none of
@@ -20,6 +23,7 @@ import os
 from typing import Any
 
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from kuasar_shared.oci import namespace_path
 from kuasar_shared.oci.pod import add_pod_mounts, sandbox_id_of
 from kuasar_shared.oci.task import OciHooks, Placement
 from kuasar_shared.store import CorruptState, read_json
@@ -63,6 +67,8 @@ class RunscHooks(OciHooks):
             raise FailedPrecondition(f"container {req.id}: sandbox {sandbox_id} is {pod.state.value}, not ready")
         add_pod_mounts(spec, os.path.join(self.pods_dir, sandbox_id))
         self.adapt_process(spec.setdefault("process", {}))
+        if namespace_path(spec, "pid"):
+            spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns.get("type") != "pid"]
         annotations = spec.setdefault("annotations", {})
         annotations[CONTAINER_TYPE] = "container"
         annotations[SANDBOX_ID] = sandbox_id
