@@ -10,6 +10,17 @@ the memory of one running module. Real wasm-sandboxer, wasm-task and wasmtime ru
   and 50 pods, each pod with one running module that sleeps; growth per pod from 1 to 50.
 - one module = PSS/RSS of the runner of a trivial sleeping module.
 Targets (issue 3): cached start p50 <= 20 ms; management PSS growth <= 150 KB per pod.
+
+    .venv/bin/python tests/benchmark/bench_wasm.py --density [--pods 1,10,50,110] [--out results/wasm-density.json]
+
+Density (issue 17) runs the common workload (tests/benchmark/workload.py: Engine-driven pods, serial and
+parallel starts, memory at each pod count) on containerd's ``containerd-shim-runc-v2`` (one shim per pod,
+busybox ``sleep``) and on kuasar-wasm in one run: runtime PSS = sandboxer + wasm-task + task front +
+fork-server + every runner, beside the shims' PSS; the per-container increment between the two largest
+counts; start p50/p90 serial and the parallel batch; and where a runner's memory goes (smaps_rollup of one
+runner and of the fork-server). A second wasm side runs a module that touches 64 MiB of linear memory.
+Targets: runtime PSS <= 0.35x the shims' at 50 pods and <= 0.2x at 110; <= 1 MB per additional trivial
+container; serial start p50 <= 0.6x.
 """
 from __future__ import annotations
 
@@ -213,19 +224,183 @@ async def bench(runs: int, counts: list[int]) -> dict[str, Any]:
                     "growth_pss_per_pod": memory["growth_pss_kb_per_pod"] <= 150}}
 
 
+#: a module that touches 64 MiB of linear memory (one store per 4 KiB page), then sleeps like SLEEP_WAT
+TOUCH64_WAT = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $a i32)
+    (drop (memory.grow (i32.const 1024)))
+    (local.set $a (i32.const 65536))
+    (loop $touch
+      (i32.store8 (local.get $a) (i32.const 1))
+      (local.set $a (i32.add (local.get $a) (i32.const 4096)))
+      (br_if $touch (i32.lt_u (local.get $a) (i32.const 67174400))))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 100000000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
+"""
+
+_SMAPS_FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty", "Anonymous")
+
+
+def _smaps_kb(pid: int) -> dict[str, int]:
+    """The smaps_rollup fields that say where a process's memory goes, in KiB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            if name in _SMAPS_FIELDS:
+                out[name.lower() + "_kb"] = int(rest.split()[0])
+    return out
+
+
+def _runtime_pss(row: dict[str, Any]) -> int:
+    """Everything of the runtime at one pod count: management plane plus per-pod processes (shim or runners)."""
+    return int(row["management"]["total"]["pss_kb"] + row["per_pod"]["total"]["pss_kb"])
+
+
+def _density_sides() -> tuple[Any, Any, Any, Any]:
+    """The side classes, imported here: the density run needs the workload suite, the default run does not."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import baseline
+    import kuasar
+    import workload
+
+    class WasmSide(kuasar.KuasarSide):
+        """kuasar-wasm, with one runner's and the fork-server's memory broken down after the common phases."""
+
+        def groups(self) -> Any:
+            """The side's groups with each pid once (runners descend from both the sandboxer and wasm-task)."""
+            groups = super().groups()
+            groups.per_pod = {name: list(dict.fromkeys(pids)) for name, pids in groups.per_pod.items()}
+            return groups
+
+        async def after_measure(self, result: dict[str, Any]) -> None:
+            pod = await self.start_pod()
+            try:
+                await asyncio.sleep(1.0)
+                pids = self.groups().per_pod["pod processes"]
+                runners = [p for p in pids if self.cgroup_parent in _read(f"/proc/{p}/cgroup")]
+                forkservers = [p for p in pids if b"kuasar_wasm_sandboxer.forkserver" in
+                               open(f"/proc/{p}/cmdline", "rb").read() and p not in runners]
+                result["smaps"] = {"runner": _smaps_kb(runners[0]) if runners else {},
+                                   "fork_server": _smaps_kb(forkservers[0]) if forkservers else {}}
+            finally:
+                await self.remove_pods([pod])
+
+    return baseline, kuasar, workload, WasmSide
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+async def density(pods: list[int], serial: int, parallel: int) -> dict[str, Any]:
+    import run  # tests/benchmark/run.py: run_side, clean-up helpers
+    baseline, kuasar, workload, wasm_side = _density_sides()
+    work = tempfile.mkdtemp(prefix="kbench-")
+    images = os.path.join(work, "images")
+    plan = workload.Plan(serial=serial, parallel=(parallel,) if parallel else (), pods=tuple(pods))
+    touch_plan = workload.Plan(serial=0, parallel=(), pods=tuple(n for n in pods if n <= 50), warmup=1)
+    sides: dict[str, Any] = {}
+    load_before = os.getloadavg()[0]
+    created_run_dir = not os.path.exists("/run/containerd")
+    try:
+        subprocess.run(["sh", os.path.join(run.REPO, "hack", "make-busybox-rootfs.sh"),
+                        os.path.join(images, "busybox")], check=True, stdout=subprocess.DEVNULL)
+        containerd = baseline.Containerd(os.path.join(work, "containerd"))
+        await containerd.start()
+        try:
+            shim = baseline.ShimSide(containerd, os.path.join(work, "shim"), images)
+            sides["shim"] = await run.run_side(shim, plan)
+        finally:
+            await containerd.stop()
+        profile = kuasar.PROFILES["wasm"]
+        sides["wasm"] = await run.run_side(wasm_side(profile, os.path.join(work, "wasm"), images), plan)
+        touch = kuasar.Profile("wasm", "wasm-sandboxer", "wasm-task", image="wasm-touch64",
+                               command=("/touch64.wat",), files=(("touch64.wat", TOUCH64_WAT),))
+        sides["wasm_touch64"] = await run.run_side(wasm_side(touch, os.path.join(work, "wasm64"), images),
+                                                   touch_plan)
+    finally:
+        run.remove_mounts(work)
+        run.remove_cgroups()
+        run.cleanup_shim_state(created_run_dir)
+        shutil.rmtree(work, ignore_errors=True)
+    result = _density_summary(sides)
+    # latencies are only comparable on a quiet machine: the 1-minute load average around the run
+    result["loadavg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    return result
+
+
+def _density_summary(sides: dict[str, Any]) -> dict[str, Any]:
+    failed = {name: side["error"] for name, side in sides.items() if "error" in side}
+    if failed:
+        return {"benchmark": "wasm density", "error": failed, "sides": sides}
+    shim = {row["pods"]: _runtime_pss(row) for row in sides["shim"]["memory"]}
+    wasm = {row["pods"]: _runtime_pss(row) for row in sides["wasm"]["memory"]}
+    touch = {row["pods"]: _runtime_pss(row) for row in sides["wasm_touch64"]["memory"]}
+    counts = sorted(wasm)
+
+    def increment(pss: dict[int, int]) -> float:
+        ns = sorted(pss)
+        return round((pss[ns[-1]] - pss[ns[-2]]) / (ns[-1] - ns[-2]), 1) if len(ns) > 1 else 0.0
+
+    ratios = {str(n): round(wasm[n] / shim[n], 3) for n in counts if shim.get(n)}
+    start = {name: sides[name]["serial"]["latency_ms"] for name in ("shim", "wasm")}
+    parallel = {name: [{"n": b["n"], "completion_ms": round(b["completion_ms"], 1),
+                        "p50_ms": round(b["latency_ms"]["p50"], 1), "p90_ms": round(b["latency_ms"]["p90"], 1)}
+                       for b in sides[name]["parallel"]] for name in ("shim", "wasm")}
+    start_ratio = round(start["wasm"]["p50"] / start["shim"]["p50"], 3)
+    result = {
+        "benchmark": "wasm density (issue 17)", "cpus": os.cpu_count(),
+        "runtime_pss_kb": {"wasm": {str(n): wasm[n] for n in counts}, "shim": {str(n): shim[n] for n in sorted(shim)},
+                           "wasm_touch64": {str(n): touch[n] for n in sorted(touch)}},
+        "ratio_wasm_to_shim": ratios,
+        "per_container_pss_kb": {"wasm": increment(wasm), "shim": increment(shim),
+                                 "wasm_touch64": increment(touch)},
+        "start_serial_ms": {name: {k: round(v, 1) for k, v in s.items() if k in ("n", "p50", "p90")}
+                            for name, s in start.items()},
+        "start_p50_ratio": start_ratio, "parallel": parallel,
+        "smaps": {"wasm": sides["wasm"].get("smaps"), "wasm_touch64": sides["wasm_touch64"].get("smaps")},
+        "targets": {"ratio_50": 0.35, "ratio_110": 0.2, "per_container_pss_kb": 1024, "start_p50_ratio": 0.6},
+        "sides": sides,
+    }
+    result["met"] = {"ratio_50": ratios.get("50", 1.0) <= 0.35, "ratio_110": ratios.get("110", 1.0) <= 0.2,
+                     "per_container": increment(wasm) <= 1024, "start_p50": start_ratio <= 0.6}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--pods", default="1,10,50")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                      "wasm.json"))
+    parser.add_argument("--pods", default="")
+    parser.add_argument("--density", action="store_true", help="issue 17: wasm beside containerd-shim-runc-v2")
+    parser.add_argument("--serial", type=int, default=20, help="--density: serial starts per side")
+    parser.add_argument("--parallel", type=int, default=50, help="--density: one batch of this many starts")
+    parser.add_argument("--out", default="")
     args = parser.parse_args()
-    result = asyncio.run(bench(args.runs, [int(n) for n in args.pods.split(",")]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
-    print(json.dumps(result, indent=2))
-    return 0
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    if args.density:
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+        from kuasar_shared.daemon.reaper import set_child_subreaper
+        set_child_subreaper(True)
+        result = asyncio.run(density([int(n) for n in (args.pods or "1,10,50,110").split(",")], args.serial,
+                                     args.parallel))
+        out = args.out or os.path.join(results, "wasm-density.json")
+        summary = {k: v for k, v in result.items() if k != "sides"}
+    else:
+        result = asyncio.run(bench(args.runs, [int(n) for n in (args.pods or "1,10,50").split(",")]))
+        out = args.out or os.path.join(results, "wasm.json")
+        summary = result
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=1)
+    print(json.dumps(summary, indent=2))
+    return 1 if "error" in result else 0
 
 
 if __name__ == "__main__":
