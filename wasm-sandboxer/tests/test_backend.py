@@ -300,6 +300,11 @@ def _status_field(pid: int, field: str) -> str:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as handle:
+        return handle.read().strip()
+
+
 def _mapped_cache_files(pid: int, cache_dir: str) -> set[str]:
     with open(f"/proc/{pid}/maps") as handle:
         return {line.split()[-1] for line in handle if " r-xp " in line and cache_dir in line}
@@ -312,6 +317,7 @@ async def test_runners_are_forked_children_of_the_task_server_in_sessions_of_the
     pid = await backend.start(cid, "")
     forkserver = backend.forkserver.pid
     assert forkserver is not None
+    assert _comm(pid) == "wasm-runner" and _comm(forkserver) == "wasm-forkserver"
     # re-parented to the task server (its reaper has the exit status), not the fork-server's child
     assert int(_status_field(pid, "PPid")) == os.getpid()
     # a signal to the task server's or the fork-server's process group or session never reaches it

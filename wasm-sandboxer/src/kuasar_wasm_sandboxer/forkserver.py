@@ -20,6 +20,7 @@ closes (its task server is gone).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
@@ -33,12 +34,21 @@ from kuasar_wasm_sandboxer import runner
 from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache
 from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine, engine_fingerprint
 
-__all__ = ["main", "FORK"]
+__all__ = ["main", "FORK", "NAME", "RUNNER_NAME"]
 
 #: the request (with the runner's control socket attached)
 FORK = b"fork"
+#: ``comm`` of the fork-server and of each runner
+NAME = b"wasm-forkserver"
+RUNNER_NAME = b"wasm-runner"
+_PR_SET_NAME = 15
 
 log = logging.getLogger(__name__)
+
+
+def _set_name(name: bytes) -> None:
+    """Name this process for ps/top (``comm``): runners and the fork-server share one command line."""
+    ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
@@ -50,6 +60,7 @@ def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
         if os.fork() == 0:
             status = 1
             try:
+                _set_name(RUNNER_NAME)
                 status = runner.run(socket.socket(fileno=fd), engine)
             except BaseException:  # the runner must end here, never return into the fork-server loop
                 traceback.print_exc()
@@ -92,6 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+    _set_name(NAME)
     control = socket.socket(fileno=args.control)
     cache = ModuleCache(args.cache_dir, engine_fingerprint(), args.cache_size) if args.cache_dir else None
     engine = WasmtimeEngine(cache)

@@ -220,7 +220,9 @@ class ForkServer:
             except OSError:
                 hello = b""
             if hello:
-                return Runner(int(json.loads(hello)["pid"]), ours)
+                pid = int(json.loads(hello)["pid"])
+                get_reaper().forget(pid)  # a retained exit of this pid belongs to an earlier process
+                return Runner(pid, ours)
             ours.close()
             await self._replaced()
         raise Unavailable("the wasm fork-server did not fork a runner; try again")
