@@ -18,6 +18,16 @@ def test_find_port_by_name(tmp_path):
     assert channel.find_port(sys_dir=str(tmp_path / "missing")) is None
 
 
+def test_find_unnamed_port_one(tmp_path):
+    """StratoVirt's virtserialport cannot be named: the agent is the unnamed port 1 (the console is port 0)."""
+    (tmp_path / "vport0p0").mkdir()
+    (tmp_path / "vport0p1").mkdir()
+    assert channel.find_unnamed_port(sys_dir=str(tmp_path)) == "/dev/vport0p1"
+    (tmp_path / "vport0p1" / "name").write_text("org.qemu.guest_agent.0\n")
+    assert channel.find_unnamed_port(sys_dir=str(tmp_path)) is None  # a named port is someone else's
+    assert channel.find_unnamed_port(sys_dir=str(tmp_path / "missing")) is None
+
+
 def test_host_connected_follows_hangup():
     a, b = socket.socketpair()
     try:

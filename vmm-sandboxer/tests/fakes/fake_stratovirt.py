@@ -1,8 +1,10 @@
 """A stand-in for ``stratovirt`` with the command line StratoVirtVM builds, checked against the syntax
-upstream Kuasar's ``stratovirt/`` produces (bare ``server,nowait``, ``-smp cpus=N``, PCI devices on
-``pcie.0`` with distinct explicit ``addr``, ``mem-share=on`` for vhost-user-fs): it writes ``-pidfile``,
-serves QMP (StratoVirt's greeting; ``query-status``, ``query-cpus``, ``quit``), the vhost-user-fs socket
-(StratoVirt is its server) and vmm-task's SandboxService on the ``kuasar.agent`` virtserialport."""
+upstream Kuasar's ``stratovirt/`` produces and StratoVirt's config guidebook documents (bare
+``server,nowait``, ``-smp cpus=N``, PCI devices on ``pcie.0`` with distinct explicit ``addr``, ``mem-share=on``
+for vhost-user-fs, virtconsole/virtserialport taking only ``id``, ``chardev`` and ``nr`` with ``nr=0`` for a
+console only, one port on microvm): it writes ``-pidfile``, serves QMP (StratoVirt's greeting;
+``query-status``, ``query-cpus``, ``quit``), the vhost-user-fs socket (StratoVirt is its server) and
+vmm-task's SandboxService on the virtserialport ``nr=1`` (the guest agent's unnamed port)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +19,8 @@ from fake_qmp import serve_qmp
 
 PROGRAM = "stratovirt"
 VALUE_OPTIONS = {"-name", "-uuid", "-machine", "-qmp", "-kernel", "-initrd", "-append", "-smp", "-m", "-pidfile",
-                 "-D", "-global", "-object", "-device", "-chardev", "-drive", "-netdev"}
+                 "-D", "-global", "-object", "-device", "-chardev", "-drive", "-netdev", "-serial"}
+PORT_PROPERTIES = {"", "id", "chardev", "nr"}
 FLAGS = {"-daemonize", "-disable-seccomp", "-mem-prealloc"}
 
 
@@ -70,14 +73,26 @@ def check(options: Dict[str, List[str]]) -> Dict[str, Any]:
         if len(set(addrs)) != len(addrs) or "0x0" in addrs:
             fail(PROGRAM, "PCI addresses must be distinct and not 0x0 (reserved): %s" % addrs)
     drivers = {d[""] for d in devices}
-    if "virtserialport" in drivers and not drivers & {"virtio-serial-pci", "virtio-serial-device"}:
-        fail(PROGRAM, "virtserialport without a virtio-serial bus")
+    ports = [d for d in devices if d[""] in ("virtconsole", "virtserialport")]
+    if ports and not drivers & {"virtio-serial-pci", "virtio-serial-device"}:
+        fail(PROGRAM, "virtconsole/virtserialport without a virtio-serial bus")
+    for port in ports:
+        if set(port) - PORT_PROPERTIES:
+            fail(PROGRAM, "-device %s: invalid parameter %s" % (port[""], sorted(set(port) - PORT_PROPERTIES)))
+        if port.get("nr") == "0" and port[""] != "virtconsole":
+            fail(PROGRAM, "-device virtserialport: nr=0 is only allowed for virtconsole")
+        if port.get("chardev") not in chardevs:
+            fail(PROGRAM, "-device %s: chardev %s not found" % (port[""], port.get("chardev")))
+    if len({p.get("nr") for p in ports}) != len(ports):
+        fail(PROGRAM, "virtio-serial port numbers must be distinct")
+    if machine[0] == "microvm" and len(ports) > 1:
+        fail(PROGRAM, "only one virtio-serial port is supported in microvm")
     fs = [d for d in devices if d[""].startswith("vhost-user-fs")]
     if fs and "mem-share=on" not in machine:
         fail(PROGRAM, "vhost-user-fs needs -machine ...,mem-share=on")
-    agent = [d for d in devices if d[""] == "virtserialport" and d.get("name") == "kuasar.agent"]
-    if len(agent) != 1 or agent[0].get("chardev") not in chardevs:
-        fail(PROGRAM, "no virtserialport named kuasar.agent on a chardev")
+    agent = [d for d in ports if d[""] == "virtserialport" and d.get("nr") == "1"]
+    if len(agent) != 1:
+        fail(PROGRAM, "no virtserialport nr=1 (the guest agent's port): the guest would not find its channel")
     return {"qmp": qmp[len("unix:"):-len(",server,nowait")], "pidfile": options["-pidfile"][0],
             "agent": socket_chardev(chardevs[agent[0]["chardev"]]), "vcpus": int(smp[5:]),
             "fs": [socket_chardev(chardevs[d["chardev"]]) for d in fs]}

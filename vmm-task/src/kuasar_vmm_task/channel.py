@@ -1,8 +1,10 @@
 """How the host reaches the agent: the virtio-serial port "kuasar.agent" (multiplexed) or vsock 1024.
 
 The port is found by name under /sys/class/virtio-ports (there is no udev in the guest to make the
-/dev/virtio-ports/<name> link). While no host process is connected to the port's chardev socket,
-the port reports POLLHUP and reads return EOF, so the agent waits for POLLHUP to clear, runs one
+/dev/virtio-ports/<name> link); a hypervisor that cannot name ports (StratoVirt's virtserialport has
+only id, chardev and nr) puts the agent at port number 1 with no name (:func:`find_unnamed_port`).
+While no host process is connected to the port's chardev socket, the port reports POLLHUP and reads
+return EOF, so the agent waits for POLLHUP to clear, runs one
 :class:`~kuasar_shared.ttrpc.mux.MuxConnection` until the host goes away (every channel fails with
 it), and waits again: a restarted host relay simply reconnects.
 """
@@ -18,12 +20,15 @@ from typing import Any, Awaitable, Callable, Optional, Tuple
 
 from kuasar_shared.ttrpc.mux import MuxConnection
 
-__all__ = ["PORT_NAME", "VSOCK_PORT", "find_port", "host_connected", "open_port", "serve_port", "listen_vsock"]
+__all__ = ["PORT_NAME", "VSOCK_PORT", "UNNAMED_AGENT_PORT", "find_port", "find_unnamed_port", "host_connected",
+           "open_port", "serve_port", "listen_vsock"]
 
 log = logging.getLogger(__name__)
 
 PORT_NAME = "kuasar.agent"
 VSOCK_PORT = 1024
+#: the port number (virtserialport ``nr``) of the agent's port when the hypervisor cannot name it
+UNNAMED_AGENT_PORT = 1
 _VMADDR_CID_ANY = 0xFFFFFFFF
 _POLL_INTERVAL = 0.02
 _BUSY_TRIES = 250
@@ -45,6 +50,21 @@ def find_port(name: str = PORT_NAME, sys_dir: str = "/sys/class/virtio-ports", d
                     return os.path.join(dev_dir, entry)
         except OSError:
             continue
+    return None
+
+
+def find_unnamed_port(number: int = UNNAMED_AGENT_PORT, sys_dir: str = "/sys/class/virtio-ports",
+                      dev_dir: str = "/dev") -> Optional[str]:
+    """``/dev/vportNp<number>`` of the first virtio-serial device whose port ``number`` has no name (the
+    kernel makes a port's ``name`` file only when the host names it), or None."""
+    try:
+        entries = sorted(os.listdir(sys_dir))
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        if entry.startswith("vport") and entry.endswith("p%d" % number) and \
+                not os.path.exists(os.path.join(sys_dir, entry, "name")):
+            return os.path.join(dev_dir, entry)
     return None
 
 

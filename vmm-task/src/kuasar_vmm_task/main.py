@@ -218,13 +218,14 @@ async def _serve(args: Args, params: TaskParams) -> None:
     if vsock is not None:
         listeners.append(vsock)
         log.info("serving ttrpc on vsock port %d", channel.VSOCK_PORT)
-    port = args.port or channel.find_port()
+    port = args.port or channel.find_port() or channel.find_unnamed_port()
     try:
         if port:
             log.info("serving ttrpc over the mux on %s (uptime %.2f s)", port, _uptime())
             await channel.serve_port(port, server.serve_connection)
         else:
-            log.warning("no virtio port named %s", channel.PORT_NAME)
+            log.warning("no virtio port named %s, nor an unnamed port %d", channel.PORT_NAME,
+                        channel.UNNAMED_AGENT_PORT)
             await asyncio.Event().wait()
     finally:
         for listener in listeners:

@@ -45,12 +45,14 @@ def test_devices_match_upstream_fragments():
     assert tail[:4] == ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                         "-device", "virtio-rng-pci,rng=rng0,id=virtio-rng0,bus=pcie.0,addr=0x1"]
     assert tail[4:6] == ["-device", "virtio-serial-pci,id=virtio-serial0,bus=pcie.0,addr=0x2"]
-    # upstream: -chardev socket,id=charconsole0,path=<base>/console.sock,server,nowait (read by a task)
+    # upstream: -chardev socket,id=charconsole0,path=<base>/console.sock,server,nowait (read by a task), and
+    # no nr; StratoVirt's guidebook: once one port sets nr, all must (the agent's is nr=1)
     assert tail[6:10] == ["-chardev", "file,id=charconsole0,path=/path/to/console.log",
-                          "-device", "virtconsole,id=virtio-console0,chardev=charconsole0"]
-    # upstream reaches the agent over vhost-vsock; ours is the guest's kuasar.agent port (relay mux)
+                          "-device", "virtconsole,id=virtio-console0,chardev=charconsole0,nr=0"]
+    # upstream reaches the agent over vhost-vsock; ours is the guest agent's mux port, unnamed port 1 (a
+    # virtserialport takes only id, chardev and nr)
     assert tail[10:14] == ["-chardev", "socket,id=charagent0,path=/path/to/agent.sock,server,nowait",
-                           "-device", "virtserialport,id=virtio-agent0,chardev=charagent0,nr=1,name=kuasar.agent"]
+                           "-device", "virtserialport,id=virtio-agent0,chardev=charagent0,nr=1"]
     assert tail[14:18] == ["-chardev", "socket,id=virtio-fs-1,path=/path/to/virtiofs.sock,server,nowait",
                            "-device", "vhost-user-fs-pci,id=vhost-user-fs-1,chardev=virtio-fs-1,tag=kuasar,"
                                       "bus=pcie.0,addr=0x3"]
@@ -67,9 +69,13 @@ def test_image_firmware_and_microvm():
         argv[argv.index("-drive"):argv.index("-drive") + 2]
     assert "id=rootfs,file=/k/kuasar.img,readonly=on" in argv
     assert "virtio-blk-pci,drive=rootfs,id=blk-0,bus=pcie.0,addr=0x4" in argv
-    micro = _vm(machine_type="microvm").argv()
+    micro = _vm(machine_type="microvm,mem-share=on").argv()
     assert "-global" not in micro and "virtio-serial-device,id=virtio-serial0" in micro
     assert not any("bus=pcie.0" in a for a in micro)
+    # microvm allows one virtio-serial port: the agent's; the console is the legacy serial
+    assert not any(a.startswith("virtconsole") for a in micro)
+    assert micro[micro.index("-serial") + 1] == "file,path=/path/to/console.log"
+    assert micro[micro.index("-append") + 1].startswith(BASE_KERNEL_PARAMS + " console=ttyS0 ")  # the last wins
 
 
 def test_vhost_user_fs_daemon_argv():
@@ -80,6 +86,7 @@ def test_vhost_user_fs_daemon_argv():
 @pytest.mark.parametrize("text, key", [
     ("machine_type = 'pc'", "[hypervisor].machine_type"),
     ("machine_type = 'q35'", "[hypervisor].machine_type"),
+    ("machine_type = 'microvm'", "[hypervisor].machine_type"),
     ("image_path = '/i'\ninitrd_path = '/r'", "[hypervisor]"),
     ("block_device_driver = 'ide'", "[hypervisor].block_device_driver"),
     ("path = ''", "[hypervisor].path"),

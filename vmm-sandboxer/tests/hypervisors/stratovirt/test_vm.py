@@ -42,3 +42,17 @@ async def test_refused_command_line_fails_start_with_its_message(fake_hypervisor
     with pytest.raises(Internal, match="mem-share=on"):
         await vm.start()
     assert not vm.alive()
+
+
+async def test_microvm_has_one_port_the_agents(fake_hypervisor, short_tmp):
+    hv = fake_hypervisor("stratovirt").hypervisor
+    hv.machine_type = "microvm,mem-share=on"
+    spec = VMSpec("sv3", os.path.join(short_tmp, "sv3"), 1, 256)
+    os.makedirs(spec.pod_dir)
+    vm = StratoVirtFactory(hv).create(spec)
+    await vm.start()
+    try:
+        await vm.ping()
+    finally:
+        await vm.stop(force=True)
+    assert not vm.alive()

@@ -43,7 +43,7 @@ class StratoVirtConfig(HypervisorConfig):
         if self.machine not in _MACHINES:
             raise ConfigError(path, "[hypervisor].machine_type", "expected one of %s (with options), got %r"
                               % (", ".join(_MACHINES), self.machine_type))
-        if self.machine != "microvm" and "mem-share=on" not in self.machine_type.split(","):
+        if "mem-share=on" not in self.machine_type.split(","):
             raise ConfigError(path, "[hypervisor].machine_type", "the pod share (vhost-user-fs) needs shared "
                               "guest memory: add mem-share=on, got %r" % self.machine_type)
         if self.image_path and self.initrd_path:

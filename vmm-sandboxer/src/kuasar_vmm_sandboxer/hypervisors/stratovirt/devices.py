@@ -87,17 +87,18 @@ class VirtConsole(Device):
     driver: str = "virtconsole"
     id: str = opt("id", "")
     chardev: str = opt("chardev", "")
+    nr: int = opt("nr", 0)
 
 
 @dataclass
 class VirtSerialPort(Device):
-    """The guest agent's port: vmm-task finds it by ``name`` under /sys/class/virtio-ports."""
+    """The guest agent's port. StratoVirt's virtserialport has only ``id``, ``chardev`` and ``nr`` (no
+    ``name``), so vmm-task finds it as the unnamed port 1 (``nr=1``)."""
 
     driver: str = "virtserialport"
     id: str = opt("id", "")
     chardev: str = opt("chardev", "")
     nr: int = opt("nr", 1)
-    name: str = opt("name", "")
 
 
 @dataclass

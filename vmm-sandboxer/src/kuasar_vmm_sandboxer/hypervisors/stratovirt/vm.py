@@ -6,11 +6,12 @@ Kept from upstream: ``-name``, ``-uuid``, ``-machine``, ``-qmp unix:...,server,n
 microvm), ``-disable-seccomp``, ``-mem-prealloc``, pflash firmware; devices rng, virtio-serial + virtconsole,
 the root image on virtio-blk, vhost-user-fs on ``<pod dir>/virtiofs.sock`` with tag ``kuasar``.
 Different from upstream, because our guest agent and relay work that way: the agent channel is a
-``virtserialport`` named ``kuasar.agent`` on a socket chardev ``<pod dir>/agent.sock`` (upstream: vhost-vsock),
-the console goes to ``<pod dir>/console.log`` (a file chardev), NICs are taps by name, and StratoVirt
-is not ``-daemonize``d (it is our child, watched like QEMU, see :class:`~.process_vm.ProcessVM`). StratoVirt
-serves the socket chardev of vhost-user-fs, so ``vhost_user_fs`` starts after it. Stop is QMP ``quit``
-(upstream's), then SIGKILL.
+``virtserialport`` (``nr=1``, on a socket chardev ``<pod dir>/agent.sock``; StratoVirt cannot name ports, so
+the guest agent takes the unnamed port 1) where upstream uses vhost-vsock; the console goes to
+``<pod dir>/console.log`` (a file chardev on the virtconsole; on microvm, which allows one port, the legacy
+serial with ``console=ttyS0``); NICs are taps by name; StratoVirt is not ``-daemonize``d (it is our child,
+watched like QEMU, see :class:`~.process_vm.ProcessVM`). StratoVirt serves the socket chardev of
+vhost-user-fs, so ``vhost_user_fs`` starts after it. Stop is QMP ``quit`` (upstream's), then SIGKILL.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from kuasar_vmm_sandboxer.process_vm import ProcessVM
 from kuasar_vmm_sandboxer.qmp import Qmp
 from kuasar_vmm_sandboxer.vm import Pids, VMSpec
 
-__all__ = ["StratoVirtVM", "BASE_KERNEL_PARAMS", "AGENT_PORT_NAME"]
+__all__ = ["StratoVirtVM", "BASE_KERNEL_PARAMS", "AGENT_PORT_NR"]
 
 log = logging.getLogger(__name__)
 BASE_KERNEL_PARAMS = "console=hvc0 console=hvc1 iommu=off panic=1 pcie_ports=native"
-AGENT_PORT_NAME = "kuasar.agent"
+#: the agent's virtserialport number (vmm-task's UNNAMED_AGENT_PORT)
+AGENT_PORT_NR = 1
 _UUID_NAMESPACE = uuid.UUID("6e7b0e90-3b2e-4179-bc30-43d2b5b5964f")
 
 
@@ -54,6 +56,8 @@ class StratoVirtVM(ProcessVM):
     def kernel_params(self) -> str:
         cfg = self.config
         params = [BASE_KERNEL_PARAMS, "task.sharefs_type=virtiofs", "task.log_level=%s" % self.spec.log_level]
+        if cfg.machine == "microvm":
+            params.insert(1, "console=ttyS0")
         if cfg.kernel_params:
             params.append(cfg.kernel_params)
         if cfg.image_path:
@@ -73,10 +77,13 @@ class StratoVirtVM(ProcessVM):
             dev.RngRandom(id="rng0", filename=cfg.entropy_source),
             dev.VirtioRng(virtio("virtio-rng"), rng="rng0", id="virtio-rng0", **slots.place()),
             dev.VirtioSerial(virtio("virtio-serial"), id="virtio-serial0", **slots.place()),
-            dev.ChardevFile(id="charconsole0", path=self.path("console.log")),
-            dev.VirtConsole(id="virtio-console0", chardev="charconsole0"),
+        ]
+        if cfg.machine != "microvm":  # microvm allows one port: the agent's (console on the legacy serial)
+            devices += [dev.ChardevFile(id="charconsole0", path=self.path("console.log")),
+                        dev.VirtConsole(id="virtio-console0", chardev="charconsole0", nr=0)]
+        devices += [
             dev.ChardevSocket(id="charagent0", path=self.agent_socket),
-            dev.VirtSerialPort(id="virtio-agent0", chardev="charagent0", nr=1, name=AGENT_PORT_NAME),
+            dev.VirtSerialPort(id="virtio-agent0", chardev="charagent0", nr=AGENT_PORT_NR),
             dev.ChardevSocket(id=fs_chardev, path=self.path("virtiofs.sock")),
             dev.VhostUserFs(virtio("vhost-user-fs"), id="vhost-user-fs-%s" % spec.id, chardev=fs_chardev,
                             **slots.place()),
@@ -103,6 +110,8 @@ class StratoVirtVM(ProcessVM):
             argv += ["-D", self.path("sandbox-%s.log" % spec.id)]
         if cfg.machine != "microvm":
             argv += ["-global", "pcie-root-port.fast-unplug=1"]
+        if cfg.machine == "microvm":
+            argv += ["-serial", "file,path=%s" % self.path("console.log")]
         argv += ["-disable-seccomp"]
         if cfg.enable_mem_prealloc:
             argv += ["-mem-prealloc"]
