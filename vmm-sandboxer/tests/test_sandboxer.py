@@ -53,6 +53,29 @@ async def test_a_restarted_sandboxer_readopts_the_running_pod(hypervisor: str, r
         await second.close()
 
 
+async def test_recovery_readopts_live_pods_and_cleans_up_a_dead_one(relay: TaskServer, fake_hypervisor):
+    """Pods are re-attached together: one whose VMM died meanwhile is removed, the others are adopted."""
+    cfg = fake_hypervisor("qemu")
+    first = _sandboxer(cfg, relay)
+    await first.recover()
+    pids = {}
+    for pod in ("r1", "r2", "r3"):
+        await first.create(_request(pod))
+        pids[pod] = (await first.start(pod)).pid
+    await first.close()
+    os.kill(pids["r2"], signal.SIGKILL)
+    second = _sandboxer(cfg, await TaskServer.ensure(relay.directory, RELAY))
+    try:
+        await second.recover()
+        assert [(await second.status(pod)).pid for pod in ("r1", "r3")] == [pids["r1"], pids["r3"]]
+        assert "r2" not in second.pods
+        for pod in ("r1", "r3"):
+            await second.guest(pod).check(3.0)
+            await second.shutdown(pod)
+    finally:
+        await second.close()
+
+
 @pytest.mark.parametrize("hypervisor", BACKENDS)
 async def test_a_dead_vmm_stops_the_pod(hypervisor: str, relay: TaskServer,
                                         fake_hypervisor: Callable[[str], config.VmmConfig]):

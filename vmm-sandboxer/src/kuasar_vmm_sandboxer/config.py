@@ -111,10 +111,10 @@ def _hypervisor_type(text: str, path: str) -> Type[HypervisorConfig]:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, "", "invalid TOML: %s" % err) from err
     name = table.get("type", DEFAULT_TYPE) if isinstance(table, dict) else DEFAULT_TYPE
-    known = hypervisors.backends()
+    known = hypervisors.names()
     if name not in known:
-        raise ConfigError(path, "[hypervisor].type", "expected one of %s, got %r" % (", ".join(sorted(known)), name))
-    return known[name].config
+        raise ConfigError(path, "[hypervisor].type", "expected one of %s, got %r" % (", ".join(known), name))
+    return hypervisors.backend(name).config
 
 
 def _check(cfg: VmmConfig, path: str) -> VmmConfig:

@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log_file = os.path.join(args.dir, "vmm-task-relay.log") if args.daemon else None
         relay = await TaskServer.ensure(args.dir, RELAY, args.log_level, log_file)
         relay.supervise()
-        backend = hypervisors.backends()[cfg.hypervisor.type]
+        backend = hypervisors.backend(cfg.hypervisor.type)
         sandboxer = VmmSandboxer(args.dir, cfg, backend.factory(cfg.hypervisor), backend.hooks(), relay,
                                  args.log_level)
         try:

@@ -10,10 +10,11 @@ with its exit status and tears down its network. Recovery: :mod:`.recovery`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from typing import Awaitable, Optional
+from typing import Awaitable, Dict, Optional
 
 from kuasar_shared.errors import FailedPrecondition, KuasarError
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus, TaskDiff, encode_tasks
@@ -31,7 +32,7 @@ from kuasar_vmm_sandboxer.guestfiles import write_pod_files
 from kuasar_vmm_sandboxer.pod import VmmPod
 from kuasar_vmm_sandboxer.recovery import Unrecoverable, reattach
 from kuasar_vmm_sandboxer.relay.control import RelayControl
-from kuasar_vmm_sandboxer.relay.server import TASK_SOCKET
+from kuasar_vmm_sandboxer.relay.names import TASK_SOCKET
 from kuasar_vmm_sandboxer.resources import create_pod_cgroup, join_pod_cgroup
 from kuasar_vmm_sandboxer.running import RunningVMs
 from kuasar_vmm_sandboxer.vm import VM, Hooks, VMFactory, VMSpec
@@ -56,6 +57,8 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         self.log_level = log_level
         address = config.sandbox.containerd_ttrpc_address
         self.running = RunningVMs(EventForwarder(address) if address else None)
+        #: re-attaches under way during :meth:`recover`, by pod id
+        self._reattaching: Dict[str, "asyncio.Future[VM]"] = {}
 
     def guest(self, sandbox_id: str) -> GuestClient:
         return GuestClient(os.path.join(self.pods.pod_dir(sandbox_id), TASK_SOCKET), sandbox_id)
@@ -172,13 +175,32 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         await self.relay.detach(sandbox_id)
         await super()._drop_unreadable(sandbox_id)
 
+    async def recover(self) -> None:
+        """Re-attach every ready pod's VM at once (each mostly waits on its VMM and guest: a restart's
+        downtime would grow by that per pod), then adopt or clean up each pod in order as the shared
+        recovery does."""
+        for _, pod in self.pods.load_all():
+            if isinstance(pod, VmmPod) and pod.state is PodState.READY:
+                self._reattaching[pod.id] = asyncio.ensure_future(self._reattach(pod))
+        try:
+            await super().recover()
+        finally:
+            pending = list(self._reattaching.values())
+            self._reattaching.clear()
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _reattach(self, pod: VmmPod) -> Awaitable[VM]:
+        net = network.PodNetwork.from_json(pod.network) if pod.network else None
+        return reattach(self.factory, self.relay, self.guest(pod.id), self._spec(pod, net), pod.vm)
+
     async def _readopt(self, pod: VmmPod) -> bool:
         """Re-attach a ready pod (:mod:`.recovery`), or tear it down and remove it."""
         if pod.state is not PodState.READY:
             return True
-        net = network.PodNetwork.from_json(pod.network) if pod.network else None
         try:
-            vm = await reattach(self.factory, self.relay, self.guest(pod.id), self._spec(pod, net), pod.vm)
+            vm = await (self._reattaching.pop(pod.id, None) or self._reattach(pod))
         except Unrecoverable as err:
             log.error("sandbox %s: cannot re-attach (%s); cleaning up", pod.id, err)
             await self._teardown(pod, err.vm)

@@ -6,7 +6,7 @@ from google.protobuf import empty_pb2, struct_pb2
 from kuasar_shared.errors import NotFound
 from kuasar_shared.ttrpc import Client
 
-from kuasar_vmm_sandboxer.relay.server import CONTROL_SERVICE
+from kuasar_vmm_sandboxer.relay.names import CONTROL_SERVICE
 
 __all__ = ["RelayControl"]
 

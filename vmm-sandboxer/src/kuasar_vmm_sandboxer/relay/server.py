@@ -30,24 +30,13 @@ from kuasar_shared.ttrpc.transport import start_unix_server
 
 from kuasar_vmm_sandboxer import bundle
 from kuasar_vmm_sandboxer.relay.forward import Forwarder
+from kuasar_vmm_sandboxer.relay.names import AGENT_SOCKET, CONTROL_SERVICE, TASK_SOCKET, parse_hvsock
 from kuasar_vmm_sandboxer.relay.stdio import StdioBridge
 
-__all__ = ["Relay", "PodLink", "CONTROL_SERVICE", "TASK_SOCKET", "HVSOCK", "parse_hvsock"]
+__all__ = ["Relay", "PodLink"]
 
 log = logging.getLogger(__name__)
-CONTROL_SERVICE = "kuasar.vmm.relay.v1.Relay"
-TASK_SOCKET = "task.sock"
-AGENT_SOCKET = "agent.sock"
 _STREAM_LIMIT = 1 << 16
-HVSOCK = "hvsock://"
-
-
-def parse_hvsock(address: str) -> Tuple[str, int]:
-    """``hvsock://<unix path>:<port>`` as (path, port). :raise InvalidArgument: anything else."""
-    path, _, port = address[len(HVSOCK):].rpartition(":")
-    if not address.startswith(HVSOCK) or not path.startswith("/") or not port.isdigit():
-        raise InvalidArgument("agent address %r is not hvsock:///<path>:<port>" % address)
-    return path, int(port)
 
 
 class PodLink:

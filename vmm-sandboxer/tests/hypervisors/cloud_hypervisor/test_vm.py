@@ -14,7 +14,7 @@ from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import Internal, KuasarError
 from kuasar_shared.ttrpc import Client
 from kuasar_vmm_sandboxer.hypervisors.cloud_hypervisor.factory import CloudHypervisorFactory
-from kuasar_vmm_sandboxer.relay.server import parse_hvsock
+from kuasar_vmm_sandboxer.relay.names import parse_hvsock
 from kuasar_vmm_sandboxer.vm import VMSpec
 
 

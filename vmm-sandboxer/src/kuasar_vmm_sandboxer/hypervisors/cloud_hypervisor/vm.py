@@ -21,6 +21,7 @@ from kuasar_vmm_sandboxer.hypervisors.cloud_hypervisor import devices as dev
 from kuasar_vmm_sandboxer.hypervisors.cloud_hypervisor.client import ChClient
 from kuasar_vmm_sandboxer.hypervisors.cloud_hypervisor.config import CloudHypervisorConfig
 from kuasar_vmm_sandboxer.process_vm import ProcessVM
+from kuasar_vmm_sandboxer.relay.names import HVSOCK
 from kuasar_vmm_sandboxer.vm import Pids, VMSpec
 
 __all__ = ["CloudHypervisorVM", "BASE_KERNEL_PARAMS", "ROOTFS_KERNEL_PARAMS", "AGENT_VSOCK_PORT"]
@@ -46,7 +47,7 @@ class CloudHypervisorVM(ProcessVM):
 
     @property
     def agent_address(self) -> str:
-        return "hvsock://%s:%d" % (self.path("task.vsock"), AGENT_VSOCK_PORT)
+        return "%s%s:%d" % (HVSOCK, self.path("task.vsock"), AGENT_VSOCK_PORT)
 
     def kernel_params(self) -> str:
         cfg = self.config
