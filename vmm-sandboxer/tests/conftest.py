@@ -67,6 +67,20 @@ def fake_hypervisor(short_tmp: str) -> Callable[[str], config.VmmConfig]:
 
 
 @pytest.fixture
+def fake_qemu_config(short_tmp: str) -> str:
+    """A config file for a ``vmm-sandboxer`` process running pods on the fake QEMU, with empty stand-ins for
+    the guest kernel and initrd."""
+    for name in ("vmlinux.bin", "kuasar.initrd"):
+        open(os.path.join(short_tmp, name), "w").close()
+    path = os.path.join(short_tmp, "config.toml")
+    with open(path, "w") as f:
+        f.write('[sandbox]\ncontainerd_ttrpc_address = ""\n[hypervisor]\nqemu_path = "%s"\nuse_vsock = false\n'
+                'kernel_path = "%s/vmlinux.bin"\ninitrd_path = "%s/kuasar.initrd"\nboot_timeout_secs = 10\n'
+                % (fake_binary(short_tmp, "qemu"), short_tmp, short_tmp))
+    return path
+
+
+@pytest.fixture
 def short_tmp():
     path = tempfile.mkdtemp(prefix="kv", dir="/tmp")
     yield path

@@ -17,3 +17,10 @@ def test_config_loads_only_the_configured_backend():
             "and m.count('.') == 2))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(["kuasar_vmm_sandboxer.hypervisors.qemu"])
+
+
+def test_metrics_and_tracing_are_imported_only_when_asked_for():
+    code = ("import sys, kuasar_vmm_sandboxer.main; "
+            "print(sorted(m for m in ('prometheus_client', 'opentelemetry') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

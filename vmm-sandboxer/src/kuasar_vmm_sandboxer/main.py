@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from kuasar_shared.config import ConfigError
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
-from kuasar_shared.sandbox.server import serve_sandbox_api
+from kuasar_shared.sandbox.server import serve_until_shutdown
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 
 from kuasar_vmm_sandboxer import __version__, config, hypervisors
@@ -49,15 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backend = hypervisors.backend(cfg.hypervisor.type)
         sandboxer = VmmSandboxer(args.dir, cfg, backend.factory(cfg.hypervisor), backend.hooks(), relay,
                                  args.log_level)
+        # the first sync is a minute away: the pods recovered by then are synced too
+        ctx.create_task(sandboxer.sync_clocks(), name="clock-sync")
         try:
-            await sandboxer.recover()
-            server = await serve_sandbox_api(args.listen, sandboxer)
-            ctx.create_task(sandboxer.sync_clocks(), name="clock-sync")
-            ctx.ready("%s, relay pid %d" % (args.listen, relay.pid))
-            try:
-                await ctx.shutdown_event.wait()
-            finally:
-                await server.stop(1.0)
+            await serve_until_shutdown(ctx, sandboxer, "relay pid %d" % relay.pid)
         finally:
             await sandboxer.close()
 

@@ -1,0 +1,67 @@
+"""The vmm-sandboxer process as shipped (``main``): the shared serving phase, so ``--metrics-listen`` works
+for vmm too; scraped while it runs a pod on the fake QEMU (``fakes/fake_qemu.py``)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kuasar_shared import process
+from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
+from kuasar_shared.testing.conformance import SandboxApiClient
+
+BIN = os.path.dirname(sys.executable)
+
+
+async def _scrape(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    body = reply.partition(b"\r\n\r\n")[2].decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body) for s in family.samples}
+
+
+async def test_metrics_of_a_pod_on_the_fake_qemu(short_tmp: str, fake_qemu_config: str) -> None:
+    listen, directory = os.path.join(short_tmp, "vmm.sock"), os.path.join(short_tmp, "vmm")
+    metrics = os.path.join(short_tmp, "m.sock")
+    sandboxer = process.spawn([os.path.join(BIN, "vmm-sandboxer"), "--listen", listen, "--dir", directory,
+                               "--config", fake_qemu_config, "--metrics-listen", "unix:" + metrics])
+    api = SandboxApiClient("unix://" + listen)
+    try:
+        for _ in range(400):
+            if os.path.exists(listen) or sandboxer.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert os.path.exists(metrics)
+        before = await _scrape(metrics)
+        assert before[("kuasar_sandboxer_info", (("type", "vmm"), ("version", "0.1.0")))] == 1.0
+        await api.create(sandbox_pb2.ControllerCreateRequest(sandbox_id="metrics-pod", sandboxer="vmm"))
+        await api.start("metrics-pod")
+        after = await _scrape(metrics)
+        assert after[("kuasar_sandbox_api_requests_total", (("code", "OK"), ("method", "Start")))] == 1.0
+        assert after[("kuasar_pods", (("state", "ready"),))] == 1.0
+        assert after[("kuasar_pod_memory_usage_bytes", (("pod", "metrics-pod"),))] > 0  # the fake QEMU's
+        await api.stop("metrics-pod")
+        await api.shutdown("metrics-pod")
+    finally:
+        for call in (api.stop, api.shutdown):  # a failed assertion must not leave the pod behind
+            try:
+                await call("metrics-pod")
+            except Exception:
+                pass
+        await api.close()
+        sandboxer.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(sandboxer.wait(), 20)
+        try:
+            with open(os.path.join(directory, "task-server.json")) as f:
+                os.kill(json.load(f)["pid"], signal.SIGKILL)
+        except (OSError, KeyError, ValueError):
+            pass
+    assert not os.path.exists(metrics)
