@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
-from kuasar_shared.io import StreamingHub, open_process_io
+from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
 from kuasar_shared.mounts import mount_all
 from kuasar_shared.oci import ExitRecorder, StdioFds, is_same_process, kill, load_spec, rootfs_path
 from kuasar_shared.oci.pod import container_cgroups_path, sandbox_id_of
@@ -73,41 +73,59 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         self._pending: dict[tuple[str, str], Runner] = {}
 
     def _exited(self, container: Container, proc: Proc, status: int, at: datetime) -> None:
-        runner = self._pending.pop((container.id, proc.exec_id), None)
+        self._drop_pending(container.id, proc.exec_id)
+        super()._exited(container, proc, status, at)
+
+    def _drop_pending(self, container_id: str, exec_id: str) -> Optional[Runner]:
+        """Forget a created, not started runner: close its control socket (it exits by itself) and
+        release the stdio it never received, so that copiers see EOF."""
+        runner = self._pending.pop((container_id, exec_id), None)
         if runner is not None:
             runner.control.close()
-        super()._exited(container, proc, status, at)
+            pio = self._io.get((container_id, exec_id))
+            if pio is not None:
+                pio.child_started()
+        return runner
 
     # -- runners ---------------------------------------------------------------------------------
     async def _launch(self, container: Container, proc: Proc, run: RunSpec) -> Runner:
-        """Start a runner for ``run`` in the container's cgroup with ``proc``'s stdio, loaded and
-        instantiated but not started. On failure nothing of it remains."""
+        """Fork a runner for ``run`` into the container's cgroup, loaded and instantiated but not
+        started and without stdio (it gets it with :meth:`Runner.start`: a runner that is never
+        started never holds the engine's FIFOs, so a task server dying before Start cannot end the
+        engine's output early). Nobody watches it yet (:meth:`_track`). On failure nothing of it
+        remains."""
         spec_path = self.store.run_spec_path(container.id, proc.exec_id)
         run.save(spec_path)
         name = run.name
-        pio = await open_process_io(proc.stdio_value(), self.hub, name=name.replace("/", "-"))
-        try:
-            runner = await self.forkserver.take()
-        except BaseException:
-            await pio.close()
-            raise
+        runner = await self.forkserver.take()
         try:
             if container.cgroup:
                 Cgroup.open(container.cgroup).add_pid(runner.pid)
-            reply = await runner.configure(name, spec_path, StdioFds(stdin=pio.stdin, stdout=pio.stdout,
-                                                                     stderr=pio.stderr))
+            reply = await runner.configure(name, spec_path)
         except BaseException:
             await runner.abandon()
-            await pio.close()
             raise
-        finally:
-            pio.child_started()
         log.debug("%s: module %s in %s ms by runner pid %d", name,
                   "compiled" if reply.get("compiled") else "loaded from the cache", reply.get("load_ms"), runner.pid)
-        self._io[(container.id, proc.exec_id)] = pio
+        return runner
+
+    def _track(self, container: Container, proc: Proc, runner: Runner) -> None:
+        """``runner`` is ``proc`` from now on: its pid is recorded and its exit watched."""
         proc.pid, proc.start_time = runner.pid, runner.start_time()
         self._watch_child(container, proc)
-        return runner
+
+    async def _open_io(self, container: Container, proc: Proc, name: str) -> ProcessIO:
+        pio = await open_process_io(proc.stdio_value(), self.hub, name=name.replace("/", "-"))
+        self._io[(container.id, proc.exec_id)] = pio
+        return pio
+
+    @staticmethod
+    def _start_runner(runner: Runner, pio: ProcessIO) -> None:
+        """Hand the runner its stdio and let the module run."""
+        try:
+            runner.start(StdioFds(stdin=pio.stdin, stdout=pio.stdout, stderr=pio.stderr))
+        finally:
+            pio.child_started()
 
     # -- Task API --------------------------------------------------------------------------------
     async def create(self, req: CreateTask) -> int:
@@ -127,10 +145,15 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                                      bool((spec.get("root") or {}).get("readonly")), _memory_limit(spec))
                 if container.cgroup:
                     self._make_cgroup(container, (spec.get("linux") or {}).get("resources") or {})
+                await self._open_io(container, container.init, req.id)  # a bad FIFO path fails Create
                 runner = await self._launch(container, container.init, run)
             except BaseException:
+                pio = self._io.pop((req.id, ""), None)
+                if pio is not None:
+                    await pio.close()
                 self._release(container)
                 raise
+            self._track(container, container.init, runner)
             self._pending[(req.id, "")] = runner
             self._containers[req.id] = container
             self.store.save(container)
@@ -165,14 +188,22 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                     raise FailedPrecondition(f"container {id} is not running; cannot start exec {exec_id}")
                 run = build_run_spec(f"{id}/{exec_id}", proc.spec or {}, container.rootfs,
                                      self._spec_mounts(container), False, 0)
+                # stdio is opened last, after the module loaded: see _launch
                 runner = await self._launch(container, proc, run)
+                try:
+                    pio = await self._open_io(container, proc, run.name)
+                except BaseException:
+                    await runner.abandon()
+                    raise
+                self._track(container, proc, runner)
             else:
                 pending = self._pending.pop((id, ""), None)
-                if pending is None:
+                pio = self._io.get((id, ""))  # type: ignore[assignment]
+                if pending is None or pio is None:
                     raise FailedPrecondition(f"container {id} cannot start: its runner is gone "
                                              f"(the task server restarted before Start)")
                 runner = pending
-            runner.start()
+            self._start_runner(runner, pio)
             proc.status = TaskStatus.RUNNING
             self.store.save(container)
             return proc.pid
@@ -199,10 +230,9 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
 
     async def _remove(self, container: Container) -> None:
         """Kill what still runs of the container, release its resources and forget it."""
-        pending = self._pending.pop((container.id, ""), None)
+        pending = self._drop_pending(container.id, "")
         if pending is not None:
             container.init.signal = signals.SIGKILL
-            pending.control.close()
             kill(pending.pid)
         for proc in container.procs():
             if proc.status is not TaskStatus.STOPPED and proc.pid:
@@ -263,8 +293,7 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
 
     async def close(self) -> None:
         """Stop watching and copying; running modules keep running (FIFO output keeps flowing)."""
-        for runner in self._pending.values():
-            runner.control.close()
-        self._pending.clear()
+        for container_id, exec_id in list(self._pending):
+            self._drop_pending(container_id, exec_id)
         await super().close()
         await self.forkserver.close()

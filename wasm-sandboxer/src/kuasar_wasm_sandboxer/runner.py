@@ -5,13 +5,15 @@ so it shares those pages and only pays for its own module. The conversation with
 over its SOCK_SEQPACKET control socket, one message per step:
 
     runner -> server   {"pid": <pid>}           (at once: the server moves it into the container's cgroup)
-    server -> runner   {"spec": "<run spec JSON path>", "stdio": ["stdout", ...]} + those fds (SCM_RIGHTS)
+    server -> runner   {"spec": "<run spec JSON path>"}
     runner -> server   {"ready": true, "compiled": bool, "load_ms": float, "warnings": [...]}
                        or {"error": "<message>", "warnings": [...]}
-    server -> runner   b"start"                 (then both close the socket)
+    server -> runner   {"start": ["stdout", ...]} + those fds (SCM_RIGHTS; then both close the socket)
 
-Before ``start`` the runner exits quietly when the socket closes (its container was deleted, or
-the task server died before starting it). After ``start`` the socket is gone and the runner lives
+The stdio comes only with ``start`` (WASI's inherited stdio writes to fds 0/1/2 as they are when
+the module runs): a runner that is never started never held the engine's FIFOs. Before ``start``
+the runner exits quietly when the socket closes (its container was deleted, or the task server
+died before starting it). After ``start`` the socket is gone and the runner lives
 on its own: it survives task-server and fork-server restarts and exits with the module's status
 (see :meth:`~kuasar_wasm_sandboxer.engines.wasmtime.Program.run`). SIGINT/SIGTERM keep their
 default action so that Kill works while the module runs native code.
@@ -30,9 +32,8 @@ from kuasar_wasm_sandboxer.entrypoint import RunSpec
 if TYPE_CHECKING:
     from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine
 
-__all__ = ["run", "START", "STDIO_NAMES", "MAX_MESSAGE"]
+__all__ = ["run", "STDIO_NAMES", "MAX_MESSAGE"]
 
-START = b"start"
 STDIO_NAMES = ("stdin", "stdout", "stderr")
 MAX_MESSAGE = 65536
 
@@ -73,26 +74,25 @@ def run(control: socket.socket, engine: "WasmtimeEngine") -> int:
     logging.getLogger().handlers[:] = [collected]  # not the fork-server's stderr: that is the module's now
     try:
         _reply(control, pid=os.getpid())
-        message, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, len(STDIO_NAMES))
+        message = control.recv(MAX_MESSAGE)
     except OSError:
         return 0
     if not message:
         return 0
     started = time.monotonic()
-    job = json.loads(message)
-    _install_stdio(job.get("stdio", []), fds)
     try:
-        program = engine.prepare(RunSpec.load(job["spec"]))
+        program = engine.prepare(RunSpec.load(json.loads(message)["spec"]))
     except (LoadError, OSError, KeyError, ValueError) as err:
         _reply(control, error=str(err), warnings=collected.messages)
         return 1
     _reply(control, ready=True, compiled=engine.compiled, load_ms=round((time.monotonic() - started) * 1000, 2),
            warnings=collected.messages)
     try:
-        command = control.recv(len(START))
+        command, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, len(STDIO_NAMES))
     except OSError:
-        command = b""
-    control.close()
-    if command != START:
         return 0
+    control.close()
+    if not command:
+        return 0
+    _install_stdio(json.loads(command).get("start", []), fds)
     return program.run()

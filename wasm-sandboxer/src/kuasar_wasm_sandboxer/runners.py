@@ -27,7 +27,7 @@ from kuasar_shared.errors import DeadlineExceeded, Internal, InvalidArgument, Ku
 from kuasar_shared.oci import StdioFds, start_time
 
 from kuasar_wasm_sandboxer.forkserver import FORK
-from kuasar_wasm_sandboxer.runner import MAX_MESSAGE, START, STDIO_NAMES
+from kuasar_wasm_sandboxer.runner import MAX_MESSAGE, STDIO_NAMES
 
 __all__ = ["Runner", "ForkServer"]
 
@@ -38,6 +38,26 @@ FORKSERVER_MODULE = "kuasar_wasm_sandboxer.forkserver"
 
 def _seqpacket_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+
+
+async def _send_fd(sock: socket.socket, message: bytes, fd: int) -> None:
+    """Send ``message`` with ``fd`` on a non-blocking socket, waiting while its buffer is full (a burst of
+    Creates while the fork-server is still importing).
+
+    :raise OSError: the peer is gone.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            socket.send_fds(sock, [message], [fd])
+            return
+        except BlockingIOError:
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
 
 
 class Runner:
@@ -59,19 +79,16 @@ class Runner:
     def start_time(self) -> Optional[int]:
         return start_time(self.pid)
 
-    async def configure(self, name: str, spec_path: str, stdio: StdioFds) -> dict[str, Any]:
-        """Hand the runner its spec and stdio, wait until the module is instantiated.
+    async def configure(self, name: str, spec_path: str) -> dict[str, Any]:
+        """Hand the runner its spec, wait until the module is instantiated.
 
         :raise InvalidArgument: the runner refused the module (message from wasmtime).
         :raise Internal: the runner died. :raise DeadlineExceeded: loading took too long.
         :return: the runner's reply (``compiled``: whether the cache missed).
         """
-        names = [n for n in STDIO_NAMES if getattr(stdio, n) is not None]
-        fds = [getattr(stdio, n) for n in names]
-        message = json.dumps({"spec": spec_path, "stdio": names}).encode()
         loop = asyncio.get_running_loop()
         try:
-            socket.send_fds(self.control, [message], fds)
+            self.control.send(json.dumps({"spec": spec_path}).encode())
             raw = await asyncio.wait_for(loop.sock_recv(self.control, MAX_MESSAGE), self.load_timeout)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"{name}: the module was not loaded within {self.load_timeout} s") from None
@@ -87,10 +104,15 @@ class Runner:
             raise InvalidArgument(f"{name}: {reply['error']}")
         return dict(reply)
 
-    def start(self) -> None:
-        """Let the module run (``_start``); the runner is on its own from here."""
+    def start(self, stdio: StdioFds) -> None:
+        """Hand the runner its stdio and let the module run (``_start``); the runner is on its own
+        from here. The caller still closes its copies of the stdio fds."""
+        names = [n for n in STDIO_NAMES if getattr(stdio, n) is not None]
         try:
-            self.control.send(START)
+            socket.send_fds(self.control, [json.dumps({"start": names}).encode()],
+                            [getattr(stdio, n) for n in names])
+        except OSError as err:  # it died meanwhile: its exit is reported as the process's
+            log.warning("wasm runner pid %d did not take its start: %s", self.pid, err)
         finally:
             self.control.close()
 
@@ -201,24 +223,10 @@ class ForkServer:
                 break
             ours, theirs = _seqpacket_pair()
             try:
-                socket.send_fds(self._control, [FORK], [theirs.fileno()])
-            except OSError as err:  # the fork-server died or is stuck; the supervisor replaces it
+                hello = await self._request(ours, theirs)
+            except BaseException:
                 ours.close()
-                log.warning("wasm fork-server pid %s does not take requests (%s)", self.pid, err)
-                await self._replaced()
-                continue
-            finally:
-                theirs.close()
-            ours.setblocking(False)
-            try:
-                hello = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(ours, MAX_MESSAGE),
-                                               self.hello_timeout)
-            except asyncio.TimeoutError:
-                ours.close()
-                raise DeadlineExceeded(f"the wasm fork-server (pid {self.pid}) forked no runner within "
-                                       f"{self.hello_timeout} s") from None
-            except OSError:
-                hello = b""
+                raise
             if hello:
                 pid = int(json.loads(hello)["pid"])
                 get_reaper().forget(pid)  # a retained exit of this pid belongs to an earlier process
@@ -226,6 +234,27 @@ class ForkServer:
             ours.close()
             await self._replaced()
         raise Unavailable("the wasm fork-server did not fork a runner; try again")
+
+    async def _request(self, ours: socket.socket, theirs: socket.socket) -> bytes:
+        """Send ``theirs`` to the fork-server and wait for the runner's hello on ``ours``; b"" when the
+        fork-server is gone or forked nothing. Closes ``theirs``."""
+        assert self._control is not None
+        try:
+            await _send_fd(self._control, FORK, theirs.fileno())
+        except OSError as err:
+            log.warning("wasm fork-server pid %s does not take requests (%s)", self.pid, err)
+            return b""
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        try:
+            return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(ours, MAX_MESSAGE),
+                                          self.hello_timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"the wasm fork-server (pid {self.pid}) forked no runner within "
+                                   f"{self.hello_timeout} s") from None
+        except OSError:
+            return b""
 
     async def _replaced(self) -> None:
         """Replace the fork-server now if it just died (waits up to a second to find out)."""

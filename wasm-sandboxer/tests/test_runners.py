@@ -1,0 +1,60 @@
+"""runners.py: requests to the fork-server wait while its socket buffer is full; a dead fork-server is
+replaced by the next take (real fork-server, no module run)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+from kuasar_shared.oci import wait_exit
+
+from kuasar_wasm_sandboxer.runners import ForkServer, _send_fd
+
+
+async def test_send_waits_while_the_buffer_is_full() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    carried = os.open(os.devnull, os.O_RDONLY)
+    try:
+        ours.setblocking(False)
+        queued = 0
+        while True:  # a burst of requests the fork-server has not read yet
+            try:
+                socket.send_fds(ours, [b"fill"], [carried])
+            except BlockingIOError:
+                break
+            queued += 1
+        sending = asyncio.ensure_future(_send_fd(ours, b"last", carried))
+        await asyncio.sleep(0)
+        assert not sending.done()
+        for _ in range(queued):
+            message, fds, _flags, _addr = socket.recv_fds(theirs, 16, 1)
+            assert message == b"fill"
+            for fd in fds:
+                os.close(fd)
+        await asyncio.wait_for(sending, 10)
+        message, fds, _flags, _addr = socket.recv_fds(theirs, 16, 1)
+        assert message == b"last" and len(fds) == 1
+        os.close(fds[0])
+    finally:
+        os.close(carried)
+        ours.close()
+        theirs.close()
+
+
+async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
+    forkserver = ForkServer(str(tmp_path / "cache"), 1 << 20)
+    forkserver.start()
+    try:
+        first = await forkserver.take()
+        old = forkserver.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        await wait_exit(old)
+        second = await forkserver.take()  # the supervisor or take itself starts a new fork-server
+        assert forkserver.pid not in (None, old) and second.pid != first.pid
+        for runner in (first, second):
+            await runner.abandon()
+            await wait_exit(runner.pid)
+    finally:
+        await forkserver.close()
