@@ -1,6 +1,9 @@
 """Map an OCI process + container rootfs onto what a WASI module gets: :class:`RunSpec`.
 
-- entrypoint: ``process.args[0]`` with a leading ``/`` stripped, resolved inside the rootfs. Symlinks
+- entrypoint: ``process.args[0]`` with a leading ``/`` stripped, resolved inside the rootfs. A bare
+  name (no ``/``, e.g. ``top`` from an image's ``CMD``) is looked up in the folders of the process's
+  ``PATH`` first (the OCI runtimes' default path when the env has none), as runc and runwasi do;
+  when no folder holds it, it is taken relative to the rootfs as before. Symlinks
   are followed relative to the rootfs; a path that leaves it (``../../etc/passwd``, or a symlink
   pointing out) is refused, never clamped. The file must be a WebAssembly binary (``\\0asm``,
   version 1) or WAT text (``.wat`` or starting with ``(module``).
@@ -25,14 +28,16 @@ from typing import Any, Mapping, Optional
 
 from kuasar_shared.errors import InvalidArgument
 
-__all__ = ["RunSpec", "Preopen", "build_run_spec", "resolve_in_root", "module_kind", "MAX_ARGS_BYTES",
-           "TRAP_EXIT"]
+__all__ = ["RunSpec", "Preopen", "build_run_spec", "resolve_in_root", "find_entrypoint", "module_kind",
+           "MAX_ARGS_BYTES", "TRAP_EXIT", "DEFAULT_PATH"]
 
 #: the sum of argv and env bytes a module may get (the Linux exec limit is 2 MiB per process)
 MAX_ARGS_BYTES = 1 << 20
 #: exit status of a module that trapped (wasmtime's own CLI uses 128 + SIGABRT on Unix too)
 TRAP_EXIT = 134
 _SYMLINK_LIMIT = 40
+#: where a bare entrypoint name is looked up when the process env sets no PATH (runc's default)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _WASM_MAGIC = b"\0asm"
 
 
@@ -107,6 +112,24 @@ def resolve_in_root(root: str, path: str) -> str:
     return os.path.join(root, *done)
 
 
+def find_entrypoint(root: str, arg0: str, env: list[tuple[str, str]]) -> str:
+    """The host path of the entrypoint ``arg0``: a bare name is searched in the env's ``PATH``.
+
+    The first folder of ``PATH`` (absolute folders only) that holds a regular file of that name
+    wins; without one the name is resolved relative to the rootfs, as a path with a ``/`` always is.
+
+    :raise InvalidArgument: when resolving leads out of ``root`` (see :func:`resolve_in_root`).
+    """
+    if "/" not in arg0:
+        search = next((value for key, value in env if key == "PATH"), DEFAULT_PATH)
+        for folder in search.split(":"):
+            if folder.startswith("/"):
+                candidate = resolve_in_root(root, folder.rstrip("/") + "/" + arg0)
+                if os.path.isfile(candidate):
+                    return candidate
+    return resolve_in_root(root, arg0)
+
+
 def module_kind(host_path: str, shown: str) -> str:
     """``"wasm"`` or ``"wat"`` for the entrypoint file.
 
@@ -170,7 +193,7 @@ def build_run_spec(name: str, process: Mapping[str, Any], rootfs: str, mounts: l
     cwd = str(process.get("cwd") or "/")
     if cwd != "/" and not any(k == "PWD" for k, _ in env):
         env.append(("PWD", cwd))
-    module = resolve_in_root(rootfs, args[0])
+    module = find_entrypoint(rootfs, args[0], env)
     kind = module_kind(module, args[0])
     preopens = [Preopen(rootfs, "/", readonly_root)]
     for mount in mounts:
