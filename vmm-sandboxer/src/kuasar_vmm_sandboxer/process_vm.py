@@ -13,15 +13,16 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, ClassVar, Generic, Optional, Sequence, Type, TypeVar, cast
 
 from kuasar_shared import process
-from kuasar_shared.errors import Internal
+from kuasar_shared.errors import FailedPrecondition, Internal, Unavailable
 from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
 
-from kuasar_vmm_sandboxer.vm import VM, VMSpec, exit_code
+from kuasar_vmm_sandboxer.config import HypervisorConfig
+from kuasar_vmm_sandboxer.vm import VM, VMFactory, VMSpec, exit_code
 
-__all__ = ["ProcessVM"]
+__all__ = ["ProcessVM", "ProcessVMFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,21 @@ class ProcessVM(VM, abc.ABC):
         finally:
             os.close(log_fd)
         self.pid, self.pid_start = self._proc.pid, start_time(self._proc.pid)
+
+    async def launch(self, argv: list[str], ready: Callable[[], Awaitable[None]]) -> int:
+        """Spawn the VMM and wait for ``ready()`` (its control channel answering, and what else it needs).
+
+        :raise Internal: it did not get ready; it is stopped, and the message ends with its output.
+        """
+        self.spawn(argv)
+        try:
+            await ready()
+        except (Unavailable, Internal) as err:
+            await self.stop(force=True)
+            raise Internal("sandbox %s: %s did not start: %s; %s"
+                           % (self.spec.id, self.vmm_name, err, self.log_tail())) from err
+        log.info("sandbox %s: %s pid %d started", self.spec.id, self.vmm_name, self.pid)
+        return self.pid
 
     def running(self) -> bool:
         """The spawned VMM has not exited (for start-up waits)."""
@@ -164,3 +180,45 @@ class ProcessVM(VM, abc.ABC):
         if self._status_task is not None:
             self._status_task.cancel()
             self._status_task = None
+
+
+V = TypeVar("V", bound=ProcessVM)
+C = TypeVar("C", bound=HypervisorConfig)
+
+
+class ProcessVMFactory(VMFactory, Generic[V, C]):
+    """The factory of a :class:`ProcessVM` backend: a subclass names its config type and builds its VM
+    (:meth:`new_vm`); attaching adopts the record, recovering checks it is the same process and that it
+    answers on its control channel. ``unusable`` (set once, at start-up) fails every pod's Start."""
+
+    config_type: ClassVar[Type[HypervisorConfig]] = HypervisorConfig
+
+    def __init__(self, config: HypervisorConfig) -> None:
+        if not isinstance(config, self.config_type):
+            raise TypeError("%s needs a %s, got %s" % (type(self).__name__, self.config_type.__name__,
+                                                       type(config).__name__))
+        self.config: C = cast(C, config)
+        #: why no pod can start on this host; None when they can
+        self.unusable: Optional[str] = None
+
+    @abc.abstractmethod
+    def new_vm(self, spec: VMSpec) -> V:
+        """A VM object for ``spec``, nothing started."""
+
+    def create(self, spec: VMSpec) -> V:
+        """:raise FailedPrecondition: this host cannot run the configured VM (:attr:`unusable`)."""
+        if self.unusable:
+            raise FailedPrecondition("sandbox %s: %s" % (spec.id, self.unusable))
+        return self.new_vm(spec)
+
+    def attach(self, spec: VMSpec, record: dict[str, Any]) -> V:
+        vm = self.new_vm(spec)
+        vm.adopt(record)
+        return vm
+
+    async def recover(self, spec: VMSpec, record: dict[str, Any]) -> V:
+        vm = self.attach(spec, record)
+        if not is_same_process(vm.pid, vm.pid_start):
+            raise Unavailable("sandbox %s: %s pid %d is gone" % (spec.id, vm.vmm_name, vm.pid))
+        await vm.ping()
+        return vm

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from typing import Any, Callable, Dict, List, Tuple
 
 from fake_guest import VSOCK_AGENT_PORT, build_server, fail, serve_hybrid_vsock
+from fake_vmm import finisher, parse_options, serve_until_done
 
 PROGRAM = "cloud-hypervisor"
 VALUE_OPTIONS = {"--api-socket", "--cpus", "--memory", "--kernel", "--cmdline", "--initramfs", "--pmem", "--rng",
@@ -27,19 +27,11 @@ def kv(value: str) -> Dict[str, str]:
 
 
 def parse(argv: List[str]) -> Dict[str, List[str]]:
-    options: Dict[str, List[str]] = {}
-    i = 0
-    while i < len(argv):
-        opt = argv[i]
-        if opt in FLAGS:
-            i += 1
-        elif opt in VALUE_OPTIONS and i + 1 < len(argv):
-            if opt in options and opt not in MULTI:
-                fail(PROGRAM, "error: the argument '%s' cannot be used multiple times" % opt)
-            options.setdefault(opt, []).append(argv[i + 1])
-            i += 2
-        else:
-            fail(PROGRAM, "error: unexpected argument '%s' found" % opt)
+    unexpected = "error: unexpected argument '%s' found"
+    options = parse_options(PROGRAM, argv, VALUE_OPTIONS, FLAGS, unexpected, unexpected)
+    for opt, values in options.items():
+        if len(values) > 1 and opt not in MULTI | FLAGS:
+            fail(PROGRAM, "error: the argument '%s' cannot be used multiple times" % opt)
     return options
 
 
@@ -82,7 +74,7 @@ async def run(plan: Dict[str, Any]) -> int:
         return 204, None
 
     def shutdown_vmm() -> Tuple[int, Any]:
-        loop.call_later(0.05, lambda: done.done() or done.set_result(0))
+        loop.call_later(0.05, finisher(done))
         return 204, None
 
     routes: Dict[Tuple[str, str], Handler] = {
@@ -132,11 +124,7 @@ async def run(plan: Dict[str, Any]) -> int:
             console.write("fake cloud-hypervisor: guest agent on vsock port %d\n" % VSOCK_AGENT_PORT)
     servers = [await serve_hybrid_vsock(plan["vsock"], build_server()),
                await asyncio.start_unix_server(http, plan["api"])]
-    loop.add_signal_handler(signal.SIGTERM, lambda: done.done() or done.set_result(0))
-    status = await done
-    for server in servers:
-        server.close()
-    return status
+    return await serve_until_done(done, servers)
 
 
 def main() -> int:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from typing import Any, Dict, List
 
 from fake_guest import SILENT, build_server, fail, serve_serial_port
-from fake_qmp import serve_qmp
+from fake_qmp import query_status, serve_qmp
+from fake_vmm import finisher, parse_options, serve_until_done
 
 PROGRAM = "qemu-system-x86_64"
 VALUE_OPTIONS = {"-name", "-cpu", "-smp", "-m", "-kernel", "-initrd", "-bios", "-append", "-qmp", "-serial",
@@ -31,21 +31,7 @@ def props(value: str) -> Dict[str, str]:
 
 
 def parse(argv: List[str]) -> Dict[str, List[str]]:
-    options: Dict[str, List[str]] = {}
-    i = 0
-    while i < len(argv):
-        opt = argv[i]
-        if opt in FLAGS:
-            options.setdefault(opt, []).append("")
-            i += 1
-        elif opt in VALUE_OPTIONS:
-            if i + 1 >= len(argv):
-                fail(PROGRAM, "%s: requires an argument" % opt)
-            options.setdefault(opt, []).append(argv[i + 1])
-            i += 2
-        else:
-            fail(PROGRAM, "%s: invalid option" % opt)
-    return options
+    return parse_options(PROGRAM, argv, VALUE_OPTIONS, FLAGS, "%s: invalid option", "%s: requires an argument")
 
 
 def check(options: Dict[str, List[str]]) -> Dict[str, Any]:
@@ -77,16 +63,12 @@ async def run(plan: Dict[str, Any]) -> int:
     loop = asyncio.get_running_loop()
     done: "asyncio.Future[int]" = loop.create_future()
 
-    def finish(status: int) -> None:
-        if not done.done():
-            done.set_result(status)
-
     def powerdown(_: Dict[str, Any]) -> Dict[str, Any]:
-        loop.call_later(0.05, finish, 0)
+        loop.call_later(0.05, finisher(done))
         return {}
 
     commands = {
-        "query-status": lambda _: {"status": "running", "singlestep": False, "running": True},
+        "query-status": query_status,
         "query-cpus-fast": lambda _: [{"cpu-index": i, "thread-id": os.getpid(), "target": "x86_64"}
                                       for i in range(plan["vcpus"])],
         "system_powerdown": powerdown,
@@ -98,11 +80,7 @@ async def run(plan: Dict[str, Any]) -> int:
     servers = [await serve_serial_port(plan["agent"], build_server(), plan["silent"]),
                await serve_qmp(plan["qmp"], {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "fake"},
                                commands)]
-    loop.add_signal_handler(signal.SIGTERM, finish, 0)
-    status = await done
-    for server in servers:
-        server.close()
-    return status
+    return await serve_until_done(done, servers)
 
 
 def main() -> int:

@@ -7,10 +7,15 @@ import asyncio
 import json
 from typing import Any, Callable, Dict
 
-__all__ = ["Commands", "serve_qmp", "QmpError"]
+__all__ = ["Commands", "serve_qmp", "QmpError", "query_status"]
 
 #: a command's handler gets its arguments and returns the ``return`` value
 Commands = Dict[str, Callable[[Dict[str, Any]], Any]]
+
+
+def query_status(_: Dict[str, Any]) -> Dict[str, Any]:
+    """``query-status`` of a running VM (QEMU and StratoVirt answer alike)."""
+    return {"status": "running", "singlestep": False, "running": True}
 
 
 class QmpError(Exception):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from typing import Any, Dict, List
 
 from fake_guest import build_server, fail, serve_serial_port
 from fake_qemu import props
-from fake_qmp import serve_qmp
+from fake_qmp import query_status, serve_qmp
+from fake_vmm import finisher, parse_options, serve_until_done
 
 PROGRAM = "stratovirt"
 VALUE_OPTIONS = {"-name", "-uuid", "-machine", "-qmp", "-kernel", "-initrd", "-append", "-smp", "-m", "-pidfile",
@@ -25,19 +25,7 @@ FLAGS = {"-daemonize", "-disable-seccomp", "-mem-prealloc"}
 
 
 def parse(argv: List[str]) -> Dict[str, List[str]]:
-    options: Dict[str, List[str]] = {}
-    i = 0
-    while i < len(argv):
-        opt = argv[i]
-        if opt in FLAGS:
-            options.setdefault(opt, []).append("")
-            i += 1
-        elif opt in VALUE_OPTIONS and i + 1 < len(argv):
-            options.setdefault(opt, []).append(argv[i + 1])
-            i += 2
-        else:
-            fail(PROGRAM, "Invalid argument: %s" % opt)
-    return options
+    return parse_options(PROGRAM, argv, VALUE_OPTIONS, FLAGS, "Invalid argument: %s", "Invalid argument: %s")
 
 
 def socket_chardev(chardev: Dict[str, str]) -> str:
@@ -103,11 +91,11 @@ async def run(plan: Dict[str, Any]) -> int:
     done: "asyncio.Future[int]" = loop.create_future()
 
     def quit_soon(_: Dict[str, Any]) -> Dict[str, Any]:
-        loop.call_later(0.05, lambda: done.done() or done.set_result(0))
+        loop.call_later(0.05, finisher(done))
         return {}
 
     commands = {
-        "query-status": lambda _: {"status": "running", "singlestep": False, "running": True},
+        "query-status": query_status,
         "query-cpus": lambda _: [{"CPU": i, "current": i == 0, "halted": False, "arch": "x86",
                                   "qom_path": "/machine/unattached/device[%d]" % i, "thread_id": os.getpid()}
                                  for i in range(plan["vcpus"])],
@@ -120,11 +108,7 @@ async def run(plan: Dict[str, Any]) -> int:
         servers.append(await asyncio.start_unix_server(lambda r, w: None, path))
     servers.append(await serve_qmp(plan["qmp"], {"StratoVirt": {"micro": 0, "minor": 4, "major": 2},
                                                  "package": ""}, commands))
-    loop.add_signal_handler(signal.SIGTERM, lambda: done.done() or done.set_result(0))
-    status = await done
-    for server in servers:
-        server.close()
-    return status
+    return await serve_until_done(done, servers)
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ import logging
 import os
 
 from kuasar_shared.errors import Internal, Unavailable
-from kuasar_shared.oci import start_time
 
 from kuasar_vmm_sandboxer.devices import Device, render_all
 from kuasar_vmm_sandboxer.hypervisors.cloud_hypervisor import devices as dev
@@ -98,16 +97,7 @@ class CloudHypervisorVM(ProcessVM):
         argv = self.in_netns(self.argv())
         self.prepare(("api.sock", "task.vsock", "virtiofs.sock"))
         await self.start_virtiofsd(self.virtiofsd_argv(), self.path("virtiofs.sock"))
-        self.spawn(argv)
-        try:
-            await self._wait_api()
-        except Unavailable as err:
-            await self.stop(force=True)
-            raise Internal("sandbox %s: cloud-hypervisor did not start: %s; %s"
-                           % (self.spec.id, err, self.log_tail())) from err
-        self.pid_start = start_time(self.pid)
-        log.info("sandbox %s: cloud-hypervisor pid %d started", self.spec.id, self.pid)
-        return self.pid
+        return await self.launch(argv, self._wait_api)
 
     async def _wait_api(self) -> None:
         """Until ``vmm.ping`` answers. :raise Unavailable: not within 10 s, or the process died."""

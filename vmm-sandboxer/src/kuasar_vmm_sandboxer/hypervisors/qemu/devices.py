@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from kuasar_vmm_sandboxer.devices import Device, opt
+from kuasar_vmm_sandboxer.hypervisors import _qemu_syntax as qs
+from kuasar_vmm_sandboxer.hypervisors._qemu_syntax import ChardevFile, RngRandom, VirtioBlk, VirtioRng, VirtioSerial
 
 __all__ = ["Machine", "Accel", "ChardevSocket", "ChardevFile", "VirtioSerial", "VirtSerialPort", "Fsdev", "Virtio9P",
            "VhostUserFs", "MemoryBackendMemfd", "RngRandom", "VirtioRng", "TapNetdev", "VirtioNet",
@@ -36,29 +38,9 @@ class Accel(Device):
 
 
 @dataclass
-class ChardevSocket(Device):
-    option: ClassVar[str] = "-chardev"
-    head: ClassVar[str] = "backend"
-    backend: str = "socket"
-    id: str = opt("id", "")
-    path: str = opt("path", "")
+class ChardevSocket(qs.Chardev):
     server: Optional[bool] = opt("server")
     wait: Optional[bool] = opt("wait")
-
-
-@dataclass
-class ChardevFile(Device):
-    option: ClassVar[str] = "-chardev"
-    head: ClassVar[str] = "backend"
-    backend: str = "file"
-    id: str = opt("id", "")
-    path: str = opt("path", "")
-
-
-@dataclass
-class VirtioSerial(Device):
-    driver: str = "virtio-serial-pci"
-    id: str = opt("id", "vser0")
 
 
 @dataclass
@@ -108,28 +90,7 @@ class MemoryBackendMemfd(Device):
 
 
 @dataclass
-class RngRandom(Device):
-    option: ClassVar[str] = "-object"
-    head: ClassVar[str] = "qom_type"
-    qom_type: str = "rng-random"
-    id: str = opt("id", "rng0")
-    filename: str = opt("filename", "/dev/urandom")
-
-
-@dataclass
-class VirtioRng(Device):
-    driver: str = "virtio-rng-pci"
-    rng: str = opt("rng", "rng0")
-    id: str = opt("id", "")
-
-
-@dataclass
-class TapNetdev(Device):
-    option: ClassVar[str] = "-netdev"
-    head: ClassVar[str] = "backend"
-    backend: str = "tap"
-    id: str = opt("id", "")
-    ifname: str = opt("ifname", "")
+class TapNetdev(qs.TapNetdev):
     script: str = opt("script", "no")
     downscript: str = opt("downscript", "no")
 
@@ -159,14 +120,6 @@ class Drive(Device):
     if_: str = opt("if", "none")
     id: str = opt("id", "")
     readonly: Optional[bool] = opt("readonly")
-
-
-@dataclass
-class VirtioBlk(Device):
-    driver: str = "virtio-blk-pci"
-    drive: str = opt("drive", "")
-    id: str = opt("id", "")
-    bus: str = opt("bus", "")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 from kuasar_shared.errors import Internal, Unavailable
-from kuasar_shared.oci import start_time
 
 from kuasar_vmm_sandboxer.config import SHARE_VIRTIOFS
 from kuasar_vmm_sandboxer.devices import Device, Transport, render_all
@@ -141,15 +140,7 @@ class QemuVM(ProcessVM):
         self.prepare(("qmp.sock", "agent.sock", "virtiofs.sock"))
         if self.config.share_fs == SHARE_VIRTIOFS:
             await self.start_virtiofsd(self.virtiofsd_argv(), self.path("virtiofs.sock"))
-        self.spawn(argv)
-        try:
-            await self.qmp.wait_ready(10.0, self.running)
-        except Unavailable as err:
-            await self.stop(force=True)
-            raise Internal("sandbox %s: QEMU did not start: %s; %s" % (self.spec.id, err, self.log_tail())) from err
-        self.pid_start = start_time(self.pid)
-        log.info("sandbox %s: QEMU pid %d started", self.spec.id, self.pid)
-        return self.pid
+        return await self.launch(argv, lambda: self.qmp.wait_ready(10.0, self.running))
 
     async def stop(self, force: bool, timeout: float = 10.0) -> None:
         """``system_powerdown`` (unless ``force``), then ``quit``, then SIGKILL; virtiofsd after QEMU."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from kuasar_vmm_sandboxer.devices import Device, Transport, flag, opt
+from kuasar_vmm_sandboxer.hypervisors import _qemu_syntax as qs
+from kuasar_vmm_sandboxer.hypervisors._qemu_syntax import ChardevFile, PciPlaced, TapNetdev
 
 __all__ = ["PciSlots", "ChardevSocket", "ChardevFile", "RngRandom", "VirtioRng", "VirtioSerial", "VirtConsole",
            "VirtSerialPort", "Drive", "VirtioBlk", "VhostUserFs", "TapNetdev", "VirtioNet", "ROOT_BUS"]
@@ -37,49 +39,24 @@ class PciSlots:
 
 
 @dataclass
-class ChardevSocket(Device):
-    option: ClassVar[str] = "-chardev"
-    head: ClassVar[str] = "backend"
-    backend: str = "socket"
-    id: str = opt("id", "")
-    path: str = opt("path", "")
+class ChardevSocket(qs.Chardev):
     server: bool = flag("server", True)
     nowait: bool = flag("nowait", True)
 
 
 @dataclass
-class ChardevFile(Device):
-    option: ClassVar[str] = "-chardev"
-    head: ClassVar[str] = "backend"
-    backend: str = "file"
+class RngRandom(qs.RngRandom):
     id: str = opt("id", "")
-    path: str = opt("path", "")
 
 
 @dataclass
-class RngRandom(Device):
-    option: ClassVar[str] = "-object"
-    head: ClassVar[str] = "type"
-    type: str = "rng-random"
-    id: str = opt("id", "")
-    filename: str = opt("filename", "/dev/urandom")
-
-
-@dataclass
-class VirtioRng(Device):
-    driver: str = "virtio-rng-pci"
+class VirtioRng(PciPlaced, qs.VirtioRng):
     rng: str = opt("rng", "")
-    id: str = opt("id", "")
-    bus: Optional[str] = opt("bus")
-    addr: Optional[str] = opt("addr")
 
 
 @dataclass
-class VirtioSerial(Device):
-    driver: str = "virtio-serial-pci"
+class VirtioSerial(PciPlaced, qs.VirtioSerial):
     id: str = opt("id", "")
-    bus: Optional[str] = opt("bus")
-    addr: Optional[str] = opt("addr")
 
 
 @dataclass
@@ -112,12 +89,8 @@ class Drive(Device):
 
 
 @dataclass
-class VirtioBlk(Device):
-    driver: str = "virtio-blk-pci"
-    drive: str = opt("drive", "")
-    id: str = opt("id", "")
-    bus: Optional[str] = opt("bus")
-    addr: Optional[str] = opt("addr")
+class VirtioBlk(PciPlaced, qs.VirtioBlk):
+    pass
 
 
 @dataclass
@@ -131,16 +104,9 @@ class VhostUserFs(Device):
 
 
 @dataclass
-class TapNetdev(Device):
-    option: ClassVar[str] = "-netdev"
-    head: ClassVar[str] = "type"
-    type: str = "tap"
-    id: str = opt("id", "")
-    ifname: str = opt("ifname", "")
-
-
-@dataclass
 class VirtioNet(Device):
+    """``mac`` after ``bus``/``addr``, as upstream writes it."""
+
     driver: str = "virtio-net-pci"
     netdev: str = opt("netdev", "")
     id: str = opt("id", "")

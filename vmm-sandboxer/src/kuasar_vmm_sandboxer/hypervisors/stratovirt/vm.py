@@ -19,7 +19,6 @@ import logging
 import uuid
 
 from kuasar_shared.errors import Internal, Unavailable
-from kuasar_shared.oci import start_time
 
 from kuasar_vmm_sandboxer.devices import Device, Transport, render_all
 from kuasar_vmm_sandboxer.hypervisors.stratovirt import devices as dev
@@ -129,17 +128,12 @@ class StratoVirtVM(ProcessVM):
         except ValueError as err:
             raise Internal("sandbox %s: %s" % (self.spec.id, err)) from err
         self.prepare(("qmp.sock", "agent.sock", "virtiofs.sock"))
-        self.spawn(argv)
-        try:
-            await self.qmp.wait_ready(10.0, self.running)
-            await self.start_virtiofsd(self.virtiofsd_argv(), self.path("virtiofs.sock"))
-        except (Unavailable, Internal) as err:
-            await self.stop(force=True)
-            raise Internal("sandbox %s: StratoVirt did not start: %s; %s"
-                           % (self.spec.id, err, self.log_tail())) from err
-        self.pid_start = start_time(self.pid)
-        log.info("sandbox %s: StratoVirt pid %d started", self.spec.id, self.pid)
-        return self.pid
+        return await self.launch(argv, self._ready)
+
+    async def _ready(self) -> None:
+        """QMP answering, then vhost_user_fs connected to the socket StratoVirt serves."""
+        await self.qmp.wait_ready(10.0, self.running)
+        await self.start_virtiofsd(self.virtiofsd_argv(), self.path("virtiofs.sock"))
 
     async def stop(self, force: bool, timeout: float = 10.0) -> None:
         """QMP ``quit`` (upstream's stop, graceful or not), then SIGKILL; vhost_user_fs after StratoVirt."""
