@@ -80,3 +80,40 @@ def test_bad_input_leaves_nothing(short_tmp):
         f.write(b"[1]")
     with pytest.raises(InvalidArgument, match="JSON object"):
         bundle.read_spec(short_tmp)
+
+
+def test_prepare_binds_the_pod_files_from_the_share(short_tmp):
+    """hostname, hosts and resolv.conf of the pod (on the share since pod Create) are bound into a
+    container at /etc/... in guest paths unless the spec mounts something there; read-only with a
+    read-only rootfs (containerd adds them only for its own podsandbox pods: critest's DNS config)."""
+    host_bundle = os.path.join(short_tmp, "bundle")
+    os.makedirs(os.path.join(host_bundle, "rootfs"))
+    pod_dir = os.path.join(short_tmp, "pod")
+    os.makedirs(os.path.join(pod_dir, "shared"))
+    for name in ("hostname", "hosts", "resolv.conf"):
+        with open(os.path.join(pod_dir, "shared", name), "w") as f:
+            f.write(name + "\n")
+    spec = json.loads(json.dumps(SPEC))
+    bundle.prepare(pod_dir, "c1", spec, [], host_bundle)
+    with open(os.path.join(bundle.container_dir(pod_dir, "c1"), "config.json")) as f:
+        mounts = {m["destination"]: m for m in json.load(f)["mounts"]}
+    for destination, name in (("/etc/hostname", "hostname"), ("/etc/hosts", "hosts"),
+                              ("/etc/resolv.conf", "resolv.conf")):
+        assert mounts[destination] == {"destination": destination, "type": "bind",
+                                       "source": "/run/kuasar/state/" + name,
+                                       "options": ["rbind", "rprivate", "rw"]}
+    # the engine's own mount wins; a read-only rootfs gets read-only files; a missing file is not bound
+    os.remove(os.path.join(pod_dir, "shared", "hosts"))
+    spec = json.loads(json.dumps(SPEC))
+    spec["root"]["readonly"] = True
+    own = {"destination": "/etc/resolv.conf", "type": "bind", "source": host_bundle, "options": ["rbind"]}
+    spec["mounts"].append(own)
+    bundle.prepare(pod_dir, "c2", spec, [], host_bundle)
+    with open(os.path.join(bundle.container_dir(pod_dir, "c2"), "config.json")) as f:
+        out = json.load(f)["mounts"]
+    assert [m["destination"] for m in out].count("/etc/resolv.conf") == 1
+    assert [m for m in out if m["destination"] == "/etc/resolv.conf"][0]["source"] == "/run/kuasar/state/c2/mounts/2"
+    assert [m for m in out if m["destination"] == "/etc/hostname"][0]["options"] == ["rbind", "rprivate", "ro"]
+    assert "/etc/hosts" not in [m["destination"] for m in out]
+    bundle.remove(pod_dir, "c1")
+    bundle.remove(pod_dir, "c2")

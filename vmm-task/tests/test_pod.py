@@ -6,7 +6,8 @@ import subprocess
 import pytest
 
 from kuasar_shared.errors import InvalidArgument
-from kuasar_vmm_task.pod import PodConfig, PodNamespaces, apply_sysctls, parse_pod_config, pod_hostname
+from kuasar_vmm_task.pod import (PodConfig, PodNamespaces, _children, apply_sysctls, parse_pod_config,
+                                 pod_hostname)
 
 
 def test_parse_serde_snake_case():
@@ -62,6 +63,11 @@ async def test_namespaces_are_pinned(tmp_path, share_pid):
         if share_pid:
             assert ns.holder is not None and ns.holder.returncode is None
             assert ns.path("pid")
+            # the namespace's init, seen by every container of the pod, is no `sleep` to their pgrep
+            init = _children(ns.holder.pid)
+            assert len(init) == 1
+            with open(f"/proc/{init[0]}/comm") as f:
+                assert f.read().strip() != "sleep"
     finally:
         await ns.close()
         for t in ns.types:

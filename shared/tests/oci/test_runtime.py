@@ -28,6 +28,10 @@ def test_error_from_output_reads_last_json_error_line() -> None:
     assert isinstance(error_from_output("kill", "c1", runsc_gone, 1), NotFound)
     assert isinstance(error_from_output("kill", "c1", 'cannot signal container "c1" in state created', 1),
                       FailedPrecondition)
+    # runc's words for a kill racing the exit of the init (critest "attach": StopContainer after the shell
+    # exited must not fail with INTERNAL)
+    runc_gone = '{"level":"error","msg":"unable to signal init: os: process already finished"}'
+    assert isinstance(error_from_output("kill", "c1", runc_gone, 1), NotFound)
 
 
 @pytest.mark.asyncio

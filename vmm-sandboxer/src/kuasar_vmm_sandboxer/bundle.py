@@ -8,6 +8,10 @@ The guest sees ``<pod dir>/shared`` as ``/run/kuasar/state`` and runs ``runc`` o
   ``shared/<cid>/rootfs``; host mounts below the share are visible in the guest through 9p/virtiofs;
 - bind-mounts every host bind-mount source at ``shared/<cid>/mounts/<n>`` and points the spec there
   (``/dev/shm`` binds become a private tmpfs);
+- binds the pod's ``hostname``, ``hosts`` and ``resolv.conf`` (written on the share at pod Create)
+  at ``/etc/...`` when the spec mounts nothing there, read-only with a read-only rootfs: containerd
+  adds these mounts only for its own podsandbox pods, so without them a container of a stock
+  containerd pod has no ``/etc/resolv.conf`` (critest's DNS config spec);
 - rewrites the spec like upstream: no network/cgroup namespace (the VM is the pod's), shared IPC/UTS/PID
   namespaces at ``/run/sandbox-ns/<type>``, no hooks, AppArmor/SELinux labels or cpuset pinning (host
   notions), ``root.path = "rootfs"``; and writes it atomically as ``shared/<cid>/config.json``.
@@ -29,7 +33,7 @@ from kuasar_shared.mounts import MountError, mount, mount_all, unmount_recursive
 from kuasar_shared.store import write_json_atomic
 from kuasar_shared.task.backend import Mount
 
-__all__ = ["GUEST_STATE", "SANDBOX_NS", "MAX_SPEC", "container_dir", "guest_spec", "prepare", "is_prepared",
+__all__ = ["GUEST_STATE", "SANDBOX_NS", "MAX_SPEC", "POD_FILES", "container_dir", "guest_spec", "prepare", "is_prepared",
            "remove", "read_spec", "guest_bundle"]
 
 log = logging.getLogger(__name__)
@@ -123,6 +127,24 @@ def _bind_volumes(spec: dict[str, Any], host_dir: str, cid: str) -> None:
         m["type"] = "bind"
 
 
+#: container path -> the pod file on the share (see guestfiles.py)
+POD_FILES = {"/etc/hostname": "hostname", "/etc/hosts": "hosts", "/etc/resolv.conf": "resolv.conf"}
+
+
+def _bind_pod_files(spec: dict[str, Any], pod_dir: str) -> None:
+    """Bind the pod's files from the share where the spec mounts nothing (as containerd's podsandbox)."""
+    mounts = spec.setdefault("mounts", [])
+    if not isinstance(mounts, list):
+        raise InvalidArgument("OCI spec mounts is not a list")
+    taken = {os.path.normpath(str(m.get("destination", ""))) for m in mounts if isinstance(m, dict)}
+    readonly = bool((spec.get("root") or {}).get("readonly"))
+    for destination, name in POD_FILES.items():
+        if destination in taken or not os.path.isfile(os.path.join(pod_dir, "shared", name)):
+            continue
+        mounts.append({"destination": destination, "type": "bind", "source": "%s/%s" % (GUEST_STATE, name),
+                       "options": ["rbind", "rprivate", "ro" if readonly else "rw"]})
+
+
 def prepare(pod_dir: str, cid: str, spec: dict[str, Any], rootfs: Sequence[Mount],
             bundle: Optional[str] = None) -> str:
     """Make ``shared/<cid>`` ready for the guest; idempotent (an already prepared container is kept).
@@ -151,6 +173,7 @@ def prepare(pod_dir: str, cid: str, spec: dict[str, Any], rootfs: Sequence[Mount
                 raise InvalidArgument("container %s: rootfs %s is not a directory" % (cid, source))
             mount(source, target, "", ["rbind"])
         _bind_volumes(out, host_dir, cid)
+        _bind_pod_files(out, pod_dir)
         write_json_atomic(os.path.join(host_dir, "config.json"), out)
         with open(os.path.join(host_dir, _PREPARED), "w"):
             pass

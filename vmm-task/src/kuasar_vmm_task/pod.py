@@ -108,8 +108,10 @@ def pod_hostname(config: PodConfig, share: str = SHARE_DIR) -> str:
 class PodNamespaces:
     """The pinned IPC/UTS(/PID) namespaces of the one pod this VM runs.
 
-    With a shared PID namespace a ``sleep`` stays alive as the namespace's PID 1 (owned here and
-    killed by :meth:`close`).
+    With a shared PID namespace a ``busybox sleep`` stays alive as the namespace's PID 1 (owned here
+    and killed by :meth:`close`). Its process name is ``busybox``, not ``sleep``: containers see it
+    (the pause process of a containerd pod is named ``pause``), and a ``pgrep sleep`` of theirs must
+    find only their own sleeps (critest's "execSync with timeout").
     """
 
     def __init__(self, ns_dir: str = NS_DIR) -> None:
@@ -135,7 +137,7 @@ class PodNamespaces:
             # busybox's --pid=FILE pins the caller's PID namespace, not the new one; the holder's child
             # (the namespace's init) is pinned by _pin_pid instead
             argv += ["--pid", "-f"]
-            script += "; exec sleep 2147483647"
+            script += "; exec busybox sleep 2147483647"
         argv += ["sh", "-c", script, "sh", hostname]
         if share_pid:
             self.holder = process.spawn(argv, env=ENV)

@@ -38,6 +38,9 @@ _MESSAGE_ERRORS: tuple[tuple[str, type[KuasarError]], ...] = (
     ("stopped container", FailedPrecondition),
     # runsc, for a container whose process has already gone / was never started
     ("no such process", NotFound),
+    # runc, for a kill that races the exit of the container's init ("unable to signal init: os: process
+    # already finished"); containerd's shim (checkKillError) calls it NotFound too
+    ("process already finished", NotFound),
     ("in state created", FailedPrecondition),
 )
 
