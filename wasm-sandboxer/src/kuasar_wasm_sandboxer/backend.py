@@ -195,7 +195,6 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                 except BaseException:
                     await runner.abandon()
                     raise
-                self._track(container, proc, runner)
             else:
                 pending = self._pending.pop((id, ""), None)
                 pio = self._io.get((id, ""))  # type: ignore[assignment]
@@ -204,6 +203,10 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                                              f"(the task server restarted before Start)")
                 runner = pending
             self._start_runner(runner, pio)
+            if exec_id:
+                # only now, with no await in between up to the save: no record ever names an exec
+                # runner that was not started (a restarted server would take it for a dead exec)
+                self._track(container, proc, runner)
             proc.status = TaskStatus.RUNNING
             self.store.save(container)
             return proc.pid
