@@ -6,7 +6,8 @@ order (Create, Start, Wait, Delete), with a container spec built as containerd 2
 sandboxer that is not its own ``podsandbox``: no ``/etc/hostname``, ``/etc/hosts`` or
 ``/etc/resolv.conf`` mounts (containerd writes and mounts those files only for its own pods). The pod's
 DNS config must still reach the container (critest: "should support DNS config"), and PID 1 of the
-pod's PID namespace must not look like the ``sleep`` critest's "execSync with timeout" hunts for.
+pod's PID namespace must not look like the ``sleep`` critest's "execSync with timeout" hunts for, and the
+pod's IPC sysctls must be those of the container's IPC namespace (critest's safe and unsafe sysctls).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def _pod_config(tag: str, cgroup_parent: str) -> api_pb2.PodSandboxConfig:
     config.dns_config.searches.extend(["e2e.svc.kuasar.test"])
     config.dns_config.options.extend(["ndots:5"])
     config.linux.cgroup_parent = cgroup_parent
+    config.linux.sysctls.update({"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100"})
     return config
 
 
@@ -57,7 +59,8 @@ async def _cri_pod_files(vmm, images: str, work: str, netns: str, cgroup: str, t
         cid = "c-" + tag
         ctr = ContainerConfig(name="dns", image="busybox", command=(
             "/bin/sh", "-c", "cat /etc/resolv.conf; echo ==; cat /etc/hostname; echo ==; "
-                             "grep -c localhost /etc/hosts; echo ==; cat /proc/1/comm"))
+                             "grep -c localhost /etc/hosts; echo ==; cat /proc/1/comm; echo ==; "
+                             "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max"))
         spec = build_container_spec(ctr, pod, SpecInputs(container_id=cid, sandbox_id=pod_id,
                                                          sandbox_pid=started.pid, image_name="busybox"))
         assert not [m for m in spec["mounts"] if m["destination"].startswith("/etc/")]  # as containerd sends it
@@ -97,7 +100,7 @@ def test_pod_dns_hostname_and_hosts_reach_a_container_of_a_stock_containerd_pod(
     cgroup = f"kuasar-e2e-vmm-cri-{tag}"
     try:
         output, status = asyncio.run(_cri_pod_files(vmm, images, work, netns, cgroup, tag))
-        resolv, hostname, hosts, init = output.split("==\n")
+        resolv, hostname, hosts, init, sysctls = output.split("==\n")
         assert status == 0, output
         assert "nameserver 10.254.0.10" in resolv.splitlines()
         assert "search e2e.svc.kuasar.test" in resolv.splitlines()
@@ -107,6 +110,8 @@ def test_pod_dns_hostname_and_hosts_reach_a_container_of_a_stock_containerd_pod(
         # PID 1 of the pod's shared PID namespace is no `sleep` to the container's pgrep (critest's
         # "execSync with timeout" looks for leftover sleeps)
         assert init.strip() and init.strip() != "sleep"
+        # the pod's IPC sysctls in the pod's IPC namespace (critest's safe and unsafe sysctls)
+        assert sysctls.split() == ["1", "100"]
         assert_nothing_left(vmm, f"cri-{tag}", "", [work], cgroup)
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from kuasar_shared.errors import InvalidArgument
-from kuasar_vmm_task.pod import (PodConfig, PodNamespaces, _children, apply_sysctls, parse_pod_config,
-                                 pod_hostname)
+from kuasar_vmm_task.pod import (PodConfig, PodNamespaces, _children, apply_sysctls, namespaced_sysctls,
+                                 parse_pod_config, pod_hostname)
 
 
 def test_parse_serde_snake_case():
@@ -43,6 +43,12 @@ def test_apply_sysctls_writes_files(tmp_path):
         apply_sysctls({"kernel.nope": "1"}, proc_sys=str(tmp_path))
 
 
+def test_namespaced_sysctls():
+    assert namespaced_sysctls({"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100", "kernel.sem": "1 2 3 4",
+                               "kernel/msgmax": "9", "net.ipv4.ip_forward": "1", "kernel.pid_max": "9"}) == {
+        "kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100", "kernel.sem": "1 2 3 4", "kernel/msgmax": "9"}
+
+
 def test_share_hostname_wins(tmp_path):
     assert pod_hostname(PodConfig(hostname="cfg"), share=str(tmp_path)) == "cfg"
     (tmp_path / "hostname").write_text("from-host\n")
@@ -53,8 +59,18 @@ def test_share_hostname_wins(tmp_path):
 @pytest.mark.parametrize("share_pid", [False, True])
 async def test_namespaces_are_pinned(tmp_path, share_pid):
     ns = PodNamespaces(str(tmp_path / "ns"))
-    await ns.create("guest-pod", share_pid)
+    with open("/proc/sys/fs/mqueue/msg_max") as f:
+        node_msg_max = f.read()
+    # critest's safe and unsafe sysctls: IPC sysctls reach the pod's IPC namespace (the containers')
+    await ns.create("guest-pod", share_pid, {"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100",
+                                             "net.ipv4.ip_forward": "1"})
     try:
+        for key, value in (("kernel/shm_rmid_forced", "1"), ("fs/mqueue/msg_max", "100")):
+            out = subprocess.run(["nsenter", f"--ipc={ns.path('ipc')}", "cat", f"/proc/sys/{key}"], check=True,
+                                 capture_output=True, text=True)
+            assert out.stdout.strip() == value
+        with open("/proc/sys/fs/mqueue/msg_max") as f:
+            assert f.read() == node_msg_max  # not the agent's (here: the node's) namespace
         assert ns.path("net") is None
         uts = ns.path("uts")
         out = subprocess.run(["nsenter", f"--uts={uts}", "hostname"], check=True, capture_output=True, text=True)

@@ -19,8 +19,9 @@ class FakeNamespaces:
     def __init__(self):
         self.created = []
 
-    async def create(self, hostname, share_pid):
+    async def create(self, hostname, share_pid, sysctls=None):
         self.created.append((hostname, share_pid))
+        self.sysctls = dict(sysctls or {})
 
 
 @pytest.fixture
@@ -54,6 +55,7 @@ async def test_setup_sandbox_once(guest, monkeypatch):
     monkeypatch.setattr("kuasar_vmm_task.pod.pod_hostname", lambda cfg: cfg.hostname)
     await call(client, "SetupSandbox", req, empty_pb2.Empty)
     assert svc.pod_ns.created == [("p1", False)]
+    assert svc.pod_ns.sysctls == {}  # the pod's sysctls go to the namespaces too (IPC ones are set there)
     with pytest.raises(errors.FailedPrecondition, match="already set up"):
         await call(client, "SetupSandbox", req, empty_pb2.Empty)
 

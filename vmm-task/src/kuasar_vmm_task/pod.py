@@ -21,7 +21,8 @@ from kuasar_shared.errors import Internal, InvalidArgument
 
 from kuasar_vmm_task.boot import ENV, SHARE_DIR
 
-__all__ = ["PodConfig", "parse_pod_config", "apply_sysctls", "pod_hostname", "NS_DIR", "PodNamespaces"]
+__all__ = ["PodConfig", "parse_pod_config", "apply_sysctls", "namespaced_sysctls", "pod_hostname", "NS_DIR",
+           "PodNamespaces"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ def apply_sysctls(sysctls: Mapping[str, str], proc_sys: str = "/proc/sys") -> No
             raise InvalidArgument(f"cannot set sysctl {key}={value}: {err.strerror}") from err
 
 
+#: sysctl prefixes that live in the IPC or UTS namespace: written again inside the pod's own namespaces
+_NAMESPACED_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.", "kernel.hostname",
+                       "kernel.domainname")
+
+
+def namespaced_sysctls(sysctls: Mapping[str, str]) -> Dict[str, str]:
+    """The sysctls of ``sysctls`` that belong to an IPC or UTS namespace (the pod's, not the agent's)."""
+    return {k: v for k, v in sysctls.items() if k.replace("/", ".").startswith(_NAMESPACED_SYSCTLS)}
+
+
 def pod_hostname(config: PodConfig, share: str = SHARE_DIR) -> str:
     """The host-written ``<share>/hostname`` wins over the config (upstream behaviour)."""
     try:
@@ -122,8 +133,12 @@ class PodNamespaces:
     def __repr__(self) -> str:
         return f"<PodNamespaces {self.ns_dir} {','.join(self.types) or 'none'}>"
 
-    async def create(self, hostname: str, share_pid: bool) -> None:
+    async def create(self, hostname: str, share_pid: bool, sysctls: Optional[Mapping[str, str]] = None) -> None:
         """Create and pin the namespaces, setting the hostname inside the new UTS namespace.
+
+        ``sysctls``: the pod's sysctls; those of the IPC and UTS namespaces (``kernel.shm*``,
+        ``fs.mqueue.*``, ...) are written inside the new namespaces, where the containers see them
+        (written in the agent's own namespaces they would never reach a container).
 
         :raise Internal: unshare failed (message carries its stderr).
         """
@@ -132,13 +147,17 @@ class PodNamespaces:
         for t in types:
             open(os.path.join(self.ns_dir, t), "a").close()
         argv = ["unshare", f"--ipc={self.ns_dir}/ipc", f"--uts={self.ns_dir}/uts"]
-        script = 'hostname "$1"'
+        # after the hostname: KEY-PATH VALUE pairs, each written below /proc/sys in the new namespaces
+        script = ('hostname "$1" && shift && while [ $# -gt 1 ]; do printf %s "$2" > "/proc/sys/$1" || '
+                  '{ echo "cannot set sysctl $1 in the pod namespaces" >&2; exit 1; }; shift 2; done')
+        pairs = [x for key, value in namespaced_sysctls(sysctls or {}).items()
+                 for x in (key.replace(".", "/"), value)]
         if share_pid:
             # busybox's --pid=FILE pins the caller's PID namespace, not the new one; the holder's child
             # (the namespace's init) is pinned by _pin_pid instead
             argv += ["--pid", "-f"]
             script += "; exec busybox sleep 2147483647"
-        argv += ["sh", "-c", script, "sh", hostname]
+        argv += ["sh", "-c", script, "sh", hostname, *pairs]
         if share_pid:
             self.holder = process.spawn(argv, env=ENV)
             await self._pin_pid(os.path.join(self.ns_dir, "pid"))

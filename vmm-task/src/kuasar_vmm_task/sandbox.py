@@ -82,7 +82,7 @@ class SandboxService:
             raise FailedPrecondition("the sandbox of this VM is already set up")
         config = pod.parse_pod_config(req.config.value if req.HasField("config") else b"")
         pod.apply_sysctls(config.sysctls)
-        await self.pod_ns.create(pod.pod_hostname(config), config.share_pid)
+        await self.pod_ns.create(pod.pod_hostname(config), config.share_pid, config.sysctls)
         await network.apply_interfaces(interfaces_of(req.interfaces))
         await network.apply_routes(routes_of(req.routes))
         self.setup_done = True
