@@ -197,11 +197,11 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                     raise
             else:
                 pending = self._pending.pop((id, ""), None)
-                pio = self._io.get((id, ""))  # type: ignore[assignment]
-                if pending is None or pio is None:
+                init_io = self._io.get((id, ""))
+                if pending is None or init_io is None:
                     raise FailedPrecondition(f"container {id} cannot start: its runner is gone "
                                              f"(the task server restarted before Start)")
-                runner = pending
+                runner, pio = pending, init_io
             self._start_runner(runner, pio)
             if exec_id:
                 # only now, with no await in between up to the save: no record ever names an exec
