@@ -83,11 +83,14 @@ def run(control: socket.socket, engine: "WasmtimeEngine") -> int:
     try:
         program = engine.prepare(RunSpec.load(json.loads(message)["spec"]))
     except (LoadError, OSError, KeyError, ValueError) as err:
-        _reply(control, error=str(err), warnings=collected.messages)
+        try:
+            _reply(control, error=str(err), warnings=collected.messages)
+        except OSError:
+            pass
         return 1
-    _reply(control, ready=True, compiled=engine.compiled, load_ms=round((time.monotonic() - started) * 1000, 2),
-           warnings=collected.messages)
-    try:
+    try:  # a server that went away (container deleted, server killed) ends the runner quietly
+        _reply(control, ready=True, compiled=engine.compiled,
+               load_ms=round((time.monotonic() - started) * 1000, 2), warnings=collected.messages)
         command, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, len(STDIO_NAMES))
     except OSError:
         return 0
