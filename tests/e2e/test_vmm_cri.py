@@ -7,7 +7,8 @@ sandboxer that is not its own ``podsandbox``: no ``/etc/hostname``, ``/etc/hosts
 ``/etc/resolv.conf`` mounts (containerd writes and mounts those files only for its own pods). The pod's
 DNS config must still reach the container (critest: "should support DNS config"), and PID 1 of the
 pod's PID namespace must not look like the ``sleep`` critest's "execSync with timeout" hunts for, and the
-pod's IPC sysctls must be those of the container's IPC namespace (critest's safe and unsafe sysctls).
+pod's IPC sysctls must be those of the container's IPC namespace (critest's safe and unsafe sysctls); a
+container with NET_ADMIN can make a bridge in the guest (critest's "adding capability").
 """
 from __future__ import annotations
 
@@ -42,7 +43,29 @@ def _pod_config(tag: str, cgroup_parent: str) -> api_pb2.PodSandboxConfig:
     return config
 
 
-async def _cri_pod_files(vmm, images: str, work: str, netns: str, cgroup: str, tag: str) -> tuple[str, int]:
+async def _run(task: TaskClient, work: str, images: str, pod: api_pb2.PodSandboxConfig, pod_id: str, pid: int,
+               ctr: ContainerConfig, cid: str) -> tuple[str, int]:
+    """One container as containerd's CRI runs it: spec, bundle, Create, Start, Wait, Delete."""
+    spec = build_container_spec(ctr, pod, SpecInputs(container_id=cid, sandbox_id=pod_id, sandbox_pid=pid,
+                                                     image_name="busybox"))
+    assert not [m for m in spec["mounts"] if m["destination"].startswith("/etc/")]  # as containerd sends it
+    bundle = os.path.join(work, cid)
+    os.makedirs(bundle)
+    spec["root"] = {"path": os.path.join(images, "busybox"), "readonly": False}
+    write_json_atomic(os.path.join(bundle, "config.json"), spec)
+    stdout = os.path.join(work, cid + ".out")
+    os.mkfifo(stdout)
+    reader = asyncio.ensure_future(read_fifo(stdout, timeout=120))
+    await task.call("Create", shim_pb2.CreateTaskRequest(id=cid, bundle=bundle, stdout=stdout, stderr=stdout),
+                    shim_pb2.CreateTaskResponse, timeout=120)
+    await task.call("Start", shim_pb2.StartRequest(id=cid), shim_pb2.StartResponse, timeout=120)
+    waited = await task.call("Wait", shim_pb2.WaitRequest(id=cid), shim_pb2.WaitResponse, timeout=120)
+    output = (await reader).decode()
+    await task.call("Delete", shim_pb2.DeleteRequest(id=cid), shim_pb2.DeleteResponse, timeout=120)
+    return output, waited.exit_status
+
+
+async def _cri_pod(vmm, images: str, work: str, netns: str, cgroup: str, tag: str) -> list[tuple[str, int]]:
     sandbox = SandboxClient(vmm.listen, "vmm")
     pod_id = "cri-" + tag
     pod = _pod_config(tag, "/" + cgroup)
@@ -56,32 +79,19 @@ async def _cri_pod_files(vmm, images: str, work: str, netns: str, cgroup: str, t
                 sandbox_id=pod_id, sandboxer="vmm", runtime=types_sandbox_pb2.Sandbox.Runtime(
                     name="io.containerd.kuasar-vmm.v1"), created_at=now, updated_at=now)), 180)
         started = await sandbox.call("Start", sandbox_pb2.ControllerStartRequest(sandbox_id=pod_id), 180)
-        cid = "c-" + tag
-        ctr = ContainerConfig(name="dns", image="busybox", command=(
+        files = ContainerConfig(name="dns", image="busybox", command=(
             "/bin/sh", "-c", "cat /etc/resolv.conf; echo ==; cat /etc/hostname; echo ==; "
                              "grep -c localhost /etc/hosts; echo ==; cat /proc/1/comm; echo ==; "
                              "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max"))
-        spec = build_container_spec(ctr, pod, SpecInputs(container_id=cid, sandbox_id=pod_id,
-                                                         sandbox_pid=started.pid, image_name="busybox"))
-        assert not [m for m in spec["mounts"] if m["destination"].startswith("/etc/")]  # as containerd sends it
-        bundle = os.path.join(work, "bundle")
-        os.makedirs(bundle)
-        spec["root"] = {"path": os.path.join(images, "busybox"), "readonly": False}
-        write_json_atomic(os.path.join(bundle, "config.json"), spec)
-        stdout = os.path.join(work, "stdout")
-        os.mkfifo(stdout)
+        # critest "adding capability" (and "Privileged is true"): a bridge in the guest
+        bridge = ContainerConfig(name="bridge", image="busybox", add_capabilities=("NET_ADMIN",), command=(
+            "/bin/sh", "-c", "brctl addbr kuasar0 && brctl delbr kuasar0 && echo bridged"))
         task = TaskClient(started.address)
         try:
-            reader = asyncio.ensure_future(read_fifo(stdout, timeout=120))
-            await task.call("Create", shim_pb2.CreateTaskRequest(id=cid, bundle=bundle, stdout=stdout),
-                            shim_pb2.CreateTaskResponse, timeout=120)
-            await task.call("Start", shim_pb2.StartRequest(id=cid), shim_pb2.StartResponse, timeout=120)
-            waited = await task.call("Wait", shim_pb2.WaitRequest(id=cid), shim_pb2.WaitResponse, timeout=120)
-            output = (await reader).decode()
-            await task.call("Delete", shim_pb2.DeleteRequest(id=cid), shim_pb2.DeleteResponse, timeout=120)
+            return [await _run(task, work, images, pod, pod_id, started.pid, files, "c-" + tag),
+                    await _run(task, work, images, pod, pod_id, started.pid, bridge, "b-" + tag)]
         finally:
             await task.close()
-        return output, waited.exit_status
     finally:
         try:
             await sandbox.call("Stop", sandbox_pb2.ControllerStopRequest(sandbox_id=pod_id, timeout_secs=30), 120)
@@ -90,7 +100,7 @@ async def _cri_pod_files(vmm, images: str, work: str, netns: str, cgroup: str, t
             await sandbox.close()
 
 
-def test_pod_dns_hostname_and_hosts_reach_a_container_of_a_stock_containerd_pod(vmm, images, tmp_path):
+def test_a_stock_containerd_pod_gets_pod_files_sysctls_and_bridging(vmm, images, tmp_path):
     tag = uuid.uuid4().hex[:8]
     name = f"kve2e-cri-{tag}"
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -99,7 +109,7 @@ def test_pod_dns_hostname_and_hosts_reach_a_container_of_a_stock_containerd_pod(
     os.makedirs(work)
     cgroup = f"kuasar-e2e-vmm-cri-{tag}"
     try:
-        output, status = asyncio.run(_cri_pod_files(vmm, images, work, netns, cgroup, tag))
+        (output, status), bridged = asyncio.run(_cri_pod(vmm, images, work, netns, cgroup, tag))
         resolv, hostname, hosts, init, sysctls = output.split("==\n")
         assert status == 0, output
         assert "nameserver 10.254.0.10" in resolv.splitlines()
@@ -112,6 +122,8 @@ def test_pod_dns_hostname_and_hosts_reach_a_container_of_a_stock_containerd_pod(
         assert init.strip() and init.strip() != "sleep"
         # the pod's IPC sysctls in the pod's IPC namespace (critest's safe and unsafe sysctls)
         assert sysctls.split() == ["1", "100"]
+        # the guest kernel has bridging for a NET_ADMIN container
+        assert bridged == ("bridged\n", 0)
         assert_nothing_left(vmm, f"cri-{tag}", "", [work], cgroup)
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)

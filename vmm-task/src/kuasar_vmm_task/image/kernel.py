@@ -15,9 +15,11 @@ from typing import Collection, Dict, List, Sequence
 
 __all__ = ["GUEST_MODULES", "extract_vmlinux", "module_index", "builtin_modules", "load_order", "ImageError"]
 
-#: what the guest needs: virtio transports, the agent port, shares, vsock, overlay, NIC and disks
+#: what the guest needs: virtio transports, the agent port, shares, vsock, overlay, NIC and disks; and
+#: bridge, which a privileged (or NET_ADMIN) container may use as on a node (critest: ``brctl addbr``
+#: answered "Package not installed" without it)
 GUEST_MODULES = ("virtio_pci", "virtio_mmio", "virtio_console", "9pnet_virtio", "9p", "virtiofs",
-                 "vmw_vsock_virtio_transport", "overlay", "virtio_net", "virtio_blk")
+                 "vmw_vsock_virtio_transport", "overlay", "virtio_net", "virtio_blk", "bridge")
 
 _XZ = b"\xfd7zXZ\x00"
 _GZIP = b"\x1f\x8b\x08"
