@@ -8,7 +8,8 @@ sandboxer that is not its own ``podsandbox``: no ``/etc/hostname``, ``/etc/hosts
 DNS config must still reach the container (critest: "should support DNS config"), and PID 1 of the
 pod's PID namespace must not look like the ``sleep`` critest's "execSync with timeout" hunts for, and the
 pod's IPC sysctls must be those of the container's IPC namespace (critest's safe and unsafe sysctls); a
-container with NET_ADMIN can make a bridge in the guest (critest's "adding capability").
+container with NET_ADMIN can make a bridge in the guest (critest's "adding capability"); a read-only volume
+keeps the host mounts below it writable (critest's "non-recursive readonly mounts").
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
 from kuasar_shared.api.containerd.types import sandbox_pb2 as types_sandbox_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient
-from kuasar_shared.ctl.config import ContainerConfig
+from kuasar_shared.ctl.config import ContainerConfig, MountSpec
 from kuasar_shared.ctl.spec import SpecInputs, build_container_spec
 from kuasar_shared.store import write_json_atomic
 from kuasar_shared.testing.oci import read_fifo
@@ -86,10 +87,16 @@ async def _cri_pod(vmm, images: str, work: str, netns: str, cgroup: str, tag: st
         # critest "adding capability" (and "Privileged is true"): a bridge in the guest
         bridge = ContainerConfig(name="bridge", image="busybox", add_capabilities=("NET_ADMIN",), command=(
             "/bin/sh", "-c", "brctl addbr kuasar0 && brctl delbr kuasar0 && echo bridged"))
+        # critest "non-recursive readonly mounts": a read-only volume whose host folder has a writable
+        # tmpfs mounted below it; the tmpfs stays writable in the container, the volume does not
+        readonly = ContainerConfig(name="ro", image="busybox", mounts=(
+            MountSpec(container_path="/mnt", host_path=os.path.join(work, "vol"), readonly=True),), command=(
+            "/bin/sh", "-c", "touch /mnt/tmpfs/file && ! touch /mnt/file 2>/dev/null && echo ro-ok"))
         task = TaskClient(started.address)
         try:
             return [await _run(task, work, images, pod, pod_id, started.pid, files, "c-" + tag),
-                    await _run(task, work, images, pod, pod_id, started.pid, bridge, "b-" + tag)]
+                    await _run(task, work, images, pod, pod_id, started.pid, bridge, "b-" + tag),
+                    await _run(task, work, images, pod, pod_id, started.pid, readonly, "r-" + tag)]
         finally:
             await task.close()
     finally:
@@ -109,7 +116,9 @@ def test_a_stock_containerd_pod_gets_pod_files_sysctls_and_bridging(vmm, images,
     os.makedirs(work)
     cgroup = f"kuasar-e2e-vmm-cri-{tag}"
     try:
-        (output, status), bridged = asyncio.run(_cri_pod(vmm, images, work, netns, cgroup, tag))
+        os.makedirs(os.path.join(work, "vol", "tmpfs"))
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.path.join(work, "vol", "tmpfs")], check=True)
+        (output, status), bridged, readonly = asyncio.run(_cri_pod(vmm, images, work, netns, cgroup, tag))
         resolv, hostname, hosts, init, sysctls = output.split("==\n")
         assert status == 0, output
         assert "nameserver 10.254.0.10" in resolv.splitlines()
@@ -124,7 +133,10 @@ def test_a_stock_containerd_pod_gets_pod_files_sysctls_and_bridging(vmm, images,
         assert sysctls.split() == ["1", "100"]
         # the guest kernel has bridging for a NET_ADMIN container
         assert bridged == ("bridged\n", 0)
+        assert readonly == ("ro-ok\n", 0)
+        subprocess.run(["umount", os.path.join(work, "vol", "tmpfs")], check=True)
         assert_nothing_left(vmm, f"cri-{tag}", "", [work], cgroup)
     finally:
+        subprocess.run(["umount", os.path.join(work, "vol", "tmpfs")], check=False, stderr=subprocess.DEVNULL)
         subprocess.run(["ip", "netns", "delete", name], check=False)
         shutil.rmtree(work, ignore_errors=True)

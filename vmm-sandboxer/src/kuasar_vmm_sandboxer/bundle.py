@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.ids import validate_id
-from kuasar_shared.mounts import MountError, mount, mount_all, unmount_recursive
+from kuasar_shared.mounts import MountError, mount, mount_all, mountinfo, unmount_recursive
 from kuasar_shared.store import write_json_atomic
 from kuasar_shared.task.backend import Mount
 
@@ -103,10 +103,37 @@ def guest_spec(spec: dict[str, Any], cid: str) -> dict[str, Any]:
     return out
 
 
+def _submounts(point: str, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Spec mounts that keep the host mounts below a non-recursive read-only volume as they are.
+
+    On a node, ``ro`` of a bind applies to the bind alone: mounts below its source keep their own
+    flags. In the guest the volume is one directory of the share, so the container's ``ro`` would
+    cover everything below it; each host submount therefore gets its own bind (same guest path below
+    ``mounts/<n>``, its own ``ro``/``rw``), after the volume (critest: non-recursive readonly mounts).
+    ``m`` is the volume's spec mount, its source already the guest path of ``point``.
+    """
+    options = m.get("options") or []
+    if "ro" not in options or "rro" in options:
+        return []
+    root = os.path.realpath(point)
+    extra = []
+    for info in mountinfo():
+        if not info.mountpoint.startswith(root + "/"):
+            continue
+        rel = info.mountpoint[len(root) + 1:]
+        flags = "ro" if "ro" in info.options.split(",") else "rw"
+        extra.append({"destination": os.path.join(str(m.get("destination")), rel), "type": "bind",
+                      "source": "%s/%s" % (m["source"], rel),
+                      "options": ["rbind", "rprivate", flags]})
+    return sorted(extra, key=lambda e: e["destination"].count("/"))
+
+
 def _bind_volumes(spec: dict[str, Any], host_dir: str, cid: str) -> None:
     """Bind host sources of bind mounts under ``host_dir/mounts`` and point the spec at guest paths."""
     mounts_dir = os.path.join(host_dir, "mounts")
+    out: list[Any] = []
     for n, m in enumerate(spec.get("mounts") or []):
+        out.append(m)
         if not _is_bind(m):
             continue
         source = str(m.get("source") or "")
@@ -125,6 +152,9 @@ def _bind_volumes(spec: dict[str, Any], host_dir: str, cid: str) -> None:
         mount(source, point, "", ["rbind"])
         m["source"] = "%s/%s/mounts/%d" % (GUEST_STATE, cid, n)
         m["type"] = "bind"
+        out.extend(_submounts(point, m))
+    if "mounts" in spec:
+        spec["mounts"] = out
 
 
 #: container path -> the pod file on the share (see guestfiles.py)
