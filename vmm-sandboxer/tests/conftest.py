@@ -17,11 +17,16 @@ import pytest
 import pytest_asyncio
 
 from kuasar_shared.sandbox.taskserver import TaskServer
-from kuasar_vmm_sandboxer import config
+from kuasar_vmm_sandboxer import config, hypervisors
+from kuasar_vmm_sandboxer.kvm import KvmProbe
 from kuasar_vmm_sandboxer.main import RELAY
+from kuasar_vmm_sandboxer.vm import VMFactory
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 FAKES = os.path.join(TESTS, "fakes")
+#: what a fake hypervisor that needs KVM is told of this host (the fakes need none; StratoVirt and Cloud
+#: Hypervisor would refuse to start here without it)
+FAKE_KVM = KvmProbe(True, "not needed by the fake")
 #: [hypervisor] type -> the config file shipped for it
 SHIPPED = {"qemu": "config_qemu.toml", "stratovirt": "config_stratovirt.toml", "cloud-hypervisor": "config_clh.toml"}
 
@@ -63,6 +68,16 @@ def fake_hypervisor(short_tmp: str) -> Callable[[str], config.VmmConfig]:
             hv.path = fake_binary(short_tmp, "cloud_hypervisor")  # type: ignore[attr-defined]
             hv.virtiofsd.path = fake_binary(short_tmp, "virtiofsd")  # type: ignore[attr-defined]
         return cfg
+    return make
+
+
+@pytest.fixture
+def fake_factory() -> Callable[[config.HypervisorConfig], VMFactory]:
+    """``make(hv)``: the factory of ``hv``'s backend; one that needs KVM is told the host has it
+    (:data:`FAKE_KVM`), QEMU probes the real host as it would."""
+    def make(hv: config.HypervisorConfig) -> VMFactory:
+        factory = hypervisors.backend(hv.type).factory
+        return factory(hv, kvm=FAKE_KVM if getattr(factory, "needs_kvm", False) else None)
     return make
 
 

@@ -17,6 +17,7 @@ from kuasar_shared.sandbox.taskserver import TaskServer
 from kuasar_shared.testing.conformance import SandboxerConformance
 from kuasar_vmm_sandboxer import config, hypervisors
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
+from kuasar_vmm_sandboxer.vm import VMFactory
 
 
 class VmmConformance(SandboxerConformance):
@@ -24,10 +25,12 @@ class VmmConformance(SandboxerConformance):
     hypervisor = ""
 
     @pytest_asyncio.fixture
-    async def sandboxer(self, fake_hypervisor: Callable[[str], config.VmmConfig], relay: TaskServer) -> VmmSandboxer:
+    async def sandboxer(self, fake_hypervisor: Callable[[str], config.VmmConfig],
+                        fake_factory: Callable[[config.HypervisorConfig], VMFactory],
+                        relay: TaskServer) -> VmmSandboxer:
         cfg = fake_hypervisor(self.hypervisor)
-        backend = hypervisors.backends()[cfg.hypervisor.type]
-        return VmmSandboxer(relay.directory, cfg, backend.factory(cfg.hypervisor), backend.hooks(), relay)
+        hooks = hypervisors.backend(cfg.hypervisor.type).hooks()
+        return VmmSandboxer(relay.directory, cfg, fake_factory(cfg.hypervisor), hooks, relay)
 
 
 class TestQemuConformance(VmmConformance):

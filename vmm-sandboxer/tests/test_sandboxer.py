@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 
@@ -16,14 +16,18 @@ from kuasar_shared.sandbox.taskserver import TaskServer
 from kuasar_vmm_sandboxer import config, hypervisors
 from kuasar_vmm_sandboxer.main import RELAY
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
-from kuasar_vmm_sandboxer.vm import VM, PodResourceHooks, VMSpec
+from kuasar_vmm_sandboxer.vm import VM, PodResourceHooks, VMFactory, VMSpec
 
 BACKENDS = ["qemu", "stratovirt", "cloud-hypervisor"]
 
 
-def _sandboxer(cfg: config.VmmConfig, relay: TaskServer, hooks: PodResourceHooks = None) -> VmmSandboxer:
-    backend = hypervisors.backends()[cfg.hypervisor.type]
-    return VmmSandboxer(relay.directory, cfg, backend.factory(cfg.hypervisor), hooks or backend.hooks(), relay)
+@pytest.fixture
+def make_sandboxer(fake_factory: Callable[[config.HypervisorConfig], VMFactory]):
+    """``make(cfg, relay, hooks=None)``: a VmmSandboxer on ``cfg``'s fake hypervisor."""
+    def make(cfg: config.VmmConfig, relay: TaskServer, hooks: Optional[PodResourceHooks] = None) -> VmmSandboxer:
+        hooks = hooks or hypervisors.backend(cfg.hypervisor.type).hooks()
+        return VmmSandboxer(relay.directory, cfg, fake_factory(cfg.hypervisor), hooks, relay)
+    return make
 
 
 def _request(sandbox_id: str) -> CreateSandbox:
@@ -32,16 +36,16 @@ def _request(sandbox_id: str) -> CreateSandbox:
 
 
 @pytest.mark.parametrize("hypervisor", BACKENDS)
-async def test_a_restarted_sandboxer_readopts_the_running_pod(hypervisor: str, relay: TaskServer,
+async def test_a_restarted_sandboxer_readopts_the_running_pod(make_sandboxer, hypervisor: str, relay: TaskServer,
                                                               fake_hypervisor: Callable[[str], config.VmmConfig]):
     cfg = fake_hypervisor(hypervisor)
-    first = _sandboxer(cfg, relay)
+    first = make_sandboxer(cfg, relay)
     await first.recover()
     await first.create(_request("p1"))
     started = await first.start("p1")
     assert started.ready and started.info["vcpus"] == "2" and started.info["hypervisor"] == hypervisor
     await first.close()  # the VMM, virtiofsd and the relay keep running
-    second = _sandboxer(cfg, await TaskServer.ensure(relay.directory, RELAY))
+    second = make_sandboxer(cfg, await TaskServer.ensure(relay.directory, RELAY))
     try:
         await second.recover()
         status = await second.status("p1")
@@ -53,10 +57,11 @@ async def test_a_restarted_sandboxer_readopts_the_running_pod(hypervisor: str, r
         await second.close()
 
 
-async def test_recovery_readopts_live_pods_and_cleans_up_a_dead_one(relay: TaskServer, fake_hypervisor):
+async def test_recovery_readopts_live_pods_and_cleans_up_a_dead_one(make_sandboxer, relay: TaskServer,
+                                                                  fake_hypervisor):
     """Pods are re-attached together: one whose VMM died meanwhile is removed, the others are adopted."""
     cfg = fake_hypervisor("qemu")
-    first = _sandboxer(cfg, relay)
+    first = make_sandboxer(cfg, relay)
     await first.recover()
     pids = {}
     for pod in ("r1", "r2", "r3"):
@@ -64,7 +69,7 @@ async def test_recovery_readopts_live_pods_and_cleans_up_a_dead_one(relay: TaskS
         pids[pod] = (await first.start(pod)).pid
     await first.close()
     os.kill(pids["r2"], signal.SIGKILL)
-    second = _sandboxer(cfg, await TaskServer.ensure(relay.directory, RELAY))
+    second = make_sandboxer(cfg, await TaskServer.ensure(relay.directory, RELAY))
     try:
         await second.recover()
         assert [(await second.status(pod)).pid for pod in ("r1", "r3")] == [pids["r1"], pids["r3"]]
@@ -77,9 +82,9 @@ async def test_recovery_readopts_live_pods_and_cleans_up_a_dead_one(relay: TaskS
 
 
 @pytest.mark.parametrize("hypervisor", BACKENDS)
-async def test_a_dead_vmm_stops_the_pod(hypervisor: str, relay: TaskServer,
+async def test_a_dead_vmm_stops_the_pod(make_sandboxer, hypervisor: str, relay: TaskServer,
                                         fake_hypervisor: Callable[[str], config.VmmConfig]):
-    sandboxer = _sandboxer(fake_hypervisor(hypervisor), relay)
+    sandboxer = make_sandboxer(fake_hypervisor(hypervisor), relay)
     await sandboxer.recover()
     try:
         await sandboxer.create(_request("p2"))
@@ -115,9 +120,9 @@ class RecordingHooks(PodResourceHooks):
         self.calls.append("post_stop")
 
 
-async def test_every_hook_is_called_at_its_point(relay: TaskServer, fake_hypervisor):
+async def test_every_hook_is_called_at_its_point(make_sandboxer, relay: TaskServer, fake_hypervisor):
     hooks = RecordingHooks()
-    sandboxer = _sandboxer(fake_hypervisor("qemu"), relay, hooks)
+    sandboxer = make_sandboxer(fake_hypervisor("qemu"), relay, hooks)
     await sandboxer.recover()
     try:
         await sandboxer.create(_request("p3"))

@@ -9,7 +9,8 @@ from kuasar_shared.config import ConfigError
 from kuasar_shared.doctor import Finding, Sandboxer, Status, binary_version
 
 from kuasar_vmm_sandboxer import config
-from kuasar_vmm_sandboxer.hypervisors.qemu.accel import choose, probe_kvm
+from kuasar_vmm_sandboxer.hypervisors.qemu.accel import choose
+from kuasar_vmm_sandboxer.kvm import probe_kvm
 
 #: the stamp ``vmm-task/build-image.sh`` writes beside the image it built
 _IMAGE_STAMP = "kuasar-image.stamp"

@@ -20,6 +20,7 @@ from kuasar_shared.errors import FailedPrecondition, Internal, Unavailable
 from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
 
 from kuasar_vmm_sandboxer.config import HypervisorConfig
+from kuasar_vmm_sandboxer.kvm import KvmProbe, probe_kvm
 from kuasar_vmm_sandboxer.vm import VM, VMFactory, VMSpec, exit_code
 
 __all__ = ["ProcessVM", "ProcessVMFactory"]
@@ -189,17 +190,28 @@ C = TypeVar("C", bound=HypervisorConfig)
 class ProcessVMFactory(VMFactory, Generic[V, C]):
     """The factory of a :class:`ProcessVM` backend: a subclass names its config type and builds its VM
     (:meth:`new_vm`); attaching adopts the record, recovering checks it is the same process and that it
-    answers on its control channel. ``unusable`` (set once, at start-up) fails every pod's Start."""
+    answers on its control channel. ``unusable`` (set once, at start-up) fails every pod's Start: for a
+    backend that ``needs_kvm`` (no emulation), a host where KVM cannot run a stock guest."""
 
     config_type: ClassVar[Type[HypervisorConfig]] = HypervisorConfig
+    needs_kvm: ClassVar[bool] = False
 
-    def __init__(self, config: HypervisorConfig) -> None:
+    def __init__(self, config: HypervisorConfig, kvm: Optional[KvmProbe] = None) -> None:
+        """:param kvm: what this host's KVM can do (probed here when None and the backend needs KVM)."""
         if not isinstance(config, self.config_type):
             raise TypeError("%s needs a %s, got %s" % (type(self).__name__, self.config_type.__name__,
                                                        type(config).__name__))
         self.config: C = cast(C, config)
         #: why no pod can start on this host; None when they can
         self.unusable: Optional[str] = None
+        if self.needs_kvm:
+            probe = kvm if kvm is not None else probe_kvm()
+            if probe.usable:
+                log.info('[hypervisor] type = "%s": KVM: %s', config.type, probe.reason)
+            else:
+                self.unusable = ('[hypervisor] type = "%s" needs KVM (it cannot emulate), and %s; use type = '
+                                 '"qemu" (it falls back to TCG) on this host' % (config.type, probe.reason))
+                log.error("%s", self.unusable)
 
     @abc.abstractmethod
     def new_vm(self, spec: VMSpec) -> V:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from kuasar_shared.ttrpc import Server
 from kuasar_shared.ttrpc.mux import MuxConnection
@@ -38,8 +38,8 @@ def fail(program: str, message: str) -> None:
 class _RecordedNamespaces:
     """Stands in for the guest's pod namespaces."""
 
-    async def create(self, hostname: str, share_pid: bool) -> None:
-        log.info("pod namespaces: hostname %s, shared pid %s", hostname, share_pid)
+    async def create(self, hostname: str, share_pid: bool, sysctls: Optional[Mapping[str, str]] = None) -> None:
+        log.info("pod namespaces: hostname %s, shared pid %s, sysctls %s", hostname, share_pid, dict(sysctls or {}))
 
 
 async def _recorded(what: str, items: Any) -> None:

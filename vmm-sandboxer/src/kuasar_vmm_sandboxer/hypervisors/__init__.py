@@ -15,12 +15,20 @@ import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Callable, Type
+from typing import Callable, Optional, Protocol, Type
 
 from kuasar_vmm_sandboxer.config import HypervisorConfig
+from kuasar_vmm_sandboxer.kvm import KvmProbe
 from kuasar_vmm_sandboxer.vm import Hooks, VMFactory
 
-__all__ = ["Backend", "backend", "backends", "names"]
+__all__ = ["Backend", "FactoryMaker", "backend", "backends", "names"]
+
+
+class FactoryMaker(Protocol):
+    """Builds a backend's factory from the loaded ``[hypervisor]`` table; ``kvm`` replaces probing this host's
+    KVM (tests running fakes of a hypervisor that needs it)."""
+
+    def __call__(self, config: HypervisorConfig, kvm: Optional[KvmProbe] = None) -> VMFactory: ...
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,8 @@ class Backend:
     #: the ``[hypervisor] type`` value
     name: str
     config: Type[HypervisorConfig]
-    #: builds the factory from the loaded ``[hypervisor]`` table (may decide host facts once, and log them)
-    factory: Callable[[HypervisorConfig], VMFactory]
+    #: builds the factory (which may decide host facts once, and log them)
+    factory: FactoryMaker
     hooks: Callable[[], Hooks]
 
 

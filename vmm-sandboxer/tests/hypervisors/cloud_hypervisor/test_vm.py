@@ -13,7 +13,6 @@ from google.protobuf import empty_pb2
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import Internal, KuasarError
 from kuasar_shared.ttrpc import Client
-from kuasar_vmm_sandboxer.hypervisors.cloud_hypervisor.factory import CloudHypervisorFactory
 from kuasar_vmm_sandboxer.relay.names import parse_hvsock
 from kuasar_vmm_sandboxer.vm import VMSpec
 
@@ -30,9 +29,9 @@ async def _check_over_hvsock(address: str) -> None:
         await client.close()
 
 
-async def test_start_agent_stop_sequence(fake_hypervisor, short_tmp):
+async def test_start_agent_stop_sequence(fake_hypervisor, fake_factory, short_tmp):
     hv = fake_hypervisor("cloud-hypervisor").hypervisor
-    factory = CloudHypervisorFactory(hv)
+    factory = fake_factory(hv)
     spec = VMSpec("ch1", os.path.join(short_tmp, "ch1"), 1, 256)
     os.makedirs(spec.pod_dir)
     vm = factory.create(spec)
@@ -52,23 +51,23 @@ async def test_start_agent_stop_sequence(fake_hypervisor, short_tmp):
     assert set(requests[:-2]) == {"GET /api/v1/vmm.ping"} and pid
 
 
-async def test_refused_command_line_fails_start_with_its_message(fake_hypervisor, short_tmp):
+async def test_refused_command_line_fails_start_with_its_message(fake_hypervisor, fake_factory, short_tmp):
     hv = fake_hypervisor("cloud-hypervisor").hypervisor
     hv.kernel_path = os.path.join(short_tmp, "no-such-kernel")
     spec = VMSpec("ch2", os.path.join(short_tmp, "ch2"), 1, 256)
     os.makedirs(spec.pod_dir)
-    vm = CloudHypervisorFactory(hv).create(spec)
+    vm = fake_factory(hv).create(spec)
     with pytest.raises(Internal, match="no-such-kernel"):
         await vm.start()
     assert not vm.alive() and vm.virtiofsd_pid and not os.path.exists("/proc/%d" % vm.virtiofsd_pid)
 
 
-async def test_a_missing_binary_leaves_no_virtiofsd(fake_hypervisor, short_tmp):
+async def test_a_missing_binary_leaves_no_virtiofsd(fake_hypervisor, fake_factory, short_tmp):
     hv = fake_hypervisor("cloud-hypervisor").hypervisor
     hv.path = os.path.join(short_tmp, "no-cloud-hypervisor")
     spec = VMSpec("ch3", os.path.join(short_tmp, "ch3"), 1, 256)
     os.makedirs(spec.pod_dir)
-    vm = CloudHypervisorFactory(hv).create(spec)
+    vm = fake_factory(hv).create(spec)
     with pytest.raises(KuasarError, match="no-cloud-hypervisor"):
         await vm.start()
     for _ in range(100):

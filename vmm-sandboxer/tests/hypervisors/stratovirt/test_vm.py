@@ -8,13 +8,12 @@ import os
 import pytest
 
 from kuasar_shared.errors import Internal
-from kuasar_vmm_sandboxer.hypervisors.stratovirt.factory import StratoVirtFactory
 from kuasar_vmm_sandboxer.vm import VMSpec
 
 
-async def test_start_ping_pids_stop(fake_hypervisor, short_tmp):
+async def test_start_ping_pids_stop(fake_hypervisor, fake_factory, short_tmp):
     hv = fake_hypervisor("stratovirt").hypervisor
-    factory = StratoVirtFactory(hv)
+    factory = fake_factory(hv)
     spec = VMSpec("sv1", os.path.join(short_tmp, "sv1"), 2, 256)
     os.makedirs(spec.pod_dir)
     vm = factory.create(spec)
@@ -33,23 +32,23 @@ async def test_start_ping_pids_stop(fake_hypervisor, short_tmp):
     assert vm._proc is not None and vm._proc.returncode == 0, "quit ends StratoVirt with status 0"
 
 
-async def test_refused_command_line_fails_start_with_its_message(fake_hypervisor, short_tmp):
+async def test_refused_command_line_fails_start_with_its_message(fake_hypervisor, fake_factory, short_tmp):
     hv = fake_hypervisor("stratovirt").hypervisor
     hv.machine_type = "q35"  # the config check would refuse it; the fake refuses vhost-user-fs without mem-share
     spec = VMSpec("sv2", os.path.join(short_tmp, "sv2"), 1, 256)
     os.makedirs(spec.pod_dir)
-    vm = StratoVirtFactory(hv).create(spec)
+    vm = fake_factory(hv).create(spec)
     with pytest.raises(Internal, match="mem-share=on"):
         await vm.start()
     assert not vm.alive()
 
 
-async def test_microvm_has_one_port_the_agents(fake_hypervisor, short_tmp):
+async def test_microvm_has_one_port_the_agents(fake_hypervisor, fake_factory, short_tmp):
     hv = fake_hypervisor("stratovirt").hypervisor
     hv.machine_type = "microvm,mem-share=on"
     spec = VMSpec("sv3", os.path.join(short_tmp, "sv3"), 1, 256)
     os.makedirs(spec.pod_dir)
-    vm = StratoVirtFactory(hv).create(spec)
+    vm = fake_factory(hv).create(spec)
     await vm.start()
     try:
         await vm.ping()

@@ -10,6 +10,7 @@ __all__ = ["CloudHypervisorFactory"]
 
 
 class CloudHypervisorFactory(ProcessVMFactory[CloudHypervisorVM, CloudHypervisorConfig]):
+    needs_kvm = True
     config_type = CloudHypervisorConfig
 
     def new_vm(self, spec: VMSpec) -> CloudHypervisorVM:

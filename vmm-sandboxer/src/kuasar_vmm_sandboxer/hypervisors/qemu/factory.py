@@ -10,9 +10,10 @@ from dataclasses import replace
 from typing import Optional
 
 from kuasar_vmm_sandboxer.config import HypervisorConfig
-from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, KvmProbe, choose
+from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, choose
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
+from kuasar_vmm_sandboxer.kvm import KvmProbe
 from kuasar_vmm_sandboxer.process_vm import ProcessVMFactory
 from kuasar_vmm_sandboxer.vm import VMSpec
 
@@ -25,7 +26,7 @@ class QemuFactory(ProcessVMFactory[QemuVM, QemuConfig]):
     config_type = QemuConfig
 
     def __init__(self, config: HypervisorConfig, kvm: Optional[KvmProbe] = None) -> None:
-        super().__init__(config)
+        super().__init__(config, kvm)
         self.accel: AccelChoice = choose(self.config.accel, kvm)
         (log.error if self.accel.error else log.info)("%s", self.accel.describe(self.config.accel))
         self.config = replace(self.config, accel=self.accel.accel)

@@ -10,6 +10,7 @@ __all__ = ["StratoVirtFactory"]
 
 
 class StratoVirtFactory(ProcessVMFactory[StratoVirtVM, StratoVirtConfig]):
+    needs_kvm = True
     config_type = StratoVirtConfig
 
     def new_vm(self, spec: VMSpec) -> StratoVirtVM:
