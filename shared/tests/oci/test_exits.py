@@ -57,3 +57,16 @@ def test_sweep_removes_old_records_of_processes_no_one_waits_for(tmp_path) -> No
     assert recorder.sweep(keep={11}, min_age=10) == 1
     assert sorted(os.listdir(tmp_path)) == ["11.json", "12.json", "notes.txt"]
     assert ExitRecorder(str(tmp_path / "absent")).sweep(keep=(), min_age=0) == 0
+
+
+def test_adopting_a_live_process_drops_only_records_older_than_it(tmp_path) -> None:
+    """A record written after the process started is its own exit (it ended while being adopted)."""
+    from kuasar_shared.oci import start_time
+    recorder = ExitRecorder(str(tmp_path))
+    started = start_time(os.getpid())
+    recorder.record(ExitEvent(10, 42, datetime.now(timezone.utc)))
+    recorder.record(ExitEvent(11, 0, datetime(2000, 1, 1, tzinfo=timezone.utc)))
+    (tmp_path / "12.json").write_text("{torn")
+    for pid in (10, 11, 12, 13):
+        recorder.discard_stale(pid, started)
+    assert sorted(os.listdir(tmp_path)) == ["10.json"]

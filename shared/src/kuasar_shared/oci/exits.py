@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection, Optional
 
 from kuasar_shared.daemon.reaper import ExitEvent
@@ -101,6 +101,21 @@ class ExitRecorder:
                 continue
         return removed
 
+    def discard_stale(self, pid: int, started: Optional[int]) -> None:
+        """Drop the record of an earlier process that had ``pid``; call when adopting the live process
+        that started at ``started`` (clock ticks since boot, as in /proc/<pid>/stat). A record of *this*
+        process's exit, written by the subreaper right after the adopter saw it alive, stays for
+        :meth:`claim` (dropping it lost exit codes of processes that ended during a restart)."""
+        path = self._path(pid)
+        try:
+            exited = datetime.fromisoformat(str(read_json(path)["exited_at"]))
+        except FileNotFoundError:
+            return
+        except (CorruptState, KeyError, TypeError, ValueError):
+            exited = None
+        if exited is None or started is None or exited < _wall_clock(started):
+            self.discard(pid)
+
     async def claim(self, pid: int, timeout: float = 1.0) -> Optional[tuple[int, datetime]]:
         """Wait up to ``timeout`` seconds for the record of ``pid``; consume and return
         ``(status, exited_at)``, or None when no record appeared."""
@@ -123,3 +138,9 @@ class ExitRecorder:
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(self.poll_interval)
+
+
+def _wall_clock(ticks: int) -> datetime:
+    """The wall-clock time of ``ticks`` clock ticks since boot (10 ms precision)."""
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return datetime.now(timezone.utc) - timedelta(seconds=age)

@@ -143,7 +143,7 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
     def _adopt(self, container: C, proc: Proc) -> None:
         """Resolve the exit of a re-adopted ``proc`` (not our child) through a pidfd."""
         if self.exits is not None:
-            self.exits.discard(proc.pid)
+            self.exits.discard_stale(proc.pid, proc.start_time)
 
         def done() -> None:
             self._watches.discard(watch)
