@@ -9,17 +9,19 @@ DNS config must still reach the container (critest: "should support DNS config")
 pod's PID namespace must not look like the ``sleep`` critest's "execSync with timeout" hunts for, and the
 pod's IPC sysctls must be those of the container's IPC namespace (critest's safe and unsafe sysctls); a
 container with NET_ADMIN can make a bridge in the guest (critest's "adding capability"); a read-only volume
-keeps the host mounts below it writable (critest's "non-recursive readonly mounts").
+keeps the host mounts below it writable (critest's "non-recursive readonly mounts"); an exec may have a
+terminal (critest's "exec with tty=true and stdin=true").
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
 import uuid
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from support import assert_nothing_left
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
@@ -28,7 +30,7 @@ from kuasar_shared.api.containerd.types import sandbox_pb2 as types_sandbox_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient
 from kuasar_shared.ctl.config import ContainerConfig, MountSpec
-from kuasar_shared.ctl.spec import SpecInputs, build_container_spec
+from kuasar_shared.ctl.spec import SpecInputs, build_container_spec, exec_process_spec
 from kuasar_shared.store import write_json_atomic
 from kuasar_shared.testing.oci import read_fifo
 
@@ -66,6 +68,49 @@ async def _run(task: TaskClient, work: str, images: str, pod: api_pb2.PodSandbox
     return output, waited.exit_status
 
 
+async def _exec_tty(task: TaskClient, work: str, images: str, pod: api_pb2.PodSandboxConfig, pod_id: str,
+                    pid: int, cid: str) -> tuple[str, int]:
+    """critest "exec with tty=true and stdin=true": an exec with a terminal in a running container
+    (containerd's ExecSync/Exec: Exec with terminal and the container's process, Start, Wait)."""
+    ctr = ContainerConfig(name="tty", image="busybox", command=("/bin/sh", "-c", "sleep 600"))
+    spec = build_container_spec(ctr, pod, SpecInputs(container_id=cid, sandbox_id=pod_id, sandbox_pid=pid,
+                                                     image_name="busybox"))
+    bundle = os.path.join(work, cid)
+    os.makedirs(bundle)
+    spec["root"] = {"path": os.path.join(images, "busybox"), "readonly": False}
+    write_json_atomic(os.path.join(bundle, "config.json"), spec)
+    await task.call("Create", shim_pb2.CreateTaskRequest(id=cid, bundle=bundle), shim_pb2.CreateTaskResponse,
+                    timeout=120)
+    await task.call("Start", shim_pb2.StartRequest(id=cid), shim_pb2.StartResponse, timeout=120)
+    stdout, stdin = os.path.join(work, cid + ".tty"), os.path.join(work, cid + ".in")
+    os.mkfifo(stdout)
+    os.mkfifo(stdin)
+    reader = asyncio.ensure_future(read_fifo(stdout, timeout=120))
+    process = exec_process_spec(spec, ["/bin/sh", "-c", "tty; read line; echo got $line"], tty=True)
+    await task.call("Exec", shim_pb2.ExecProcessRequest(
+        id=cid, exec_id="e1", terminal=True, stdin=stdin, stdout=stdout,
+        spec=any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                         value=json.dumps(process).encode())), empty_pb2.Empty, timeout=120)
+    writer = asyncio.get_running_loop().run_in_executor(None, _write_fifo, stdin, b"hello\n")
+    await task.call("Start", shim_pb2.StartRequest(id=cid, exec_id="e1"), shim_pb2.StartResponse, timeout=120)
+    await task.call("ResizePty", shim_pb2.ResizePtyRequest(id=cid, exec_id="e1", width=100, height=40),
+                    empty_pb2.Empty, timeout=120)
+    waited = await task.call("Wait", shim_pb2.WaitRequest(id=cid, exec_id="e1"), shim_pb2.WaitResponse,
+                             timeout=120)
+    output = (await reader).decode()
+    await writer
+    await task.call("Delete", shim_pb2.DeleteRequest(id=cid, exec_id="e1"), shim_pb2.DeleteResponse, timeout=120)
+    await task.call("Kill", shim_pb2.KillRequest(id=cid, signal=9), empty_pb2.Empty, timeout=120)
+    await task.call("Wait", shim_pb2.WaitRequest(id=cid), shim_pb2.WaitResponse, timeout=120)
+    await task.call("Delete", shim_pb2.DeleteRequest(id=cid), shim_pb2.DeleteResponse, timeout=120)
+    return output, waited.exit_status
+
+
+def _write_fifo(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 async def _cri_pod(vmm, images: str, work: str, netns: str, cgroup: str, tag: str) -> list[tuple[str, int]]:
     sandbox = SandboxClient(vmm.listen, "vmm")
     pod_id = "cri-" + tag
@@ -96,7 +141,8 @@ async def _cri_pod(vmm, images: str, work: str, netns: str, cgroup: str, tag: st
         try:
             return [await _run(task, work, images, pod, pod_id, started.pid, files, "c-" + tag),
                     await _run(task, work, images, pod, pod_id, started.pid, bridge, "b-" + tag),
-                    await _run(task, work, images, pod, pod_id, started.pid, readonly, "r-" + tag)]
+                    await _run(task, work, images, pod, pod_id, started.pid, readonly, "r-" + tag),
+                    await _exec_tty(task, work, images, pod, pod_id, started.pid, "t-" + tag)]
         finally:
             await task.close()
     finally:
@@ -118,7 +164,7 @@ def test_a_stock_containerd_pod_gets_pod_files_sysctls_and_bridging(vmm, images,
     try:
         os.makedirs(os.path.join(work, "vol", "tmpfs"))
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.path.join(work, "vol", "tmpfs")], check=True)
-        (output, status), bridged, readonly = asyncio.run(_cri_pod(vmm, images, work, netns, cgroup, tag))
+        (output, status), bridged, readonly, tty = asyncio.run(_cri_pod(vmm, images, work, netns, cgroup, tag))
         resolv, hostname, hosts, init, sysctls = output.split("==\n")
         assert status == 0, output
         assert "nameserver 10.254.0.10" in resolv.splitlines()
@@ -134,6 +180,8 @@ def test_a_stock_containerd_pod_gets_pod_files_sysctls_and_bridging(vmm, images,
         # the guest kernel has bridging for a NET_ADMIN container
         assert bridged == ("bridged\n", 0)
         assert readonly == ("ro-ok\n", 0)
+        # an exec with a terminal: a pty from runc in the guest, stdin reaches it, output comes back
+        assert tty[1] == 0 and "/dev/pts/" in tty[0] and "got hello\r\n" in tty[0], tty  # \r\n: a pty
         subprocess.run(["umount", os.path.join(work, "vol", "tmpfs")], check=True)
         assert_nothing_left(vmm, f"cri-{tag}", "", [work], cgroup)
     finally:

@@ -100,9 +100,11 @@ def adapt_spec(spec: Dict[str, Any], container_id: str, pod_ns: PodNamespaces) -
 
 
 class GuestHooks(OciHooks):
-    """runc in the guest: specs join the pinned pod namespaces; OOMs of each container are reported."""
+    """runc in the guest: specs join the pinned pod namespaces; OOMs of each container are reported.
+    Terminals (container and exec, ResizePty) come from runc's ``--console-socket``, as in runc-task."""
 
     name = "vmm-task"
+    terminals = True
 
     def __init__(self, pod_ns: PodNamespaces, events: EventQueue, runc: str, runc_root: str) -> None:
         self.pod_ns = pod_ns
