@@ -54,6 +54,9 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
 
     #: seconds Delete/Shutdown wait for a killed process to be reaped
     kill_timeout = 10.0
+    #: seconds to wait for the subreaper's record of a re-adopted process's exit (the sandboxer may be
+    #: slow to reap on a loaded machine: 1 s lost exit codes there)
+    claim_timeout = 10.0
     #: what runs the containers, in error messages (``terminals are not supported by <name>``)
     name = "this task server"
     #: whether processes may have a terminal (``terminal = true`` stdio)
@@ -152,7 +155,7 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         self._watches.add(watch)
 
     async def _adopted_exit(self, container: C, proc: Proc) -> None:
-        claimed = await self.exits.claim(proc.pid) if self.exits is not None else None
+        claimed = await self.exits.claim(proc.pid, self.claim_timeout) if self.exits is not None else None
         if claimed is None:
             self._exited(container, proc, self._lost_status(proc), utc_now())
         else:

@@ -35,9 +35,9 @@ DRAIN_TIMEOUT = 30.0
 #: long-held calls a stopping server does not wait for
 _LONG_HELD = ("Wait", "Stream")
 #: seconds between sweeps of exit records no process of ours will claim, and their minimum age
-#: (a claim waits at most a second for its record)
+#: (well above RecordedTaskBackend.claim_timeout)
 EXIT_SWEEP_INTERVAL = 5.0
-EXIT_RECORD_GRACE = 10.0
+EXIT_RECORD_GRACE = 30.0
 
 
 async def _sweep_exits(backend: RecordedTaskBackend[Any]) -> None:
