@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -122,27 +123,35 @@ def test_prepare_binds_the_pod_files_from_the_share(short_tmp):
 
 def test_non_recursive_readonly_volume_keeps_its_submounts_writable(short_tmp):
     """A ``ro`` bind whose host source has a mount below it: the submount keeps its own flags in the
-    guest (its own bind after the volume), as on a node; ``rro`` (recursive) gets nothing extra."""
+    guest (its own bind beside the volume, its own spec mount after it), as on a node; ``rro`` makes
+    it read-only too. Nothing of ours sits on the source's folders: the node can unmount the tmpfs
+    and remove its folder while the container is prepared (critest's clean-up does)."""
     host_bundle = os.path.join(short_tmp, "bundle")
     os.makedirs(os.path.join(host_bundle, "rootfs"))
-    vol = os.path.join(short_tmp, "vol")
-    os.makedirs(os.path.join(vol, "tmpfs"))
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.path.join(vol, "tmpfs")], check=True)
     pod_dir = os.path.join(short_tmp, "pod")
-    try:
-        for cid, options in (("c1", ["rbind", "ro"]), ("c2", ["rbind", "rro"])):
+    for cid, options, flag in (("c1", ["rbind", "ro"], "rw"), ("c2", ["rbind", "rro"], "ro")):
+        vol = os.path.join(short_tmp, "vol-" + cid)
+        os.makedirs(os.path.join(vol, "tmpfs"))
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.path.join(vol, "tmpfs")], check=True)
+        try:
             spec = json.loads(json.dumps(SPEC))
             spec["mounts"].append({"destination": "/mnt", "type": "bind", "source": vol, "options": options})
             bundle.prepare(pod_dir, cid, spec, [], host_bundle)
             with open(os.path.join(bundle.container_dir(pod_dir, cid), "config.json")) as f:
                 out = json.load(f)["mounts"]
             mnt = [m["destination"] for m in out].index("/mnt")
-            if cid == "c1":
-                assert out[mnt + 1] == {"destination": "/mnt/tmpfs", "type": "bind",
-                                        "source": "/run/kuasar/state/c1/mounts/2/tmpfs",
-                                        "options": ["rbind", "rprivate", "rw"]}
-            else:
-                assert "/mnt/tmpfs" not in [m["destination"] for m in out]
+            assert out[mnt]["source"] == "/run/kuasar/state/%s/mounts/2" % cid
+            assert out[mnt + 1] == {"destination": "/mnt/tmpfs", "type": "bind",
+                                    "source": "/run/kuasar/state/%s/mounts/2.0" % cid,
+                                    "options": ["rbind", "rprivate", flag]}
+            cdir = bundle.container_dir(pod_dir, cid)
+            with open(os.path.join(vol, "tmpfs", "f"), "w") as f:
+                f.write("in tmpfs")
+            with open(os.path.join(cdir, "mounts", "2.0", "f")) as f:
+                assert f.read() == "in tmpfs"
+            assert not os.listdir(os.path.join(cdir, "mounts", "2", "tmpfs"))  # the volume alone
+            subprocess.run(["umount", "-l", os.path.join(vol, "tmpfs")], check=True)
+            shutil.rmtree(vol)  # not busy
+        finally:
+            subprocess.run(["umount", "-l", os.path.join(vol, "tmpfs")], check=False, stderr=subprocess.DEVNULL)
             bundle.remove(pod_dir, cid)
-    finally:
-        subprocess.run(["umount", os.path.join(vol, "tmpfs")], check=False)

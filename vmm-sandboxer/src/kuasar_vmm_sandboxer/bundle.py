@@ -103,33 +103,23 @@ def guest_spec(spec: dict[str, Any], cid: str) -> dict[str, Any]:
     return out
 
 
-def _submounts(point: str, m: dict[str, Any]) -> list[dict[str, Any]]:
-    """Spec mounts that keep the host mounts below a non-recursive read-only volume as they are.
-
-    On a node, ``ro`` of a bind applies to the bind alone: mounts below its source keep their own
-    flags. In the guest the volume is one directory of the share, so the container's ``ro`` would
-    cover everything below it; each host submount therefore gets its own bind (same guest path below
-    ``mounts/<n>``, its own ``ro``/``rw``), after the volume (critest: non-recursive readonly mounts).
-    ``m`` is the volume's spec mount, its source already the guest path of ``point``.
-    """
-    options = m.get("options") or []
-    if "ro" not in options or "rro" in options:
-        return []
-    root = os.path.realpath(point)
-    extra = []
-    for info in mountinfo():
-        if not info.mountpoint.startswith(root + "/"):
-            continue
-        rel = info.mountpoint[len(root) + 1:]
-        flags = "ro" if "ro" in info.options.split(",") else "rw"
-        extra.append({"destination": os.path.join(str(m.get("destination")), rel), "type": "bind",
-                      "source": "%s/%s" % (m["source"], rel),
-                      "options": ["rbind", "rprivate", flags]})
-    return sorted(extra, key=lambda e: e["destination"].count("/"))
+def _below(source: str) -> list[str]:
+    """Host mount points strictly below the directory ``source``, parents first."""
+    root = os.path.realpath(source)
+    found = {info.mountpoint: info for info in mountinfo() if info.mountpoint.startswith(root + "/")}
+    return sorted(found, key=lambda p: p.count("/"))
 
 
 def _bind_volumes(spec: dict[str, Any], host_dir: str, cid: str) -> None:
-    """Bind host sources of bind mounts under ``host_dir/mounts`` and point the spec at guest paths."""
+    """Bind host sources of bind mounts under ``host_dir/mounts`` and point the spec at guest paths.
+
+    A volume is bound without the mounts below its source (``mounts/<n>``); each of those gets its
+    own bind beside it (``mounts/<n>.<k>``) and its own spec mount after the volume, with its own
+    ``ro``/``rw`` (``ro`` for a recursive read-only volume), as on a node, where ``ro`` of a bind
+    covers the bind alone (critest: non-recursive readonly mounts). Nothing of ours is mounted on
+    the source's own folders, so the node can unmount and remove them while the pod runs, as with
+    runc (a copy below the volume's bind would sit on the same directory and make it busy).
+    """
     mounts_dir = os.path.join(host_dir, "mounts")
     out: list[Any] = []
     for n, m in enumerate(spec.get("mounts") or []):
@@ -143,16 +133,28 @@ def _bind_volumes(spec: dict[str, Any], host_dir: str, cid: str) -> None:
         if not os.path.isabs(source) or not os.path.exists(source):
             raise InvalidArgument("container %s: bind mount source %r does not exist" % (cid, source))
         os.makedirs(mounts_dir, mode=0o711, exist_ok=True)
-        point = os.path.join(mounts_dir, str(n))
-        if os.path.isdir(source):
-            os.makedirs(point, exist_ok=True)
-        else:
-            with open(point, "a"):
-                pass
-        mount(source, point, "", ["rbind"])
-        m["source"] = "%s/%s/mounts/%d" % (GUEST_STATE, cid, n)
-        m["type"] = "bind"
-        out.extend(_submounts(point, m))
+        subs = _below(source) if os.path.isdir(source) else []
+        recursive_ro = "rro" in (m.get("options") or [])
+        flags = {info.mountpoint: info.options.split(",") for info in mountinfo()}
+        for k, sub in enumerate([None, *subs]):
+            what = source if sub is None else sub
+            name = str(n) if sub is None else "%d.%d" % (n, k - 1)
+            point = os.path.join(mounts_dir, name)
+            if os.path.isdir(what):
+                os.makedirs(point, exist_ok=True)
+            else:
+                with open(point, "a"):
+                    pass
+            mount(what, point, "", ["bind"])
+            if sub is None:
+                m["source"] = "%s/%s/mounts/%s" % (GUEST_STATE, cid, name)
+                m["type"] = "bind"
+                continue
+            ro = recursive_ro or "ro" in flags.get(sub, [])
+            rel = os.path.relpath(sub, os.path.realpath(source))
+            out.append({"destination": os.path.join(str(m.get("destination")), rel),
+                        "type": "bind", "source": "%s/%s/mounts/%s" % (GUEST_STATE, cid, name),
+                        "options": ["rbind", "rprivate", "ro" if ro else "rw"]})
     if "mounts" in spec:
         spec["mounts"] = out
 
