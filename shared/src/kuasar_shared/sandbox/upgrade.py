@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from kuasar_shared import __version__
+from kuasar_shared.daemon.args import version_string
 from kuasar_shared.errors import KuasarError
 from kuasar_shared.sandbox.taskserver import upgrade
 
@@ -21,6 +23,7 @@ __all__ = ["main"]
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit status 0 when a new task server answers, 1 otherwise (message on stderr)."""
     parser = argparse.ArgumentParser(prog="kuasar-task-upgrade", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--version", action="version", version=version_string("kuasar-task-upgrade", __version__))
     parser.add_argument("--dir", required=True, help="the sandboxer's --dir, e.g. /run/kuasar-runc")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the new server")
     args = parser.parse_args(argv)
