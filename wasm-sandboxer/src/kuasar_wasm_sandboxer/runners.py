@@ -40,6 +40,11 @@ def _seqpacket_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
 
+def _wake(waiter: "asyncio.Future[None]") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def _send_fd(sock: socket.socket, message: bytes, fd: int) -> None:
     """Send ``message`` with ``fd`` on a non-blocking socket, waiting while its buffer is full (a burst of
     Creates while the fork-server is still importing).
@@ -53,7 +58,7 @@ async def _send_fd(sock: socket.socket, message: bytes, fd: int) -> None:
             return
         except BlockingIOError:
             writable: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+            loop.add_writer(sock.fileno(), _wake, writable)
             try:
                 await writable
             finally:
