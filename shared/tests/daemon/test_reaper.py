@@ -235,3 +235,24 @@ def test_handler_is_removed_before_the_loop_closes() -> None:
         loop.close()
     assert not reaper.installed
     assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+
+
+@pytest.mark.asyncio
+async def test_listeners_see_an_exit_before_it_is_reaped() -> None:
+    """A listener that records the exit durably runs while the child is still a zombie: a daemon killed
+    between the two leaves the zombie to its subreaper instead of losing the status."""
+    reaper = Reaper()
+    states: list[str] = []
+
+    def listener(event: ExitEvent) -> None:
+        with open(f"/proc/{event.pid}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    reaper.add_listener(listener)
+    reaper.install()
+    try:
+        pid = _fork_exit(3)
+        event = await asyncio.wait_for(reaper.subscribe(pid), 5)
+        assert event.status == 3 and states == ["Z"]
+        assert not os.path.exists(f"/proc/{pid}")  # reaped right after the listeners ran
+    finally:
+        reaper.uninstall()

@@ -77,11 +77,12 @@ def is_child_subreaper() -> bool:
     return value.value != 0
 
 
-def _exit_code(wait_status: int) -> int:
-    if os.WIFSIGNALED(wait_status):
-        return 128 + os.WTERMSIG(wait_status)
-    if os.WIFEXITED(wait_status):
-        return os.WEXITSTATUS(wait_status)
+def _waitid_code(seen: "os.waitid_result") -> int:
+    """The exit code of a ``waitid`` result (128 + signal for a killed process, as a shell reports it)."""
+    if seen.si_code == os.CLD_EXITED:
+        return seen.si_status
+    if seen.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return 128 + seen.si_status
     return 255
 
 
@@ -193,24 +194,37 @@ class Reaper:
             self._listeners.remove(callback)
 
     def reap(self) -> None:
-        """Collect every exited child now (the SIGCHLD handler; safe to call at any time)."""
+        """Collect every exited child now (the SIGCHLD handler; safe to call at any time).
+
+        Each exit is seen first without reaping (``WNOWAIT``) and handed to the listeners, which may
+        record it durably, and only then reaped: a daemon killed in between leaves a zombie that its
+        subreaper collects, so no exit status is ever lost in this process's memory.
+        """
         while True:
             try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                seen = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
             except InterruptedError:
                 continue
-            if pid == 0:
+            if seen is None or seen.si_pid == 0:
                 return
-            self._dispatch(ExitEvent(pid, _exit_code(wait_status), datetime.now(timezone.utc)))
+            event = ExitEvent(seen.si_pid, _waitid_code(seen), datetime.now(timezone.utc))
+            self._notify_listeners(event)
+            try:
+                os.waitpid(seen.si_pid, os.WNOHANG)
+            except ChildProcessError:
+                pass  # collected meanwhile by someone else: the status above is still its own
+            self._resolve(event)
 
-    def _dispatch(self, event: ExitEvent) -> None:
+    def _notify_listeners(self, event: ExitEvent) -> None:
         for callback in list(self._listeners):
             try:
                 callback(event)
             except Exception:
                 log.exception("exit listener %r failed for pid %d", callback, event.pid)
+
+    def _resolve(self, event: ExitEvent) -> None:
         waiters = [f for f in self._waiters.pop(event.pid, []) if not f.done() and not f.get_loop().is_closed()]
         if waiters:
             for fut in waiters:

@@ -73,6 +73,15 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         self._tasks: set["asyncio.Task[None]"] = set()
         #: stdio copiers per (container id, exec id); FIFO output needs none and survives restarts
         self._io: dict[tuple[str, str], ProcessIO] = {}
+        #: our container processes whose exits are recorded durably before they are reaped, so that a
+        #: task server killed between reaping one and saving its container loses no exit status
+        self._recorded_pids: set[int] = set()
+        if exits is not None:
+            get_reaper().add_listener(self._record_exit)
+
+    def _record_exit(self, event: ExitEvent) -> None:
+        if event.pid in self._recorded_pids and self.exits is not None:
+            self.exits.record(event)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dir={self.store.directory!r}, containers={len(self._containers)})"
@@ -136,11 +145,15 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         """Resolve ``proc``'s exit from the reaper (the process is our descendant)."""
         fut = get_reaper().subscribe(proc.pid)
         self._watches.add(fut)
+        self._recorded_pids.add(proc.pid)
 
         def done(f: "asyncio.Future[ExitEvent]") -> None:
             self._watches.discard(f)
             if not f.cancelled():
                 self._exited(container, proc, f.result().status, f.result().exited_at)
+                self._recorded_pids.discard(proc.pid)
+                if self.exits is not None:
+                    self.exits.discard(proc.pid)  # the container's own record holds the exit now
         fut.add_done_callback(done)
 
     def _adopt(self, container: C, proc: Proc) -> None:
@@ -295,6 +308,7 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
 
     async def close(self) -> None:
         """Stop watching and copying (containers keep running; FIFO output keeps flowing)."""
+        get_reaper().remove_listener(self._record_exit)
         for watch in list(self._watches):
             watch.cancel()
         self._watches.clear()
