@@ -33,8 +33,8 @@ from kuasar_shared.mounts import MountError, mount, mount_all, mountinfo, unmoun
 from kuasar_shared.store import write_json_atomic
 from kuasar_shared.task.backend import Mount
 
-__all__ = ["GUEST_STATE", "SANDBOX_NS", "MAX_SPEC", "POD_FILES", "container_dir", "guest_spec", "prepare", "is_prepared",
-           "remove", "read_spec", "guest_bundle"]
+__all__ = ["GUEST_STATE", "SANDBOX_NS", "MAX_SPEC", "POD_FILES", "container_dir", "guest_spec", "prepare",
+           "is_prepared", "remove", "read_spec", "guest_bundle"]
 
 log = logging.getLogger(__name__)
 
