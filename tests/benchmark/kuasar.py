@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -211,17 +212,27 @@ class KuasarSide(Side):
                     found.append(int(entry))
         return found
 
+    def _task_front(self) -> List[int]:
+        """The task front the sandboxer records beside its task server (it owns the engine's connections)."""
+        try:
+            with open(os.path.join(self.state, "task-server.json")) as handle:
+                pid = int(json.load(handle)["front"]["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [pid] if any("taskfront" in a for a in procstats.cmdline(pid)) else []
+
     def groups(self) -> Groups:
         groups = Groups()
         if self.proc is None:
             return groups
         tree = procstats.children_map()
-        tasks = self._task_servers()
-        groups.management = {self.profile.sandboxer: [self.proc.pid], self.profile.task_server: tasks}
+        tasks, front = self._task_servers(), self._task_front()
+        groups.management = {self.profile.sandboxer: [self.proc.pid], self.profile.task_server: tasks,
+                             "task front": front}
         per_pod: List[int] = []
         for pid in procstats.descendants(self.proc.pid, tree) + [d for t in tasks for d in
                                                                   procstats.descendants(t, tree)]:
-            if pid in tasks:
+            if pid in tasks or pid in front:
                 continue
             name = procstats.comm(pid)
             if name == "sandbox-parent":
@@ -237,7 +248,7 @@ class KuasarSide(Side):
                 await self.remove_pods(list(self._pods))
             finally:
                 await self.engine.__aexit__(None, None, None)
-        tasks = self._task_servers()
+        tasks = self._task_servers() + self._task_front()
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             try:
