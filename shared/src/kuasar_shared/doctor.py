@@ -60,6 +60,11 @@ class Sandboxer:
     dir: str
     config: Optional[str]
 
+    @property
+    def socket_path(self) -> str:
+        """``--listen`` without its optional ``unix://`` prefix: what engine configs name."""
+        return self.listen[len("unix://"):] if self.listen.startswith("unix://") else self.listen
+
 
 #: what a sandbox type's entry point provides: its own findings, given where its sandboxer runs
 TypeChecks = Callable[[Sandboxer], list[Finding]]
@@ -167,7 +172,7 @@ def _answers(path: str) -> bool:
 def socket_findings(sandboxer: Sandboxer) -> list[Finding]:
     """Is the sandboxer serving on its socket, and does its state directory exist?"""
     unit = "kuasar-" + sandboxer.type
-    path = sandboxer.listen[len("unix://"):] if sandboxer.listen.startswith("unix://") else sandboxer.listen
+    path = sandboxer.socket_path
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -202,7 +207,7 @@ def containerd_findings(sandboxer: Sandboxer, path: str = "/etc/containerd/confi
     """containerd's config must name this socket as a ``type = "sandbox"`` proxy plugin and map a CRI runtime
     handler to it (``sandboxer = <plugin name>``)."""
     subject = "containerd config"
-    socket_path = sandboxer.listen[len("unix://"):] if sandboxer.listen.startswith("unix://") else sandboxer.listen
+    socket_path = sandboxer.socket_path
     snippet = "see docs/containerd.md: [proxy_plugins.%s] type = \"sandbox\", address = \"%s\"" % (
         sandboxer.type, socket_path)
     try:
@@ -238,7 +243,7 @@ def isulad_findings(sandboxer: Sandboxer, path: str = "/etc/isulad/daemon.json")
         return []
     except (OSError, ValueError) as err:
         return [Finding(Status.FAIL, "iSulad config", "%s: %s" % (path, err), "fix the file's JSON")]
-    socket_path = sandboxer.listen[len("unix://"):] if sandboxer.listen.startswith("unix://") else sandboxer.listen
+    socket_path = sandboxer.socket_path
     entries = [name for name, entry in (config.get("cri-sandboxers") or {}).items()
                if isinstance(entry, dict) and entry.get("address") == socket_path]
     if entries:
