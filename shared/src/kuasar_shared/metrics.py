@@ -21,7 +21,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
@@ -44,10 +44,10 @@ class _PodCollector:
         self.pods = pods
         self.recoveries = recoveries
 
-    def describe(self) -> list[Any]:
+    def describe(self) -> list[Metric]:
         return []  # no fixed set: the families depend on the pods present
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         by_state = GaugeMetricFamily("kuasar_pods", "Pods held by this sandboxer, by state", labels=["state"])
         counts: dict[str, int] = {}
         cpu = CounterMetricFamily("kuasar_pod_cpu_seconds", "CPU time used by the pod's cgroup", labels=["pod"])
@@ -106,10 +106,10 @@ class SandboxerMetrics:
 
 
 class _Fixed:
-    def __init__(self, families: list[Any]) -> None:
+    def __init__(self, families: list[Metric]) -> None:
         self.families = families
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         return iter(self.families)
 
 
@@ -132,7 +132,7 @@ def parse_metrics_address(address: str) -> tuple[Optional[str], Optional[tuple[s
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.0 on the event loop. Close with :meth:`close`."""
 
-    def __init__(self, server: asyncio.AbstractServer, metrics: SandboxerMetrics, path: Optional[str]) -> None:
+    def __init__(self, server: asyncio.Server, metrics: SandboxerMetrics, path: Optional[str]) -> None:
         self._server = server
         self.metrics = metrics
         self.path = path
