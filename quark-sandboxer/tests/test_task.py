@@ -13,7 +13,8 @@ import pytest
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.oci.task import UNKNOWN_EXIT, OciTaskBackend
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
+from kuasar_shared.values import Stdio, TaskStatus
+from kuasar_shared.task.backend import CreateTask, ExecProcess
 from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_quark_sandboxer.hooks import RunscHooks

@@ -12,7 +12,8 @@ import pytest
 
 from kuasar_shared.daemon.reaper import get_reaper
 from kuasar_shared.oci import ExitRecorder, start_time
-from kuasar_shared.task.backend import CreateTask, ExecProcess, Stdio, TaskStatus
+from kuasar_shared.values import Stdio, TaskStatus
+from kuasar_shared.task.backend import CreateTask, ExecProcess
 from kuasar_runc_task.backend import RuncTaskBackend
 
 SPEC = {"args": ["sh", "-c", "echo ran >> /ran; sleep 0.3; exit 7"], "cwd": "/", "env": ["PATH=/bin"],

@@ -7,7 +7,7 @@ import pytest
 
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.mounts import is_mountpoint
-from kuasar_shared.task.backend import Mount
+from kuasar_shared.values import Mount
 from kuasar_vmm_sandboxer import bundle
 
 SPEC = {

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.task.backend import CreateTask, Mount, Stdio, TaskStatus
+from kuasar_shared.values import Mount, Stdio, TaskStatus
+from kuasar_shared.task.backend import CreateTask
 from kuasar_shared.testing.oci import busybox_rootfs_for, read_fifo
 
 from kuasar_vmm_task.events import EventQueue

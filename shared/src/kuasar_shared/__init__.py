@@ -2,6 +2,7 @@
 
 Layout (lower layers never import higher ones):
   api/        generated protobuf modules (containerd Sandbox/Task/Streaming APIs, ttrpc, CRI, Kuasar guest API)
+  values      plain value types every layer shares (mounts, stdio, process status and exit, cgroup stats)
   errors      the one error tree and its mapping to gRPC/ttrpc status codes
   ttrpc/      asyncio ttrpc: transports -> framing -> connection -> client/server
   sandbox/    the Sandboxer interface and the Sandbox API (gRPC) controller

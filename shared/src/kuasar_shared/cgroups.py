@@ -5,7 +5,7 @@ Sandboxers put a pod's processes into ``<parent>/<pod id>`` and report its stati
 ``root`` (``/sys/fs/cgroup``; tests pass a fake tree): a ``cgroup.controllers`` file at the root
 means v2, otherwise every mounted v1 hierarchy below the root is used (hybrid hosts included: the
 ``unified`` mount is ignored). Limits come from OCI ``linux.resources`` (memory, cpu, pids) as
-decoded JSON; statistics are returned as :class:`~kuasar_shared.task.backend.CgroupStats`.
+decoded JSON; statistics are returned as :class:`~kuasar_shared.values.CgroupStats`.
 
 A cgroup remembers how many path levels it created (:attr:`Cgroup.owned_depth`, persist it with
 the pod) so :meth:`Cgroup.delete` also removes the parents it made once they are empty, and never
@@ -20,7 +20,7 @@ import os
 from typing import Any, Iterator, Mapping, Optional
 
 from kuasar_shared.errors import InvalidArgument, NotFound
-from kuasar_shared.task.backend import CgroupStats
+from kuasar_shared.values import CgroupStats
 
 __all__ = ["DEFAULT_ROOT", "cgroup_mode", "Cgroup", "CgroupV1", "CgroupV2"]
 

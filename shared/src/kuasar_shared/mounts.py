@@ -12,12 +12,10 @@ import ctypes
 import errno as errno_mod
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kuasar_shared.errors import Internal, InvalidArgument
-
-if TYPE_CHECKING:
-    from kuasar_shared.task.backend import Mount
+from kuasar_shared.values import Mount
 
 __all__ = ["MountError", "MountInfo", "MS", "MNT_DETACH", "parse_options", "mount", "umount", "mount_all",
            "mountinfo", "is_mountpoint", "unmount_recursive"]
@@ -151,9 +149,6 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def _as_mount(m: Union[Mount, Mapping[str, Any]]) -> Mount:
-    # imported here: the Task API package is not needed by callers that only mount (the vmm guest's boot)
-    from kuasar_shared.task.backend import Mount
-
     if isinstance(m, Mount):
         return m
     return Mount(type=m.get("type", "") or "", source=m.get("source", "") or "",

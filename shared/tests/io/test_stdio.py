@@ -14,7 +14,7 @@ from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
 from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument
 from kuasar_shared.io import StreamingHub, open_process_io, stream_id_of
-from kuasar_shared.task.backend import Stdio
+from kuasar_shared.values import Stdio
 from kuasar_shared.ttrpc import Client, Server
 
 SVC = "containerd.services.streaming.v1.Streaming"

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from kuasar_shared.errors import NotFound
-from kuasar_shared.task.backend import TaskStatus
+from kuasar_shared.values import TaskStatus
 from kuasar_shared.oci.container import Container, ContainerStore, Proc
 
 

@@ -22,7 +22,7 @@ from kuasar_shared.errors import Unimplemented
 from kuasar_shared.sandbox import controller
 from kuasar_shared.sandbox.api import CreateSandbox, ExitStatus, SandboxStatus, TaskDiff
 from kuasar_shared.sandbox.server import serve_sandbox_api
-from kuasar_shared.task.backend import CgroupStats, Mount
+from kuasar_shared.values import CgroupStats, Mount
 from kuasar_shared.testing.conformance import SandboxApiClient, SandboxerConformance, expect_code
 from kuasar_shared.testing.memory import InMemorySandboxer
 

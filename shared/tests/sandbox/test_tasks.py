@@ -8,7 +8,7 @@ import pytest
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.sandbox.api import ProcessResource, TaskResource, TaskResources
 from kuasar_shared.sandbox.tasks import diff, encode_tasks, parse_tasks
-from kuasar_shared.task.backend import Mount
+from kuasar_shared.values import Mount
 
 FULL = {"tasks": [{
     "task_id": "c1",

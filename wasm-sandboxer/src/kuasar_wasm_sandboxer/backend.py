@@ -31,7 +31,8 @@ from kuasar_shared.mounts import mount_all
 from kuasar_shared.oci import ExitRecorder, StdioFds, is_same_process, kill, load_spec, rootfs_path
 from kuasar_shared.oci.pod import container_cgroups_path, sandbox_id_of
 from kuasar_shared.oci.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
-from kuasar_shared.task.backend import CgroupStats, CreateTask, TaskStatus
+from kuasar_shared.values import CgroupStats, TaskStatus
+from kuasar_shared.task.backend import CreateTask
 
 from kuasar_wasm_sandboxer.container import Container, Proc, WasmContainerStore
 from kuasar_wasm_sandboxer.entrypoint import RunSpec, build_run_spec

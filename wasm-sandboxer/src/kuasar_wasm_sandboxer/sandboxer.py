@@ -22,7 +22,7 @@ from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.sandbox.base import PodSandboxer
 from kuasar_shared.sandbox.pods import PodRecord, PodState, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
-from kuasar_shared.task.backend import CgroupStats
+from kuasar_shared.values import CgroupStats
 
 __all__ = ["WasmSandboxer", "Pod", "PodState", "WASM_TASK", "DEFAULT_CGROUP_ROOT"]
 

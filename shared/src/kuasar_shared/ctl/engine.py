@@ -42,7 +42,7 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from kuasar_shared.sandbox.api import TaskResource, TaskResources
 from kuasar_shared.sandbox.tasks import encode_tasks, update_request
 from kuasar_shared.store import write_json_atomic
-from kuasar_shared.task.backend import Mount
+from kuasar_shared.values import Mount
 
 __all__ = ["Engine", "EngineOptions", "RUNNING", "CREATED", "EXITED", "UNKNOWN"]
 

@@ -22,7 +22,7 @@ from kuasar_shared.errors import FailedPrecondition, InvalidArgument
 from kuasar_shared.fdio import write_all
 from kuasar_shared.io.console import ConsoleSocket, copy_from_master, copy_to_master, resize
 from kuasar_shared.io.streaming import Endpoint, StreamingHub, stream_id_of
-from kuasar_shared.task.backend import Stdio
+from kuasar_shared.values import Stdio
 
 __all__ = ["ProcessIO", "open_process_io"]
 

@@ -27,7 +27,8 @@ from kuasar_shared.oci.container import C, ContainerStore, Proc
 from kuasar_shared.oci.exits import ExitRecorder
 from kuasar_shared.oci.pids import ExitWatch, is_same_process
 from kuasar_shared.store import CorruptState
-from kuasar_shared.task.backend import CreateTask, ExecProcess, ExitInfo, ProcessState, Stdio, TaskBackend, TaskStatus
+from kuasar_shared.values import ExitInfo, ProcessState, Stdio, TaskStatus
+from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend
 
 __all__ = ["RecordedTaskBackend", "UNKNOWN_EXIT", "utc_now"]
 

@@ -52,7 +52,8 @@ from kuasar_shared.oci.pids import is_same_process, start_time
 from kuasar_shared.oci.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
 from kuasar_shared.oci.runtime import OciRuntime, StdioFds, read_pid_file
 from kuasar_shared.oci.spec import clamp_oom_score_adj, has_own_pid_namespace, load_spec, rootfs_path, save_spec
-from kuasar_shared.task.backend import CgroupStats, CreateTask, Stdio, TaskStatus
+from kuasar_shared.values import CgroupStats, Stdio, TaskStatus
+from kuasar_shared.task.backend import CreateTask
 
 __all__ = ["OciTaskBackend", "OciHooks", "Placement", "UNKNOWN_EXIT"]
 

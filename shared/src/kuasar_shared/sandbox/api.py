@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from kuasar_shared.errors import Unimplemented
-from kuasar_shared.task.backend import CgroupStats, Mount
+from kuasar_shared.values import CgroupStats, Mount
 
 __all__ = ["CreateSandbox", "SandboxStatus", "ExitStatus", "ProcessResource", "TaskResource",
            "TaskResources", "TaskDiff", "Sandboxer", "TASK_API_VERSION"]

@@ -21,7 +21,7 @@ from kuasar_shared.oci.pids import ExitWatch
 from kuasar_shared.sandbox.api import ExitStatus, Sandboxer, SandboxStatus, TaskDiff
 from kuasar_shared.sandbox.pods import P, PodRecord, PodState, PodTable
 from kuasar_shared.sandbox.taskserver import TaskServer
-from kuasar_shared.task.backend import CgroupStats
+from kuasar_shared.values import CgroupStats
 
 __all__ = ["PodSandboxer", "UNEXPECTED_EXIT"]
 

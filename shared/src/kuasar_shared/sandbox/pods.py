@@ -22,7 +22,7 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from kuasar_shared.sandbox.api import ExitStatus, TaskDiff, TaskResources
 from kuasar_shared.sandbox.tasks import encode_tasks, parse_tasks
 from kuasar_shared.store import CorruptState, PodStore
-from kuasar_shared.task.backend import CgroupStats
+from kuasar_shared.values import CgroupStats
 
 __all__ = ["PodState", "PodRecord", "PodTable", "P", "now", "parse_time", "remove_cgroup"]
 

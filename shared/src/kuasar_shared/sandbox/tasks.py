@@ -20,7 +20,7 @@ from kuasar_shared.api.containerd.types import sandbox_pb2 as types_sandbox_pb2
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import ProcessResource, TaskDiff, TaskResource, TaskResources
-from kuasar_shared.task.backend import Mount
+from kuasar_shared.values import Mount
 
 __all__ = ["TASKS_EXTENSION", "TASKS_TYPE_URL", "parse_tasks", "encode_tasks", "update_request", "diff"]
 

@@ -6,8 +6,8 @@ at every start (it is ~30 ms of a restart).
 """
 from typing import Any
 
-from kuasar_shared.task.backend import (CgroupStats, CreateTask, ExecProcess, ExitInfo, Mount, ProcessState, Stdio,
-                                        TaskBackend, TaskStatus)
+from kuasar_shared.values import CgroupStats, ExitInfo, Mount, ProcessState, Stdio, TaskStatus
+from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend
 
 __all__ = ["CgroupStats", "CreateTask", "ExecProcess", "ExitInfo", "Mount", "ProcessState", "Stdio", "TaskBackend",
            "TaskStatus", "TaskService", "TASK_SERVICES"]

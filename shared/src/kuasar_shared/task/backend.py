@@ -1,52 +1,21 @@
 """The TaskBackend interface: what a sandbox type implements to serve the Task API.
 
 The ttrpc servicer (:mod:`kuasar_shared.task.service`) validates and converts wire messages into
-the plain dataclasses below and calls one backend method per RPC; backends never see protobuf.
+the plain dataclasses below (and those of :mod:`kuasar_shared.values`) and calls one backend method
+per RPC; backends never see protobuf.
 Errors are raised as :mod:`kuasar_shared.errors` types (NotFound for unknown ids, FailedPrecondition
 for wrong states, ...). ``exec_id == ""`` always means the container's init process.
 """
 from __future__ import annotations
 
 import abc
-import enum
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Optional
 
 from kuasar_shared.errors import Unimplemented
+from kuasar_shared.values import CgroupStats, ExitInfo, Mount, ProcessState, Stdio
 
-__all__ = ["TaskStatus", "Mount", "Stdio", "CreateTask", "ExecProcess", "ProcessState", "ExitInfo",
-           "CgroupStats", "TaskBackend"]
-
-
-class TaskStatus(enum.IntEnum):
-    """containerd.v1.types.Status."""
-
-    UNKNOWN = 0
-    CREATED = 1
-    RUNNING = 2
-    STOPPED = 3
-    PAUSED = 4
-    PAUSING = 5
-
-
-@dataclass(frozen=True)
-class Mount:
-    type: str
-    source: str
-    target: str = ""
-    options: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Stdio:
-    """Stdio strings as the engine sent them: FIFO paths, streaming URLs
-    (``ttrpc+unix:///x.sock?streaming_id=<id>-stdout``) or empty."""
-
-    stdin: str = ""
-    stdout: str = ""
-    stderr: str = ""
-    terminal: bool = False
+__all__ = ["CreateTask", "ExecProcess", "TaskBackend"]
 
 
 @dataclass(frozen=True)
@@ -67,45 +36,6 @@ class ExecProcess:
     stdio: Stdio
     #: the OCI Process object (decoded JSON of ExecProcessRequest.spec)
     spec: dict[str, Any]
-
-
-@dataclass
-class ProcessState:
-    id: str
-    exec_id: str
-    bundle: str
-    pid: int
-    status: TaskStatus
-    stdio: Stdio
-    exit_status: int = 0
-    exited_at: Optional[datetime] = None
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    pid: int
-    exit_status: int
-    exited_at: Optional[datetime]
-
-
-@dataclass(frozen=True)
-class CgroupStats:
-    """The cgroup numbers CRI reads from Task.Stats (rendered as io.containerd.cgroups.v1.Metrics)."""
-
-    cpu_total_ns: int = 0
-    cpu_user_ns: int = 0
-    cpu_kernel_ns: int = 0
-    memory_usage: int = 0
-    memory_limit: int = 0
-    memory_max_usage: int = 0
-    memory_failcnt: int = 0
-    memory_rss: int = 0
-    memory_cache: int = 0
-    memory_total_inactive_file: int = 0
-    pids_current: int = 0
-    pids_limit: int = 0
-    #: processes the kernel killed for hitting the memory limit (CRI's OOMKilled comes from it)
-    memory_oom_kill: int = 0
 
 
 class TaskBackend(abc.ABC):

@@ -21,7 +21,8 @@ from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.types.task import task_pb2
 from kuasar_shared.errors import InvalidArgument, KuasarError, NotFound, code_of, from_code
 from kuasar_shared.ids import validate_id
-from kuasar_shared.task.backend import CgroupStats, CreateTask, ExecProcess, ExitInfo, Mount, Stdio, TaskBackend
+from kuasar_shared.values import CgroupStats, ExitInfo, Mount, Stdio
+from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend
 from kuasar_shared.task.journal import REQUEST_ID_KEY, Answer, Pending, RequestJournal
 from kuasar_shared.ttrpc.service import CallContext, Service
 

@@ -18,7 +18,7 @@ from typing import Optional
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.sandbox.api import (CreateSandbox, ExitStatus, Sandboxer, SandboxStatus, TaskDiff,
                                        TaskResources)
-from kuasar_shared.task.backend import CgroupStats
+from kuasar_shared.values import CgroupStats
 
 __all__ = ["InMemorySandboxer", "PodState"]
 

@@ -24,7 +24,7 @@ from kuasar_shared.api.ttrpc import request_pb2
 from kuasar_shared.errors import Code, InvalidArgument, KuasarError, code_of
 from kuasar_shared.ids import validate_id
 from kuasar_shared.io import stream_id_of
-from kuasar_shared.task.backend import Mount
+from kuasar_shared.values import Mount
 from kuasar_shared.ttrpc import framing
 
 from kuasar_vmm_sandboxer import bundle
