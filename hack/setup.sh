@@ -46,8 +46,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.kuasar-setup
-packages=()
-for d in shared runc-task runc-sandboxer wasm-sandboxer quark-sandboxer vmm-sandboxer vmm-task; do
+# shared with its extra ctl: kuasar-ctl (PyYAML), which the demo and the tests drive
+packages=(-e "shared[ctl]")
+for d in runc-task runc-sandboxer wasm-sandboxer quark-sandboxer vmm-sandboxer vmm-task; do
   [ -f "$d/pyproject.toml" ] && packages+=(-e "$d")
 done
 want=$(cat hack/setup.sh */pyproject.toml hack/requirements-test.txt | sha256sum | cut -d' ' -f1)

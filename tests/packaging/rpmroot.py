@@ -41,7 +41,7 @@ def run(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 def expected_subpackages(src: Path = REPO) -> List[str]:
     """The subpackages rpm/build.sh must produce for the tree at ``src``."""
-    names = ["kuasar", "kuasar-common", "kuasar-runc"]
+    names = ["kuasar", "kuasar-common", "kuasar-ctl", "kuasar-runc"]
     names += ["kuasar-" + t for t in TYPES if (src / ("%s-sandboxer" % t) / "pyproject.toml").is_file()]
     if (src / "vmm-task" / "pyproject.toml").is_file():
         names.append("kuasar-vmm-guest")

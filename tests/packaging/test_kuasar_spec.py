@@ -11,13 +11,14 @@ import pytest
 from rpmroot import REPO, Built, Root, build, expected_subpackages, run, system_python_env
 
 SCRIPTS = {
-    "kuasar-common": ["kuasar-ctl", "kuasar-task-upgrade"],
+    "kuasar-common": ["kuasar-task-upgrade"],
+    "kuasar-ctl": ["kuasar-ctl"],
     "kuasar-runc": ["runc-sandboxer", "runc-task", "containerd-shim-kuasar-runc-v1"],
     "kuasar-wasm": ["wasm-sandboxer", "wasm-task", "containerd-shim-kuasar-wasm-v1"],
     "kuasar-quark": ["quark-sandboxer", "quark-task", "containerd-shim-kuasar-quark-v1"],
     "kuasar-vmm": ["vmm-sandboxer", "vmm-task-relay", "containerd-shim-kuasar-vmm-v1"],
 }
-SANDBOXERS = [p for p in SCRIPTS if p != "kuasar-common"]
+SANDBOXERS = [p for p in SCRIPTS if p not in ("kuasar-common", "kuasar-ctl")]
 
 
 def files(path: Path) -> list:
@@ -53,9 +54,9 @@ def rpms_next(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 def test_absent_types_are_not_built(rpms_next: Built) -> None:
     # the same spec builds a tree without the other sandbox types, with kuasar-runc only
-    assert sorted(rpms_next.packages) == ["kuasar", "kuasar-common", "kuasar-runc"]
+    assert sorted(rpms_next.packages) == ["kuasar", "kuasar-common", "kuasar-ctl", "kuasar-runc"]
     meta = [r for r in requires(rpms_next.packages["kuasar"]) if r.startswith("kuasar")]
-    assert meta == ["kuasar-runc = 0.1.0-2"]
+    assert sorted(meta) == ["kuasar-ctl = 0.1.0-2", "kuasar-runc = 0.1.0-2"]
 
 
 def test_package_contents(rpms: Built) -> None:
@@ -65,7 +66,7 @@ def test_package_contents(rpms: Built) -> None:
         listed = files(rpms.packages[pkg])
         for script in scripts:
             assert "/usr/bin/" + script in listed, (pkg, script)
-        if pkg != "kuasar-common":
+        if pkg in SANDBOXERS:
             t = pkg.split("-")[1]
             assert "/usr/lib/systemd/system/kuasar-%s.service" % t in listed
             assert "/etc/sysconfig/kuasar-%s" % t in listed
@@ -73,6 +74,9 @@ def test_package_contents(rpms: Built) -> None:
             assert "/etc/sysconfig/kuasar-%s" % t in configs, "sysconfig must be %config"
     common = files(rpms.packages["kuasar-common"])
     assert any(f.endswith("-packages/kuasar_shared/api") for f in common), "generated API missing"
+    ctl = files(rpms.packages["kuasar-ctl"])
+    assert any(f.endswith("-packages/kuasar_shared/ctl/cli.py") for f in ctl)
+    assert not any("/kuasar_shared/ctl" in f for f in common), "kuasar-ctl's modules belong to kuasar-ctl"
     assert not any("direct_url.json" in f for p in rpms.packages.values() for f in files(p))
     if "kuasar-vmm" in rpms.packages:
         assert "/var/lib/kuasar/config_qemu.toml" in run("rpm", "-qpc", str(rpms.packages["kuasar-vmm"])).stdout.split()
@@ -83,8 +87,10 @@ def test_package_contents(rpms: Built) -> None:
 
 def test_dependencies(rpms: Built) -> None:
     common = requires(rpms.packages["kuasar-common"])
-    for dep in ("python3-grpcio >= 1.48", "python3-protobuf >= 3.20", "python3-pyyaml"):
+    for dep in ("python3-grpcio >= 1.48", "python3-protobuf >= 3.20"):
         assert dep in common
+    assert "python3-pyyaml" not in common, "only kuasar-ctl reads YAML: a sandboxer host needs no PyYAML"
+    assert {"python3-pyyaml", "kuasar-common = 0.1.0-1"} <= set(requires(rpms.packages["kuasar-ctl"]))
     assert "python3-daemon" not in " ".join(common), "python-daemon is optional (--daemon only)"
     assert "python3-daemon" in run("rpm", "-qp", "--recommends", str(rpms.packages["kuasar-common"])).stdout
     runc = requires(rpms.packages["kuasar-runc"])
@@ -95,7 +101,7 @@ def test_dependencies(rpms: Built) -> None:
             deps = " ".join(requires(rpms.packages[pkg]))
             assert not any(o in deps for o in others), "%s must not need another sandbox type" % pkg
     meta = [r for r in requires(rpms.packages["kuasar"]) if r.startswith("kuasar")]
-    assert sorted(meta) == sorted("%s = 0.1.0-1" % p for p in SANDBOXERS if p in rpms.packages)
+    assert sorted(meta) == sorted("%s = 0.1.0-1" % p for p in ["kuasar-ctl", *SANDBOXERS] if p in rpms.packages)
 
 
 def test_install_everything_and_run_entry_points(rpms: Built, full_root: Root) -> None:

@@ -5,9 +5,10 @@
     kuasar-ctl pods | ps [-a] | inspect CTR | inspectp POD | logs [-f] CTR
     kuasar-ctl exec [-i] [--timeout S] CTR -- cmd...   (exit code passed through; timeout -> 124)
     kuasar-ctl stop CTR | rm CTR | stopp POD | rmp POD
-    kuasar-ctl -s vmm vm-exec [-i] [--timeout S] POD -- cmd...   (in the pod's guest; timeout -> 124)
-    kuasar-ctl -s vmm vm-shell POD        (interactive shell in the guest of a pod started with debug)
     kuasar-ctl doctor [--type T]          (preflight of this host for each installed sandbox type)
+
+Sandbox-type packages add their own subcommands through the ``kuasar.ctl`` entry-point group
+(:mod:`kuasar_shared.ctl.plugins`).
 
 Ids are accepted by unique prefix. ``-s/--sandboxer`` picks ``/run/<type>-sandboxer.sock`` unless
 ``--endpoint`` is given; ``--io`` chooses FIFO or streaming stdio for new containers.
@@ -28,8 +29,8 @@ from kuasar_shared import __version__
 from kuasar_shared.ctl.engine import CREATED, EXITED, RUNNING, Engine, EngineOptions
 from kuasar_shared.ctl.exec import exec_sync
 from kuasar_shared.ctl.io import parse_cri_line
+from kuasar_shared.ctl.plugins import Handler, add_plugin_commands
 from kuasar_shared.ctl.store import ContainerRecord
-from kuasar_shared.ctl.vm import vm_exec, vm_shell
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
 __all__ = ["main", "build_parser"]
@@ -90,16 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("inspectp", help="pod status as JSON").add_argument("pod")
     sub.add_parser("stopp", help="stop pods and their containers").add_argument("pods", nargs="+")
     sub.add_parser("rmp", help="remove pods and their containers").add_argument("pods", nargs="+")
-    vm = sub.add_parser("vm-exec", help="run a command in a vmm pod's guest (debug)")
-    vm.add_argument("-i", "--interactive", action="store_true", help="send our stdin to the command")
-    vm.add_argument("--timeout", type=float, help="kill the command after this many seconds (exit code 124)")
-    vm.add_argument("pod")
-    vm.add_argument("cmd", nargs=argparse.REMAINDER)
-    sub.add_parser("vm-shell", help="interactive shell in the guest of a vmm pod started with debug "
-                   "(annotation io.kuasar.vmm.debug=true)").add_argument("pod")
     doctor = sub.add_parser("doctor", help="check this host for each installed sandbox type (ok / warn / fail)")
     doctor.add_argument("--type", dest="types", action="append", choices=SANDBOXERS,
                         help="only this type (repeatable; default: every installed one)")
+    add_plugin_commands(sub)
     return p
 
 
@@ -229,6 +224,9 @@ async def _logs(engine: Engine, args: argparse.Namespace) -> int:
 async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
     store = engine.store
     cmd = args.command
+    plugin: Optional[Handler] = getattr(args, "run", None)
+    if plugin is not None:
+        return await plugin(engine, args)
     if cmd in ("run", "runp"):
         pod_cfg = config.load_pod_config(args.pod_config)
         ctr_cfg = config.load_container_config(args.container_config) if cmd == "run" else None
@@ -261,15 +259,6 @@ async def _dispatch(engine: Engine, args: argparse.Namespace) -> int:
         argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         return await exec_sync(engine, store.resolve_container(args.container), argv,
                                stdin=args.interactive, timeout=args.timeout)
-    elif cmd == "vm-exec":
-        argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        out, code = await vm_exec(engine, store.resolve_pod(args.pod), argv, timeout=args.timeout,
-                                  stdin=sys.stdin.buffer.read() if args.interactive else b"")
-        sys.stdout.write(out)
-        sys.stdout.flush()
-        return code
-    elif cmd == "vm-shell":
-        return await vm_shell(engine, store.resolve_pod(args.pod), sys.stdin.fileno(), sys.stdout.fileno())
     elif cmd == "logs":
         return await _logs(engine, args)
     elif cmd == "stop":

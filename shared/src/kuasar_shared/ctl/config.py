@@ -4,7 +4,8 @@ The pod config becomes the CRI ``runtime.v1.PodSandboxConfig`` message that cont
 sandboxer inside ``ControllerCreateRequest.options``; the container config only shapes the OCI
 spec built on this side, so it is read into plain dataclasses. Field names are crictl's
 (snake_case); namespace modes may be numbers (0 POD, 1 CONTAINER, 2 NODE, 3 TARGET) or names.
-Every error names the file and the key so a person can fix it.
+Every error names the file and the key so a person can fix it. PyYAML comes with the extra
+``kuasar-shared[ctl]`` (RPM: kuasar-ctl) and is imported when a YAML file is read; JSON files need none.
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Mapping, Optional
 
-import yaml
 from google.protobuf import json_format
 
 from kuasar_shared.api.cri.runtime.v1 import api_pb2
-from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["NamespaceOptions", "Resources", "MountSpec", "ContainerConfig", "load_document",
            "load_pod_config", "load_container_config", "pod_namespace_options",
@@ -29,6 +30,16 @@ log = logging.getLogger(__name__)
 NAMESPACE_MODES = {"POD": 0, "CONTAINER": 1, "NODE": 2, "TARGET": 3}
 _PROPAGATION = {"PROPAGATION_PRIVATE": 0, "PROPAGATION_HOST_TO_CONTAINER": 1, "PROPAGATION_BIDIRECTIONAL": 2}
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+
+
+def _yaml(path: str) -> ModuleType:
+    """PyYAML, or an error naming what to install."""
+    try:
+        import yaml
+    except ImportError:
+        raise FailedPrecondition(f"{path}: reading YAML needs PyYAML, which is not installed: install "
+                                 "kuasar-shared[ctl] (pip) or kuasar-ctl (RPM), or give the file as JSON") from None
+    return yaml
 
 
 def load_document(path: str) -> dict[str, Any]:
@@ -42,15 +53,17 @@ def load_document(path: str) -> dict[str, Any]:
             text = handle.read()
     except OSError as err:
         raise InvalidArgument(f"{path}: cannot read config file: {err.strerror or err}") from err
-    try:
-        if path.endswith(".json"):
+    if path.endswith(".json"):
+        try:
             doc = json.loads(text)
-        else:
+        except ValueError as err:
+            raise InvalidArgument(f"{path}: not valid JSON: {err}") from err
+    else:
+        yaml = _yaml(path)
+        try:
             doc = yaml.safe_load(text)
-    except ValueError as err:
-        raise InvalidArgument(f"{path}: not valid JSON: {err}") from err
-    except yaml.YAMLError as err:
-        raise InvalidArgument(f"{path}: not valid YAML/JSON: {err}".replace("\n", " ")) from err
+        except yaml.YAMLError as err:
+            raise InvalidArgument(f"{path}: not valid YAML/JSON: {err}".replace("\n", " ")) from err
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{path}: expected a mapping of config fields, got {type(doc).__name__}")
     return doc

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from kuasar_shared.ctl.vm import split_output, wrap_command
+from kuasar_vmm_sandboxer.ctl import split_output, wrap_command
 from kuasar_shared.errors import Internal, InvalidArgument
 
 

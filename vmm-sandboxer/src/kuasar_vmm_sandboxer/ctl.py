@@ -1,5 +1,8 @@
 """``kuasar-ctl vm-exec`` and ``vm-shell``: debug access to a vmm pod's guest, outside every container.
 
+kuasar-ctl finds these through its ``kuasar.ctl`` entry-point group (:func:`add_commands`), so the
+type-neutral client names no vmm service.
+
 vm-exec: the call is the guest agent's ``grpc.SandboxService/ExecVMProcess`` on the pod's task address (the
 host relay carries it to the guest like any task call). That RPC answers the command's output only
 (upstream's proto has no exit code), so the command runs in a subshell followed by a marker line
@@ -17,6 +20,7 @@ input ends the shell's input. The exit status is the shell's.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import fcntl
 import os
@@ -24,6 +28,7 @@ import shlex
 import signal
 import stat
 import struct
+import sys
 import termios
 import tty
 from typing import Any, Optional, Sequence, Tuple
@@ -38,7 +43,7 @@ from kuasar_shared.errors import DeadlineExceeded, FailedPrecondition, Internal,
 from kuasar_shared.ttrpc import Client, ClientStream
 
 __all__ = ["RC_MARKER", "TIMEOUT_EXIT_CODE", "CONSOLE_SERVICE", "DEBUG_ANNOTATION", "wrap_command",
-           "split_output", "vm_exec", "vm_shell", "run_shell"]
+           "split_output", "vm_exec", "vm_shell", "run_shell", "add_commands"]
 
 RC_MARKER = "__KUASAR_RC="
 TIMEOUT_EXIT_CODE = 124
@@ -212,3 +217,30 @@ async def run_shell(socket_path: str, stdin: int = 0, stdout: int = 1) -> int:
             loop.remove_signal_handler(signal.SIGWINCH)
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         await client.close()
+
+
+async def _vm_exec_command(engine: Engine, args: argparse.Namespace) -> int:
+    argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    out, code = await vm_exec(engine, engine.store.resolve_pod(args.pod), argv, timeout=args.timeout,
+                              stdin=sys.stdin.buffer.read() if args.interactive else b"")
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    return code
+
+
+async def _vm_shell_command(engine: Engine, args: argparse.Namespace) -> int:
+    return await vm_shell(engine, engine.store.resolve_pod(args.pod), sys.stdin.fileno(), sys.stdout.fileno())
+
+
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``kuasar.ctl`` entry point: add ``vm-exec`` and ``vm-shell`` to kuasar-ctl."""
+    vm = sub.add_parser("vm-exec", help="run a command in a vmm pod's guest (debug)")
+    vm.add_argument("-i", "--interactive", action="store_true", help="send our stdin to the command")
+    vm.add_argument("--timeout", type=float, help="kill the command after this many seconds (exit code 124)")
+    vm.add_argument("pod")
+    vm.add_argument("cmd", nargs=argparse.REMAINDER)
+    vm.set_defaults(run=_vm_exec_command)
+    shell = sub.add_parser("vm-shell", help="interactive shell in the guest of a vmm pod started with debug "
+                           "(annotation io.kuasar.vmm.debug=true)")
+    shell.add_argument("pod")
+    shell.set_defaults(run=_vm_shell_command)
