@@ -6,7 +6,7 @@ import os
 import pytest
 
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from kuasar_shared.oci import start_time
+from kuasar_shared.process_identity import start_time
 from kuasar_shared.sandbox import CreateSandbox
 
 from kuasar_quark_sandboxer.config import RunscConfig

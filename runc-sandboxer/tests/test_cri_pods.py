@@ -20,7 +20,7 @@ from google.protobuf import any_pb2, empty_pb2
 from kuasar_shared.api.cgroups.v1 import metrics_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import InvalidArgument
-from kuasar_shared.oci import start_time
+from kuasar_shared.process_identity import start_time
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client

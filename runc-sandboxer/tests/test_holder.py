@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from kuasar_shared.errors import InvalidArgument
-from kuasar_shared.oci import start_time, wait_exit
+from kuasar_shared.process_identity import start_time, wait_exit
 
 
 @pytest.mark.asyncio

@@ -15,7 +15,7 @@ from kuasar_shared import process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
-from kuasar_shared.oci import start_time
+from kuasar_shared.process_identity import start_time
 from kuasar_shared.sandbox.controller import READY
 from kuasar_shared.testing.conformance import SandboxApiClient
 from kuasar_shared.ttrpc import Client

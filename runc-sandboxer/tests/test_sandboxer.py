@@ -13,7 +13,8 @@ from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.mounts import mountinfo
 from kuasar_shared.daemon.reaper import get_reaper
-from kuasar_shared.oci import ExitRecorder, start_time, wait_exit
+from kuasar_shared.process_identity import start_time, wait_exit
+from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from kuasar_shared.oci import start_time, wait_exit
+from kuasar_shared.process_identity import start_time, wait_exit
 from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
 from kuasar_shared.sandbox.taskserver import TaskServer
 

@@ -11,7 +11,7 @@ import pytest
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.values import Mount, Stdio, TaskStatus
 from kuasar_shared.task.backend import CreateTask, ExecProcess
-from kuasar_shared.oci import wait_exit
+from kuasar_shared.process_identity import wait_exit
 from kuasar_shared.oci.task import UNKNOWN_EXIT
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_runc_task.backend import RuncTaskBackend

@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 from kuasar_shared.daemon.reaper import get_reaper
-from kuasar_shared.oci import ExitRecorder, start_time
+from kuasar_shared.process_identity import start_time
+from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.values import Stdio, TaskStatus
 from kuasar_shared.task.backend import CreateTask, ExecProcess
 from kuasar_runc_task.backend import RuncTaskBackend

@@ -12,7 +12,7 @@ import pytest
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.oci import wait_exit
+from kuasar_shared.process_identity import wait_exit
 from kuasar_shared.values import Stdio, TaskStatus
 from kuasar_shared.task.backend import CreateTask, ExecProcess
 from kuasar_shared.testing.oci import read_fifo

@@ -6,7 +6,7 @@ import signal
 
 import pytest_asyncio
 
-from kuasar_shared.oci import wait_exit
+from kuasar_shared.process_identity import wait_exit
 from kuasar_shared.sandbox.taskserver import TaskServer
 from kuasar_shared.testing.conformance import SandboxerConformance
 

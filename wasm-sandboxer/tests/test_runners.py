@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 
-from kuasar_shared.oci import wait_exit
+from kuasar_shared.process_identity import wait_exit
 
 from kuasar_wasm_sandboxer.runners import ForkServer, _send_fd
 

@@ -14,7 +14,7 @@ from kuasar_shared.api.cgroups.v1 import metrics_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, NotFound
-from kuasar_shared.oci import wait_exit
+from kuasar_shared.process_identity import wait_exit
 from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
 from kuasar_shared.testing.oci import read_fifo

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from kuasar_shared.oci import kill
+from kuasar_shared.process_identity import kill
 
 from kuasar_quark_sandboxer.pod import Pod, RuntimeInvocation
 

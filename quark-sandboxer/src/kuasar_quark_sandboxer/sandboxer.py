@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from kuasar_shared.errors import InvalidArgument, KuasarError
-from kuasar_shared.oci import is_same_process
+from kuasar_shared.process_identity import is_same_process
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.sandbox.base import UNEXPECTED_EXIT, PodSandboxer
 from kuasar_shared.sandbox.podfiles import write_pod_files

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
-from kuasar_shared.oci import ExitWatch
+from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.server import serve_until_shutdown
 from kuasar_shared.sandbox.taskserver import start_task_server
 

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from kuasar_shared.errors import InvalidArgument, KuasarError
-from kuasar_shared.oci import is_same_process, kill, start_time, wait_exit
+from kuasar_shared.process_identity import is_same_process, kill, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.mounts import MountError
 from kuasar_shared.sandbox.base import PodSandboxer

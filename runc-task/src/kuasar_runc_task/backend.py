@@ -13,7 +13,8 @@ import os
 from typing import Any, Optional
 
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.oci import ExitRecorder, drop_hostname_if_shared_uts, set_cgroups_path
+from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.oci import drop_hostname_if_shared_uts, set_cgroups_path
 from kuasar_shared.oci.pod import add_pod_mounts
 from kuasar_shared.oci.task import OciHooks, OciTaskBackend, Placement
 from kuasar_shared.task.backend import CreateTask

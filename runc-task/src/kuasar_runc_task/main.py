@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 from kuasar_shared.daemon.args import build_parser
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.oci.exits import EXITS_DIR
-from kuasar_shared.oci import ExitRecorder
+from kuasar_shared.task.exits import EXITS_DIR
+from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.task.server import serve_task_api
 
 from kuasar_runc_task import __version__

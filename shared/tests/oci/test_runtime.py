@@ -8,7 +8,8 @@ import signal
 import pytest
 
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, Internal, NotFound
-from kuasar_shared.oci import OciRuntime, StdioFds, error_from_output, wait_exit
+from kuasar_shared.process_identity import wait_exit
+from kuasar_shared.oci import OciRuntime, StdioFds, error_from_output
 
 
 def test_error_from_output_reads_last_json_error_line() -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from kuasar_shared.errors import InvalidArgument, NotFound
 from kuasar_shared.oci import (clamp_oom_score_adj, drop_hostname_if_shared_uts, load_spec, namespace_path,
-                               own_oom_score_adj, replace_proc_ns_paths, rootfs_path, save_spec,
-                               set_cgroups_path, set_namespace_path)
+                               own_oom_score_adj, replace_proc_ns_paths, rootfs_path, save_spec, set_cgroups_path,
+                               set_namespace_path)
 
 
 def _spec() -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Generic, Optional, Sequen
 
 from kuasar_shared import process
 from kuasar_shared.errors import FailedPrecondition, Internal, Unavailable
-from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
+from kuasar_shared.process_identity import ExitWatch, is_same_process, kill, start_time, wait_exit
 
 from kuasar_vmm_sandboxer.config import HypervisorConfig
 from kuasar_vmm_sandboxer.kvm import KvmProbe, probe_kvm

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from kuasar_shared.ids import validate_id
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import clamp_oom_score_adj, drop_hostname_if_shared_uts
-from kuasar_shared.oci.container import Container
+from kuasar_shared.task.records import Container
 from kuasar_shared.oci.task import OciHooks, OciTaskBackend, Placement
 from kuasar_shared.task.backend import CreateTask
 

@@ -12,7 +12,7 @@ this server, see :mod:`kuasar_wasm_sandboxer.forkserver`). Stats come from the c
 Each container is saved in ``<dir>/<id>.json`` after every change. After a task-server restart,
 :meth:`WasmTaskBackend.recover` re-adopts runners whose pid and start time still match and watches
 them with pidfds; their exit statuses are claimed from the sandboxer's
-:class:`~kuasar_shared.oci.ExitRecorder` (the subreaper they re-parented to), else reported as
+:class:`~kuasar_shared.task.exits.ExitRecorder` (the subreaper they re-parented to), else reported as
 128 + the last signal sent, or 255. A container that was created but not started when the old
 server died cannot be started any more (its control socket is gone): it is reported stopped.
 """
@@ -28,9 +28,11 @@ from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
 from kuasar_shared.mounts import mount_all
-from kuasar_shared.oci import ExitRecorder, StdioFds, is_same_process, kill, load_spec, rootfs_path
+from kuasar_shared.process_identity import is_same_process, kill
+from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.oci import StdioFds, load_spec, rootfs_path
 from kuasar_shared.oci.pod import container_cgroups_path, sandbox_id_of
-from kuasar_shared.oci.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
+from kuasar_shared.task.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
 from kuasar_shared.values import CgroupStats, TaskStatus
 from kuasar_shared.task.backend import CreateTask
 

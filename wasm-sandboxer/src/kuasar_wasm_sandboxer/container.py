@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from kuasar_shared.oci.container import ContainerRecord, ContainerStore, Proc
+from kuasar_shared.task.records import ContainerRecord, ContainerStore, Proc
 
 __all__ = ["Proc", "Container", "WasmContainerStore"]
 

@@ -13,7 +13,7 @@ the intermediate child starts a new session (signals meant for the task server's
 reach a module), forks the runner and exits at once, so the runner re-parents to the nearest child
 subreaper, the task server, whose reaper collects its exit status exactly as for any child (and if
 the task server dies, the sandboxer's subreaper records it, see
-:class:`~kuasar_shared.oci.ExitRecorder`). The fork-server is therefore nobody's parent for long
+:class:`~kuasar_shared.task.exits.ExitRecorder`). The fork-server is therefore nobody's parent for long
 and can be killed at any time without touching a running module. It exits when the control socket
 closes (its task server is gone).
 """

@@ -24,7 +24,8 @@ from kuasar_shared import process
 from kuasar_shared.daemon import get_reaper, set_child_subreaper
 from kuasar_shared.daemon.reaper import is_child_subreaper
 from kuasar_shared.errors import DeadlineExceeded, Internal, InvalidArgument, KuasarError, Unavailable
-from kuasar_shared.oci import StdioFds, start_time
+from kuasar_shared.process_identity import start_time
+from kuasar_shared.oci import StdioFds
 
 from kuasar_wasm_sandboxer.forkserver import FORK
 from kuasar_wasm_sandboxer.runner import MAX_MESSAGE, STDIO_NAMES

@@ -15,7 +15,8 @@ import shutil
 
 from kuasar_shared import process
 from kuasar_shared.errors import Internal
-from kuasar_shared.oci import is_same_process, kill, read_pid_file, start_time, wait_exit
+from kuasar_shared.process_identity import is_same_process, kill, start_time, wait_exit
+from kuasar_shared.oci import read_pid_file
 
 from kuasar_quark_sandboxer.config import QuarkConfig
 from kuasar_quark_sandboxer.kernel import Kernel, Started

@@ -20,7 +20,8 @@ import shutil
 import signal
 
 from kuasar_shared.errors import KuasarError, NotFound
-from kuasar_shared.oci import OciRuntime, is_same_process, kill, start_time, wait_exit
+from kuasar_shared.process_identity import is_same_process, kill, start_time, wait_exit
+from kuasar_shared.oci import OciRuntime
 
 from kuasar_quark_sandboxer.config import RunscConfig
 from kuasar_quark_sandboxer.kernel import Kernel, Started

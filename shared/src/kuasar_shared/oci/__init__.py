@@ -1,13 +1,11 @@
 """OCI runtime support shared by every sandbox type that runs an OCI runtime binary.
 
 :mod:`.runtime` drives the binary's command line; :mod:`.spec` adapts ``config.json`` to a pod;
-:mod:`.pids` identifies and watches re-adopted processes; :mod:`.exits` hands their exit statuses from
-the subreaper that collected them to the task server that re-adopted them.
+:mod:`.pod` finds a container's pod; :mod:`.task` is the Task API backend over a runtime CLI, built
+on the generic task-server machinery of :mod:`kuasar_shared.task`.
 """
 from __future__ import annotations
 
-from kuasar_shared.oci.exits import ExitRecorder
-from kuasar_shared.oci.pids import ExitWatch, is_same_process, kill, start_time, wait_exit
 from kuasar_shared.oci.runtime import OciRuntime, StdioFds, error_from_output, read_pid_file
 from kuasar_shared.oci.spec import (CONFIG_NAME, NAMESPACE_TYPES, clamp_oom_score_adj,
                                     drop_hostname_if_shared_uts, load_spec, namespace_path,
@@ -17,5 +15,4 @@ from kuasar_shared.oci.spec import (CONFIG_NAME, NAMESPACE_TYPES, clamp_oom_scor
 __all__ = ["OciRuntime", "StdioFds", "error_from_output", "read_pid_file", "CONFIG_NAME",
            "NAMESPACE_TYPES", "clamp_oom_score_adj", "drop_hostname_if_shared_uts", "load_spec",
            "namespace_path", "own_oom_score_adj", "replace_proc_ns_paths", "rootfs_path", "save_spec",
-           "set_cgroups_path", "set_namespace_path", "ExitRecorder", "ExitWatch", "is_same_process", "kill",
-           "start_time", "wait_exit"]
+           "set_cgroups_path", "set_namespace_path"]

@@ -7,7 +7,7 @@ is adapted to the pod (runc joins the pod's pinned namespaces; runsc joins the p
 through the CRI annotations), which binary, ``--root`` and global options are used, how exits
 are observed, and what else watches a container (the VM guest's OOM events). The bookkeeping
 shared with task servers that run no OCI runtime is
-:class:`~kuasar_shared.oci.recorded.RecordedTaskBackend`.
+:class:`~kuasar_shared.task.recorded.RecordedTaskBackend`.
 
 Exits. The task server is a child subreaper, so processes re-parent to it when the runtime CLI
 exits and their statuses come from :mod:`kuasar_shared.daemon.reaper`, subscribed by the pid the
@@ -18,7 +18,7 @@ status but do not forward signals, so execs are signalled with ``<runtime> kill 
 (:attr:`OciHooks.internal_exec_pids`). After ``kill -9`` and a restart, :meth:`OciTaskBackend.recover`
 re-adopts processes whose pid and start time still match and watches them with pidfds (or a new
 ``wait``). Their exit status is no longer ours to reap: it is claimed from the
-:class:`~kuasar_shared.oci.ExitRecorder` of the subreaper they re-parented to (the sandboxer),
+:class:`~kuasar_shared.task.exits.ExitRecorder` of the subreaper they re-parented to (the sandboxer),
 else reported as 128 + the last signal this server sent, or 255 (containerd's "unknown").
 
 Stray processes. When the init of a container without a PID namespace of its own exits, its
@@ -46,10 +46,10 @@ from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
 from kuasar_shared.ids import validate_id
 from kuasar_shared.mounts import mount_all, unmount_recursive
-from kuasar_shared.oci.container import Container, ContainerStore, Proc
-from kuasar_shared.oci.exits import ExitRecorder
-from kuasar_shared.oci.pids import is_same_process, start_time
-from kuasar_shared.oci.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
+from kuasar_shared.task.records import Container, ContainerStore, Proc
+from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.process_identity import is_same_process, start_time
+from kuasar_shared.task.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_now
 from kuasar_shared.oci.runtime import OciRuntime, StdioFds, read_pid_file
 from kuasar_shared.oci.spec import clamp_oom_score_adj, has_own_pid_namespace, load_spec, rootfs_path, save_spec
 from kuasar_shared.values import CgroupStats, Stdio, TaskStatus

@@ -17,7 +17,7 @@ from typing import Generic, Optional, Type
 
 from kuasar_shared import tracing
 from kuasar_shared.errors import KuasarError
-from kuasar_shared.oci.pids import ExitWatch
+from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.api import ExitStatus, Sandboxer, SandboxStatus, TaskDiff
 from kuasar_shared.sandbox.pods import P, PodRecord, PodState, PodTable
 from kuasar_shared.sandbox.taskserver import TaskServer

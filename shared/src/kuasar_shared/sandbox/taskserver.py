@@ -28,8 +28,9 @@ from google.protobuf import empty_pb2
 from kuasar_shared import process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import Internal, KuasarError, NotFound, Unavailable
-from kuasar_shared.oci import ExitRecorder, ExitWatch, is_same_process, start_time
-from kuasar_shared.oci.exits import EXITS_DIR
+from kuasar_shared.process_identity import ExitWatch, is_same_process, start_time
+from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.task.exits import EXITS_DIR
 from kuasar_shared.store import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from kuasar_shared.daemon.run import DaemonContext
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.oci.recorded import RecordedTaskBackend
+from kuasar_shared.task.recorded import RecordedTaskBackend
 from kuasar_shared.task.journal import RequestJournal
 from kuasar_shared.task.service import TaskService
 from kuasar_shared.ttrpc import Server

@@ -1,9 +1,10 @@
-"""The per-container record an OCI task server keeps in memory and in ``<dir>/<id>.json``.
+"""The per-container record a task server keeps in memory and in ``<dir>/<id>.json``.
 
 A record holds what a restarted task server needs to re-adopt a container: bundle, runtime
 invocation (binary, root, global options), the init and exec pids with their start times (a pid
 alone may be reused), states and exit statuses. Exit futures live only in memory and are rebuilt
-on adoption. Used by :mod:`kuasar_shared.oci.task` for every runtime (runc, runsc...).
+on adoption. Used by :mod:`kuasar_shared.oci.task` for every OCI runtime (runc, runsc...) and,
+extended, by task servers that run no OCI runtime (wasm).
 """
 from __future__ import annotations
 

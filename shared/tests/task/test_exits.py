@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from kuasar_shared.daemon.reaper import ExitEvent
-from kuasar_shared.oci import ExitRecorder
+from kuasar_shared.task.exits import ExitRecorder
 
 
 @pytest.mark.asyncio
@@ -61,7 +61,7 @@ def test_sweep_removes_old_records_of_processes_no_one_waits_for(tmp_path) -> No
 
 def test_adopting_a_live_process_drops_only_records_older_than_it(tmp_path) -> None:
     """A record written after the process started is its own exit (it ended while being adopted)."""
-    from kuasar_shared.oci import start_time
+    from kuasar_shared.process_identity import start_time
     recorder = ExitRecorder(str(tmp_path))
     started = start_time(os.getpid())
     recorder.record(ExitEvent(10, 42, datetime.now(timezone.utc)))

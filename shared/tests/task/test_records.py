@@ -8,7 +8,7 @@ import pytest
 
 from kuasar_shared.errors import NotFound
 from kuasar_shared.values import TaskStatus
-from kuasar_shared.oci.container import Container, ContainerStore, Proc
+from kuasar_shared.task.records import Container, ContainerStore, Proc
 
 
 @pytest.mark.asyncio

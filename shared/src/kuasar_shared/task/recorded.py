@@ -1,10 +1,10 @@
 """RecordedTaskBackend: the bookkeeping every task server with persisted container records shares.
 
 Task servers differ in how a process is made (an OCI runtime CLI, a warm wasm runner) but not in
-what they keep around it: a :class:`~kuasar_shared.oci.container.ContainerRecord` per container,
+what they keep around it: a :class:`~kuasar_shared.task.records.ContainerRecord` per container,
 saved after every change; a lock per container; exits of their own children from the reaper and
 of re-adopted processes through pidfds, with the status claimed from the sandboxer's
-:class:`~kuasar_shared.oci.exits.ExitRecorder` (else 128 + the last signal sent, or 255); stdio
+:class:`~kuasar_shared.task.exits.ExitRecorder` (else 128 + the last signal sent, or 255); stdio
 copiers per process; and the Exec/State/Wait/Delete/CloseIO calls, the Shutdown sequence and the
 re-adoption loop built on them. Subclasses make, kill and remove processes.
 """
@@ -23,9 +23,9 @@ from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError,
 from kuasar_shared.ids import validate_id
 from kuasar_shared.io import ProcessIO, StreamingHub
 from kuasar_shared.mounts import unmount_recursive
-from kuasar_shared.oci.container import C, ContainerStore, Proc
-from kuasar_shared.oci.exits import ExitRecorder
-from kuasar_shared.oci.pids import ExitWatch, is_same_process
+from kuasar_shared.task.records import C, ContainerStore, Proc
+from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.process_identity import ExitWatch, is_same_process
 from kuasar_shared.store import CorruptState
 from kuasar_shared.values import ExitInfo, ProcessState, Stdio, TaskStatus
 from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from kuasar_shared import process
-from kuasar_shared.oci import ExitWatch, is_same_process, kill, start_time, wait_exit
+from kuasar_shared.process_identity import ExitWatch, is_same_process, kill, start_time, wait_exit
 
 
 @pytest.mark.asyncio
