@@ -10,13 +10,19 @@ import uuid
 import pytest
 
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.testing.oci import busybox_rootfs_for, fifo  # noqa: F401 (fifo: a fixture)
+from kuasar_shared.testing.oci import busybox_rootfs_for, fifo_factory
 
 from kuasar_quark_sandboxer.config import RunscConfig
 from kuasar_quark_sandboxer.kernels.runsc import RunscKernel
 from kuasar_quark_sandboxer.sandboxer import QuarkSandboxer
 
 RUNSC = shutil.which("runsc")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """``fifo(name) -> path`` of a new FIFO in the test's directory."""
+    return fifo_factory(tmp_path)
 
 
 @pytest.fixture(scope="session")

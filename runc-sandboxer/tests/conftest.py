@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.daemon.reaper import set_child_subreaper
-from kuasar_shared.testing.oci import busybox_rootfs_for, fifo  # noqa: F401 (fifo: a fixture)
+from kuasar_shared.testing.oci import busybox_rootfs_for, fifo_factory
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
@@ -23,6 +23,12 @@ from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
 
 RUNC = shutil.which("runc")
 SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """``fifo(name) -> path`` of a new FIFO in the test's directory."""
+    return fifo_factory(tmp_path)
 
 
 @pytest.fixture(scope="session")

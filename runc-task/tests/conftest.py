@@ -8,9 +8,15 @@ import subprocess
 
 import pytest
 
-from kuasar_shared.testing.oci import busybox_rootfs_for, fifo  # noqa: F401 (fifo: a fixture)
+from kuasar_shared.testing.oci import busybox_rootfs_for, fifo_factory
 
 RUNC = shutil.which("runc")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """``fifo(name) -> path`` of a new FIFO in the test's directory."""
+    return fifo_factory(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,19 @@ from typing import Any, Optional
 
 import pytest
 
-from kuasar_shared.testing.oci import fifo  # noqa: F401 (a fixture)
+from kuasar_shared.testing.oci import fifo_factory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from wasm_helpers import CLANG, build_modules  # noqa: E402
 
 SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """``fifo(name) -> path`` of a new FIFO in the test's directory."""
+    return fifo_factory(tmp_path)
 
 
 @pytest.fixture(scope="session")

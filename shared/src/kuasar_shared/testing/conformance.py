@@ -12,6 +12,9 @@ talks to), so it covers the controller's validation and error mapping together w
 sandboxer's state machine. Resource handling: the suite calls ``recover()`` before serving and
 ``close()`` at the end, and shuts down every pod it created, also when a scenario fails.
 Override :meth:`create_request` when a sandbox type needs more in a pod (a netns, a config).
+The async scenarios rely on pytest-asyncio's auto mode (the project's pytest configuration). pytest is
+imported only by the subclasses' definition and the scenarios that use it, so this module, shipped in
+kuasar_shared, imports without it.
 """
 from __future__ import annotations
 
@@ -23,8 +26,6 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable
 
 import grpc
-import pytest
-import pytest_asyncio
 from google.protobuf import any_pb2
 
 from kuasar_shared.api.cgroups.v1 import metrics_pb2 as cgroups_pb2
@@ -47,11 +48,12 @@ _TIMEOUT = 30.0
 
 async def expect_code(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     """Await a gRPC call that must fail with ``code``; return the error for further checks."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    try:
         await call
-    assert info.value.code() == code, "expected %s, got %s: %s" % (code, info.value.code(),
-                                                                  info.value.details())
-    return info.value
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == code, "expected %s, got %s: %s" % (code, err.code(), err.details())
+        return err
+    raise AssertionError("expected %s, the call succeeded" % code)
 
 
 class SandboxApiClient:
@@ -126,8 +128,16 @@ class SandboxerConformance:
             sandbox_id=sandbox_id, sandboxer=self.sandboxer_name, options=options,
             sandbox=types_sandbox_pb2.Sandbox(sandbox_id=sandbox_id, sandboxer=self.sandboxer_name))
 
-    @pytest_asyncio.fixture
-    async def api(self, sandboxer: Sandboxer) -> AsyncIterator[SandboxApiClient]:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each suite gets the ``api`` fixture; pytest-asyncio is imported here, when a test module
+        subclasses the suite, not when this module is imported."""
+        super().__init_subclass__(**kwargs)
+        import pytest_asyncio
+
+        setattr(cls, "api", pytest_asyncio.fixture(SandboxerConformance._serve_api))
+
+    async def _serve_api(self, sandboxer: Sandboxer) -> AsyncIterator[SandboxApiClient]:
+        """The ``api`` fixture: ``sandboxer`` behind a real Sandbox API server, and a client of it."""
         await sandboxer.recover()
         sock_dir = tempfile.mkdtemp(prefix="kuasar-conf-")
         server = await serve_sandbox_api(os.path.join(sock_dir, "sandboxer.sock"), sandboxer)
@@ -153,7 +163,6 @@ class SandboxerConformance:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    @pytest.mark.asyncio
     async def test_lifecycle(self, api: SandboxApiClient) -> None:
         sandbox_id = self.new_id()
         created = await api.create(self.create_request(sandbox_id))
@@ -179,7 +188,6 @@ class SandboxerConformance:
         await expect_code(api.status(sandbox_id), grpc.StatusCode.NOT_FOUND)
         await api.shutdown(sandbox_id)
 
-    @pytest.mark.asyncio
     async def test_stop_releases_every_wait(self, api: SandboxApiClient) -> None:
         sandbox_id, _ = await self._running(api)
         waits = [api.wait(sandbox_id) for _ in range(3)]
@@ -190,7 +198,6 @@ class SandboxerConformance:
         finished = await asyncio.wait_for(api.wait(sandbox_id), 10)
         assert finished == results[0]
 
-    @pytest.mark.asyncio
     async def test_stop_and_shutdown_before_start(self, api: SandboxApiClient) -> None:
         sandbox_id = self.new_id()
         await api.create(self.create_request(sandbox_id))
@@ -198,7 +205,6 @@ class SandboxerConformance:
         await api.shutdown(sandbox_id)
         await expect_code(api.status(sandbox_id), grpc.StatusCode.NOT_FOUND)
 
-    @pytest.mark.asyncio
     async def test_concurrent_pods(self, api: SandboxApiClient) -> None:
         ids = [self.new_id() for _ in range(5)]
         await asyncio.gather(*(api.create(self.create_request(i)) for i in ids))
@@ -209,7 +215,6 @@ class SandboxerConformance:
         for sandbox_id in ids:
             await expect_code(api.status(sandbox_id), grpc.StatusCode.NOT_FOUND)
 
-    @pytest.mark.asyncio
     async def test_metrics(self, api: SandboxApiClient) -> None:
         sandbox_id, _ = await self._running(api)
         reply = await api.call("Metrics", sandbox_pb2.ControllerMetricsRequest(sandbox_id=sandbox_id))
@@ -220,7 +225,6 @@ class SandboxerConformance:
 
     # -- wrong ids and states ---------------------------------------------------------------------
 
-    @pytest.mark.asyncio
     async def test_unknown_id(self, api: SandboxApiClient) -> None:
         unknown = self.new_id()
         not_found = grpc.StatusCode.NOT_FOUND
@@ -235,7 +239,6 @@ class SandboxerConformance:
         await api.stop(unknown)
         await api.shutdown(unknown)
 
-    @pytest.mark.asyncio
     async def test_duplicate_create(self, api: SandboxApiClient) -> None:
         sandbox_id = self.new_id()
         await api.create(self.create_request(sandbox_id))
@@ -244,7 +247,6 @@ class SandboxerConformance:
         await expect_code(api.create(self.create_request(sandbox_id)), grpc.StatusCode.ALREADY_EXISTS)
         assert (await api.status(sandbox_id)).state == READY
 
-    @pytest.mark.asyncio
     async def test_hostile_ids(self, api: SandboxApiClient) -> None:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         for bad in HOSTILE_IDS:
@@ -260,14 +262,12 @@ class SandboxerConformance:
                               invalid)
             await expect_code(api.call("Update", update_request(bad, b"")), invalid)
 
-    @pytest.mark.asyncio
     async def test_start_twice(self, api: SandboxApiClient) -> None:
         sandbox_id, started = await self._running(api)
         await expect_code(api.start(sandbox_id), grpc.StatusCode.FAILED_PRECONDITION)
         status = await api.status(sandbox_id)
         assert status.state == READY and status.pid == started.pid
 
-    @pytest.mark.asyncio
     async def test_start_after_stop(self, api: SandboxApiClient) -> None:
         sandbox_id, _ = await self._running(api)
         await api.stop(sandbox_id)
@@ -276,7 +276,6 @@ class SandboxerConformance:
 
     # -- bad input and vanishing clients ----------------------------------------------------------
 
-    @pytest.mark.asyncio
     async def test_malformed_protobuf(self, api: SandboxApiClient) -> None:
         for method in ("Create", "Start", "Status", "Wait", "Update"):
             for payload in (b"\x0a\x05ab", b"\x0a\x02\xff\xfe", b"\xff\xff\xff\xff"):
@@ -284,15 +283,15 @@ class SandboxerConformance:
         sandbox_id, _ = await self._running(api)
         assert (await api.status(sandbox_id)).state == READY
 
-    @pytest.mark.asyncio
     async def test_malformed_pod_config(self, api: SandboxApiClient) -> None:
         request = self.create_request(self.new_id())
         request.options.value = b"\x0a\x05ab"
         await expect_code(api.create(request), grpc.StatusCode.INVALID_ARGUMENT)
         await expect_code(api.status(request.sandbox_id), grpc.StatusCode.NOT_FOUND)
 
-    @pytest.mark.asyncio
     async def test_client_disconnects_during_wait(self, api: SandboxApiClient) -> None:
+        import pytest
+
         sandbox_id, _ = await self._running(api)
         other = SandboxApiClient(api.address)
         abandoned = other.wait(sandbox_id)
@@ -312,13 +311,11 @@ class SandboxerConformance:
 
     # -- Update (extensions.tasks) ----------------------------------------------------------------
 
-    @pytest.mark.asyncio
     async def test_update_other_fields_ignored(self, api: SandboxApiClient) -> None:
         sandbox_id, _ = await self._running(api)
         await api.call("Update", sandbox_pb2.ControllerUpdateRequest(sandbox_id=sandbox_id, fields=["labels"]))
         assert (await api.status(sandbox_id)).state == READY
 
-    @pytest.mark.asyncio
     async def test_update_invalid_tasks(self, api: SandboxApiClient) -> None:
         sandbox_id, _ = await self._running(api)
         invalid = grpc.StatusCode.INVALID_ARGUMENT

@@ -1,7 +1,8 @@
 """Helpers for tests that run real containers: a static-busybox rootfs, FIFOs and reading them.
 
 The test suites of every package that drives a real OCI runtime (runc, runsc) or reads a
-container's FIFO output use these, so that each keeps only its own fixtures. Needs pytest.
+container's FIFO output use these, so that each keeps only its own fixtures. pytest is imported only
+to skip a test that cannot run here.
 """
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import asyncio
 import os
 import shutil
 import subprocess
-from typing import Callable, Optional
-
-import pytest
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
 
 from kuasar_shared.daemon.reaper import set_child_subreaper
 
-__all__ = ["BUSYBOX", "make_busybox_rootfs", "busybox_rootfs_for", "fifo", "read_fifo"]
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = ["BUSYBOX", "make_busybox_rootfs", "busybox_rootfs_for", "fifo_factory", "read_fifo"]
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
@@ -40,6 +43,8 @@ def busybox_rootfs_for(tmp_path_factory: pytest.TempPathFactory, runtime: Option
     starts re-parent to it as they do to a task server.
     """
     if runtime is None or not os.path.exists(BUSYBOX) or os.geteuid() != 0:
+        import pytest
+
         pytest.skip(f"needs root, {runtime_name} and busybox-static")
     if subreaper:
         set_child_subreaper()
@@ -48,11 +53,10 @@ def busybox_rootfs_for(tmp_path_factory: pytest.TempPathFactory, runtime: Option
     return rootfs
 
 
-@pytest.fixture
-def fifo(tmp_path) -> Callable[[str], str]:
-    """``fifo(name) -> path`` of a new FIFO in the test's directory."""
+def fifo_factory(directory: Path) -> Callable[[str], str]:
+    """``factory(name) -> path`` of a new FIFO in ``directory`` (a test's ``fifo`` fixture)."""
     def factory(name: str) -> str:
-        path = str(tmp_path / name)
+        path = str(directory / name)
         os.mkfifo(path)
         return path
     return factory
