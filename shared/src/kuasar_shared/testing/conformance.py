@@ -114,6 +114,8 @@ class SandboxerConformance:
 
     #: ``sandboxer`` field sent in requests (containerd sends its proxy_plugins key).
     sandboxer_name = "conformance"
+    #: the fixture serving the suite's sandboxer (:meth:`_serve_api`), set on each subclass
+    api: Any
 
     def new_id(self) -> str:
         return "conf-" + uuid.uuid4().hex[:16]
@@ -134,7 +136,7 @@ class SandboxerConformance:
         super().__init_subclass__(**kwargs)
         import pytest_asyncio
 
-        setattr(cls, "api", pytest_asyncio.fixture(SandboxerConformance._serve_api))
+        cls.api = pytest_asyncio.fixture(SandboxerConformance._serve_api)
 
     async def _serve_api(self, sandboxer: Sandboxer) -> AsyncIterator[SandboxApiClient]:
         """The ``api`` fixture: ``sandboxer`` behind a real Sandbox API server, and a client of it."""
