@@ -40,6 +40,7 @@ from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfe
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.ctl.engine import Engine
 from kuasar_shared.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from kuasar_shared.io.streamclient import receive
 from kuasar_shared.ttrpc import Client, ClientStream
 
 __all__ = ["RC_MARKER", "TIMEOUT_EXIT_CODE", "CONSOLE_SERVICE", "DEBUG_ANNOTATION", "wrap_command",
@@ -193,19 +194,17 @@ async def run_shell(socket_path: str, stdin: int = 0, stdout: int = 1) -> int:
             loop.add_signal_handler(signal.SIGWINCH, lambda: asyncio.ensure_future(_send_size(stream, stdin)))
         keys = asyncio.ensure_future(_send_keys(stream, stdin))
         code: Optional[int] = None
-        while True:
-            raw = await stream.recv()
-            if raw is None:
-                break
-            msg = any_pb2.Any.FromString(raw)
-            if msg.Is(transfer_pb2.Data.DESCRIPTOR):
-                data = transfer_pb2.Data()
-                msg.Unpack(data)
-                _write_all(stdout, data.data)
-            elif msg.Is(shim_pb2.WaitResponse.DESCRIPTOR):
+
+        async def show(data: bytes) -> None:
+            _write_all(stdout, data)
+
+        def exited(msg: any_pb2.Any) -> None:
+            nonlocal code
+            if msg.Is(shim_pb2.WaitResponse.DESCRIPTOR):
                 done = shim_pb2.WaitResponse()
                 msg.Unpack(done)
                 code = done.exit_status
+        await receive(stream, show, exited)
         if code is None:
             raise Internal("vm-shell: the guest ended the shell without an exit status")
         return code

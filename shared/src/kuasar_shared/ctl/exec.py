@@ -22,10 +22,10 @@ from google.protobuf import any_pb2, empty_pb2
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2 as task_pb2
 from kuasar_shared.ctl.engine import RUNNING, Engine
-from kuasar_shared.ctl.io import (copy_fifo, copy_stream, make_fifos, open_fifo_reader,
-                                  open_stream, stream_data, streaming_url)
+from kuasar_shared.ctl.io import copy_fifo, copy_stream, make_fifos, open_fifo_reader, streaming_url
 from kuasar_shared.ctl.spec import exec_process_spec
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from kuasar_shared.io.streamclient import data_message, open_stream
 from kuasar_shared.ttrpc import Client, ClientStream
 
 __all__ = ["TIMEOUT_EXIT", "PROCESS_TYPE_URL", "exec_sync"]
@@ -141,7 +141,7 @@ def _fifo_feeder(fd: int) -> Callable[[], Any]:
 
 def _stream_feeder(stream: ClientStream) -> Callable[[], Any]:
     async def feed(data: bytes) -> None:
-        await stream.send(stream_data(data))
+        await stream.send(data_message(data))
 
     async def done() -> None:
         await stream.close_send()

@@ -5,7 +5,7 @@ Two ways to hand stdio to a task, both as containerd does them:
 * ``fifo``: the engine creates ``<ctr dir>/io/<id>-stdout`` / ``-stderr`` FIFOs, opens their read
   side and passes the paths in task Create/Exec.
 * ``streaming``: the engine dials ``containerd.services.streaming.v1.Streaming/Stream`` on the
-  task address with stream id ``<id>-stdout`` (``StreamInit`` -> one reply -> ``WindowUpdate``),
+  task address with stream id ``<id>-stdout`` (:func:`kuasar_shared.io.streamclient.open_stream`),
   *before* the task call, and passes ``<task address>?streaming_id=<id>-stdout``.
 
 Container output goes to the CRI log file (``<RFC3339Nano> stdout F <line>``) through a detached
@@ -21,20 +21,13 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from google.protobuf import any_pb2
-
-from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
-from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
 from kuasar_shared.errors import InvalidArgument
-from kuasar_shared.ttrpc import Client, ClientStream
+from kuasar_shared.io.streamclient import receive
+from kuasar_shared.ttrpc import ClientStream
 
-__all__ = ["STREAMING_SERVICE", "WINDOW", "MAX_LOG_LINE", "StdioPaths", "make_fifos", "streaming_url",
-           "open_fifo_reader", "copy_fifo", "open_stream", "copy_stream", "stream_data", "CriLogWriter",
-           "format_timestamp", "parse_cri_line"]
+__all__ = ["MAX_LOG_LINE", "StdioPaths", "make_fifos", "streaming_url", "open_fifo_reader", "copy_fifo",
+           "copy_stream", "CriLogWriter", "format_timestamp", "parse_cri_line"]
 
-STREAMING_SERVICE = "containerd.services.streaming.v1.Streaming"
-#: the receive window containerd announces right after the stream handshake
-WINDOW = 65536
 #: containerd's max_container_log_line_size default
 MAX_LOG_LINE = 16 * 1024
 Sink = Callable[[bytes], None]
@@ -96,45 +89,12 @@ async def copy_fifo(fd: int, sink: Sink) -> None:
         transport.close()
 
 
-def _pack(message: object, type_url: str) -> bytes:
-    any_msg = any_pb2.Any(type_url=type_url, value=message.SerializeToString())  # type: ignore[attr-defined]
-    return any_msg.SerializeToString()
-
-
-async def open_stream(client: Client, stream_id: str, window: Optional[int] = WINDOW) -> ClientStream:
-    """Open one Streaming/Stream the way containerd does: StreamInit{id}, wait for the reply,
-    announce our receive window (``window=None`` for a stream we only send on, i.e. stdin).
-    The caller closes the stream (or the client)."""
-    stream = await client.stream(STREAMING_SERVICE, "Stream")
-    await stream.send(_pack(streaming_pb2.StreamInit(id=stream_id), "containerd.services.streaming.v1.StreamInit"))
-    reply = await stream.recv()
-    if reply is None:
-        raise InvalidArgument(f"streaming server closed stream {stream_id} during the handshake")
-    if window is not None:
-        await stream.send(_pack(transfer_pb2.WindowUpdate(update=window), "containerd.types.transfer.WindowUpdate"))
-    return stream
-
-
 async def copy_stream(stream: ClientStream, sink: Sink) -> None:
-    """Copy ``transfer.Data`` payloads from a stream into ``sink`` until the server ends it,
-    granting window back as data is consumed."""
-    while True:
-        frame = await stream.recv()
-        if frame is None:
-            return
-        msg = any_pb2.Any.FromString(frame)
-        if not msg.type_url.endswith("containerd.types.transfer.Data"):
-            continue
-        data = transfer_pb2.Data.FromString(msg.value).data
-        if data:
-            sink(data)
-            await stream.send(_pack(transfer_pb2.WindowUpdate(update=len(data)),
-                                    "containerd.types.transfer.WindowUpdate"))
-
-
-def stream_data(data: bytes) -> bytes:
-    """One ``transfer.Data`` Any for a stdin stream."""
-    return _pack(transfer_pb2.Data(data=data), "containerd.types.transfer.Data")
+    """Copy ``transfer.Data`` payloads from a stream into ``sink`` until the server ends it, granting
+    window back as data is consumed (as containerd does)."""
+    async def write(data: bytes) -> None:
+        sink(data)
+    await receive(stream, write, grant_window=True)
 
 
 def format_timestamp(now: Optional[datetime.datetime] = None) -> str:

@@ -19,8 +19,9 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-from kuasar_shared.ctl.io import CriLogWriter, copy_fifo, copy_stream, open_fifo_reader, open_stream
+from kuasar_shared.ctl.io import CriLogWriter, copy_fifo, copy_stream, open_fifo_reader
 from kuasar_shared.errors import Unavailable
+from kuasar_shared.io.streamclient import open_stream
 from kuasar_shared.ttrpc import Client
 
 __all__ = ["main", "spawn", "LogCopier"]

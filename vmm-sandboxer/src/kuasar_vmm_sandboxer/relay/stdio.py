@@ -12,18 +12,14 @@ import os
 import stat
 from typing import Awaitable, Callable, Optional, Tuple
 
-from google.protobuf import any_pb2
-
-from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
-from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
 from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.fdio import write_all
-from kuasar_shared.ttrpc import Client
+from kuasar_shared.io.streamclient import data_message, open_stream, receive
+from kuasar_shared.ttrpc import Client, ClientStream
 
-__all__ = ["StdioBridge", "guest_url", "STREAMING_SERVICE"]
+__all__ = ["StdioBridge", "guest_url"]
 
 log = logging.getLogger(__name__)
-STREAMING_SERVICE = "containerd.services.streaming.v1.Streaming"
 _CHUNK = 32768
 _EOF_ACK_SECONDS = 5.0
 #: backoff between attempts to open a lost output stream again
@@ -34,12 +30,6 @@ Opener = Callable[[], Awaitable[Tuple[asyncio.StreamReader, object]]]
 def guest_url(stream_id: str) -> str:
     """The stdio string the guest gets for a bridged FIFO."""
     return "ttrpc+vsock://kuasar:1024?streaming_id=" + stream_id
-
-
-def _pack(msg: object) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(msg)  # type: ignore[arg-type]
-    return out
 
 
 def _open_fifo(path: str, flags: int) -> int:
@@ -105,9 +95,7 @@ class StdioBridge:
         """One guest stream. The input copy takes ``fd`` over (its pipe transport closes it)."""
         client = await self._connect()
         try:
-            stream = await client.stream(STREAMING_SERVICE, "Stream")
-            await stream.send(_pack(streaming_pb2.StreamInit(id=self.stream_id)))
-            await stream.recv()  # google.protobuf.Empty: the guest accepted the id
+            stream = await open_stream(client, self.stream_id, window=None)
             if self.direction == "out":
                 await self._to_fifo(stream, fd)
             else:
@@ -115,18 +103,14 @@ class StdioBridge:
         finally:
             await client.close()
 
-    async def _to_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
+    async def _to_fifo(self, stream: ClientStream, fd: int) -> None:
         """Guest output into the FIFO. Not through an asyncio write-pipe transport: on this ``O_RDWR``
         FIFO it would take the data it wrote itself, unread yet, for the reader's close and stop."""
-        while True:
-            raw = await stream.recv()
-            if raw is None:
-                return
-            msg = any_pb2.Any.FromString(raw)
-            if msg.type_url.endswith(transfer_pb2.Data.DESCRIPTOR.full_name):
-                await write_all(fd, transfer_pb2.Data.FromString(msg.value).data)
+        async def write(data: bytes) -> None:
+            await write_all(fd, data)
+        await receive(stream, write)
 
-    async def _from_fifo(self, stream, fd: int) -> None:  # type: ignore[no-untyped-def]
+    async def _from_fifo(self, stream: ClientStream, fd: int) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         self._input_taken = True
@@ -142,7 +126,7 @@ class StdioBridge:
                 chunk = await reader.read(_CHUNK)
                 if not chunk:
                     break
-                await stream.send(_pack(transfer_pb2.Data(data=chunk)))
+                await stream.send(data_message(chunk))
             await stream.close_send()
             # the guest ends its side once it handled EOF; closing the connection earlier can make it
             # drop the stream before the EOF reached the process
