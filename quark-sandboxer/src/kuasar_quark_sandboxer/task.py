@@ -1,17 +1,14 @@
-"""``quark-task``: wiring only — recover containers, serve the Task API (v2 + v3) for runsc pods."""
+"""``quark-task``: wiring only — the shared task server (kuasar_shared.task.server) for runsc pods."""
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 from typing import Optional, Sequence
 
-from kuasar_shared.daemon.args import build_parser
-from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.oci.task import OciTaskBackend
-from kuasar_shared.task.exits import EXITS_DIR
-from kuasar_shared.task.server import serve_task_api
+from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.task.server import run_task_server
 
 from kuasar_quark_sandboxer import __version__
 from kuasar_quark_sandboxer.hooks import RunscHooks
@@ -19,23 +16,18 @@ from kuasar_quark_sandboxer.hooks import RunscHooks
 NAME = "quark-task"
 
 
+async def _open_backend(args: argparse.Namespace, hub: StreamingHub, exits: Optional[ExitRecorder]) -> OciTaskBackend:
+    backend = OciTaskBackend(args.dir, RunscHooks(args.pods_dir), hub=hub, exits=exits)
+    await backend.recover()
+    return backend
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser(NAME, __version__, listen="/run/kuasar-quark/task.sock", dir="/run/kuasar-quark/.tasks",
-                          description="Task API server for every runsc pod (started by quark-sandboxer)")
-    parser.add_argument("--pods-dir", default="/run/kuasar-quark", metavar="DIR",
-                        help="quark-sandboxer's --dir, holding each pod's sandbox.json")
-    args = parser.parse_args(argv)
-    args.dir = os.path.abspath(args.dir)
-    pods_dir = os.path.abspath(args.pods_dir)
-
-    async def serve(ctx: DaemonContext) -> None:
-        hub = StreamingHub()
-        backend = OciTaskBackend(args.dir, RunscHooks(pods_dir), hub=hub,
-                                 exits=ExitRecorder(os.path.join(pods_dir, EXITS_DIR)))
-        await backend.recover()
-        await serve_task_api(ctx, args.listen, backend, hub)
-
-    return run_daemon(NAME, __version__, args, serve)
+    return run_task_server(NAME, __version__, argv, listen="/run/kuasar-quark/task.sock",
+                           directory="/run/kuasar-quark/.tasks", pods_dir="/run/kuasar-quark",
+                           pods_dir_help="quark-sandboxer's --dir, holding each pod's sandbox.json",
+                           description="Task API server for every runsc pod (started by quark-sandboxer)",
+                           open_backend=_open_backend)
 
 
 if __name__ == "__main__":

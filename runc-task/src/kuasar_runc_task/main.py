@@ -1,16 +1,13 @@
-"""``runc-task``: wiring only — recover containers, serve the Task API (v2 + v3) on a unix socket."""
+"""``runc-task``: wiring only — the shared task server (kuasar_shared.task.server) over runc."""
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 from typing import Optional, Sequence
 
-from kuasar_shared.daemon.args import build_parser
-from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.task.exits import EXITS_DIR
 from kuasar_shared.task.exits import ExitRecorder
-from kuasar_shared.task.server import serve_task_api
+from kuasar_shared.task.server import run_task_server
 
 from kuasar_runc_task import __version__
 from kuasar_runc_task.backend import RuncTaskBackend
@@ -18,23 +15,23 @@ from kuasar_runc_task.backend import RuncTaskBackend
 NAME = "runc-task"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser(NAME, __version__, listen="/run/kuasar-runc/task.sock", dir="/run/kuasar-runc/tasks",
-                          description="Task API server for every runc pod (started by runc-sandboxer)")
-    parser.add_argument("--pods-dir", default="", metavar="DIR",
-                        help="runc-sandboxer's --dir, where pods pin their namespaces")
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", default="runc", metavar="BINARY", help="OCI runtime (default: runc)")
-    args = parser.parse_args(argv)
-    args.dir = os.path.abspath(args.dir)
 
-    async def serve(ctx: DaemonContext) -> None:
-        hub = StreamingHub()
-        exits = ExitRecorder(os.path.join(args.pods_dir, EXITS_DIR)) if args.pods_dir else None
-        backend = RuncTaskBackend(args.dir, pods_dir=args.pods_dir, binary=args.runtime, hub=hub, exits=exits)
-        await backend.recover()
-        await serve_task_api(ctx, args.listen, backend, hub)
 
-    return run_daemon(NAME, __version__, args, serve)
+async def _open_backend(args: argparse.Namespace, hub: StreamingHub,
+                        exits: Optional[ExitRecorder]) -> RuncTaskBackend:
+    backend = RuncTaskBackend(args.dir, pods_dir=args.pods_dir, binary=args.runtime, hub=hub, exits=exits)
+    await backend.recover()
+    return backend
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_task_server(NAME, __version__, argv, listen="/run/kuasar-runc/task.sock",
+                           directory="/run/kuasar-runc/tasks", pods_dir="",
+                           pods_dir_help="runc-sandboxer's --dir, where pods pin their namespaces",
+                           description="Task API server for every runc pod (started by runc-sandboxer)",
+                           open_backend=_open_backend, add_arguments=_add_arguments)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The serving part of every task server's ``main``: Task API (v3 + v2) and Streaming on a unix socket.
+"""Every task server's ``main``: Task API (v3 + v2) and Streaming on a unix socket, over one backend.
 
-The runc, quark and wasm task servers differ in their backend only; each recovers its backend and
-hands it here, which serves until the daemon is told to stop and then releases the backend (its
+The runc, quark and wasm task servers differ in their backend only: each entry point calls
+:func:`run_task_server` with its defaults, its extra arguments and a function that opens its backend
+(recovered). This serves until the daemon is told to stop and then releases the backend (its
 containers keep running: a restarted task server re-adopts them).
 
 Behind a task front (``kuasar_shared.taskfront``) a stop is a live upgrade: the server stops
@@ -10,19 +11,22 @@ to the successor), and journals every tagged call so the front's replays run at 
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, Awaitable, Callable, NoReturn, Optional, Sequence
 
-from kuasar_shared.daemon.run import DaemonContext
+from kuasar_shared.daemon.args import build_parser
+from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.io import StreamingHub
-from kuasar_shared.task.recorded import RecordedTaskBackend
+from kuasar_shared.task.exits import EXITS_DIR, ExitRecorder
 from kuasar_shared.task.journal import RequestJournal
+from kuasar_shared.task.recorded import RecordedTaskBackend
 from kuasar_shared.task.service import TaskService
 from kuasar_shared.ttrpc import Server
 
-__all__ = ["serve_task_api", "JOURNAL_DIR", "MAX_CONNECTIONS", "DRAIN_TIMEOUT"]
+__all__ = ["run_task_server", "serve_task_api", "BackendOpener", "JOURNAL_DIR", "MAX_CONNECTIONS", "DRAIN_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +73,36 @@ async def serve_task_api(ctx: DaemonContext, listen: str, backend: RecordedTaskB
         await asyncio.gather(sweeper, return_exceptions=True)
         await server.shutdown()
         await backend.close()
+
+
+#: makes a sandbox type's backend from the parsed arguments, the Streaming hub and the sandboxer's exit
+#: records (None without ``--pods-dir``), and recovers it (with whatever must follow recovery)
+BackendOpener = Callable[[argparse.Namespace, StreamingHub, Optional[ExitRecorder]],
+                         Awaitable[RecordedTaskBackend[Any]]]
+
+
+def run_task_server(name: str, version: str, argv: Optional[Sequence[str]], *, description: str, listen: str,
+                    directory: str, pods_dir: str, pods_dir_help: str, open_backend: BackendOpener,
+                    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> NoReturn:
+    """Parse the task server's command line, then serve the backend ``open_backend`` gives until stopped.
+
+    The common arguments are the daemon's (``--listen``, ``--dir``, ``--log-level``...) plus
+    ``--pods-dir``, the sandboxer's ``--dir`` (its pod records and exit records); ``add_arguments`` adds
+    a type's own. ``--dir`` and ``--pods-dir`` are made absolute. Exits the process (0 clean, 1 when
+    serving failed), as :func:`~kuasar_shared.daemon.run.run_daemon` does.
+    """
+    parser = build_parser(name, version, listen=listen, dir=directory, description=description)
+    parser.add_argument("--pods-dir", default=pods_dir, metavar="DIR", help=pods_dir_help)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.dir = os.path.abspath(args.dir)
+    args.pods_dir = os.path.abspath(args.pods_dir) if args.pods_dir else ""
+
+    async def serve(ctx: DaemonContext) -> None:
+        hub = StreamingHub()
+        exits = ExitRecorder(os.path.join(args.pods_dir, EXITS_DIR)) if args.pods_dir else None
+        backend = await open_backend(args, hub, exits)
+        await serve_task_api(ctx, args.listen, backend, hub)
+
+    return run_daemon(name, version, args, serve)
