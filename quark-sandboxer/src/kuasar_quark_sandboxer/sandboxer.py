@@ -11,8 +11,6 @@ any other pod is cleaned up and forgotten (NOT_FOUND), and so is a pod whose Sta
 from __future__ import annotations
 
 import logging
-import os
-from datetime import datetime, timezone
 from typing import Optional
 
 from kuasar_shared.errors import InvalidArgument, KuasarError
@@ -20,7 +18,7 @@ from kuasar_shared.process_identity import is_same_process
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.sandbox.base import UNEXPECTED_EXIT, PodSandboxer
 from kuasar_shared.sandbox.podfiles import write_pod_files
-from kuasar_shared.sandbox.pods import parse_time
+from kuasar_shared.sandbox.pods import check_create, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer
 
 from kuasar_quark_sandboxer.kernel import Kernel
@@ -61,12 +59,7 @@ class QuarkSandboxer(PodSandboxer[Pod]):
                              tasks=pod.task_resources)
 
     async def create(self, req: CreateSandbox) -> None:
-        if req.netns_path and not os.path.exists(req.netns_path):
-            raise InvalidArgument(f"sandbox {req.id}: network namespace {req.netns_path} does not exist")
-        if req.host_pid:
-            raise InvalidArgument(f"sandbox {req.id}: the host PID namespace (pid: NODE) cannot be shared "
-                                  f"with an application kernel")
-        created = (req.created_at or datetime.now(timezone.utc)).isoformat()
+        created = check_create(req, host_pid_refused_by="an application kernel")
         pod = Pod(id=req.id, kernel=self.kernel.name, netns=req.netns_path, hostname=req.hostname,
                   host_network=req.host_network, cgroup_parent=req.cgroup_parent, created_at=created)
         self.pods.add(pod)

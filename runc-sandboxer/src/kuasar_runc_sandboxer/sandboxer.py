@@ -14,9 +14,7 @@ and forgotten (NOT_FOUND). Holder exits are watched with pidfds: no task per idl
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Optional
 
 from kuasar_shared.errors import InvalidArgument, KuasarError
@@ -25,7 +23,7 @@ from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.mounts import MountError
 from kuasar_shared.sandbox.base import PodSandboxer
 from kuasar_shared.sandbox.podfiles import mount_pod_shm, unmount_pod_shm, write_pod_files
-from kuasar_shared.sandbox.pods import PodRecord, PodState, parse_time
+from kuasar_shared.sandbox.pods import PodRecord, PodState, check_create, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 
 from kuasar_runc_sandboxer.holder import HolderParent
@@ -77,13 +75,11 @@ class RuncSandboxer(PodSandboxer[Pod]):
                              tasks=pod.task_resources)
 
     async def create(self, req: CreateSandbox) -> None:
-        if req.netns_path and not os.path.exists(req.netns_path):
-            raise InvalidArgument(f"sandbox {req.id}: network namespace {req.netns_path} does not exist")
+        created = check_create(req)
         try:
             sysctls = sysctl_files(req.sysctls, req.host_network, req.host_ipc)
         except InvalidArgument as err:
             raise InvalidArgument(f"sandbox {req.id}: {err.message}") from err
-        created = (req.created_at or datetime.now(timezone.utc)).isoformat()
         pod = Pod(id=req.id, netns=req.netns_path, hostname=req.hostname, shared_pid=req.shared_pid,
                   host_pid=req.host_pid, host_ipc=req.host_ipc, sysctls=sysctls,
                   cgroup_parent=req.cgroup_parent, created_at=created)

@@ -3,12 +3,13 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pytest
 
-from kuasar_shared.errors import AlreadyExists, FailedPrecondition, NotFound
-from kuasar_shared.sandbox.api import TaskResources
-from kuasar_shared.sandbox.pods import PodRecord, PodState, PodTable
+from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kuasar_shared.sandbox.api import CreateSandbox, TaskResources
+from kuasar_shared.sandbox.pods import PodRecord, PodState, PodTable, check_create
 from kuasar_shared.sandbox.tasks import diff, parse_tasks
 
 
@@ -62,3 +63,23 @@ async def test_update_tasks_is_stored(tmp_path):
     new = parse_tasks(b'{"tasks": [{"task_id": "c1"}]}')
     await table.update_tasks("p", diff(TaskResources(), new))
     assert [t.task_id for t in table.get("p").task_resources.tasks] == ["c1"]
+
+
+_HOST_PID = {"linux": {"security_context": {"namespace_options": {"pid": "NODE"}}}}
+
+
+def test_check_create_returns_the_engines_creation_time_or_now():
+    sent = datetime(2026, 11, 22, tzinfo=timezone.utc)
+    assert check_create(CreateSandbox(id="p1", created_at=sent)) == sent.isoformat()
+    before = datetime.now(timezone.utc)
+    assert before <= datetime.fromisoformat(check_create(CreateSandbox(id="p1"))) <= datetime.now(timezone.utc)
+
+
+def test_check_create_refuses_a_missing_netns_and_the_host_pid_namespace_where_told(tmp_path):
+    with pytest.raises(InvalidArgument, match="sandbox p1: network namespace .*/gone does not exist"):
+        check_create(CreateSandbox(id="p1", netns_path=str(tmp_path / "gone")))
+    host_pid = CreateSandbox(id="p1", netns_path=str(tmp_path), config=_HOST_PID)
+    assert host_pid.host_pid and check_create(host_pid)
+    with pytest.raises(InvalidArgument, match=r"sandbox p1: the host PID namespace \(pid: NODE\) cannot be shared "
+                                              "with a VM"):
+        check_create(host_pid, host_pid_refused_by="a VM")

@@ -2,14 +2,11 @@
 what a VM pod needs to be re-attached and to answer Status."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Dict, Optional, cast
 
-from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.sandbox.pods import PodRecord
+from kuasar_shared.sandbox.pods import PodRecord, check_create
 
 __all__ = ["VmmPod", "DEBUG_ANNOTATION"]
 
@@ -36,13 +33,10 @@ class VmmPod(PodRecord):
 
         :raise InvalidArgument: its network namespace does not exist, or it asks for the host's PID namespace.
         """
-        if req.netns_path and not os.path.exists(req.netns_path):
-            raise InvalidArgument("sandbox %s: network namespace %s does not exist" % (req.id, req.netns_path))
-        if req.host_pid:
-            raise InvalidArgument("sandbox %s: a VM pod cannot use the host PID namespace (pid: NODE)" % req.id)
+        created = check_create(req, host_pid_refused_by="a VM")
         annotations = {**(req.config.get("annotations") or {}), **req.annotations}
         return cls(id=req.id, netns="" if req.host_network else req.netns_path, config=req.config,
-                   created_at=(req.created_at or datetime.now(timezone.utc)).isoformat(), vcpus=vcpus,
+                   created_at=created, vcpus=vcpus,
                    memory_mb=memory_mb, debug=annotations.get(DEBUG_ANNOTATION, "") == "true")
 
     @classmethod

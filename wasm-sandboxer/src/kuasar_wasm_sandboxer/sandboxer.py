@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
 from typing import Optional
 
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.sandbox.base import PodSandboxer
-from kuasar_shared.sandbox.pods import PodRecord, PodState, parse_time
+from kuasar_shared.sandbox.pods import PodRecord, PodState, check_create, parse_time
 from kuasar_shared.sandbox.taskserver import TaskServer, find_command
 from kuasar_shared.values import CgroupStats
 
@@ -59,12 +58,12 @@ class WasmSandboxer(PodSandboxer[Pod]):
                              tasks=pod.task_resources)
 
     async def create(self, req: CreateSandbox) -> None:
+        created = check_create(req)
         cgroup_parent = req.cgroup_parent or f"{DEFAULT_CGROUP_ROOT}/{req.id}"
         try:
             Cgroup.open(cgroup_parent)
         except InvalidArgument as err:
             raise InvalidArgument(f"sandbox {req.id}: {err}") from err
-        created = (req.created_at or datetime.now(timezone.utc)).isoformat()
         self.pods.add(Pod(id=req.id, netns=req.netns_path, cgroup_parent=cgroup_parent, created_at=created))
         log.info("sandbox %s created (cgroup %s)", req.id, cgroup_parent)
 

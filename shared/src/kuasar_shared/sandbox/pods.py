@@ -19,12 +19,12 @@ from typing import Any, Dict, Generic, Iterator, Optional, Tuple, Type, TypeVar,
 
 from kuasar_shared.cgroups import DEFAULT_ROOT, Cgroup, CgroupV2
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
-from kuasar_shared.sandbox.api import ExitStatus, TaskDiff, TaskResources
+from kuasar_shared.sandbox.api import CreateSandbox, ExitStatus, TaskDiff, TaskResources
 from kuasar_shared.sandbox.tasks import encode_tasks, parse_tasks
 from kuasar_shared.store import CorruptState, PodStore
 from kuasar_shared.values import CgroupStats
 
-__all__ = ["PodState", "PodRecord", "PodTable", "P", "now", "parse_time", "remove_cgroup"]
+__all__ = ["PodState", "PodRecord", "PodTable", "P", "now", "parse_time", "check_create", "remove_cgroup"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,23 @@ def now() -> str:
 
 def parse_time(value: str) -> Optional[datetime]:
     return datetime.fromisoformat(value) if value else None
+
+
+def check_create(req: CreateSandbox, host_pid_refused_by: str = "") -> str:
+    """The checks every sandbox type makes of a Create request; returns the pod's creation time to record.
+
+    :param host_pid_refused_by: what in this sandbox type cannot share the node's PID namespace (``"a VM"``);
+        empty when the type can.
+    :return: the engine's ``created_at``, else now (ISO 8601).
+    :raise InvalidArgument: the pod's network namespace does not exist, or it asks for the node's PID
+        namespace (``pid: NODE``) and ``host_pid_refused_by`` is set.
+    """
+    if req.netns_path and not os.path.exists(req.netns_path):
+        raise InvalidArgument(f"sandbox {req.id}: network namespace {req.netns_path} does not exist")
+    if req.host_pid and host_pid_refused_by:
+        raise InvalidArgument(f"sandbox {req.id}: the host PID namespace (pid: NODE) cannot be shared with "
+                              f"{host_pid_refused_by}")
+    return (req.created_at or datetime.now(timezone.utc)).isoformat()
 
 
 class PodState(str, enum.Enum):
