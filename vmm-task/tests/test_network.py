@@ -3,7 +3,8 @@ import pytest
 
 from kuasar_shared.errors import InvalidArgument, NotFound
 from kuasar_vmm_task import network
-from kuasar_vmm_task.network import IPAddr, Interface, Route, interface_commands, route_commands
+from kuasar_shared.values import Route
+from kuasar_vmm_task.network import IPAddr, Interface, interface_commands, route_commands
 
 
 def test_interface_rename_mtu_addresses():

@@ -1,4 +1,4 @@
-"""Plain value types every layer shares: mounts, stdio, process status and exit, cgroup statistics.
+"""Plain value types every layer shares: mounts, stdio, process status and exit, cgroup statistics, routes.
 
 They sit at the bottom of ``kuasar_shared`` so that kernel wrappers (``cgroups``, ``mounts``), stdio
 plumbing, the Sandbox API and the Task API all speak the same types without importing each other.
@@ -7,11 +7,12 @@ Nothing here imports anything of ``kuasar_shared``.
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional
 
-__all__ = ["TaskStatus", "Mount", "Stdio", "ProcessState", "ExitInfo", "CgroupStats"]
+__all__ = ["TaskStatus", "Mount", "Stdio", "ProcessState", "ExitInfo", "CgroupStats", "Route"]
 
 
 class TaskStatus(enum.IntEnum):
@@ -81,3 +82,16 @@ class CgroupStats:
     pids_limit: int = 0
     #: processes the kernel killed for hitting the memory limit (CRI's OOMKilled comes from it)
     memory_oom_kill: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    """One IP route of a pod's network: read in the pod netns on the host, applied in a VM guest."""
+
+    dest: str = ""
+    gateway: str = ""
+    device: str = ""
+    source: str = ""
+    scope: int = 0
+    #: socket.AF_INET or AF_INET6
+    family: int = socket.AF_INET

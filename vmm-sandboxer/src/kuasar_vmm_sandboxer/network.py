@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.values import Route
 
 from kuasar_vmm_sandboxer.vm import Nic
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-__all__ = ["Address", "Interface", "Route", "PodNetwork", "setup", "destroy"]
+__all__ = ["Address", "Interface", "PodNetwork", "setup", "destroy"]
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,6 @@ class Interface:
     tap: str
     addresses: list[Address] = field(default_factory=list)
     flags: int = 0
-
-
-@dataclass
-class Route:
-    dest: str = ""
-    gateway: str = ""
-    device: str = ""
-    source: str = ""
-    scope: int = 0
-    family: int = socket.AF_INET
 
 
 @dataclass

@@ -17,10 +17,11 @@ from typing import Dict, List, Sequence, Tuple
 
 from kuasar_shared import process
 from kuasar_shared.errors import InvalidArgument, NotFound
+from kuasar_shared.values import Route
 
 from kuasar_vmm_task.boot import ENV
 
-__all__ = ["IPAddr", "Interface", "Route", "links_by_mac", "interface_commands", "route_commands",
+__all__ = ["IPAddr", "Interface", "links_by_mac", "interface_commands", "route_commands",
            "apply_interfaces", "apply_routes"]
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,6 @@ class Interface:
     hw_addr: str
     addresses: Tuple[IPAddr, ...] = ()
     mtu: int = 0
-
-
-@dataclass(frozen=True)
-class Route:
-    dest: str = ""
-    gateway: str = ""
-    device: str = ""
-    source: str = ""
-    scope: int = 0
 
 
 def _prefix(addr: IPAddr) -> str:

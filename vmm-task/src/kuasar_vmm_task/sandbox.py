@@ -7,6 +7,7 @@ phases: phase 1 stamps arrival/send times, phase 2 applies Delta) and GetEvents 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Callable, Iterable, List, Optional
 
@@ -17,6 +18,7 @@ from kuasar_shared.api.containerd.services.events.ttrpc.v1 import events_pb2
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import FailedPrecondition, NotFound
 from kuasar_shared.ttrpc import CallContext, Service
+from kuasar_shared.values import Route
 
 from kuasar_vmm_task import network, pod
 from kuasar_vmm_task.boot import ENV
@@ -42,8 +44,9 @@ def interfaces_of(items: "Iterable[sandbox_pb2.Interface]") -> List[network.Inte
             for i in items]
 
 
-def routes_of(items: "Iterable[sandbox_pb2.Route]") -> List[network.Route]:
-    return [network.Route(dest=r.dest, gateway=r.gateway, device=r.device, source=r.source, scope=r.scope)
+def routes_of(items: "Iterable[sandbox_pb2.Route]") -> List[Route]:
+    return [Route(dest=r.dest, gateway=r.gateway, device=r.device, source=r.source, scope=r.scope,
+                  family=socket.AF_INET6 if r.family == sandbox_pb2.v6 else socket.AF_INET)
             for r in items]
 
 
