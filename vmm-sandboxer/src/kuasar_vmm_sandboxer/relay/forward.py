@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Tuple
+from typing import Any, Dict, Protocol, Tuple
 
 from google.protobuf.message import DecodeError
 
@@ -30,19 +30,32 @@ from kuasar_shared.ttrpc import framing
 from kuasar_vmm_sandboxer import bundle
 from kuasar_vmm_sandboxer.relay.stdio import guest_url
 
-if TYPE_CHECKING:
-    from kuasar_vmm_sandboxer.relay.server import PodLink
-
-__all__ = ["Forwarder", "TASK_SERVICES"]
+__all__ = ["Forwarder", "Pod", "TASK_SERVICES"]
 
 log = logging.getLogger(__name__)
 TASK_SERVICES = ("containerd.task.v3.Task", "containerd.task.v2.Task")
 
 
+class Pod(Protocol):
+    """What a Forwarder needs of its pod (:class:`~kuasar_vmm_sandboxer.relay.link.PodLink` has it)."""
+
+    id: str
+    pod_dir: str
+
+    async def channel(self) -> Any:
+        """A new (reader, writer) connection to the guest agent."""
+
+    def bridge(self, cid: str, exec_id: str, which: str, path: str) -> str:
+        """Start copying between a FIFO and a guest stream; returns the stream id."""
+
+    def forget_container(self, cid: str, remove_bundle: bool) -> None:
+        """Stop the container's bridges and, if asked, remove its host-side preparation."""
+
+
 class Forwarder:
     """Pumps frames between an engine connection and one mux channel until either side closes."""
 
-    def __init__(self, link: "PodLink", reader: asyncio.StreamReader, writer: Any) -> None:
+    def __init__(self, link: Pod, reader: asyncio.StreamReader, writer: Any) -> None:
         self.link = link
         self.reader = reader
         self.writer = writer
