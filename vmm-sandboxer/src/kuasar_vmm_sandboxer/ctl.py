@@ -144,9 +144,13 @@ async def _read_some(fd: int) -> bytes:
     loop = asyncio.get_running_loop()
     if stat.S_ISREG(os.fstat(fd).st_mode):
         return await loop.run_in_executor(None, os.read, fd, _CHUNK)
-    ready = loop.create_future()
+    ready: "asyncio.Future[None]" = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
     try:
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, wake)
     except PermissionError:
         return await loop.run_in_executor(None, os.read, fd, _CHUNK)
     try:
@@ -200,7 +204,7 @@ async def run_shell(socket_path: str, stdin: int = 0, stdout: int = 1) -> int:
 
         def exited(msg: any_pb2.Any) -> None:
             nonlocal code
-            if msg.Is(shim_pb2.WaitResponse.DESCRIPTOR):
+            if msg.TypeName() == shim_pb2.WaitResponse.DESCRIPTOR.full_name:
                 done = shim_pb2.WaitResponse()
                 msg.Unpack(done)
                 code = done.exit_status

@@ -12,7 +12,7 @@ import json
 import logging
 import socket
 import time
-from typing import Any, AsyncIterator, Mapping, Optional, Type, TypeVar
+from typing import Any, AsyncGenerator, Mapping, Optional, Type, TypeVar
 
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
@@ -33,7 +33,7 @@ M = TypeVar("M", bound=Message)
 CLOCK_TOLERANCE_NS = 10_000_000
 
 
-def _family(family: int) -> int:
+def _family(family: int) -> sandbox_pb2.IPFamily:
     return sandbox_pb2.v6 if family == socket.AF_INET6 else sandbox_pb2.v4
 
 
@@ -104,7 +104,7 @@ class GuestClient:
                                sandbox_pb2.ExecVMProcessResponse, timeout)
         return resp.out
 
-    async def events(self) -> AsyncIterator[events_pb2.Envelope]:
+    async def events(self) -> AsyncGenerator[events_pb2.Envelope, None]:
         """Each event the guest reports, long-polling GetEvents on one connection (no deadline: the guest
         answers when something happens; close the generator to stop).
 

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.values import Route
@@ -113,7 +113,8 @@ async def _in_netns(netns: str, fn: Callable[[IPRoute], _T]) -> _T:
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
-        result, error = None, None
+        result: Any = None
+        error: Optional[BaseException] = None
         try:
             own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:

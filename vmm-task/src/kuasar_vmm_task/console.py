@@ -151,13 +151,13 @@ class DebugConsole:
                 return
             try:
                 msg = any_pb2.Any.FromString(raw)
-                if msg.Is(transfer_pb2.Data.DESCRIPTOR):
+                if msg.TypeName() == transfer_pb2.Data.DESCRIPTOR.full_name:
                     data = transfer_pb2.Data()
                     msg.Unpack(data)
                     if not await _write(master, data.data):
                         return
                     continue
-                if msg.Is(shim_pb2.ResizePtyRequest.DESCRIPTOR):
+                if msg.TypeName() == shim_pb2.ResizePtyRequest.DESCRIPTOR.full_name:
                     size = shim_pb2.ResizePtyRequest()
                     msg.Unpack(size)
                     set_window_size(master, size.height, size.width)

@@ -88,7 +88,7 @@ class EventQueue:
         directory = os.path.join(self.cgroup_root, cgroups_path.lstrip("/"))
         if eventfd is None or not os.path.isdir(directory):
             return False
-        efd = eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)  # type: ignore[attr-defined]
+        efd = eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             ofd = os.open(os.path.join(directory, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
             try:

@@ -128,7 +128,7 @@ class PodNamespaces:
     def __init__(self, ns_dir: str = NS_DIR) -> None:
         self.ns_dir = ns_dir
         self.holder: Optional[process.Process] = None
-        self.types: tuple = ()
+        self.types: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<PodNamespaces {self.ns_dir} {','.join(self.types) or 'none'}>"
@@ -207,7 +207,7 @@ class PodNamespaces:
         return os.path.join(self.ns_dir, ns_type) if ns_type in self.types else None
 
 
-def _children(pid: int) -> list:
+def _children(pid: int) -> list[int]:
     """Direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
     found = []
     try:

@@ -284,7 +284,7 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
     digest = _digest(packages, [here, _source_dir("kuasar_vmm_task"), _source_dir("kuasar_shared")])
     if not force and all(os.path.exists(p) for p in outputs) and os.path.exists(stamp_path):
         with open(stamp_path) as handle:
-            record = json.load(handle)
+            record: dict[str, object] = json.load(handle)
         if record.get("digest") == digest:
             record["cached"] = True
             return record

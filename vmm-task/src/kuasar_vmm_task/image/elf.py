@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import struct
-from typing import List, Optional
+from typing import Any, List, Optional
 
 __all__ = ["is_elf", "needed"]
 
@@ -28,7 +28,7 @@ def needed(path: str) -> List[str]:
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    dynamic: Optional[tuple] = next((s for s in sections if s[1] == _SHT_DYNAMIC), None)
+    dynamic: Optional[tuple[Any, ...]] = next((s for s in sections if s[1] == _SHT_DYNAMIC), None)
     if dynamic is None:
         return []
     strtab = sections[dynamic[6]]  # sh_link of .dynamic is its string table

@@ -89,7 +89,7 @@ def _depends(path: str) -> List[str]:
     return [_norm(d) for d in match.group(1).decode().split(",") if d] if match else []
 
 
-def builtin_modules(version_dir: str) -> set:
+def builtin_modules(version_dir: str) -> set[str]:
     """Names of modules compiled into the kernel (``modules.builtin``; empty when absent)."""
     try:
         with open(os.path.join(version_dir, "modules.builtin")) as handle:
@@ -104,9 +104,9 @@ def load_order(wanted: Sequence[str], index: Dict[str, str], builtin: Collection
     :raise ImageError: a module is not in the kernel package.
     """
     order: List[str] = []
-    seen = set()
+    seen: set[str] = set()
 
-    def visit(name: str, chain: tuple) -> None:
+    def visit(name: str, chain: tuple[str, ...]) -> None:
         name = _norm(name)
         if name in seen or name in builtin:
             return
