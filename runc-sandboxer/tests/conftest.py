@@ -19,7 +19,7 @@ from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
 from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE, TaskServer
 
 RUNC = shutil.which("runc")
 SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"

@@ -25,7 +25,7 @@ from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE
 
 META = {"containerd-namespace-ttrpc": "k8s.io"}
 

@@ -19,7 +19,7 @@ from kuasar_shared.process_identity import start_time
 from kuasar_shared.sandbox.controller import READY
 from kuasar_shared.testing.conformance import SandboxApiClient
 from kuasar_shared.ttrpc import Client
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE
 
 BIN = os.path.dirname(sys.executable)
 

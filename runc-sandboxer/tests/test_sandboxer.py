@@ -20,7 +20,7 @@ from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 from kuasar_runc_sandboxer.sandboxer import RuncSandboxer
 from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
-from kuasar_shared.sandbox.taskserver import EXITS_DIR, TASK_SERVICE, TaskServer
+from kuasar_shared.sandbox.task_supervisor import EXITS_DIR, TASK_SERVICE, TaskServer
 
 
 def _pod(netns: str = "", hostname: str = "", pid_mode: str = "CONTAINER", network: str = "POD",

@@ -10,7 +10,7 @@ import pytest
 
 from kuasar_shared.process_identity import start_time, wait_exit
 from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 
 
 @pytest.mark.asyncio

@@ -9,7 +9,7 @@ import pytest
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.mounts import (MS, MountError, is_mountpoint, mount, mount_all, mountinfo, parse_options,
                                   umount, unmount_recursive)
-from kuasar_shared.store import PodStore
+from kuasar_shared.statefiles import PodStore
 from kuasar_shared.values import Mount
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")

@@ -45,7 +45,7 @@ from kuasar_shared.ctl.config import ContainerConfig
 from kuasar_shared.ctl.io import make_fifos
 from kuasar_shared.ctl.spec import SpecInputs, build_container_spec
 from kuasar_shared.errors import KuasarError, NotFound, Unavailable
-from kuasar_shared.store import write_json_atomic
+from kuasar_shared.statefiles import write_json_atomic
 from kuasar_shared.ttrpc import Client
 
 import kuasar

@@ -37,7 +37,7 @@ from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2  # noqa: E402
 from kuasar_shared.api.ttrpc import request_pb2  # noqa: E402
 from kuasar_shared.ttrpc import framing  # noqa: E402
 from kuasar_shared.errors import NotFound  # noqa: E402
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE  # noqa: E402
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE  # noqa: E402
 from kuasar_shared.ttrpc import Client  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)

@@ -43,7 +43,7 @@ from google.protobuf import empty_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.ctl.clients import SandboxClient
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE
 from kuasar_shared.ttrpc import Client
 
 BIN = os.path.dirname(sys.executable)

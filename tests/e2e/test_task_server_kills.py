@@ -250,7 +250,7 @@ def test_task_server_killed_repeatedly_is_invisible(request, tmp_path, sandboxer
         found += [os.path.join(exits, f) for f in (os.listdir(exits) if os.path.isdir(exits) else [])]
         found += [os.path.join(state, d) for d in os.listdir(state) if d in pods]
         return found
-    try:  # exit records of helpers no one claims go within 35 s (task.server.EXIT_RECORD_GRACE + a sweep)
+    try:  # exit records of helpers no one claims go within 35 s (task.main.EXIT_RECORD_GRACE + a sweep)
         wait_for(lambda: not leftovers(), 60)
     except AssertionError:
         assert leftovers() == []

@@ -31,7 +31,7 @@ from kuasar_shared.api.cri.runtime.v1 import api_pb2
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient
 from kuasar_shared.ctl.config import ContainerConfig, MountSpec
 from kuasar_shared.ctl.spec import SpecInputs, build_container_spec, exec_process_spec
-from kuasar_shared.store import write_json_atomic
+from kuasar_shared.statefiles import write_json_atomic
 from kuasar_shared.testing.oci import read_fifo
 
 

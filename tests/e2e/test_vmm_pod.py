@@ -22,7 +22,7 @@ from support import QEMU, Ctl, Sandboxer, assert_nothing_left, pids_with, runnin
 
 from kuasar_shared.ctl.clients import SandboxClient
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument
-from kuasar_shared.sandbox.tasks import update_request
+from kuasar_shared.sandbox.tasks_extension import update_request
 
 
 @pytest.fixture(scope="module")

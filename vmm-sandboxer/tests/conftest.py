@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_vmm_sandboxer import config, hypervisors
 from kuasar_vmm_sandboxer.kvm import KvmProbe
 from kuasar_vmm_sandboxer.main import RELAY

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest_asyncio
 
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_shared.testing.conformance import SandboxerConformance
 from kuasar_vmm_sandboxer import config, hypervisors
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer

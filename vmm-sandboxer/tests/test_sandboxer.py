@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import pytest
 
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_vmm_sandboxer import config, hypervisors
 from kuasar_vmm_sandboxer.main import RELAY
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer

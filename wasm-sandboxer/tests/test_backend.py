@@ -19,7 +19,7 @@ from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_wasm_sandboxer.backend import UNKNOWN_EXIT, WasmTaskBackend
 from kuasar_wasm_sandboxer.entrypoint import MAX_ARGS_BYTES, TRAP_EXIT
-from kuasar_wasm_sandboxer.runners import ForkServer
+from kuasar_wasm_sandboxer.runner_control import ForkServer
 from wasm_helpers import cgroup_exists, processes_mentioning
 
 

@@ -7,7 +7,7 @@ import signal
 import pytest_asyncio
 
 from kuasar_shared.process_identity import wait_exit
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_shared.testing.conformance import SandboxerConformance
 
 from kuasar_wasm_sandboxer.sandboxer import WASM_TASK, WasmSandboxer

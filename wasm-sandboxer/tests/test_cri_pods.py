@@ -19,7 +19,7 @@ from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.process_identity import wait_exit
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE, TaskServer
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 

@@ -16,7 +16,7 @@ from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, NotFound
 from kuasar_shared.process_identity import wait_exit
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.sandbox.taskserver import TASK_SERVICE, TaskServer
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE, TaskServer
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 

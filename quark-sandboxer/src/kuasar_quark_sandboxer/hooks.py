@@ -26,7 +26,7 @@ from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.oci import namespace_path
 from kuasar_shared.oci.pod import add_pod_mounts, sandbox_id_of
 from kuasar_shared.oci.task import OciHooks, Placement
-from kuasar_shared.store import CorruptState, read_json
+from kuasar_shared.statefiles import CorruptState, read_json
 from kuasar_shared.task.backend import CreateTask
 
 from kuasar_quark_sandboxer.pause import CONTAINER_TYPE, SANDBOX_ID

@@ -10,7 +10,7 @@ from kuasar_shared.config import ConfigError
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.sandbox.server import serve_until_shutdown
-from kuasar_shared.sandbox.taskserver import TaskServer, find_command, start_task_server
+from kuasar_shared.sandbox.task_supervisor import TaskServer, find_command, start_task_server
 
 from kuasar_quark_sandboxer import __version__, config
 from kuasar_quark_sandboxer.kernel import Kernel
@@ -19,7 +19,7 @@ from kuasar_quark_sandboxer.kernels.runsc import RunscKernel
 from kuasar_quark_sandboxer.sandboxer import QuarkSandboxer
 
 NAME = "quark-sandboxer"
-#: how to start the runsc task server (see kuasar_shared.sandbox.taskserver)
+#: how to start the runsc task server (see kuasar_shared.sandbox.task_supervisor)
 QUARK_TASK = find_command("quark-task", "kuasar_quark_sandboxer.task")
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Optional
 from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.process_identity import is_same_process
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
-from kuasar_shared.sandbox.base import UNEXPECTED_EXIT, PodSandboxer
+from kuasar_shared.sandbox.lifecycle import UNEXPECTED_EXIT, PodSandboxer
 from kuasar_shared.sandbox.podfiles import write_pod_files
 from kuasar_shared.sandbox.pods import check_create, parse_time
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 
 from kuasar_quark_sandboxer.kernel import Kernel
 from kuasar_quark_sandboxer.pod import Pod, PodState

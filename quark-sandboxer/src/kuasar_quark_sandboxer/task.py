@@ -1,4 +1,4 @@
-"""``quark-task``: wiring only — the shared task server (kuasar_shared.task.server) for runsc pods."""
+"""``quark-task``: wiring only — the shared task server (kuasar_shared.task.main) for runsc pods."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci.task import OciTaskBackend
 from kuasar_shared.task.exits import ExitRecorder
-from kuasar_shared.task.server import run_task_server
+from kuasar_shared.task.main import run_task_server
 
 from kuasar_quark_sandboxer import __version__
 from kuasar_quark_sandboxer.hooks import RunscHooks

@@ -10,7 +10,7 @@ from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.server import serve_until_shutdown
-from kuasar_shared.sandbox.taskserver import start_task_server
+from kuasar_shared.sandbox.task_supervisor import start_task_server
 
 from kuasar_runc_sandboxer import __version__
 from kuasar_runc_sandboxer.holder import HolderParent

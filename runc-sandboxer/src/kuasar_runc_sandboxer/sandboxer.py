@@ -21,10 +21,10 @@ from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.process_identity import is_same_process, kill, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.mounts import MountError
-from kuasar_shared.sandbox.base import PodSandboxer
+from kuasar_shared.sandbox.lifecycle import PodSandboxer
 from kuasar_shared.sandbox.podfiles import mount_pod_shm, unmount_pod_shm, write_pod_files
 from kuasar_shared.sandbox.pods import PodRecord, PodState, check_create, parse_time
-from kuasar_shared.sandbox.taskserver import TaskServer, find_command
+from kuasar_shared.sandbox.task_supervisor import TaskServer, find_command
 
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.nsfiles import bind_namespaces, namespaces_match, unbind_namespaces
@@ -34,7 +34,7 @@ __all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK"]
 
 log = logging.getLogger(__name__)
 
-#: how to start the runc task server (see kuasar_shared.sandbox.taskserver)
+#: how to start the runc task server (see kuasar_shared.sandbox.task_supervisor)
 RUNC_TASK = find_command("runc-task", "kuasar_runc_task.main")
 
 

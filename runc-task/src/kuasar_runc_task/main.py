@@ -1,4 +1,4 @@
-"""``runc-task``: wiring only — the shared task server (kuasar_shared.task.server) over runc."""
+"""``runc-task``: wiring only — the shared task server (kuasar_shared.task.main) over runc."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.task.exits import ExitRecorder
-from kuasar_shared.task.server import run_task_server
+from kuasar_shared.task.main import run_task_server
 
 from kuasar_runc_task import __version__
 from kuasar_runc_task.backend import RuncTaskBackend

@@ -10,7 +10,7 @@ import pytest
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.sandbox.api import CreateSandbox, TaskResources
 from kuasar_shared.sandbox.pods import PodRecord, PodState, PodTable, check_create
-from kuasar_shared.sandbox.tasks import diff, parse_tasks
+from kuasar_shared.sandbox.tasks_extension import diff, parse_tasks
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.ids import validate_id
 from kuasar_shared.mounts import MountError, mount, mount_all, mountinfo, unmount_recursive
-from kuasar_shared.store import write_json_atomic
+from kuasar_shared.statefiles import write_json_atomic
 from kuasar_shared.values import Mount
 
 __all__ = ["GUEST_STATE", "SANDBOX_NS", "MAX_SPEC", "POD_FILES", "container_dir", "guest_spec", "prepare",

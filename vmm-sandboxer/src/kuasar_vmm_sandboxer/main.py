@@ -10,7 +10,7 @@ from kuasar_shared.config import ConfigError
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.sandbox.server import serve_until_shutdown
-from kuasar_shared.sandbox.taskserver import TaskServer, find_command
+from kuasar_shared.sandbox.task_supervisor import TaskServer, find_command
 
 from kuasar_vmm_sandboxer import __version__, config, hypervisors
 from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer

@@ -1,4 +1,4 @@
-"""VmmSandboxer: the shared pod lifecycle (:class:`~kuasar_shared.sandbox.base.PodSandboxer`) with a VM
+"""VmmSandboxer: the shared pod lifecycle (:class:`~kuasar_shared.sandbox.lifecycle.PodSandboxer`) with a VM
 from an injected :class:`~kuasar_vmm_sandboxer.vm.VMFactory` holding each pod, and the hypervisor's
 :class:`~kuasar_vmm_sandboxer.vm.Hooks` called at their points.
 
@@ -18,9 +18,9 @@ from typing import Awaitable, Dict, Optional
 
 from kuasar_shared.errors import FailedPrecondition, KuasarError
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus, TaskDiff, encode_tasks
-from kuasar_shared.sandbox.base import PodSandboxer
+from kuasar_shared.sandbox.lifecycle import PodSandboxer
 from kuasar_shared.sandbox.pods import PodState, parse_time
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 
 from kuasar_vmm_sandboxer import clock, network
 from kuasar_vmm_sandboxer.boot import Booter

@@ -6,7 +6,7 @@ Create mounts the rootfs the engine sent, makes the container's cgroup (``linux.
 into the cgroup and has it load and instantiate the module: a missing, escaping or invalid module fails Create.
 Start lets ``_start`` run. Exec runs another module of the same rootfs in another runner in the
 same cgroup. Kill signals the runner. A runner's exit status is the module's (see
-:mod:`kuasar_wasm_sandboxer.runner`), from the reaper while it is our child (runners re-parent to
+:mod:`kuasar_wasm_sandboxer.runner_process`), from the reaper while it is our child (runners re-parent to
 this server, see :mod:`kuasar_wasm_sandboxer.forkserver`). Stats come from the container's cgroup.
 
 Each container is saved in ``<dir>/<id>.json`` after every change. After a task-server restart,
@@ -38,7 +38,7 @@ from kuasar_shared.task.backend import CreateTask
 
 from kuasar_wasm_sandboxer.container import Container, Proc, WasmContainerStore
 from kuasar_wasm_sandboxer.entrypoint import RunSpec, build_run_spec
-from kuasar_wasm_sandboxer.runners import ForkServer, Runner
+from kuasar_wasm_sandboxer.runner_control import ForkServer, Runner
 
 __all__ = ["WasmTaskBackend", "UNKNOWN_EXIT"]
 

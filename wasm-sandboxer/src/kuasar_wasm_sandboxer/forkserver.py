@@ -8,7 +8,7 @@ fresh interpreter. It never compiles a module itself (wasmtime's compile threads
 when it forks).
 
 Each request on the control socket is one message carrying one fd (SCM_RIGHTS): the runner's end
-of a new control socket (see :mod:`kuasar_wasm_sandboxer.runner`). The fork-server forks twice:
+of a new control socket (see :mod:`kuasar_wasm_sandboxer.runner_process`). The fork-server forks twice:
 the intermediate child starts a new session (signals meant for the task server's session never
 reach a module), forks the runner and exits at once, so the runner re-parents to the nearest child
 subreaper, the task server, whose reaper collects its exit status exactly as for any child (and if
@@ -30,7 +30,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from kuasar_wasm_sandboxer import runner
+from kuasar_wasm_sandboxer import runner_process
 from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache
 from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine, engine_fingerprint
 
@@ -61,7 +61,7 @@ def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
             status = 1
             try:
                 _set_name(RUNNER_NAME)
-                status = runner.run(socket.socket(fileno=fd), engine)
+                status = runner_process.run(socket.socket(fileno=fd), engine)
             except BaseException:  # the runner must end here, never return into the fork-server loop
                 traceback.print_exc()
     except BaseException:

@@ -1,4 +1,4 @@
-"""``wasm-task``: wiring only — the shared task server (kuasar_shared.task.server) with a fork-server of
+"""``wasm-task``: wiring only — the shared task server (kuasar_shared.task.main) with a fork-server of
 wasm runners."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Optional, Sequence
 
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.task.exits import ExitRecorder
-from kuasar_shared.task.server import run_task_server
+from kuasar_shared.task.main import run_task_server
 
 from kuasar_wasm_sandboxer import __version__
 from kuasar_wasm_sandboxer.backend import WasmTaskBackend
 from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES
-from kuasar_wasm_sandboxer.runners import ForkServer
+from kuasar_wasm_sandboxer.runner_control import ForkServer
 
 NAME = "wasm-task"
 

@@ -40,8 +40,8 @@ from kuasar_shared.ctl.spec import ImageConfig, SpecInputs, build_container_spec
 from kuasar_shared.ctl.store import ContainerRecord, CtlStore, PodRecord
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.sandbox.api import TaskResource, TaskResources
-from kuasar_shared.sandbox.tasks import encode_tasks, update_request
-from kuasar_shared.store import write_json_atomic
+from kuasar_shared.sandbox.tasks_extension import encode_tasks, update_request
+from kuasar_shared.statefiles import write_json_atomic
 from kuasar_shared.values import Mount
 
 __all__ = ["Engine", "EngineOptions", "RUNNING", "CREATED", "EXITED", "UNKNOWN"]

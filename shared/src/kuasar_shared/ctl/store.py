@@ -9,7 +9,7 @@ the engine remembers pods and containers itself:
     <root>/<type>/containers/<id>/{fs,work}          overlay upperdir/workdir (snapshotter stand-in)
     <root>/<type>/containers/<id>/io/                stdio FIFOs
 
-Files are written atomically (:func:`kuasar_shared.store.write_json_atomic`). Ids are accepted by
+Files are written atomically (:func:`kuasar_shared.statefiles.write_json_atomic`). Ids are accepted by
 unique prefix, like crictl.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Optional, Type, TypeVar
 
 from kuasar_shared.errors import InvalidArgument, NotFound
 from kuasar_shared.ids import validate_id
-from kuasar_shared.store import CorruptState, read_json, write_json_atomic
+from kuasar_shared.statefiles import CorruptState, read_json, write_json_atomic
 
 __all__ = ["PodRecord", "ContainerRecord", "CtlStore", "resolve_prefix"]
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.ids import is_valid_id
-from kuasar_shared.store import CorruptState, read_json
+from kuasar_shared.statefiles import CorruptState, read_json
 
 __all__ = ["SANDBOX_ID_ANNOTATION", "sandbox_id_of", "pod_cgroup_parent", "container_cgroups_path",
            "add_pod_mounts"]

@@ -13,7 +13,7 @@ import re
 from typing import Any, Mapping, Optional
 
 from kuasar_shared.errors import InvalidArgument, NotFound
-from kuasar_shared.store import write_json_atomic
+from kuasar_shared.statefiles import write_json_atomic
 
 __all__ = ["CONFIG_NAME", "NAMESPACE_TYPES", "load_spec", "save_spec", "rootfs_path",
            "namespace_path", "set_namespace_path", "replace_proc_ns_paths", "drop_hostname_if_shared_uts",

@@ -38,7 +38,7 @@ from kuasar_shared import tracing
 from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFound, Unavailable, code_of
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import CreateSandbox, Sandboxer
-from kuasar_shared.sandbox.tasks import TASKS_EXTENSION, diff, parse_tasks
+from kuasar_shared.sandbox.tasks_extension import TASKS_EXTENSION, diff, parse_tasks
 from kuasar_shared.values import Mount
 from kuasar_shared.task.service import METRICS_TYPE_URL, metrics_any
 

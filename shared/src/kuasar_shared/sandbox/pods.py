@@ -20,8 +20,8 @@ from typing import Any, Dict, Generic, Iterator, Optional, Tuple, Type, TypeVar,
 from kuasar_shared.cgroups import DEFAULT_ROOT, Cgroup, CgroupV2
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.sandbox.api import CreateSandbox, ExitStatus, TaskDiff, TaskResources
-from kuasar_shared.sandbox.tasks import encode_tasks, parse_tasks
-from kuasar_shared.store import CorruptState, PodStore
+from kuasar_shared.sandbox.tasks_extension import encode_tasks, parse_tasks
+from kuasar_shared.statefiles import CorruptState, PodStore
 from kuasar_shared.values import CgroupStats
 
 __all__ = ["PodState", "PodRecord", "PodTable", "P", "now", "parse_time", "check_create", "remove_cgroup"]

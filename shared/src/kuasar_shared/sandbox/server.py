@@ -18,12 +18,12 @@ from kuasar_shared.errors import Unavailable
 from kuasar_shared.sandbox.api import Sandboxer
 from kuasar_shared.sandbox.controller import (DecodeErrorInterceptor, Observer, SandboxController,
                                               add_controller_to_server)
-from kuasar_shared.store import PodStore
+from kuasar_shared.statefiles import PodStore
 
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
     from kuasar_shared.metrics import MetricsServer
-    from kuasar_shared.sandbox.base import PodSandboxer
+    from kuasar_shared.sandbox.lifecycle import PodSandboxer
 
 __all__ = ["SandboxApiServer", "serve_sandbox_api", "serve_until_shutdown", "MAX_MESSAGE_SIZE"]
 

@@ -2,7 +2,7 @@
 
 Used by the RPM's upgrade scriptlet after ``systemctl try-restart kuasar-<type>``: the restarted
 sandboxer re-adopts the old task server, this command stops it gracefully, and the sandboxer starts
-the installed one behind the task front (see :func:`kuasar_shared.sandbox.taskserver.upgrade`).
+the installed one behind the task front (see :func:`kuasar_shared.sandbox.task_supervisor.upgrade`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from kuasar_shared import __version__
 from kuasar_shared.daemon.args import version_string
 from kuasar_shared.errors import KuasarError
-from kuasar_shared.sandbox.taskserver import upgrade
+from kuasar_shared.sandbox.task_supervisor import upgrade
 
 __all__ = ["main"]
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection, Optional
 
 from kuasar_shared.daemon.reaper import ExitEvent
-from kuasar_shared.store import CorruptState, read_json, write_json_atomic
+from kuasar_shared.statefiles import CorruptState, read_json, write_json_atomic
 
 __all__ = ["ExitRecorder", "EXITS_DIR"]
 

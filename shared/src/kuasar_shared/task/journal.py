@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Union
 
-from kuasar_shared.store import CorruptState, read_json
+from kuasar_shared.statefiles import CorruptState, read_json
 
 __all__ = ["RequestJournal", "Answer", "Pending", "REQUEST_ID_KEY"]
 

@@ -26,7 +26,7 @@ from kuasar_shared.mounts import unmount_recursive
 from kuasar_shared.task.records import C, ContainerStore, Proc
 from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.process_identity import ExitWatch, is_same_process
-from kuasar_shared.store import CorruptState
+from kuasar_shared.statefiles import CorruptState
 from kuasar_shared.values import ExitInfo, ProcessState, Stdio, TaskStatus
 from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Generic, Optional, Type, TypeVar
 
 from kuasar_shared.errors import NotFound
-from kuasar_shared.store import read_json, write_json_atomic
+from kuasar_shared.statefiles import read_json, write_json_atomic
 from kuasar_shared.values import ExitInfo, ProcessState, Stdio, TaskStatus
 
 __all__ = ["Proc", "ContainerRecord", "Container", "ContainerStore"]

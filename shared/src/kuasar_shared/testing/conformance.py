@@ -35,7 +35,7 @@ from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
 from kuasar_shared.sandbox.api import Sandboxer
 from kuasar_shared.sandbox.controller import METRICS_TYPE_URL, NOT_READY, READY, host_platform
 from kuasar_shared.sandbox.server import serve_sandbox_api
-from kuasar_shared.sandbox.tasks import update_request
+from kuasar_shared.sandbox.tasks_extension import update_request
 
 __all__ = ["SandboxerConformance", "SandboxApiClient", "CONTROLLER", "HOSTILE_IDS", "expect_code"]
 

@@ -17,7 +17,7 @@ import os
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from kuasar_shared.errors import InvalidArgument, Unavailable
-from kuasar_shared.store import write_json_atomic
+from kuasar_shared.statefiles import write_json_atomic
 from kuasar_shared.ttrpc import Client
 from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_shared.ttrpc.transport import start_unix_server

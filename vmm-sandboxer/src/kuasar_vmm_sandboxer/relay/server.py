@@ -1,7 +1,7 @@
 """The relay's registry of attached pods (:class:`Relay`, one :class:`~kuasar_vmm_sandboxer.relay.link.PodLink`
 per pod VM) and the control service the sandboxer calls.
 
-The control socket (``--listen``, what :class:`kuasar_shared.sandbox.taskserver.TaskServer` pings) serves
+The control socket (``--listen``, what :class:`kuasar_shared.sandbox.task_supervisor.TaskServer` pings) serves
 ``kuasar.vmm.relay.v1.Relay/Attach|Detach`` (``google.protobuf.Struct`` ``{"id": ..., "agent": ...}``) and
 ``containerd.task.v3.Task/Connect`` (liveness) and ``/Shutdown`` (detach a pod). Attached pods are recorded
 in ``<state dir>/<id>.json``; :meth:`Relay.recover` re-attaches them after a restart.
@@ -18,7 +18,7 @@ from google.protobuf import empty_pb2, struct_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import InvalidArgument, NotFound, Unavailable
 from kuasar_shared.ids import validate_id
-from kuasar_shared.store import CorruptState, read_json
+from kuasar_shared.statefiles import CorruptState, read_json
 from kuasar_shared.ttrpc import CallContext, Service
 
 from kuasar_vmm_sandboxer.relay.link import PodLink

@@ -1,4 +1,4 @@
-"""runners.py: requests to the fork-server wait while its socket buffer is full; a dead fork-server is
+"""runner_control.py: requests to the fork-server wait while its socket buffer is full; a dead fork-server is
 replaced by the next take (real fork-server, no module run)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 
 from kuasar_shared.process_identity import wait_exit
 
-from kuasar_wasm_sandboxer.runners import ForkServer, _send_fd
+from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
 
 
 async def test_send_waits_while_the_buffer_is_full() -> None:

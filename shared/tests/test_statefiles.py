@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from kuasar_shared.errors import Internal, InvalidArgument, NotFound
-from kuasar_shared.store import CorruptState, PodStore, read_json, write_json_atomic
+from kuasar_shared.statefiles import CorruptState, PodStore, read_json, write_json_atomic
 
 
 def test_write_then_read_roundtrip(tmp_path) -> None:

@@ -6,7 +6,7 @@ crash) a new one is started; running modules are not its children and do not not
 container process asks it for a runner (:meth:`ForkServer.take`): a new socketpair, one end sent
 to the fork-server, the runner says hello with its pid on the other. Runners re-parent to the task
 server (a child subreaper), so their exit statuses come from the reaper like any child's. See
-:mod:`kuasar_wasm_sandboxer.runner` for the conversation.
+:mod:`kuasar_wasm_sandboxer.runner_process` for the conversation.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from kuasar_shared.process_identity import start_time
 from kuasar_shared.oci import StdioFds
 
 from kuasar_wasm_sandboxer.forkserver import FORK
-from kuasar_wasm_sandboxer.runner import MAX_MESSAGE, STDIO_NAMES
+from kuasar_wasm_sandboxer.runner_process import MAX_MESSAGE, STDIO_NAMES
 
 __all__ = ["Runner", "ForkServer"]
 

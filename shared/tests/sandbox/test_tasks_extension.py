@@ -1,4 +1,4 @@
-"""Tests of kuasar_shared.sandbox.tasks: the extensions.tasks JSON contract and its diff."""
+"""Tests of kuasar_shared.sandbox.tasks_extension: the extensions.tasks JSON contract and its diff."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.sandbox.api import ProcessResource, TaskResource, TaskResources
-from kuasar_shared.sandbox.tasks import diff, encode_tasks, parse_tasks
+from kuasar_shared.sandbox.tasks_extension import diff, encode_tasks, parse_tasks
 from kuasar_shared.values import Mount
 
 FULL = {"tasks": [{

@@ -31,7 +31,7 @@ from kuasar_shared.errors import Internal, KuasarError, NotFound, Unavailable
 from kuasar_shared.process_identity import ExitWatch, is_same_process, start_time
 from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.task.exits import EXITS_DIR
-from kuasar_shared.store import CorruptState, read_json, write_json_atomic
+from kuasar_shared.statefiles import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 
 if TYPE_CHECKING:

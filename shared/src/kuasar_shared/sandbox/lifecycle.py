@@ -20,7 +20,7 @@ from kuasar_shared.errors import KuasarError
 from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.api import ExitStatus, Sandboxer, SandboxStatus, TaskDiff
 from kuasar_shared.sandbox.pods import P, PodRecord, PodState, PodTable
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_shared.values import CgroupStats
 
 __all__ = ["PodSandboxer", "UNEXPECTED_EXIT"]
