@@ -17,7 +17,7 @@ import select
 import signal
 import subprocess
 import sys
-from typing import Optional, Sequence
+from typing import Any, Coroutine, Optional, Sequence
 
 from kuasar_shared.ctl.io import CriLogWriter, copy_fifo, copy_stream, open_fifo_reader
 from kuasar_shared.errors import Unavailable
@@ -43,7 +43,8 @@ class LogCopier:
     :meth:`run` copies until both inputs end or it is cancelled; :meth:`close` always.
     """
 
-    def __init__(self, log_fd: int, writers: list, copies: list, client: Optional[Client]) -> None:
+    def __init__(self, log_fd: int, writers: list[CriLogWriter], copies: list[Coroutine[Any, Any, None]],
+                 client: Optional[Client]) -> None:
         self._log_fd = log_fd
         self._writers = writers
         self._copies = copies
@@ -54,7 +55,10 @@ class LogCopier:
                    stream: Optional[Sequence[str]] = None) -> "LogCopier":
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        writers = [CriLogWriter(lambda b: os.write(log_fd, b), name) for name in ("stdout", "stderr")]
+
+        def append(data: bytes) -> None:
+            os.write(log_fd, data)
+        writers = [CriLogWriter(append, name) for name in ("stdout", "stderr")]
         client: Optional[Client] = None
         try:
             if fifo:

@@ -62,7 +62,7 @@ async def receive(stream: ClientStream, sink: Callable[[bytes], Awaitable[None]]
         if frame is None:
             return
         msg = any_pb2.Any.FromString(frame)
-        if msg.Is(transfer_pb2.Data.DESCRIPTOR):
+        if msg.TypeName() == transfer_pb2.Data.DESCRIPTOR.full_name:
             data = transfer_pb2.Data.FromString(msg.value).data
             if data:
                 await sink(data)
