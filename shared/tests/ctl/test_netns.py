@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from kuasar_shared.api.cri.runtime.v1 import api_pb2
 from kuasar_shared.ctl.engine import Engine, EngineOptions
-from kuasar_shared.ctl.store import CtlStore
+from kuasar_shared.ctl.metadata import CtlStore
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.sandbox.api import CreateSandbox
 from kuasar_shared.sandbox.server import serve_sandbox_api

@@ -4,5 +4,6 @@ Modules: ``cli`` (commands and output; console script ``kuasar-ctl = kuasar_shar
 ``engine`` (pod/container lifecycle over the Sandbox and Task APIs), ``exec`` (ExecSync),
 ``clients`` (gRPC/ttrpc clients), ``config`` (crictl JSON/YAML files), ``spec`` (the container's OCI
 spec as containerd builds it), ``host`` (netns, sandbox files, image stand-in, mounts), ``io`` +
-``logwriter`` (FIFO/streaming stdio, CRI logs), ``store`` (client-side metadata).
+``logwriter`` (FIFO/streaming stdio, CRI logs), ``metadata`` (client-side pod and container records),
+``plugins`` (subcommands added by sandbox-type packages).
 """

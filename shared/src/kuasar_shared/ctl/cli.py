@@ -30,7 +30,7 @@ from kuasar_shared.ctl.engine import CREATED, EXITED, RUNNING, Engine, EngineOpt
 from kuasar_shared.ctl.exec import exec_sync
 from kuasar_shared.ctl.io import parse_cri_line
 from kuasar_shared.ctl.plugins import Handler, add_plugin_commands
-from kuasar_shared.ctl.store import ContainerRecord
+from kuasar_shared.ctl.metadata import ContainerRecord
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
 __all__ = ["main", "build_parser"]

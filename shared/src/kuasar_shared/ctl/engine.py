@@ -37,7 +37,7 @@ from kuasar_shared.ctl.clients import SandboxClient, TaskClient
 from kuasar_shared.ctl.config import ContainerConfig
 from kuasar_shared.ctl.io import make_fifos, streaming_url
 from kuasar_shared.ctl.spec import ImageConfig, SpecInputs, build_container_spec, pod_hostname
-from kuasar_shared.ctl.store import ContainerRecord, CtlStore, PodRecord
+from kuasar_shared.ctl.metadata import ContainerRecord, CtlStore, PodRecord
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.sandbox.api import TaskResource, TaskResources
 from kuasar_shared.sandbox.tasks_extension import encode_tasks, update_request

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kuasar_shared.ctl.store import ContainerRecord, CtlStore, PodRecord, resolve_prefix
+from kuasar_shared.ctl.metadata import ContainerRecord, CtlStore, PodRecord, resolve_prefix
 from kuasar_shared.errors import InvalidArgument, NotFound
 
 IDS = ["abc123", "abd456", "f00"]
