@@ -1,31 +1,50 @@
-"""Starting, re-adopting and supervising the runc-task process."""
+"""Starting, re-adopting and supervising a task server process (and its front), with the toy task server
+of tests/task (the shared task server over a backend that runs nothing)."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import signal
+import sys
+from typing import Callable
 
 import pytest
 
 from kuasar_shared.process_identity import start_time, wait_exit
-from kuasar_runc_sandboxer.sandboxer import RUNC_TASK
 from kuasar_shared.sandbox.task_supervisor import TaskServer
+
+TOY_TASK = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "task",
+                                         "toy_task_server.py")]
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGKILL one process we started (by pid) if it still exists."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def stop_pid() -> Callable[[int], None]:
+    """``stop_pid(pid)``: SIGKILL a process the test started."""
+    return _stop_pid
 
 
 @pytest.mark.asyncio
 async def test_ensure_readopts_a_live_server_and_replaces_a_dead_one(tmp_path, stop_pid) -> None:
     directory = str(tmp_path)
-    first = await TaskServer.ensure(directory, RUNC_TASK)
+    first = await TaskServer.ensure(directory, TOY_TASK)
     try:
         assert first.address == "ttrpc+unix://" + os.path.join(directory, "task.sock")
         assert await first.ping()
-        again = await TaskServer.ensure(directory, RUNC_TASK)
+        again = await TaskServer.ensure(directory, TOY_TASK)
         assert again.pid == first.pid
         await again.close()
         os.kill(first.pid, signal.SIGKILL)
         await asyncio.wait_for(wait_exit(first.pid), 10)
-        replaced = await TaskServer.ensure(directory, RUNC_TASK)
+        replaced = await TaskServer.ensure(directory, TOY_TASK)
         assert replaced.pid != first.pid and await replaced.ping()
         with open(os.path.join(directory, "task-server.json")) as handle:
             assert json.load(handle)["pid"] == replaced.pid
@@ -38,7 +57,7 @@ async def test_ensure_readopts_a_live_server_and_replaces_a_dead_one(tmp_path, s
 
 @pytest.mark.asyncio
 async def test_supervise_restarts_a_killed_server_on_the_same_socket(tmp_path, stop_pid) -> None:
-    server = await TaskServer.ensure(str(tmp_path), RUNC_TASK)
+    server = await TaskServer.ensure(str(tmp_path), TOY_TASK)
     old_pid, address = server.pid, server.address
     server.supervise()
     try:
@@ -58,7 +77,7 @@ async def test_supervise_restarts_a_killed_server_on_the_same_socket(tmp_path, s
 @pytest.mark.asyncio
 async def test_corrupt_record_starts_a_new_server(tmp_path, stop_pid) -> None:
     (tmp_path / "task-server.json").write_text("{torn")
-    server = await TaskServer.ensure(str(tmp_path), RUNC_TASK)
+    server = await TaskServer.ensure(str(tmp_path), TOY_TASK)
     try:
         assert await server.ping()
     finally:
@@ -69,14 +88,14 @@ async def test_corrupt_record_starts_a_new_server(tmp_path, stop_pid) -> None:
 @pytest.mark.asyncio
 async def test_front_is_readopted_and_restarted_on_the_engine_socket(tmp_path, stop_pid) -> None:
     directory = str(tmp_path)
-    server = await TaskServer.ensure(directory, RUNC_TASK, front=True)
+    server = await TaskServer.ensure(directory, TOY_TASK, front=True)
     pids = [server.pid, server.front_pid]
     try:
         assert server.address == "ttrpc+unix://" + os.path.join(directory, "task.sock")
         assert server.backend_path == os.path.join(directory, "task-backend.sock")
         with open(os.path.join(directory, "task-server.json")) as handle:
             assert json.load(handle)["front"]["pid"] == server.front_pid
-        again = await TaskServer.ensure(directory, RUNC_TASK, front=True)
+        again = await TaskServer.ensure(directory, TOY_TASK, front=True)
         assert (again.pid, again.front_pid) == (server.pid, server.front_pid)
         await again.close()
 
@@ -102,9 +121,9 @@ async def test_a_server_without_front_is_replaced_once_by_a_front_and_a_server(t
     """The first start after an upgrade from a version without a front: the old server is stopped (it
     held the engine's socket) and a front and a new server take its place."""
     directory = str(tmp_path)
-    legacy = await TaskServer.ensure(directory, RUNC_TASK)
+    legacy = await TaskServer.ensure(directory, TOY_TASK)
     await legacy.close()
-    server = await TaskServer.ensure(directory, RUNC_TASK, front=True)
+    server = await TaskServer.ensure(directory, TOY_TASK, front=True)
     try:
         assert start_time(legacy.pid) is None
         assert server.pid != legacy.pid and server.front_pid and await server.ping()
