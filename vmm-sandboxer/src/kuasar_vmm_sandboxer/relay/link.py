@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Coroutine, Dict, List, Optional, Set, Tuple
 
 from kuasar_shared.errors import InvalidArgument, Unavailable
 from kuasar_shared.statefiles import write_json_atomic
@@ -123,7 +123,8 @@ class PodLink:
         reader, writer = await self.channel()
         return Client(reader, writer)
 
-    def _own(self, coro: Any, group: Optional[Set["asyncio.Task[None]"]] = None) -> "asyncio.Task[None]":
+    def _own(self, coro: Coroutine[Any, Any, None],
+             group: Optional[Set["asyncio.Task[None]"]] = None) -> "asyncio.Task[None]":
         task = asyncio.ensure_future(coro)
         for tasks in (self._tasks, group):
             if tasks is not None:
