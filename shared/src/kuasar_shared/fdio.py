@@ -16,8 +16,12 @@ __all__ = ["readable", "writable", "write_all"]
 async def _ready(fd: int, reading: bool) -> None:
     loop = asyncio.get_running_loop()
     add, remove = (loop.add_reader, loop.remove_reader) if reading else (loop.add_writer, loop.remove_writer)
-    ready = loop.create_future()
-    add(fd, lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+    add(fd, wake)
     try:
         await ready
     finally:

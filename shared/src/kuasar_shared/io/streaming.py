@@ -113,7 +113,7 @@ class StreamingHub:
             raise InvalidArgument("StreamInit.id is empty")
         ep = self.endpoint(init.id)
         previous = ep.owner
-        ep.owner = asyncio.current_task()  # type: ignore[assignment]
+        ep.owner = asyncio.current_task()
         if previous is not None and not previous.done():
             log.info("stream %s re-opened; the previous stream is replaced", init.id)
             previous.cancel()

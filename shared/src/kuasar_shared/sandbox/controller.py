@@ -265,7 +265,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
                 raise  # the engine went away
             raise Unavailable("sandbox %s: the sandboxer is restarting; wait again" % sandbox_id) from None
         finally:
-            self._waits.discard(handler)  # type: ignore[arg-type]
+            self._waits.discard(handler)
         return sandbox_pb2.ControllerWaitResponse(exit_status=exit_status.exit_status,
                                                   exited_at=_timestamp(exit_status.exited_at))
 

@@ -105,4 +105,4 @@ def run_task_server(name: str, version: str, argv: Optional[Sequence[str]], *, d
         backend = await open_backend(args, hub, exits)
         await serve_task_api(ctx, args.listen, backend, hub)
 
-    return run_daemon(name, version, args, serve)
+    run_daemon(name, version, args, serve)

@@ -10,10 +10,10 @@ import json
 import logging
 import os
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from kuasar_shared.api.cgroups.v1 import metrics_pb2
 from kuasar_shared.api.containerd.runc.options import oci_pb2
@@ -37,6 +37,8 @@ MUTATING = frozenset(("Create", "Start", "Delete", "Exec", "Kill", "Pause", "Res
 
 log = logging.getLogger(__name__)
 Handler = Callable[[CallContext, Any], Awaitable[Any]]
+#: the responses that carry an exit status and time
+_ExitResponse = TypeVar("_ExitResponse", bound=Union[shim_pb2.DeleteResponse, shim_pb2.WaitResponse])
 
 
 def timestamp(when: Optional[datetime]) -> Optional[timestamp_pb2.Timestamp]:
@@ -106,7 +108,7 @@ def _create_task(ctx: CallContext, req: shim_pb2.CreateTaskRequest) -> CreateTas
         namespace=ctx.get(NAMESPACE_KEY), options=_options(req.options))
 
 
-def _exit(resp: Any, info: ExitInfo) -> Any:
+def _exit(resp: _ExitResponse, info: ExitInfo) -> _ExitResponse:
     resp.exit_status = info.exit_status
     ts = timestamp(info.exited_at)
     if ts is not None:
@@ -114,7 +116,7 @@ def _exit(resp: Any, info: ExitInfo) -> Any:
     return resp
 
 
-_RESPONSES = {"Create": shim_pb2.CreateTaskResponse, "Start": shim_pb2.StartResponse,
+_RESPONSES: Dict[str, Type[Message]] = {"Create": shim_pb2.CreateTaskResponse, "Start": shim_pb2.StartResponse,
               "Delete": shim_pb2.DeleteResponse, **{m: empty_pb2.Empty for m in MUTATING - {"Create", "Start",
                                                                                          "Delete"}}}
 
@@ -131,7 +133,7 @@ class TaskService:
         self.journal = journal
 
     def services(self) -> List[Service]:
-        table: Dict[str, tuple] = {
+        table: Dict[str, Tuple[Type[Message], Handler]] = {
             "Create": (shim_pb2.CreateTaskRequest, self.create),
             "Start": (shim_pb2.StartRequest, self.start),
             "Delete": (shim_pb2.DeleteRequest, self.delete),
@@ -239,7 +241,7 @@ class TaskService:
     async def state(self, ctx: CallContext, req: shim_pb2.StateRequest) -> shim_pb2.StateResponse:
         st = await self.backend.state(validate_id(req.id, "container"), _exec_id(req.exec_id))
         resp = shim_pb2.StateResponse(
-            id=st.id, exec_id=st.exec_id, bundle=st.bundle, pid=st.pid, status=int(st.status),
+            id=st.id, exec_id=st.exec_id, bundle=st.bundle, pid=st.pid, status=st.status.name,
             stdin=st.stdio.stdin, stdout=st.stdio.stdout, stderr=st.stdio.stderr, terminal=st.stdio.terminal,
             exit_status=st.exit_status)
         ts = timestamp(st.exited_at)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Dict, Iterable, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set
 
 from google.protobuf.message import DecodeError, Message
 
@@ -137,7 +137,7 @@ class _Connection:
 
     async def _call(self, sid: int, req: request_pb2.Request, method: Method,
                     stream: Optional[ServerStream]) -> None:
-        metadata: Dict[str, list] = {}
+        metadata: Dict[str, List[str]] = {}
         for kv in req.metadata:
             metadata.setdefault(kv.key, []).append(kv.value)
         loop = asyncio.get_running_loop()
@@ -195,7 +195,7 @@ class Server:
     def __init__(self, services: Iterable[Service] = (), max_connections: Optional[int] = None) -> None:
         self.max_connections = max_connections
         self._services: Dict[str, Service] = {}
-        self._listeners: list = []
+        self._listeners: List[asyncio.AbstractServer] = []
         self._connections: Set[_Connection] = set()
         self._tasks: Set["asyncio.Task[None]"] = set()
         for svc in services:

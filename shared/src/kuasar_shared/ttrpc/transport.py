@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Tuple
+from typing import Awaitable, Callable, Tuple
 
 from kuasar_shared.errors import InvalidArgument, Unavailable
 
@@ -49,7 +49,7 @@ async def _connect(scheme: str, rest: str) -> StreamPair:
         return await asyncio.open_unix_connection(rest, limit=_LIMIT)
     if scheme == "vsock":
         cid, _, port = rest.rpartition(":")
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().sock_connect(sock, (int(cid), int(port)))
@@ -67,7 +67,8 @@ async def _connect(scheme: str, rest: str) -> StreamPair:
     return reader, writer
 
 
-async def start_unix_server(path: str, handler, mode: int = 0o600) -> asyncio.AbstractServer:  # type: ignore[no-untyped-def]
+async def start_unix_server(path: str, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                            mode: int = 0o600) -> asyncio.AbstractServer:
     """Listen on a unix socket, replacing a stale socket file; the socket is chmod'ed to ``mode``."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
