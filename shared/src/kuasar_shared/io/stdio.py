@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import stat
-from typing import Awaitable, Callable, List, Optional
+from typing import Any, Awaitable, Callable, Coroutine, List, Optional, Tuple
 
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument
 from kuasar_shared.fdio import write_all
@@ -27,6 +27,8 @@ from kuasar_shared.values import Stdio
 __all__ = ["ProcessIO", "open_process_io"]
 
 log = logging.getLogger(__name__)
+#: the next chunk of a process's stdin; empty or None at its end
+_ChunkSource = Callable[[], Awaitable[Optional[bytes]]]
 _CHUNK = 32768
 
 
@@ -134,7 +136,7 @@ class ProcessIO:
         self._child_fds.append(fd)
         return fd
 
-    def _spawn(self, name: str, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
         self._tasks[-1].set_name(name)
 
@@ -154,7 +156,8 @@ async def _copy_pipe_to_endpoint(fd: int, ep: Endpoint) -> None:
         transport.close()
 
 
-async def _copy_source_to_pipe(fd: int, source, source_transport=None) -> None:  # type: ignore[no-untyped-def]
+async def _copy_source_to_pipe(fd: int, source: _ChunkSource,
+                               source_transport: Optional[asyncio.BaseTransport] = None) -> None:
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", 0))
@@ -280,7 +283,7 @@ async def _discard(chunk: Optional[bytes]) -> None:
     """The sink of a terminal whose output nobody reads."""
 
 
-async def _fifo_source(fd: int):  # type: ignore[no-untyped-def]
+async def _fifo_source(fd: int) -> Tuple[_ChunkSource, asyncio.ReadTransport]:
     """An async chunk source over a FIFO (the engine's stdin)."""
     reader = asyncio.StreamReader()
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf import any_pb2, empty_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from kuasar_shared.api.containerd.services.streaming.v1 import streaming_pb2
 from kuasar_shared.api.containerd.types.transfer import streaming_pb2 as transfer_pb2
@@ -44,7 +44,7 @@ def _type_name(msg: any_pb2.Any) -> str:
     return msg.type_url.rsplit("/", 1)[-1]
 
 
-def _pack(msg) -> bytes:  # type: ignore[no-untyped-def]
+def _pack(msg: Message) -> bytes:
     out = any_pb2.Any()
     out.Pack(msg)
     return out.SerializeToString()

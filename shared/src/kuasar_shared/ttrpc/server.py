@@ -7,8 +7,9 @@ transport that yields an asyncio reader/writer pair can be served through :meth:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Any, Coroutine, Dict, Iterable, List, Optional, Set, Union
 
 from google.protobuf.message import DecodeError, Message
 
@@ -78,10 +79,10 @@ class _Connection:
         finally:
             await self.close()
 
-    def _spawn(self, stream_id: int, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, stream_id: int, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self.calls[stream_id] = task
-        task.add_done_callback(lambda _t, sid=stream_id: self._finished(sid, _t))
+        task.add_done_callback(functools.partial(self._finished, stream_id))
 
     def _finished(self, stream_id: int, task: "asyncio.Task[None]") -> None:
         if self.calls.get(stream_id) is task:
@@ -204,7 +205,7 @@ class Server:
     def register(self, service: Service) -> None:
         self._services[service.name] = service
 
-    def lookup(self, service: str, method: str):  # type: ignore[no-untyped-def]
+    def lookup(self, service: str, method: str) -> Union[Method, str]:
         """The Method, or a message for UNIMPLEMENTED."""
         svc = self._services.get(service)
         if svc is None:
