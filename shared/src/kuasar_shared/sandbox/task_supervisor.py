@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Sequence
 
 from google.protobuf import empty_pb2
 
@@ -169,6 +169,31 @@ class TaskServer:
         return os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) \
             if self.log_file else None
 
+    def _spawn_logged(self, argv: list[str]) -> process.Process:
+        """Spawn ``argv`` in its own session, its output going to our log file."""
+        log_fd = self._log_fd()
+        try:
+            return process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True)
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
+
+    async def _await_listening(self, child: process.Process, argv: list[str], listening: Callable[[], Awaitable[bool]],
+                               what: str, where: str, interval: float) -> None:
+        """Wait until ``listening()``.
+
+        :raise Internal: naming ``what`` when it exits first or does not listen within :attr:`start_timeout`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while not await listening():
+            if child.returncode is not None:
+                raise Internal(f"{what} {' '.join(argv)} exited with status {child.returncode}")
+            if loop.time() > deadline:
+                child.kill()
+                raise Internal(f"{what} did not listen on {where} within {self.start_timeout} s")
+            await asyncio.sleep(interval)
+
     async def _spawn_front(self) -> None:
         """Start a task front on :attr:`socket_path` (``python -I -S``: none of our packages loaded)."""
         spec = importlib.util.find_spec("kuasar_shared.taskfront")
@@ -177,26 +202,16 @@ class TaskServer:
                 "--backend", self.backend_path]
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
-        log_fd = self._log_fd()
-        try:
-            child = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                  start_new_session=True)
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
+
+        async def listening() -> bool:
+            return os.path.exists(self.socket_path)
+
+        child = self._spawn_logged(argv)
         self.front_pid = child.pid
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
-        while not os.path.exists(self.socket_path):
-            if child.returncode is not None:
-                raise Internal(f"task front {' '.join(argv)} exited with status {child.returncode}")
-            if loop.time() > deadline:
-                child.kill()
-                raise Internal(f"task front did not listen on {self.socket_path} within {self.start_timeout} s")
-            await asyncio.sleep(0.01)
+        await self._await_listening(child, argv, listening, "task front", self.socket_path, 0.01)
         if self.pid:
             self._write_record()
-        log.info("started task front pid %d at %s", child.pid, self.address)
+        log.info("started task front pid %d at %s", self.front_pid, self.address)
 
     async def _spawn(self) -> None:
         """Start a new server process on :attr:`backend_path` and record it."""
@@ -206,25 +221,11 @@ class TaskServer:
                                   "--pods-dir", os.path.abspath(directory), "--log-level", log_level]
         if os.path.exists(listen):
             os.unlink(listen)
-        log_fd = self._log_fd()
-        try:
-            child = process.spawn(argv, stdin=process.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                  start_new_session=True)
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
+        child = self._spawn_logged(argv)
         self.pid = child.pid
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
-        while not await self.ping():
-            if child.returncode is not None:
-                raise Internal(f"task server {' '.join(argv)} exited with status {child.returncode}")
-            if loop.time() > deadline:
-                child.kill()
-                raise Internal(f"task server did not listen on {listen} within {self.start_timeout} s")
-            await asyncio.sleep(0.02)
+        await self._await_listening(child, argv, self.ping, "task server", listen, 0.02)
         self._write_record()
-        log.info("started task server pid %d at %s", child.pid, listen)
+        log.info("started task server pid %d at %s", self.pid, listen)
 
     def supervise(self) -> None:
         """Restart the server (and the front) whenever it exits, until :meth:`close`."""
