@@ -18,6 +18,7 @@ from kuasar_shared.task.backend import CreateTask, ExecProcess
 from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_wasm_sandboxer.backend import UNKNOWN_EXIT, WasmTaskBackend
+from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.entrypoint import MAX_ARGS_BYTES, TRAP_EXIT
 from kuasar_wasm_sandboxer.runner_control import ForkServer
 from wasm_helpers import cgroup_exists, processes_mentioning
@@ -29,7 +30,7 @@ def _cid() -> str:
 
 @pytest.fixture
 async def backend(tmp_path):
-    forkserver = ForkServer(str(tmp_path / "cache"), 64 << 20)
+    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20))
     forkserver.start()
     task_backend = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
     yield task_backend
@@ -259,12 +260,14 @@ async def test_second_start_uses_the_cache(backend, bundle_factory, fifo) -> Non
         await backend.start(cid, "")
         await asyncio.wait_for(backend.wait(cid, ""), 30)
         await backend.delete(cid, "")
-    entries = os.listdir(backend.forkserver.cache_dir)
+    entries = os.listdir(backend.forkserver.cache.directory)
     assert len([e for e in entries if e.endswith(".cwasm")]) == 1
+    counters = backend.cache_counters
+    assert (counters.hits, counters.misses) == (1, 1) and counters.compile_seconds > 0
 
 
 async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo) -> None:
-    forkserver = ForkServer(str(tmp_path / "cache"), 64 << 20)
+    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20))
     forkserver.start()
     first = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
     cid = _cid()
@@ -275,7 +278,8 @@ async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo)
     created_pid = await first.create(CreateTask(id=created, bundle=bundle_factory(["/bin/loop.wat"])))
     await first.close()  # the old server goes away; the module keeps running
     assert os.path.exists(f"/proc/{pid}")
-    second = WasmTaskBackend(str(tmp_path / "tasks"), ForkServer(str(tmp_path / "cache"), 64 << 20))
+    cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20)
+    second = WasmTaskBackend(str(tmp_path / "tasks"), ForkServer(cache))
     await second.recover()
     second.forkserver.start()
     try:
@@ -334,7 +338,7 @@ async def test_containers_of_one_module_share_the_mapped_code(backend, bundle_fa
     for cid in ids:
         await backend.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/loop.wat"])))
         pids.append(await backend.start(cid, ""))
-    mapped = [_mapped_cache_files(pid, backend.forkserver.cache_dir) for pid in pids]
+    mapped = [_mapped_cache_files(pid, backend.forkserver.cache.directory) for pid in pids]
     # the first runner compiled, stored and then mapped the entry too: one file for all three
     assert len(mapped[0]) == 1 and mapped[0] == mapped[1] == mapped[2]
     for cid in ids:

@@ -44,7 +44,7 @@ def test_run_spec_mapping(tmp_path) -> None:
                           mounts, readonly_root=True, memory_limit=1 << 20)
     assert spec.kind == "wasm" and spec.argv == ["/bin/m.wasm", "a"]
     assert spec.env == [("A", "1"), ("B", "x=y"), ("PWD", "/work")]
-    assert spec.preopens == [Preopen(root, "/", True), Preopen(str(shared), "/mnt/x", True)]
+    assert spec.preopens == (Preopen(root, "/", True), Preopen(str(shared), "/mnt/x", True))
     path = str(tmp_path / "run.json")
     spec.save(path)
     assert RunSpec.load(path) == spec

@@ -6,9 +6,12 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 
 from kuasar_shared.process_identity import wait_exit
 
+from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
 
 
@@ -43,7 +46,7 @@ async def test_send_waits_while_the_buffer_is_full() -> None:
 
 
 async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
-    forkserver = ForkServer(str(tmp_path / "cache"), 1 << 20)
+    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 1 << 20))
     forkserver.start()
     try:
         first = await forkserver.take()
@@ -58,3 +61,16 @@ async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
             await wait_exit(runner.pid)
     finally:
         await forkserver.close()
+
+
+def test_imports_stay_lean() -> None:
+    """The task server never loads wasmtime; the fork-server, whose pages every runner shares, loads
+    neither dataclasses, tempfile nor importlib.metadata (~8 MB between them)."""
+    script = ("import sys, kuasar_wasm_sandboxer.{}; "
+              "print(' '.join(m for m in ('wasmtime', 'dataclasses', 'tempfile', 'importlib.metadata') "
+              "if m in sys.modules))")
+    task = subprocess.run([sys.executable, "-c", script.format("task")], capture_output=True, text=True, check=True)
+    assert "wasmtime" not in task.stdout.split()
+    fork = subprocess.run([sys.executable, "-c", script.format("forkserver")], capture_output=True, text=True,
+                          check=True)
+    assert fork.stdout.split() == ["wasmtime"]

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from kuasar_shared.cgroups import Cgroup
-from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
+from kuasar_shared.errors import FailedPrecondition, InvalidArgument, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
 from kuasar_shared.mounts import mount_all
 from kuasar_shared.process_identity import is_same_process, kill
@@ -36,6 +36,7 @@ from kuasar_shared.task.recorded import UNKNOWN_EXIT, RecordedTaskBackend, utc_n
 from kuasar_shared.values import CgroupStats, TaskStatus
 from kuasar_shared.task.backend import CreateTask
 
+from kuasar_wasm_sandboxer.cache import CacheCounters
 from kuasar_wasm_sandboxer.container import Container, Proc, WasmContainerStore
 from kuasar_wasm_sandboxer.entrypoint import RunSpec, build_run_spec
 from kuasar_wasm_sandboxer.runner_control import ForkServer, Runner
@@ -62,6 +63,9 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         pods_dir: the sandboxer's ``--dir`` (pod records with the pod's cgroup).
         hub: the Streaming service of this server, for ``io_type = "streaming"`` stdio.
         exits: where the sandboxer records exits of runners orphaned by a dead task server.
+
+    The compiled-module cache (the fork-server's) is looked up here, so that a runner of a cached
+    module neither reads nor hashes anything.
     """
 
     name = "wasm containers"
@@ -72,6 +76,9 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         super().__init__(WasmContainerStore(directory), hub, exits)
         self.forkserver = forkserver
         self.pods_dir = pods_dir
+        self.cache = forkserver.cache
+        #: module loads by outcome, for the metrics
+        self.cache_counters = CacheCounters()
         #: created, not yet started runners by (container id, exec id)
         self._pending: dict[tuple[str, str], Runner] = {}
 
@@ -98,6 +105,12 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         engine's output early). Nobody watches it yet (:meth:`_track`). On failure nothing of it
         remains."""
         spec_path = self.store.run_spec_path(container.id, proc.exec_id)
+        if self.cache is not None:
+            try:
+                key, entry = self.cache.find(run.module)
+            except OSError as err:
+                raise InvalidArgument(f"{run.name}: cannot read {run.argv[0]}: {err.strerror}") from err
+            run = run._replace(cache_key=key, cache_entry=entry or "")
         run.save(spec_path)
         name = run.name
         runner = await self.forkserver.take()
@@ -108,6 +121,7 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         except BaseException:
             await runner.abandon()
             raise
+        self.cache_counters.count(bool(reply.get("compiled")), float(reply.get("load_ms") or 0.0) / 1000)
         log.debug("%s: module %s in %s ms by runner pid %d", name,
                   "compiled" if reply.get("compiled") else "loaded from the cache", reply.get("load_ms"), runner.pid)
         return runner

@@ -12,16 +12,20 @@ and the module is compiled again. The cache is bounded: after each write the lea
 entries (by mtime, refreshed on every hit) are removed until the total fits. Writers are separate
 runner processes; files are written whole and renamed into place (a mapped file is never changed
 in place), and every race ends in a miss, never an error.
+
+The task server looks entries up (:meth:`ModuleCache.find`: hashing the module and checking the entry's
+sum is its work, not a runner's) and hands the runner the verified path; a runner only writes an entry
+after a miss. Neither imports wasmtime for this: the engine fingerprint names the native library's file.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import tempfile
+from importlib.util import find_spec
 from typing import Optional
 
-__all__ = ["ModuleCache", "DEFAULT_MAX_BYTES", "content_key"]
+__all__ = ["ModuleCache", "CacheCounters", "DEFAULT_MAX_BYTES", "content_key", "engine_fingerprint", "ENGINE_SETTINGS"]
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +34,36 @@ DEFAULT_MAX_BYTES = 256 << 20
 _SUFFIX = ".cwasm"
 _SUM_SUFFIX = ".sum"
 _CHUNK = 64 << 10
+#: names the wasmtime Engine settings runners compile with (engines/wasmtime.py); part of the fingerprint
+ENGINE_SETTINGS = "default-config"
 
 
 def content_key(data: bytes) -> str:
     """The cache key part that names a module: hex SHA-256 of its bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def engine_fingerprint() -> str:
+    """Short hex naming the wasmtime build and settings: serialized code only loads into the same one.
+
+    The build is named by its native library's path, size and mtime, found without importing wasmtime
+    (the task server never loads it): another wasmtime version or a reinstall gives another fingerprint,
+    so old entries are misses, never loaded (wasmtime would refuse them anyway; they age out by LRU).
+
+    :raise FileNotFoundError: wasmtime is not installed.
+    """
+    spec = find_spec("wasmtime")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the wasmtime package is not installed")
+    package = list(spec.submodule_search_locations)[0]
+    libraries = []
+    for folder, _dirs, files in os.walk(package):
+        for name in files:
+            if name.endswith((".so", ".dylib", ".dll")):
+                st = os.stat(os.path.join(folder, name))
+                libraries.append(f"{os.path.join(folder, name)}:{st.st_size}:{st.st_mtime_ns}")
+    identity = " ".join(sorted(libraries)) + " " + ENGINE_SETTINGS
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def _file_digest(path: str) -> str:
@@ -44,6 +73,26 @@ def _file_digest(path: str) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class CacheCounters:
+    """Module loads by outcome, counted by the task server from each runner's reply (for the metrics).
+
+    :ivar hits: loads mapped from the cache; ``misses``: loads that compiled (cache off, no entry, or an
+        entry wasmtime refused); ``compile_seconds``: the time those compiling loads took, in total.
+    """
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.compile_seconds = 0.0
+
+    def count(self, compiled: bool, seconds: float) -> None:
+        if compiled:
+            self.misses += 1
+            self.compile_seconds += seconds
+        else:
+            self.hits += 1
 
 
 class ModuleCache:
@@ -64,6 +113,14 @@ class ModuleCache:
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, f"{key}-{self.fingerprint}{_SUFFIX}")
+
+    def find(self, module: str) -> tuple[str, Optional[str]]:
+        """The key of the module file ``module`` and its verified entry (None on a miss).
+
+        :raise OSError: the module cannot be read.
+        """
+        key = _file_digest(module)
+        return key, self.lookup(key)
 
     def lookup(self, key: str) -> Optional[str]:
         """The path of the verified serialized code for ``key``, or None on a miss.
@@ -109,9 +166,10 @@ class ModuleCache:
         return path if os.path.exists(path) else None
 
     def _write(self, path: str, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        # a name of our own rather than tempfile's: the fork-server imports this module, tempfile costs it ~0.7 MB
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open(tmp, "xb") as handle:
                 handle.write(data)
             os.rename(tmp, path)
         except BaseException:

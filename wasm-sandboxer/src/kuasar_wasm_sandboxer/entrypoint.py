@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from kuasar_shared.errors import InvalidArgument
 
@@ -41,29 +40,39 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _WASM_MAGIC = b"\0asm"
 
 
-@dataclass(frozen=True)
-class Preopen:
+class Preopen(NamedTuple):
+    """A host directory the module sees at ``guest``.
+
+    RunSpec and Preopen are named tuples, not dataclasses: the fork-server imports this module, and
+    dataclasses (with inspect, ast, dis...) would add ~1.5 MB to it.
+    """
+
     host: str
     guest: str
     readonly: bool = False
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """What one runner process runs (saved as JSON next to the container record)."""
+class RunSpec(NamedTuple):
+    """What one runner process runs (saved as JSON next to the container record).
+
+    ``cache_key`` names the module in the compiled-module cache and ``cache_entry`` is the verified
+    entry the task server found ("" on a miss: the runner compiles and stores under ``cache_key``).
+    """
 
     name: str
     module: str
     kind: str
     argv: list[str]
     env: list[tuple[str, str]]
-    preopens: list[Preopen] = field(default_factory=list)
+    preopens: tuple[Preopen, ...] = ()
     memory_limit: int = 0
+    cache_key: str = ""
+    cache_entry: str = ""
 
     def save(self, path: str) -> None:
         """Write the spec for the runner (not fsynced: it is only read right away, never after a reboot)."""
         with open(path, "w") as handle:
-            json.dump(asdict(self), handle)
+            json.dump(self._asdict(), handle)
 
     @classmethod
     def load(cls, path: str) -> "RunSpec":
@@ -71,8 +80,9 @@ class RunSpec:
             data = json.load(handle)
         return cls(name=str(data["name"]), module=str(data["module"]), kind=str(data["kind"]),
                    argv=[str(a) for a in data["argv"]], env=[(str(k), str(v)) for k, v in data["env"]],
-                   preopens=[Preopen(**p) for p in data.get("preopens", [])],
-                   memory_limit=int(data.get("memory_limit", 0)))
+                   preopens=tuple(Preopen(*p) for p in data.get("preopens", [])),
+                   memory_limit=int(data.get("memory_limit", 0)), cache_key=str(data.get("cache_key", "")),
+                   cache_entry=str(data.get("cache_entry", "")))
 
 
 def resolve_in_root(root: str, path: str) -> str:
@@ -204,5 +214,5 @@ def build_run_spec(name: str, process: Mapping[str, Any], rootfs: str, mounts: l
             preopens.append(Preopen(source, os.path.normpath(dest), "ro" in (mount.get("options") or [])))
     if memory_limit is not None and memory_limit < 0:
         memory_limit = 0
-    return RunSpec(name=name, module=module, kind=kind, argv=args, env=env, preopens=preopens,
+    return RunSpec(name=name, module=module, kind=kind, argv=args, env=env, preopens=tuple(preopens),
                    memory_limit=int(memory_limit or 0))

@@ -31,13 +31,11 @@ import traceback
 from typing import Optional, Sequence
 
 from kuasar_wasm_sandboxer import runner_process
-from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache
-from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine, engine_fingerprint
+from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache, engine_fingerprint
+from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine
 
-__all__ = ["main", "FORK", "NAME", "RUNNER_NAME"]
+__all__ = ["main", "NAME", "RUNNER_NAME"]
 
-#: the request (with the runner's control socket attached)
-FORK = b"fork"
 #: ``comm`` of the fork-server and of each runner
 NAME = b"wasm-forkserver"
 RUNNER_NAME = b"wasm-runner"
@@ -75,7 +73,7 @@ def serve(control: socket.socket, engine: WasmtimeEngine) -> int:
     """Fork a runner per request until ``control`` closes; returns the exit status."""
     while True:
         try:
-            message, fds, _flags, _addr = socket.recv_fds(control, len(FORK), 1)
+            message, fds, _flags, _addr = socket.recv_fds(control, len(runner_process.FORK), 1)
         except OSError as err:
             log.error("fork-server: control socket failed: %s", err)
             return 1

@@ -27,13 +27,14 @@ from kuasar_shared.errors import DeadlineExceeded, Internal, InvalidArgument, Ku
 from kuasar_shared.process_identity import start_time
 from kuasar_shared.oci import StdioFds
 
-from kuasar_wasm_sandboxer.forkserver import FORK
-from kuasar_wasm_sandboxer.runner_process import MAX_MESSAGE, STDIO_NAMES
+from kuasar_wasm_sandboxer.cache import ModuleCache
+from kuasar_wasm_sandboxer.runner_process import FORK, MAX_MESSAGE, STDIO_NAMES
 
 __all__ = ["Runner", "ForkServer"]
 
 log = logging.getLogger(__name__)
 
+#: run as ``python -m``; never imported here (it imports wasmtime, which the task server does not need)
 FORKSERVER_MODULE = "kuasar_wasm_sandboxer.forkserver"
 
 
@@ -143,7 +144,7 @@ class Runner:
 class ForkServer:
     """The fork-server of this task server, restarted when it dies.
 
-    :param cache_dir: the compiled-module cache ("" disables it); ``cache_size`` its bound.
+    :param cache: the compiled-module cache its runners write after a miss (None disables it).
     Resource handling: :meth:`start` spawns it and a supervising task; :meth:`close` stops both.
     """
 
@@ -152,9 +153,8 @@ class ForkServer:
     #: a fork-server that died younger than this is restarted only after this long (no crash loop)
     restart_backoff = 1.0
 
-    def __init__(self, cache_dir: str, cache_size: int, python: str = sys.executable) -> None:
-        self.cache_dir = cache_dir
-        self.cache_size = cache_size
+    def __init__(self, cache: Optional[ModuleCache], python: str = sys.executable) -> None:
+        self.cache = cache
         self.python = python
         self._proc: Optional[process.Process] = None
         self._control: Optional[socket.socket] = None
@@ -187,8 +187,9 @@ class ForkServer:
             self._control.close()
         ours, theirs = _seqpacket_pair()
         try:
-            argv = [self.python, "-m", FORKSERVER_MODULE, "--control", str(theirs.fileno()),
-                    "--cache-dir", self.cache_dir, "--cache-size", str(self.cache_size)]
+            argv = [self.python, "-m", FORKSERVER_MODULE, "--control", str(theirs.fileno())]
+            if self.cache is not None:
+                argv += ["--cache-dir", self.cache.directory, "--cache-size", str(self.cache.max_bytes)]
             proc = process.spawn(argv, stdin=process.DEVNULL, stdout=process.DEVNULL,
                                  pass_fds=[theirs.fileno()], start_new_session=True)
         except BaseException:

@@ -32,8 +32,10 @@ from kuasar_wasm_sandboxer.entrypoint import RunSpec
 if TYPE_CHECKING:
     from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine
 
-__all__ = ["run", "STDIO_NAMES", "MAX_MESSAGE"]
+__all__ = ["run", "FORK", "STDIO_NAMES", "MAX_MESSAGE"]
 
+#: the task server's request to the fork-server (with the runner's control socket attached)
+FORK = b"fork"
 STDIO_NAMES = ("stdin", "stdout", "stderr")
 MAX_MESSAGE = 65536
 

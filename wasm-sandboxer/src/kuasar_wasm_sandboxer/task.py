@@ -13,7 +13,7 @@ from kuasar_shared.task.main import run_task_server
 
 from kuasar_wasm_sandboxer import __version__
 from kuasar_wasm_sandboxer.backend import WasmTaskBackend
-from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES
+from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.runner_control import ForkServer
 
 NAME = "wasm-task"
@@ -30,7 +30,7 @@ async def _open_backend(args: argparse.Namespace, hub: StreamingHub,
                         exits: Optional[ExitRecorder]) -> WasmTaskBackend:
     """The backend, recovered, with its fork-server started after recovery."""
     cache_dir = "" if args.cache_dir == "off" else os.path.abspath(args.cache_dir or os.path.join(args.dir, "cache"))
-    forkserver = ForkServer(cache_dir, args.cache_size)
+    forkserver = ForkServer(ModuleCache(cache_dir, engine_fingerprint(), args.cache_size) if cache_dir else None)
     backend = WasmTaskBackend(args.dir, forkserver, pods_dir=args.pods_dir, hub=hub, exits=exits)
     await backend.recover()
     forkserver.start()

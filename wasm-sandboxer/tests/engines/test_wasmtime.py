@@ -1,5 +1,6 @@
-"""WasmtimeEngine in-process: compile vs cache (a hit compiles nothing and maps the cached file), damaged
-cache entries, load errors (no module is run here: running needs the runner's own stdio, see test_backend.py)."""
+"""WasmtimeEngine in-process: compile vs cache (the task server's lookup finds the entry; a hit
+compiles nothing and maps the cached file), damaged cache entries, load errors (no module is run
+here: running needs the runner's own stdio, see test_backend.py)."""
 from __future__ import annotations
 
 import os
@@ -7,43 +8,45 @@ import os
 import pytest
 import wasmtime
 
-from kuasar_wasm_sandboxer.cache import ModuleCache, content_key
-from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine, engine_fingerprint
+from kuasar_wasm_sandboxer.cache import ModuleCache, content_key, engine_fingerprint
+from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine
 from kuasar_wasm_sandboxer.entrypoint import Preopen, RunSpec
 
 
-def _spec(path: str, kind: str = "wat") -> RunSpec:
+def _spec(path: str, kind: str = "wat", cache: ModuleCache | None = None) -> RunSpec:
+    """The spec as the task server hands it over: with the cache's key and entry when there is a cache."""
+    key, entry = cache.find(path) if cache is not None else ("", None)
     return RunSpec(name="t", module=path, kind=kind, argv=[os.path.basename(path)], env=[],
-                   preopens=[Preopen(os.path.dirname(path), "/")])
+                   preopens=(Preopen(os.path.dirname(path), "/"),), cache_key=key, cache_entry=entry or "")
 
 
 def test_compile_then_cache_then_damaged_entry(tmp_path, modules) -> None:
     cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint())
     engine = WasmtimeEngine(cache)
-    engine.prepare(_spec(modules["hello.wat"]))
+    engine.prepare(_spec(modules["hello.wat"], cache=cache))
     assert engine.compiled
-    engine.prepare(_spec(modules["hello.wat"]))
+    engine.prepare(_spec(modules["hello.wat"], cache=cache))
     assert not engine.compiled
     with open(modules["hello.wat"], "rb") as handle:
         entry = cache.path(content_key(handle.read()))
     with open(entry, "r+b") as handle:
         handle.seek(100)
         handle.write(b"garbage")
-    engine.prepare(_spec(modules["hello.wat"]))
+    engine.prepare(_spec(modules["hello.wat"], cache=cache))
     assert engine.compiled  # recompiled, no crash
-    engine.prepare(_spec(modules["prog.wasm"], "wasm"))
+    engine.prepare(_spec(modules["prog.wasm"], "wasm", cache))
     assert engine.compiled
 
 
 def test_cache_hit_compiles_nothing_and_maps_the_entry(tmp_path, modules, monkeypatch) -> None:
     cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint())
-    WasmtimeEngine(cache).prepare(_spec(modules["prog.wasm"], "wasm"))
+    WasmtimeEngine(cache).prepare(_spec(modules["prog.wasm"], "wasm", cache))
 
     def no_compiling(*args: object) -> None:
         raise AssertionError("a cache hit compiled the module")
     monkeypatch.setattr(wasmtime.Module, "__init__", no_compiling)
     engine = WasmtimeEngine(cache)
-    module = engine.load(_spec(modules["prog.wasm"], "wasm"))
+    module = engine.load(_spec(modules["prog.wasm"], "wasm", cache))
     assert not engine.compiled
     with open(modules["prog.wasm"], "rb") as handle:
         entry = cache.path(content_key(handle.read()))

@@ -1,7 +1,8 @@
 """WasmtimeEngine: load (cache or compile), link WASI and run one module in the current process.
 
 Imported only by the fork-server (:mod:`kuasar_wasm_sandboxer.forkserver`), which builds the
-engine once; each runner it forks loads, links and runs one module. The task server never loads
+engine once; each runner it forks loads, links and runs one module (mapped from the cache entry the
+task server found, or compiled). The task server never loads
 wasmtime, which keeps its memory small. Code from the cache is mapped from its file, so runners
 of one module share it. WASI stdio is inherited, so the module writes
 straight to the runner's fds 0/1/2, which are the container's stdio. Memory: the store limit caps
@@ -10,10 +11,8 @@ asking for more sees ``memory.grow`` fail (malloc returns NULL) before the cgrou
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from importlib import metadata
 from typing import Optional
 
 import wasmtime
@@ -21,7 +20,7 @@ import wasmtime
 from kuasar_wasm_sandboxer.cache import ModuleCache, content_key
 from kuasar_wasm_sandboxer.entrypoint import TRAP_EXIT, RunSpec
 
-__all__ = ["WasmtimeEngine", "Program", "LoadError", "engine_fingerprint"]
+__all__ = ["WasmtimeEngine", "Program", "LoadError"]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,6 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 class LoadError(Exception):
     """The module cannot be compiled, linked or instantiated (the message is for people)."""
-
-
-def engine_fingerprint() -> str:
-    """Short hex naming the wasmtime build: serialized code only loads into the same one."""
-    version = metadata.version("wasmtime")
-    return hashlib.sha256(f"wasmtime-py {version} default-config".encode()).hexdigest()[:16]
 
 
 def _resident_bytes() -> int:
@@ -128,25 +121,24 @@ class WasmtimeEngine:
         self.linker.define_wasi()
 
     def load(self, spec: RunSpec) -> wasmtime.Module:
-        """The compiled module of ``spec.module``, mapped from the cache when possible (a hit
-        compiles nothing).
+        """The compiled module of ``spec.module``: mapped from ``spec.cache_entry`` when the task server
+        found one (a hit compiles nothing and does not even read the module), else compiled and stored
+        under ``spec.cache_key``.
 
         :raise LoadError: unreadable file or invalid WebAssembly / WAT.
         """
+        if spec.cache_entry:
+            try:
+                module = wasmtime.Module.deserialize_file(self.engine, spec.cache_entry)
+                self.compiled = False
+                return module
+            except wasmtime.WasmtimeError as err:
+                log.warning("%s: cached code rejected (%s); recompiling", spec.name, err)
         try:
             with open(spec.module, "rb") as handle:
                 data = handle.read()
         except OSError as err:
             raise LoadError(f"cannot read {spec.argv[0]}: {err.strerror}") from err
-        key = content_key(data)
-        cached = self.cache.lookup(key) if self.cache is not None else None
-        if cached is not None:
-            try:
-                module = wasmtime.Module.deserialize_file(self.engine, cached)
-                self.compiled = False
-                return module
-            except wasmtime.WasmtimeError as err:
-                log.warning("%s: cached code rejected (%s); recompiling", spec.name, err)
         try:
             if spec.kind == "wat":
                 module = wasmtime.Module(self.engine, data.decode("utf-8", errors="strict"))
@@ -155,7 +147,9 @@ class WasmtimeEngine:
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as err:
             raise LoadError(f"{spec.argv[0]} is not a valid WebAssembly module: {_first_line(err)}") from err
         self.compiled = True
-        stored = self.cache.put(key, bytes(module.serialize())) if self.cache is not None else None
+        if self.cache is None:
+            return module
+        stored = self.cache.put(spec.cache_key or content_key(data), bytes(module.serialize()))
         if stored is not None:
             # map the code just stored, so that even this first runner shares it with the next ones
             try:
