@@ -16,9 +16,10 @@ import logging
 import os
 import select
 import socket
-from typing import Any, Awaitable, Callable, Optional, Tuple
+from typing import Awaitable, Callable, Optional, Tuple
 
 from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_shared.ttrpc.transport import ByteWriter
 
 __all__ = ["PORT_NAME", "VSOCK_PORT", "UNNAMED_AGENT_PORT", "find_port", "find_unnamed_port", "host_connected",
            "open_port", "serve_port", "listen_vsock"]
@@ -33,8 +34,8 @@ _VMADDR_CID_ANY = 0xFFFFFFFF
 _POLL_INTERVAL = 0.02
 _BUSY_TRIES = 250
 
-#: gets each channel as (reader, MuxWriter); typed loosely so that Server.serve_connection fits
-Handler = Callable[[asyncio.StreamReader, Any], Awaitable[None]]
+#: gets each channel as (reader, writer), as Server.serve_connection takes them
+Handler = Callable[[asyncio.StreamReader, ByteWriter], Awaitable[None]]
 
 
 def find_port(name: str = PORT_NAME, sys_dir: str = "/sys/class/virtio-ports", dev_dir: str = "/dev") -> Optional[str]:

@@ -15,7 +15,7 @@ from kuasar_shared.api.ttrpc import request_pb2
 from kuasar_shared.errors import (Cancelled, DeadlineExceeded, Internal, KuasarError, ResourceExhausted,
                                   Unavailable, from_code)
 from kuasar_shared.ttrpc import framing
-from kuasar_shared.ttrpc.transport import connect
+from kuasar_shared.ttrpc.transport import ByteWriter, connect
 
 __all__ = ["Client", "ClientStream"]
 
@@ -96,7 +96,7 @@ class ClientStream:
 class Client:
     """A ttrpc connection. Create with :meth:`connect` (or wrap any reader/writer pair)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: ByteWriter) -> None:
         self._reader = reader
         self._writer = writer
         self._next_id = 1

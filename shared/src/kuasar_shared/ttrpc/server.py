@@ -17,7 +17,7 @@ from kuasar_shared.api.ttrpc import request_pb2
 from kuasar_shared.errors import Code, KuasarError, code_of
 from kuasar_shared.ttrpc import framing
 from kuasar_shared.ttrpc.service import CallContext, Connection, Method, Service, ServerStream
-from kuasar_shared.ttrpc.transport import start_unix_server
+from kuasar_shared.ttrpc.transport import ByteWriter, start_unix_server
 
 __all__ = ["Server"]
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class _Connection:
-    def __init__(self, server: "Server", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: "Server", reader: asyncio.StreamReader, writer: ByteWriter) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
@@ -219,7 +219,7 @@ class Server:
         """Bind a unix socket (replacing a stale file) and start accepting."""
         self._listeners.append(await start_unix_server(path, self.serve_connection, mode))
 
-    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: ByteWriter) -> None:
         """Serve one established connection until the peer or the server closes it."""
         if self.max_connections is not None and len(self._connections) >= self.max_connections:
             log.warning("ttrpc: refusing a connection: %d are open", len(self._connections))

@@ -1,4 +1,4 @@
-"""Transports for ttrpc: everything that yields an (asyncio.StreamReader, asyncio.StreamWriter) pair.
+"""Transports for ttrpc: everything that yields an (asyncio.StreamReader, :class:`ByteWriter`) pair.
 
 The ttrpc client and server only ever see that pair, so new transports (the vmm guest's
 virtio-serial multiplexer, for instance) plug in by producing one; :func:`connect` resolves the
@@ -10,11 +10,28 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Awaitable, Callable, Tuple
+from typing import Any, Awaitable, Callable, Protocol, Tuple
 
 from kuasar_shared.errors import InvalidArgument, Unavailable
 
-__all__ = ["StreamPair", "connect", "parse_address", "start_unix_server"]
+__all__ = ["ByteWriter", "StreamPair", "connect", "parse_address", "start_unix_server"]
+
+
+class ByteWriter(Protocol):
+    """What the ttrpc client and server write to: an asyncio.StreamWriter, or one channel of the vmm mux."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    async def wait_closed(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
 
 StreamPair = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _LIMIT = 1 << 16
