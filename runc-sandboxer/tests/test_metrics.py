@@ -1,26 +1,35 @@
-"""--metrics-listen: a real runc-sandboxer serves Prometheus metrics that move with a real pod, parsed with
-prometheus-client's own parser; without the flag the library is not even imported."""
+"""--metrics-listen: a real runc-sandboxer serves Prometheus metrics that move with a real pod and a real
+container run through its real task server (whose series the sandboxer's endpoint carries), parsed with
+prometheus-client's own parser and, where installed, ``promtool check metrics``; the task numbers are those
+Task ``Stats`` answers; without the flag the library is not even imported, in the sandboxer or the task server."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
+from google.protobuf import empty_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from kuasar_shared import process
+from kuasar_shared.api.cgroups.v1 import metrics_pb2 as cgroups_pb2
+from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
-from kuasar_shared.errors import InvalidArgument
+from kuasar_shared.errors import InvalidArgument, NotFound
 from kuasar_shared.metrics import parse_metrics_address
 from kuasar_shared.testing.conformance import SandboxApiClient
+from kuasar_shared.ttrpc import Client
 
 BIN = os.path.dirname(sys.executable)
+TASK = "containerd.task.v3.Task"
+PROMTOOL = shutil.which("promtool")
 
 
 async def _scrape(path: str, target: bytes = b"/metrics") -> tuple[bytes, bytes]:
@@ -47,14 +56,24 @@ def test_address_forms() -> None:
             parse_metrics_address(bad)
 
 
-def test_off_by_default_means_not_imported() -> None:
-    code = "import sys, kuasar_runc_sandboxer.main; print('prometheus_client' in sys.modules)"
+@pytest.mark.parametrize("module", ["kuasar_runc_sandboxer.main", "kuasar_runc_task.main"])
+def test_off_by_default_means_not_imported(module: str) -> None:
+    code = "import sys, %s; print('prometheus_client' in sys.modules)" % module
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 
 
+def _promtool_check(body: bytes) -> None:
+    """``promtool check metrics`` finds no problem (lint warnings included) in ``body``, where installed."""
+    if PROMTOOL is None:
+        return
+    done = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
 @pytest.mark.asyncio
-async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid) -> None:
+async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid, container_bundle,
+                                                             run_container) -> None:
     listen, directory, metrics = str(tmp_path / "runc.sock"), str(tmp_path / "dir"), str(tmp_path / "m.sock")
     parent = "/kuasar-test-metrics-" + uuid.uuid4().hex[:8]
     sandboxer = process.spawn([os.path.join(BIN, "runc-sandboxer"), "--listen", listen, "--dir", directory,
@@ -83,7 +102,9 @@ async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid)
             await api.status("no-such-pod")
         except Exception:
             pass
-        after = _samples((await _scrape(metrics))[1])
+        body = (await _scrape(metrics))[1]
+        _promtool_check(body)
+        after = _samples(body)
         assert after[("kuasar_sandbox_api_requests_total", (("code", "OK"), ("method", "Start")))] == 1.0
         assert after[("kuasar_sandbox_api_requests_total", (("code", "NOT_FOUND"), ("method", "Status")))] == 1.0
         assert after[("kuasar_sandbox_api_request_duration_seconds_count", (("method", "Create"),))] == 1.0
@@ -93,6 +114,47 @@ async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid)
                      "kuasar_pod_oom_kills_total"):
             assert after[(name, (("pod", "metrics-pod"),))] >= 0
         assert (await _scrape(metrics, b"/other"))[0] == b"HTTP/1.0 404 Not Found"
+
+        # a container through the task front, as containerd runs it: the task server's series move
+        pod_pid = (await api.status("metrics-pod")).pid
+        bundle = container_bundle("metrics-pod", pod_pid, ["sh", "-c", "sleep 1000 & sleep 1000 & wait"])
+        client = await Client.connect_unix(os.path.join(directory, "task.sock"))
+        try:
+            await run_container(client, "metrics-ctr", bundle, "")
+            with pytest.raises(NotFound):
+                await client.call(TASK, "State", shim_pb2.StateRequest(id="no-such-ctr"), shim_pb2.StateResponse)
+            for _ in range(100):  # until the shell has forked both sleeps
+                reply = await client.call(TASK, "Stats", shim_pb2.StatsRequest(id="metrics-ctr"),
+                                          shim_pb2.StatsResponse)
+                stats = cgroups_pb2.Metrics.FromString(reply.stats.value)
+                if stats.pids.current == 3:
+                    break
+                await asyncio.sleep(0.05)
+            body = (await _scrape(metrics))[1]
+            _promtool_check(body)
+            running = _samples(body)
+            await client.call(TASK, "Kill", shim_pb2.KillRequest(id="metrics-ctr", signal=9, all=True),
+                              empty_pb2.Empty)
+            await client.call(TASK, "Wait", shim_pb2.WaitRequest(id="metrics-ctr"), shim_pb2.WaitResponse,
+                              timeout=30)
+            await client.call(TASK, "Delete", shim_pb2.DeleteRequest(id="metrics-ctr"), shim_pb2.DeleteResponse)
+        finally:
+            await client.close()
+        for method in ("Create", "Start"):
+            assert running[("kuasar_task_api_requests_total", (("code", "OK"), ("method", method)))] == 1.0
+            assert running[("kuasar_task_api_request_duration_seconds_count", (("method", method),))] == 1.0
+        assert running[("kuasar_task_api_requests_total", (("code", "OK"), ("method", "Stats")))] >= 1.0
+        assert running[("kuasar_task_api_requests_total", (("code", "NOT_FOUND"), ("method", "State")))] == 1.0
+        assert running[("kuasar_containers", (("state", "running"),))] == 1.0
+        ctr = (("container", "metrics-ctr"), ("pod", "metrics-pod"))
+        assert running[("kuasar_container_pids", ctr)] == stats.pids.current == 3  # sh and two sleeps
+        assert running[("kuasar_container_cpu_seconds_total", ctr)] >= stats.cpu.usage.total / 1e9 > 0
+        assert running[("kuasar_container_memory_usage_bytes", ctr)] > 0
+        done = _samples((await _scrape(metrics))[1])
+        for method in ("Kill", "Wait", "Delete"):
+            assert done[("kuasar_task_api_requests_total", (("code", "OK"), ("method", method)))] == 1.0
+        assert done[("kuasar_containers", (("state", "running"),))] == 0.0
+        assert not any(name.startswith("kuasar_container_") for name, _ in done)
 
         await api.stop("metrics-pod")
         await api.shutdown("metrics-pod")

@@ -1,6 +1,7 @@
 """docs/observability.md and the Grafana dashboard name only metrics the sandboxers really expose."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -8,12 +9,35 @@ from rpmroot import REPO
 
 from kuasar_shared.metrics import SandboxerMetrics
 from kuasar_shared.sandbox.pods import PodRecord, PodTable
+from kuasar_shared.task.metrics import TaskServerMetrics
+from kuasar_shared.task.records import ContainerRecord, Proc
+from kuasar_shared.values import CgroupStats, TaskStatus
+from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, vmm_metrics
+
+
+class _OneContainer:
+    """The part of a task backend the task server's metrics read: one running container."""
+
+    def containers(self) -> list[ContainerRecord]:
+        return [ContainerRecord(id="c", bundle="/b", sandbox_id="p", init=Proc("", status=TaskStatus.RUNNING))]
+
+    async def stats(self, id: str) -> CgroupStats:
+        return CgroupStats(cpu_total_ns=1, memory_usage=1, pids_current=1)
+
+
+async def _expositions(tmp_path) -> str:
+    typed = vmm_metrics()
+    tasks = TaskServerMetrics(_OneContainer())  # type: ignore[arg-type]
+    tasks.observe("Create", "OK", 0.01)
+    metrics = SandboxerMetrics("vmm", "0.1.0", PodTable(str(tmp_path), PodRecord), lambda: {"cleaned_up": 1}, typed,
+                               [tasks.exposition])
+    metrics.observe("Start", "OK", 0.01)
+    typed.observe(BOOT_TO_AGENT, 12.0)
+    return (await metrics.exposition()).decode()
 
 
 def _exposed(tmp_path) -> set[str]:
-    metrics = SandboxerMetrics("runc", "0.1.0", PodTable(str(tmp_path), PodRecord), lambda: {"cleaned_up": 1})
-    metrics.observe("Start", "OK", 0.01)
-    text = metrics.exposition().decode()
+    text = asyncio.run(_expositions(tmp_path))
     families = set(re.findall(r"^# TYPE (\S+) (\w+)", text, re.M))
     names = {name for name, _ in families}
     for name, kind in families:

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+from kuasar_shared import tracing
 from kuasar_shared.errors import InvalidArgument, KuasarError
 from kuasar_shared.process_identity import is_same_process, kill, start_time, wait_exit
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
@@ -101,11 +102,13 @@ class RuncSandboxer(PodSandboxer[Pod]):
                 mount_pod_shm(self.pods.pod_dir(pod.id))
             except MountError as err:
                 raise InvalidArgument(f"sandbox {pod.id}: cannot mount its /dev/shm: {err}") from err
-        pid = await self.holders.spawn(pod.id, pod.netns, pod.hostname, host_ipc=pod.host_ipc,
-                                       host_pid=pod.host_pid, sysctls=pod.sysctls)
+        with tracing.span("holder spawn", sandbox_id=pod.id):
+            pid = await self.holders.spawn(pod.id, pod.netns, pod.hostname, host_ipc=pod.host_ipc,
+                                           host_pid=pod.host_pid, sysctls=pod.sysctls)
         types = ["uts"] + ([] if pod.host_ipc else ["ipc"]) + ["net"] + (["pid"] if pod.shared_pid else [])
         try:
-            bind_namespaces(self.pods.pod_dir(pod.id), pid, types)
+            with tracing.span("namespace pinning", sandbox_id=pod.id, namespaces=",".join(types)):
+                bind_namespaces(self.pods.pod_dir(pod.id), pid, types)
         except KuasarError as err:
             kill(pid)
             unbind_namespaces(self.pods.pod_dir(pod.id))

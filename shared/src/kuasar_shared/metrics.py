@@ -11,14 +11,18 @@ sandboxer answers ``GET /metrics`` on a loopback port (``127.0.0.1:9610``) or a 
   ``kuasar_pod_pids``, ``kuasar_pod_oom_kills_total`` (label ``pod``): read from each pod's cgroup at scrape
   time, the same numbers the Sandbox API ``Metrics`` call answers;
 - ``kuasar_recoveries_total{outcome}``: what the last start-up did with the pods it found on disk;
-- ``kuasar_sandboxer_info{type,version}``.
+- ``kuasar_sandboxer_info{type,version}``;
+- what the sandbox type declares in :class:`~kuasar_shared.sandbox.observed.TypeMetrics` (vmm: boot to agent
+  time, the VMM process's memory);
+- the task server's own series (Task API calls, containers; :mod:`kuasar_shared.task.metrics`), read from its
+  private metrics socket at scrape time, so that one scrape target covers a sandbox type.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -26,23 +30,32 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
 if TYPE_CHECKING:
+    from kuasar_shared.sandbox.observed import TypeMetrics
     from kuasar_shared.sandbox.pods import PodTable
 
-__all__ = ["SandboxerMetrics", "MetricsServer", "serve_metrics", "parse_metrics_address"]
+__all__ = ["SandboxerMetrics", "MetricsServer", "Exposition", "serve_metrics", "parse_metrics_address",
+           "scrape_unix", "BUCKETS"]
 
 log = logging.getLogger(__name__)
 
 #: Sandbox API latencies run from a millisecond (Status) to minutes (a VM boot under emulation)
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _MAX_REQUEST = 8192
+#: seconds a scrape waits for the task server's part
+_SOURCE_TIMEOUT = 5.0
+
+#: what a scrape answers: the text exposition, gathered on the event loop
+Exposition = Callable[[], Awaitable[bytes]]
 
 
 class _PodCollector:
     """Reads the pod table and the pods' cgroups when Prometheus scrapes."""
 
-    def __init__(self, pods: "PodTable[Any]", recoveries: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, pods: "PodTable[Any]", recoveries: Callable[[], Mapping[str, int]],
+                 typed: "Optional[TypeMetrics[Any]]") -> None:
         self.pods = pods
         self.recoveries = recoveries
+        self.typed = typed
 
     def describe(self) -> list[Metric]:
         return []  # no fixed set: the families depend on the pods present
@@ -58,8 +71,14 @@ class _PodCollector:
         pids = GaugeMetricFamily("kuasar_pod_pids", "Processes in the pod's cgroup", labels=["pod"])
         ooms = CounterMetricFamily("kuasar_pod_oom_kills", "Processes the kernel killed at the pod's memory limit",
                                    labels=["pod"])
+        gauges = [(GaugeMetricFamily(g.name, g.help, labels=["pod"]), g.read)
+                  for g in (self.typed.pod_gauges if self.typed else ())]
         for pod in list(self.pods):
             counts[pod.state.value] = counts.get(pod.state.value, 0) + 1
+            for family, read in gauges:
+                value = read(pod)
+                if value is not None:
+                    family.add_metric([pod.id], value)
             try:
                 stats = self.pods.metrics(pod.id)
             except (KuasarError, OSError) as err:
@@ -80,19 +99,31 @@ class _PodCollector:
         for outcome, count in sorted(self.recoveries().items()):
             recovered.add_metric([outcome], count)
         yield from (by_state, cpu, memory, limit, pids, ooms, recovered)
+        yield from (family for family, _ in gauges)
 
 
 class SandboxerMetrics:
-    """The registry of one sandboxer and the observer the Sandbox API controller calls after every call."""
+    """The registry of one sandboxer and the observer the Sandbox API controller calls after every call.
+
+    ``typed``: the sandbox type's own series, bound here (its histograms start recording now);
+    ``sources``: more expositions appended to each scrape (the task server's), skipped when they fail.
+    """
 
     def __init__(self, sandbox_type: str, version: str, pods: "PodTable[Any]",
-                 recoveries: Callable[[], Mapping[str, int]]) -> None:
+                 recoveries: Callable[[], Mapping[str, int]], typed: "Optional[TypeMetrics[Any]]" = None,
+                 sources: Sequence[Exposition] = ()) -> None:
         self.registry = CollectorRegistry()
+        self.sources = list(sources)
         self._requests = Counter("kuasar_sandbox_api_requests", "Sandbox API calls by method and gRPC code",
                                  ["method", "code"], registry=self.registry)
         self._latency = Histogram("kuasar_sandbox_api_request_duration_seconds", "Sandbox API call latency",
-                                  ["method"], buckets=_BUCKETS, registry=self.registry)
-        self.registry.register(_PodCollector(pods, recoveries))
+                                  ["method"], buckets=BUCKETS, registry=self.registry)
+        self.registry.register(_PodCollector(pods, recoveries, typed))
+        if typed is not None:
+            histograms = {series.name: Histogram(series.name, series.help,
+                                                 buckets=series.buckets or BUCKETS, registry=self.registry)
+                          for series in typed.histograms}
+            typed.bind(lambda name, seconds: histograms[name].observe(seconds))
         info = InfoMetricFamily("kuasar_sandboxer", "This sandboxer", value={"type": sandbox_type,
                                                                             "version": version})
         self.registry.register(_Fixed([info]))
@@ -101,8 +132,15 @@ class SandboxerMetrics:
         self._requests.labels(method, code).inc()
         self._latency.labels(method).observe(seconds)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    async def exposition(self) -> bytes:
+        """This registry's text, then each source's (a failing source is logged and left out)."""
+        parts = [generate_latest(self.registry)]
+        for source in self.sources:
+            try:
+                parts.append(await asyncio.wait_for(source(), _SOURCE_TIMEOUT))
+            except (OSError, asyncio.TimeoutError, InvalidArgument) as err:
+                log.debug("a metrics source failed: %s", err)
+        return b"".join(parts)
 
 
 class _Fixed:
@@ -132,9 +170,8 @@ def parse_metrics_address(address: str) -> tuple[Optional[str], Optional[tuple[s
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.0 on the event loop. Close with :meth:`close`."""
 
-    def __init__(self, server: asyncio.Server, metrics: SandboxerMetrics, path: Optional[str]) -> None:
+    def __init__(self, server: asyncio.Server, path: Optional[str]) -> None:
         self._server = server
-        self.metrics = metrics
         self.path = path
 
     @property
@@ -154,8 +191,26 @@ class MetricsServer:
                 pass
 
 
-async def serve_metrics(address: str, metrics: SandboxerMetrics) -> MetricsServer:
-    """Listen on ``address`` (see :func:`parse_metrics_address`) and answer scrapes from ``metrics``."""
+async def scrape_unix(path: str) -> bytes:
+    """The body of ``GET /metrics`` from the metrics server on the unix socket ``path``.
+
+    :raise OSError: it cannot be reached; InvalidArgument: it did not answer 200.
+    """
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        reply = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200 "):
+        raise InvalidArgument("metrics at %s answered %r" % (path, head.split(b"\r\n", 1)[0]))
+    return body
+
+
+async def serve_metrics(address: str, exposition: Exposition) -> MetricsServer:
+    """Listen on ``address`` (see :func:`parse_metrics_address`) and answer scrapes with ``exposition()``."""
     path, tcp = parse_metrics_address(address)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -167,7 +222,7 @@ async def serve_metrics(address: str, metrics: SandboxerMetrics) -> MetricsServe
             elif target.split(b"?", 1)[0] != b"/metrics":
                 status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
             else:
-                status, body, ctype = b"200 OK", metrics.exposition(), CONTENT_TYPE_LATEST.encode()
+                status, body, ctype = b"200 OK", await exposition(), CONTENT_TYPE_LATEST.encode()
             writer.write(b"HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                          % (status, ctype, len(body)) + body)
             await writer.drain()
@@ -190,6 +245,6 @@ async def serve_metrics(address: str, metrics: SandboxerMetrics) -> MetricsServe
             server = await asyncio.start_server(handle, tcp[0], tcp[1], limit=_MAX_REQUEST)
     except OSError as err:
         raise InvalidArgument("--metrics-listen %r: cannot listen: %s" % (address, err.strerror)) from err
-    served = MetricsServer(server, metrics, path)
+    served = MetricsServer(server, path)
     log.info("metrics on %s/metrics", served.address)
     return served

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Optional
 
+from kuasar_shared import tracing
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, KuasarError, NotFound
 from kuasar_shared.io import ProcessIO, StreamingHub, open_process_io
@@ -249,14 +250,17 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
                                     "stderr": req.stdio.stderr, "terminal": req.stdio.terminal}
             if req.rootfs:
                 os.makedirs(container.rootfs, exist_ok=True)
-                container.mounted = len(mount_all(req.rootfs, container.rootfs))
+                with tracing.span("rootfs mount", container_id=req.id):
+                    container.mounted = len(mount_all(req.rootfs, container.rootfs))
             try:
-                pio = await open_process_io(Stdio() if self.hooks.stdio_at_start else req.stdio, self.hub,
-                                            name=req.id)
+                with tracing.span("io setup", container_id=req.id):
+                    pio = await open_process_io(Stdio() if self.hooks.stdio_at_start else req.stdio, self.hub,
+                                                name=req.id)
                 try:
                     pid_file = os.path.join(self.store.work_dir(req.id), "init.pid")
-                    pid = await self._runtime(container).create(req.id, req.bundle, pid_file, _fds(pio),
-                                                                console_socket=pio.console_socket)
+                    with tracing.span("runtime create", container_id=req.id, runtime=container.binary):
+                        pid = await self._runtime(container).create(req.id, req.bundle, pid_file, _fds(pio),
+                                                                    console_socket=pio.console_socket)
                     try:
                         await pio.attach_console()
                     except BaseException:
@@ -299,12 +303,15 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
 
     async def _start_init(self, container: Container) -> None:
         if not self.hooks.stdio_at_start:
-            await self._runtime(container).start(container.id)
+            with tracing.span("runtime start", container_id=container.id, runtime=container.binary):
+                await self._runtime(container).start(container.id)
             return
-        pio = await open_process_io(container.init.stdio_value(), self.hub, name=container.id)
+        with tracing.span("io setup", container_id=container.id):
+            pio = await open_process_io(container.init.stdio_value(), self.hub, name=container.id)
         try:
-            await self._runtime(container).start(container.id, _fds(pio),
-                                                 os.path.join(container.bundle, "log.json"))
+            with tracing.span("runtime start", container_id=container.id, runtime=container.binary):
+                await self._runtime(container).start(container.id, _fds(pio),
+                                                     os.path.join(container.bundle, "log.json"))
         except BaseException:
             await pio.close()
             raise
@@ -321,11 +328,14 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
             json.dump(dict(proc.spec or {}, terminal=proc.stdio_value().terminal), handle)
         pid_file = os.path.join(work, proc.exec_id + ".pid")
         internal = os.path.join(work, proc.exec_id + ".ipid") if self.hooks.internal_exec_pids else None
-        pio = await open_process_io(proc.stdio_value(), self.hub, name=f"{container.id}-{proc.exec_id}")
+        with tracing.span("io setup", container_id=container.id, exec_id=proc.exec_id):
+            pio = await open_process_io(proc.stdio_value(), self.hub, name=f"{container.id}-{proc.exec_id}")
         try:
-            pid = await self._runtime(container).exec(
-                container.id, spec_path, pid_file, os.path.join(work, "exec-log.json"), _fds(pio),
-                console_socket=pio.console_socket, internal_pid_file=internal)
+            with tracing.span("runtime exec", container_id=container.id, exec_id=proc.exec_id,
+                              runtime=container.binary):
+                pid = await self._runtime(container).exec(
+                    container.id, spec_path, pid_file, os.path.join(work, "exec-log.json"), _fds(pio),
+                    console_socket=pio.console_socket, internal_pid_file=internal)
             await pio.attach_console()
             if internal is not None:
                 proc.runtime_pid = read_pid_file(internal)

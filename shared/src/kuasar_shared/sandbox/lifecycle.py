@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Generic, Optional, Type
+from typing import Any, Generic, Optional, Type
 
 from kuasar_shared import tracing
 from kuasar_shared.errors import KuasarError
 from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.api import ExitStatus, Sandboxer, SandboxStatus, TaskDiff
+from kuasar_shared.sandbox.observed import TypeMetrics
 from kuasar_shared.sandbox.pods import P, PodRecord, PodState, PodTable
 from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_shared.values import CgroupStats
@@ -36,6 +37,9 @@ class PodSandboxer(Sandboxer, Generic[P]):
 
     Resource handling: owns the pidfd watches and the task-server handle, released by :meth:`close`.
     """
+
+    #: the series this sandbox type adds to the metrics (None: the shared ones only)
+    type_metrics: Optional[TypeMetrics[Any]] = None
 
     def __init__(self, directory: str, record_type: Type[P], task_server: Optional[TaskServer]) -> None:
         self.directory = directory

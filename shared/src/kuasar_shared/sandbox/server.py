@@ -7,6 +7,7 @@ and restricts it to its owner (mode 0600) because the API can start and remove p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Optional
@@ -22,7 +23,7 @@ from kuasar_shared.statefiles import PodStore
 
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
-    from kuasar_shared.metrics import MetricsServer
+    from kuasar_shared.metrics import MetricsServer, SandboxerMetrics
     from kuasar_shared.sandbox.lifecycle import PodSandboxer
 
 __all__ = ["SandboxApiServer", "serve_sandbox_api", "serve_until_shutdown", "MAX_MESSAGE_SIZE"]
@@ -133,15 +134,15 @@ async def serve_until_shutdown(ctx: "DaemonContext", sandboxer: "PodSandboxer[An
     _start_tracing(ctx)
     try:
         await sandboxer.recover()
-        metrics = await _serve_metrics(ctx, sandboxer)
-        server = await serve_sandbox_api(ctx.args.listen, sandboxer, metrics.metrics.observe if metrics else None)
+        metrics, endpoint = await _serve_metrics(ctx, sandboxer)
+        server = await serve_sandbox_api(ctx.args.listen, sandboxer, metrics.observe if metrics else None)
         ctx.ready(status, recovered=len(PodStore(ctx.args.dir).ids()))
         try:
             await ctx.shutdown_event.wait()
         finally:
             await server.stop(1.0)
-            if metrics is not None:
-                await metrics.close()
+            if endpoint is not None:
+                await endpoint.close()
     finally:
         tracing.shutdown()
 
@@ -158,16 +159,23 @@ def _start_tracing(ctx: "DaemonContext") -> None:
                           "(pip install 'kuasar-shared[tracing]'): %s" % err) from err
 
 
-async def _serve_metrics(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]") -> "Optional[MetricsServer]":
-    """The metrics endpoint when ``--metrics-listen`` asks for one; prometheus-client is imported only then."""
+async def _serve_metrics(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]"
+                         ) -> "tuple[Optional[SandboxerMetrics], Optional[MetricsServer]]":
+    """The sandboxer's metrics and their endpoint when ``--metrics-listen`` asks for them (prometheus-client is
+    imported only then): the type's own series and the task server's, read from its metrics socket at each
+    scrape, so that one scrape target covers the type."""
     address = getattr(ctx.args, "metrics_listen", "")
     if not address:
-        return None
+        return None, None
     try:
-        from kuasar_shared.metrics import SandboxerMetrics, serve_metrics
+        from kuasar_shared.metrics import SandboxerMetrics, scrape_unix, serve_metrics
     except ImportError as err:
         raise Unavailable("--metrics-listen needs prometheus-client (pip install prometheus-client, or the "
                           "distribution's python3-prometheus-client): %s" % err) from err
     sandbox_type = ctx.name.rsplit("-sandboxer", 1)[0]
-    metrics = SandboxerMetrics(sandbox_type, ctx.version, sandboxer.pods, lambda: sandboxer.recoveries)
-    return await serve_metrics(address, metrics)
+    task_server = sandboxer.task_server
+    task_metrics = task_server.metrics_path if task_server is not None else ""
+    metrics = SandboxerMetrics(sandbox_type, ctx.version, sandboxer.pods, lambda: sandboxer.recoveries,
+                               sandboxer.type_metrics,
+                               [functools.partial(scrape_unix, task_metrics)] if task_metrics else [])
+    return metrics, await serve_metrics(address, metrics.exposition)

@@ -46,6 +46,8 @@ _RECORD = "task-server.json"
 _SOCKET = "task.sock"
 #: the task server's private socket behind a task front
 _BACKEND_SOCKET = "task-backend.sock"
+#: the task server's metrics, read by the sandboxer's metrics endpoint at each scrape
+_METRICS_SOCKET = "task-metrics.sock"
 #: the task server's state directory; the leading dot keeps it out of the pod id namespace
 _TASKS_DIR = ".tasks"
 #: seconds a stopping task server gets to finish calls in flight (its DRAIN_TIMEOUT, plus start-up)
@@ -87,6 +89,8 @@ class TaskServer:
         self.front_pid = front_pid
         self.log_level = log_level
         self.log_file = log_file
+        #: the unix socket of the server's metrics ("" when it serves none)
+        self.metrics_path = ""
         self._client: Optional[Client] = None
         self._watch: Optional[ExitWatch] = None
         self._front_watch: Optional[ExitWatch] = None
@@ -331,6 +335,10 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
                             own_children: Sequence[int] = ()) -> TaskServer:
     """The task server of the sandboxer's ``--dir``, re-adopted or started, and restarted whenever it exits.
 
+    It serves its metrics on ``<dir>/task-metrics.sock`` when the sandboxer has ``--metrics-listen`` (the
+    sandboxer's endpoint reads them at each scrape) and exports spans to the sandboxer's ``--trace-endpoint``;
+    a re-adopted server keeps the settings it was started with until it is replaced (``kuasar-ctl upgrade``).
+
     Processes orphaned by a dead task server re-parent to the sandboxer: their exits are recorded
     in ``<dir>/exits`` for the next task server. ``own_children``: the sandboxer's other children
     (helpers), whose exits are not recorded. A new server logs to ``<dir>/<log_name>`` with
@@ -339,7 +347,15 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
     args = ctx.args
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
     log_file = os.path.join(args.dir, log_name) if args.daemon else None
+    command = list(command)
+    metrics_path = os.path.join(os.path.abspath(args.dir), _METRICS_SOCKET)
+    if getattr(args, "metrics_listen", ""):
+        command += ["--metrics-listen", "unix:" + metrics_path]
+    if getattr(args, "trace_endpoint", ""):
+        command += ["--trace-endpoint", args.trace_endpoint]
     server = await TaskServer.ensure(args.dir, command, args.log_level, log_file, front=True)
+    if getattr(args, "metrics_listen", ""):
+        server.metrics_path = metrics_path
     server.supervise()
     exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
     ctx.reaper.add_listener(exits.listener(lambda pid: pid in (server.pid, server.front_pid) or pid in own_children))

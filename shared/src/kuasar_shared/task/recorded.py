@@ -93,6 +93,10 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
         except KeyError:
             raise NotFound(f"container {container_id} not found") from None
 
+    def containers(self) -> list[C]:
+        """The containers this server holds, in no particular order."""
+        return list(self._containers.values())
+
     def tracked_pids(self) -> set[int]:
         """Pids of the processes this server still waits for (their exit records must stay)."""
         return {proc.pid for container in self._containers.values() for proc in container.procs()

@@ -6,9 +6,11 @@ server. v2 and v3 are field-for-field identical, so both service names share the
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
@@ -19,14 +21,16 @@ from kuasar_shared.api.cgroups.v1 import metrics_pb2
 from kuasar_shared.api.containerd.runc.options import oci_pb2
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.api.containerd.types.task import task_pb2
-from kuasar_shared.errors import InvalidArgument, KuasarError, NotFound, code_of, from_code
+from kuasar_shared import tracing
+from kuasar_shared.errors import Code, InvalidArgument, KuasarError, NotFound, code_of, from_code
 from kuasar_shared.ids import validate_id
 from kuasar_shared.values import CgroupStats, ExitInfo, Mount, Stdio
 from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend
 from kuasar_shared.task.journal import REQUEST_ID_KEY, Answer, Pending, RequestJournal
 from kuasar_shared.ttrpc.service import CallContext, Service
 
-__all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "METRICS_TYPE_URL", "timestamp", "metrics_any"]
+__all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "METRICS_TYPE_URL", "Observer", "timestamp",
+           "metrics_any"]
 
 TASK_SERVICES = ("containerd.task.v3.Task", "containerd.task.v2.Task")
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
@@ -37,6 +41,8 @@ MUTATING = frozenset(("Create", "Start", "Delete", "Exec", "Kill", "Pause", "Res
 
 log = logging.getLogger(__name__)
 Handler = Callable[[CallContext, Any], Awaitable[Any]]
+#: told (method, gRPC code name, seconds) after every call: the metrics, when enabled
+Observer = Callable[[str, str, float], None]
 #: the responses that carry an exit status and time
 _ExitResponse = TypeVar("_ExitResponse", bound=Union[shim_pb2.DeleteResponse, shim_pb2.WaitResponse])
 
@@ -128,9 +134,11 @@ class TaskService:
     :mod:`kuasar_shared.task.journal` and :meth:`_settle`.
     """
 
-    def __init__(self, backend: TaskBackend, journal: Optional[RequestJournal] = None) -> None:
+    def __init__(self, backend: TaskBackend, journal: Optional[RequestJournal] = None,
+                 observe: Optional[Observer] = None) -> None:
         self.backend = backend
         self.journal = journal
+        self.observe = observe
 
     def services(self) -> List[Service]:
         table: Dict[str, Tuple[Type[Message], Handler]] = {
@@ -156,9 +164,42 @@ class TaskService:
         for name in TASK_SERVICES:
             svc = Service(name)
             for method, (req_type, handler) in table.items():
-                svc.unary(method, req_type, self._once(method, handler) if method in MUTATING else handler)
+                call = self._once(method, handler) if method in MUTATING else handler
+                if self.observe is not None or tracing.enabled():
+                    call = self._observed(method, call)
+                svc.unary(method, req_type, call)
             out.append(svc)
         return out
+
+    def _observed(self, method: str, handler: Handler) -> Handler:
+        """``handler`` in a server span (continuing the caller's trace when its ttrpc metadata carries
+        ``traceparent``), timed and counted by its code for the metrics."""
+        async def observed(ctx: CallContext, req: Any) -> Any:
+            begin = time.monotonic()
+            code = Code.OK
+            metadata = [(key, values[0]) for key, values in ctx.metadata.items() if values]
+            with tracing.server_span("Task/" + method, metadata, **{
+                    "rpc.system": "ttrpc", "rpc.service": ctx.service, "rpc.method": method,
+                    "kuasar.container_id": getattr(req, "id", ""), "kuasar.exec_id": getattr(req, "exec_id", "")
+                    }) as span:
+                try:
+                    return await handler(ctx, req)
+                except KuasarError as err:
+                    code = code_of(err)
+                    raise
+                except asyncio.CancelledError:
+                    late = ctx.deadline is not None and asyncio.get_running_loop().time() >= ctx.deadline
+                    code = Code.DEADLINE_EXCEEDED if late else Code.CANCELLED
+                    raise
+                except Exception:
+                    code = Code.INTERNAL
+                    raise
+                finally:
+                    if span is not None:
+                        span.set_attribute("rpc.grpc.status_code", int(code))
+                    if self.observe is not None:
+                        self.observe(method, code.name, time.monotonic() - begin)
+        return observed
 
     def _once(self, method: str, handler: Handler) -> Handler:
         """``handler`` answered from the journal when its request id was answered before."""
