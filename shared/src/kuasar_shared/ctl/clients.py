@@ -50,7 +50,7 @@ class SandboxClient:
             if not is_socket:
                 raise Unavailable(f"sandboxer socket {self.socket_path} does not exist" + self.hint)
             self._channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
-            self._stub = sandbox_pb2_grpc.ControllerStub(self._channel)
+            self._stub = sandbox_pb2_grpc.ControllerStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     async def call(self, method: str, request: Message, timeout: Optional[float] = 30.0) -> Any:
@@ -59,8 +59,9 @@ class SandboxClient:
         :raise KuasarError: the typed error for the gRPC status (Unavailable names the socket).
         """
         stub = self._connect()
-        if any(f.name == "sandboxer" for f in request.DESCRIPTOR.fields):
-            request.sandboxer = self.sandboxer
+        field = request.DESCRIPTOR.fields_by_name.get("sandboxer")
+        if field is not None:
+            setattr(request, field.name, self.sandboxer)
         try:
             metadata = (("containerd-namespace", NAMESPACE),)
             return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
@@ -72,10 +73,14 @@ class SandboxClient:
             raise from_code(code, message) from None
 
     async def status(self, sandbox_id: str) -> sandbox_pb2.ControllerStatusResponse:
-        return await self.call("Status", sandbox_pb2.ControllerStatusRequest(sandbox_id=sandbox_id), 10.0)
+        reply: sandbox_pb2.ControllerStatusResponse = await self.call(
+            "Status", sandbox_pb2.ControllerStatusRequest(sandbox_id=sandbox_id), 10.0)
+        return reply
 
     async def platform(self, sandbox_id: str) -> sandbox_pb2.ControllerPlatformResponse:
-        return await self.call("Platform", sandbox_pb2.ControllerPlatformRequest(sandbox_id=sandbox_id), 10.0)
+        reply: sandbox_pb2.ControllerPlatformResponse = await self.call(
+            "Platform", sandbox_pb2.ControllerPlatformRequest(sandbox_id=sandbox_id), 10.0)
+        return reply
 
     async def close(self) -> None:
         if self._channel is not None:

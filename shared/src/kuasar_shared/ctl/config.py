@@ -116,6 +116,11 @@ class Resources:
     cpuset_mems: str = ""
 
 
+#: the integer fields of :class:`Resources`, read from ``linux.resources`` by the same name
+_RESOURCE_NUMBERS = ("cpu_period", "cpu_quota", "cpu_shares", "memory_limit_in_bytes", "memory_swap_limit_in_bytes",
+                     "oom_score_adj")
+
+
 @dataclass(frozen=True)
 class MountSpec:
     container_path: str
@@ -240,9 +245,9 @@ def load_container_config(path: str) -> ContainerConfig:
         mounts.append(mount)
     linux = r.mapping(doc, "linux")
     res = r.mapping(linux, "linux.resources")
-    resources = Resources(**{k: (r.string(res, f"linux.resources.{k}") if k.startswith("cpuset")
-                                 else r.integer(res, f"linux.resources.{k}"))
-                             for k in Resources.__dataclass_fields__ if k in res})
+    numbers = {k: r.integer(res, f"linux.resources.{k}") for k in _RESOURCE_NUMBERS if k in res}
+    resources = Resources(cpuset_cpus=r.string(res, "linux.resources.cpuset_cpus"),
+                          cpuset_mems=r.string(res, "linux.resources.cpuset_mems"), **numbers)
     sec = r.mapping(linux, "linux.security_context")
     ns_options = None
     if sec.get("namespace_options") is not None:

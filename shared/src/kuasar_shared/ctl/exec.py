@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 from google.protobuf import any_pb2, empty_pb2
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2 as task_pb2
+from kuasar_shared.ctl.clients import TaskClient
 from kuasar_shared.ctl.engine import RUNNING, Engine
 from kuasar_shared.ctl.io import copy_fifo, copy_stream, make_fifos, open_fifo_reader, streaming_url
 from kuasar_shared.ctl.spec import exec_process_spec
@@ -148,7 +149,7 @@ def _stream_feeder(stream: ClientStream) -> Callable[[], Any]:
     return lambda: _read_stdin_chunks(feed, done)
 
 
-async def _run(task: Any, ctr_id: str, exec_id: str, timeout: Optional[float],
+async def _run(task: TaskClient, ctr_id: str, exec_id: str, timeout: Optional[float],
                copies: list[asyncio.Future[Any]], feeder: Optional[Callable[[], Any]]) -> int:
     """State -> Wait + Start -> wait (killing on timeout) -> drain output -> Kill -> Delete."""
     ids = {"id": ctr_id, "exec_id": exec_id}
@@ -180,8 +181,9 @@ async def _run(task: Any, ctr_id: str, exec_id: str, timeout: Optional[float],
         await asyncio.gather(*(f for f in (waiter, pump) if f is not None), return_exceptions=True)
 
 
-async def _kill(task: Any, ids: dict[str, str]) -> None:
+async def _kill(task: TaskClient, ids: dict[str, str]) -> None:
     try:
-        await task.call("Kill", task_pb2.KillRequest(signal=signal.SIGKILL, **ids), empty_pb2.Empty, 10.0)
+        await task.call("Kill", task_pb2.KillRequest(id=ids["id"], exec_id=ids["exec_id"], signal=signal.SIGKILL),
+                        empty_pb2.Empty, 10.0)
     except (NotFound, FailedPrecondition):
         pass
