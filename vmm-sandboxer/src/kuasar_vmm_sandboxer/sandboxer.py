@@ -16,9 +16,11 @@ import os
 import time
 from typing import Awaitable, Dict, Optional
 
+from kuasar_shared import tracing
 from kuasar_shared.errors import FailedPrecondition, KuasarError
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus, TaskDiff, encode_tasks
 from kuasar_shared.sandbox.lifecycle import PodSandboxer
+from kuasar_shared.sandbox.observed import TypeMetrics
 from kuasar_shared.sandbox.pods import PodState, parse_time
 from kuasar_shared.sandbox.task_supervisor import TaskServer
 
@@ -29,6 +31,7 @@ from kuasar_vmm_sandboxer.containers import apply_task_diff
 from kuasar_vmm_sandboxer.events import EventForwarder
 from kuasar_vmm_sandboxer.guest import GuestClient
 from kuasar_vmm_sandboxer.guestfiles import write_pod_files
+from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, trace_boot, vmm_metrics
 from kuasar_vmm_sandboxer.pod import VmmPod
 from kuasar_vmm_sandboxer.recovery import Unrecoverable, reattach
 from kuasar_vmm_sandboxer.relay.control import RelayControl
@@ -49,6 +52,7 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
     def __init__(self, directory: str, config: VmmConfig, factory: VMFactory, hooks: Hooks,
                  task_server: TaskServer, log_level: str = "info") -> None:
         super().__init__(directory, VmmPod, task_server)
+        self.type_metrics: TypeMetrics[VmmPod] = vmm_metrics()
         self.config = config
         self.factory = factory
         self.hooks = hooks
@@ -104,14 +108,19 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         try:
             begin = time.monotonic()
             if pod.netns:
-                net = await network.setup(pod.netns)
+                with tracing.span("network setup", sandbox_id=pod.id):
+                    net = await network.setup(pod.netns)
                 pod.network = net.to_json()
             create_pod_cgroup(self.pods, pod, self.config.hypervisor.memory_overhead_in_mb)
             self.pods.save(pod)
-            vm = await self.booter.boot(self._spec(pod, net), guest, lambda pids: join_pod_cgroup(pod, pids),
-                                        pod.timings, begin)
+            with tracing.span("vm boot", sandbox_id=pod.id, hypervisor=self.config.hypervisor.type):
+                vm = await self.booter.boot(self._spec(pod, net), guest, lambda pids: join_pod_cgroup(pod, pids),
+                                            pod.timings, begin)
+                trace_boot(pod, begin)
+            self.type_metrics.observe(BOOT_TO_AGENT, pod.timings["agent"] / 1000)
             setup_begin = time.monotonic()
-            await guest.setup(pod.config, net)
+            with tracing.span("SetupSandbox", sandbox_id=pod.id):
+                await guest.setup(pod.config, net)
             pod.timings["setup"] = (time.monotonic() - setup_begin) * 1000
             await self.hooks.post_start(vm, guest)
         except BaseException:
