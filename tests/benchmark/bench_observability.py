@@ -1,6 +1,7 @@
-"""What metrics and tracing cost a sandboxer: its PSS and the pod start (Controller Create + Start) p50, with
-both off, with ``--metrics-listen``, and with ``--metrics-listen`` + ``--trace-endpoint`` (to an OTLP receiver
-in this process), same run, same machine. Real runc-sandboxer and pods (no containers); as root.
+"""What metrics and tracing cost a sandboxer: its PSS (and its task server's, which the sandboxer starts with
+the same settings) and the pod start (Controller Create + Start) p50, with both off, with ``--metrics-listen``,
+and with ``--metrics-listen`` + ``--trace-endpoint`` (to an OTLP receiver in this process), same run, same
+machine. Real runc-sandboxer and pods (no containers); as root.
 
     .venv/bin/python tests/benchmark/bench_observability.py [--pods 30] [--out tests/benchmark/results/observability.json]
 
@@ -78,6 +79,8 @@ async def one_mode(mode: str, pods: int, otlp_port: int) -> dict[str, Any]:
         cpu_per_start = (cpu_ms(sandboxer.pid) - cpu_before) / pods
         await asyncio.sleep(1.5)  # a batch of spans has gone out, a scrape-free steady state
         pss = pss_kb(sandboxer.pid)
+        with open(os.path.join(directory, "task-server.json")) as f:
+            task_pss = pss_kb(json.load(f)["pid"])
     finally:
         for pod in ids:
             for call, req in (("Stop", sandbox_pb2.ControllerStopRequest(sandbox_id=pod, sandboxer="runc")),
@@ -100,7 +103,8 @@ async def one_mode(mode: str, pods: int, otlp_port: int) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     return {"mode": mode, "pods": pods, "start_p50_ms": round(statistics.median(latencies), 2),
             "start_p90_ms": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 2),
-            "sandboxer_cpu_ms_per_start": round(cpu_per_start, 2), "sandboxer_pss_kb": pss}
+            "sandboxer_cpu_ms_per_start": round(cpu_per_start, 2), "sandboxer_pss_kb": pss,
+            "task_server_pss_kb": task_pss}
 
 
 async def run(pods: int) -> dict[str, Any]:
@@ -116,6 +120,7 @@ async def run(pods: int) -> dict[str, Any]:
     off = results[0]
     for r in results[1:]:
         r["extra_pss_kb"] = r["sandboxer_pss_kb"] - off["sandboxer_pss_kb"]
+        r["extra_task_server_pss_kb"] = r["task_server_pss_kb"] - off["task_server_pss_kb"]
         r["extra_start_p50_ms"] = round(r["start_p50_ms"] - off["start_p50_ms"], 2)
         r["extra_cpu_ms_per_start"] = round(r["sandboxer_cpu_ms_per_start"] - off["sandboxer_cpu_ms_per_start"], 2)
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_1m": os.getloadavg()[0],
@@ -133,10 +138,12 @@ def main() -> int:
         return 2
     report = asyncio.run(run(args.pods))
     for r in report["results"]:
-        print("%-16s start p50 %6.2f ms (p90 %6.2f), sandboxer CPU %5.2f ms/start, PSS %5.1f MiB%s" % (
-            r["mode"], r["start_p50_ms"], r["start_p90_ms"], r["sandboxer_cpu_ms_per_start"],
-            r["sandboxer_pss_kb"] / 1024, "" if "extra_pss_kb" not in r else "  (%+.2f MiB, %+.2f ms CPU)" % (
-                r["extra_pss_kb"] / 1024, r["extra_cpu_ms_per_start"])))
+        print("%-16s start p50 %6.2f ms (p90 %6.2f), sandboxer CPU %5.2f ms/start, PSS %5.1f MiB, task server "
+              "PSS %5.1f MiB%s" % (
+                  r["mode"], r["start_p50_ms"], r["start_p90_ms"], r["sandboxer_cpu_ms_per_start"],
+                  r["sandboxer_pss_kb"] / 1024, r["task_server_pss_kb"] / 1024,
+                  "" if "extra_pss_kb" not in r else "  (%+.2f MiB, task server %+.2f MiB, %+.2f ms CPU)" % (
+                      r["extra_pss_kb"] / 1024, r["extra_task_server_pss_kb"] / 1024, r["extra_cpu_ms_per_start"])))
     print("spans received: %d; targets: +2 MiB, +2 ms" % report["spans_received"])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
