@@ -1,5 +1,6 @@
 """The vmm-sandboxer process as shipped (``main``): the shared serving phase, so ``--metrics-listen`` works
-for vmm too; scraped while it runs a pod on the fake QEMU (``fakes/fake_qemu.py``)."""
+for vmm too, with the vmm series (boot to agent, the VMM's PSS); scraped while it runs a pod on the fake QEMU
+(``fakes/fake_qemu.py``, a real process)."""
 from __future__ import annotations
 
 import asyncio
@@ -48,7 +49,12 @@ async def test_metrics_of_a_pod_on_the_fake_qemu(short_tmp: str, fake_qemu_confi
         assert after[("kuasar_sandbox_api_requests_total", (("code", "OK"), ("method", "Start")))] == 1.0
         assert after[("kuasar_pods", (("state", "ready"),))] == 1.0
         assert after[("kuasar_pod_memory_usage_bytes", (("pod", "metrics-pod"),))] > 0  # the fake QEMU's
+        assert after[("kuasar_vm_boot_to_agent_seconds_count", ())] == 1.0
+        assert after[("kuasar_vm_boot_to_agent_seconds_sum", ())] > 0
+        assert after[("kuasar_vmm_memory_pss_bytes", (("pod", "metrics-pod"),))] > 1 << 20  # a Python process
         await api.stop("metrics-pod")
+        stopped = await _scrape(metrics)
+        assert ("kuasar_vmm_memory_pss_bytes", (("pod", "metrics-pod"),)) not in stopped
         await api.shutdown("metrics-pod")
     finally:
         for call in (api.stop, api.shutdown):  # a failed assertion must not leave the pod behind
