@@ -146,6 +146,7 @@ async def test_counters_and_pod_numbers_move_with_a_real_pod(tmp_path, stop_pid,
         assert running[("kuasar_task_api_requests_total", (("code", "OK"), ("method", "Stats")))] >= 1.0
         assert running[("kuasar_task_api_requests_total", (("code", "NOT_FOUND"), ("method", "State")))] == 1.0
         assert running[("kuasar_containers", (("state", "running"),))] == 1.0
+        assert running[("kuasar_metrics_source_up", (("source", "task-server"),))] == 1.0
         ctr = (("container", "metrics-ctr"), ("pod", "metrics-pod"))
         assert running[("kuasar_container_pids", ctr)] == stats.pids.current == 3  # sh and two sleeps
         assert running[("kuasar_container_cpu_seconds_total", ctr)] >= stats.cpu.usage.total / 1e9 > 0

@@ -30,7 +30,7 @@ async def _expositions(tmp_path) -> str:
     tasks = TaskServerMetrics(_OneContainer())  # type: ignore[arg-type]
     tasks.observe("Create", "OK", 0.01)
     metrics = SandboxerMetrics("vmm", "0.1.0", PodTable(str(tmp_path), PodRecord), lambda: {"cleaned_up": 1}, typed,
-                               [tasks.exposition])
+                               {"task-server": tasks.exposition})
     metrics.observe("Start", "OK", 0.01)
     typed.observe(BOOT_TO_AGENT, 12.0)
     return (await metrics.exposition()).decode()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -106,14 +106,15 @@ class SandboxerMetrics:
     """The registry of one sandboxer and the observer the Sandbox API controller calls after every call.
 
     ``typed``: the sandbox type's own series, bound here (its histograms start recording now);
-    ``sources``: more expositions appended to each scrape (the task server's), skipped when they fail.
+    ``sources``: more expositions appended to each scrape, by name (the task server's: ``task-server``); one that
+    fails or is late is left out, and ``kuasar_metrics_source_up{source}`` says so (0) instead of a log line.
     """
 
     def __init__(self, sandbox_type: str, version: str, pods: "PodTable[Any]",
                  recoveries: Callable[[], Mapping[str, int]], typed: "Optional[TypeMetrics[Any]]" = None,
-                 sources: Sequence[Exposition] = ()) -> None:
+                 sources: Optional[Mapping[str, Exposition]] = None) -> None:
         self.registry = CollectorRegistry()
-        self.sources = list(sources)
+        self.sources = dict(sources or {})
         self._requests = Counter("kuasar_sandbox_api_requests", "Sandbox API calls by method and gRPC code",
                                  ["method", "code"], registry=self.registry)
         self._latency = Histogram("kuasar_sandbox_api_request_duration_seconds", "Sandbox API call latency",
@@ -135,11 +136,20 @@ class SandboxerMetrics:
     async def exposition(self) -> bytes:
         """This registry's text, then each source's (a failing source is logged and left out)."""
         parts = [generate_latest(self.registry)]
-        for source in self.sources:
+        if not self.sources:
+            return parts[0]
+        up = GaugeMetricFamily("kuasar_metrics_source_up", "Whether a process whose series this endpoint carries "
+                               "answered the scrape (1) or was left out (0)", labels=["source"])
+        for name, source in self.sources.items():
             try:
                 parts.append(await asyncio.wait_for(source(), _SOURCE_TIMEOUT))
+                up.add_metric([name], 1)
             except (OSError, asyncio.TimeoutError, InvalidArgument) as err:
-                log.debug("a metrics source failed: %s", err)
+                log.debug("metrics source %s failed: %s", name, err)
+                up.add_metric([name], 0)
+        sources = CollectorRegistry(auto_describe=False)
+        sources.register(_Fixed([up]))
+        parts.insert(1, generate_latest(sources))
         return b"".join(parts)
 
 

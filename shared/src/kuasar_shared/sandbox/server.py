@@ -177,5 +177,5 @@ async def _serve_metrics(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]"
     task_metrics = task_server.metrics_path if task_server is not None else ""
     metrics = SandboxerMetrics(sandbox_type, ctx.version, sandboxer.pods, lambda: sandboxer.recoveries,
                                sandboxer.type_metrics,
-                               [functools.partial(scrape_unix, task_metrics)] if task_metrics else [])
+                               {"task-server": functools.partial(scrape_unix, task_metrics)} if task_metrics else None)
     return metrics, await serve_metrics(address, metrics.exposition)
