@@ -256,7 +256,7 @@ async def test_second_start_uses_the_cache(backend, bundle_factory, fifo) -> Non
         cid = _cid()
         await backend.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/hello.wat"])))
         spec_dir = backend.store.work_dir(cid)
-        assert os.path.exists(os.path.join(spec_dir, "init.run.json"))
+        assert os.path.exists(os.path.join(spec_dir, "init.run"))
         await backend.start(cid, "")
         await asyncio.wait_for(backend.wait(cid, ""), 30)
         await backend.delete(cid, "")

@@ -45,7 +45,7 @@ def test_run_spec_mapping(tmp_path) -> None:
     assert spec.kind == "wasm" and spec.argv == ["/bin/m.wasm", "a"]
     assert spec.env == [("A", "1"), ("B", "x=y"), ("PWD", "/work")]
     assert spec.preopens == (Preopen(root, "/", True), Preopen(str(shared), "/mnt/x", True))
-    path = str(tmp_path / "run.json")
+    path = str(tmp_path / "init.run")
     spec.save(path)
     assert RunSpec.load(path) == spec
     assert build_run_spec("c1", {"args": ["t.wat"], "cwd": "/bin", "env": ["PWD=/x"]}, os.path.join(root, "bin"),

@@ -3,16 +3,20 @@ replaced by the next take (real fork-server, no module run)."""
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
 import signal
 import socket
 import subprocess
 import sys
 
+import pytest
+
 from kuasar_shared.process_identity import wait_exit
 
 from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
+from kuasar_wasm_sandboxer.runner_process import MAX_MESSAGE, decode, encode
 
 
 async def test_send_waits_while_the_buffer_is_full() -> None:
@@ -65,12 +69,24 @@ async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
 
 def test_imports_stay_lean() -> None:
     """The task server never loads wasmtime; the fork-server, whose pages every runner shares, loads
-    neither dataclasses, tempfile nor importlib.metadata (~8 MB between them)."""
+    neither dataclasses, tempfile nor importlib.metadata (~8 MB between them), nor logging or threading
+    (their at-fork hooks cost every runner ~0.4 MB)."""
     script = ("import sys, kuasar_wasm_sandboxer.{}; "
-              "print(' '.join(m for m in ('wasmtime', 'dataclasses', 'tempfile', 'importlib.metadata') "
-              "if m in sys.modules))")
+              "print(' '.join(m for m in ('wasmtime', 'dataclasses', 'tempfile', 'importlib.metadata', 'logging', "
+              "'threading') if m in sys.modules))")
     task = subprocess.run([sys.executable, "-c", script.format("task")], capture_output=True, text=True, check=True)
     assert "wasmtime" not in task.stdout.split()
     fork = subprocess.run([sys.executable, "-c", script.format("forkserver")], capture_output=True, text=True,
                           check=True)
     assert fork.stdout.split() == ["wasmtime"]
+
+
+def test_control_messages_round_trip_and_refuse_garbage() -> None:
+    message = {"ready": True, "compiled": False, "load_ms": 1.5, "warnings": ["w"]}
+    assert decode(encode(message)) == message
+    with pytest.raises(ValueError, match="malformed"):
+        decode(b"\xffjunk")
+    with pytest.raises(ValueError, match="must be a dict"):
+        decode(marshal.dumps([1]))
+    with pytest.raises(ValueError, match="exceeds"):
+        encode({"warnings": ["x" * MAX_MESSAGE]})

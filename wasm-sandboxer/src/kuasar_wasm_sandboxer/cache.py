@@ -20,14 +20,17 @@ after a miss. Neither imports wasmtime for this: the engine fingerprint names th
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
+import sys
 from importlib.util import find_spec
-from typing import Optional
+from typing import Callable, Optional
 
-__all__ = ["ModuleCache", "CacheCounters", "DEFAULT_MAX_BYTES", "content_key", "engine_fingerprint", "ENGINE_SETTINGS"]
+__all__ = ["ModuleCache", "CacheCounters", "Warn", "DEFAULT_MAX_BYTES", "content_key", "engine_fingerprint",
+           "ENGINE_SETTINGS"]
 
-log = logging.getLogger(__name__)
+#: where a component's warnings go: logging in the task server, the runner's reply in a runner (the
+#: fork-server does not import logging: its at-fork hooks and handler locks cost every runner ~0.4 MB)
+Warn = Callable[[str], None]
 
 #: default bound of the cache directory
 DEFAULT_MAX_BYTES = 256 << 20
@@ -36,6 +39,10 @@ _SUM_SUFFIX = ".sum"
 _CHUNK = 64 << 10
 #: names the wasmtime Engine settings runners compile with (engines/wasmtime.py); part of the fingerprint
 ENGINE_SETTINGS = "default-config"
+
+
+def _to_stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
 
 
 def content_key(data: bytes) -> str:
@@ -101,12 +108,15 @@ class ModuleCache:
     :param directory: created on first write (mode 0700).
     :param fingerprint: names the engine build and settings (a short hex string).
     :param max_bytes: the bound on the sum of entry sizes; 0 disables the cache.
+    :param warn: told about damaged or unwritable entries (default: stderr).
     """
 
-    def __init__(self, directory: str, fingerprint: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, directory: str, fingerprint: str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 warn: Optional[Warn] = None) -> None:
         self.directory = directory
         self.fingerprint = fingerprint
         self.max_bytes = max_bytes
+        self.warn: Warn = warn or _to_stderr
 
     def __repr__(self) -> str:
         return f"ModuleCache({self.directory!r}, max_bytes={self.max_bytes})"
@@ -137,10 +147,10 @@ class ModuleCache:
         except FileNotFoundError:
             return None
         except OSError as err:
-            log.warning("cannot read compiled-module cache entry %s: %s", path, err)
+            self.warn(f"cannot read compiled-module cache entry {path}: {err}")
             return None
         if actual != expected:
-            log.warning("compiled-module cache entry %s is damaged; removing it and recompiling", path)
+            self.warn(f"compiled-module cache entry {path} is damaged; removing it and recompiling")
             self._remove(path)
             return None
         try:
@@ -161,7 +171,7 @@ class ModuleCache:
             self._write(path, payload)
             self.trim()
         except OSError as err:
-            log.warning("cannot write compiled-module cache entry for %s: %s", key[:12], err)
+            self.warn(f"cannot write compiled-module cache entry for {key[:12]}: {err}")
             return None
         return path if os.path.exists(path) else None
 

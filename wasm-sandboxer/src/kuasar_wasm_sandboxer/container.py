@@ -29,4 +29,4 @@ class WasmContainerStore(ContainerStore[Container]):
         super().__init__(directory, Container)
 
     def run_spec_path(self, container_id: str, exec_id: str) -> str:
-        return os.path.join(self.work_dir(container_id), (exec_id or "init") + ".run.json")
+        return os.path.join(self.work_dir(container_id), (exec_id or "init") + ".run")

@@ -20,7 +20,7 @@ InvalidArgument at task Create.
 """
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import stat
 from typing import Any, Mapping, NamedTuple, Optional
@@ -53,7 +53,8 @@ class Preopen(NamedTuple):
 
 
 class RunSpec(NamedTuple):
-    """What one runner process runs (saved as JSON next to the container record).
+    """What one runner process runs (saved next to the container record in :mod:`marshal` form, which the
+    runner reads with C code only: see :mod:`kuasar_wasm_sandboxer.runner_process`).
 
     ``cache_key`` names the module in the compiled-module cache and ``cache_entry`` is the verified
     entry the task server found ("" on a miss: the runner compiles and stores under ``cache_key``).
@@ -71,18 +72,20 @@ class RunSpec(NamedTuple):
 
     def save(self, path: str) -> None:
         """Write the spec for the runner (not fsynced: it is only read right away, never after a reboot)."""
-        with open(path, "w") as handle:
-            json.dump(self._asdict(), handle)
+        data = self._asdict()
+        data["preopens"] = [tuple(p) for p in self.preopens]  # marshal takes plain tuples only
+        with open(path, "wb") as handle:
+            marshal.dump(data, handle)
 
     @classmethod
     def load(cls, path: str) -> "RunSpec":
+        """The spec :meth:`save` wrote. :raise ValueError: the file holds no spec."""
         with open(path, "rb") as handle:
-            data = json.load(handle)
-        return cls(name=str(data["name"]), module=str(data["module"]), kind=str(data["kind"]),
-                   argv=[str(a) for a in data["argv"]], env=[(str(k), str(v)) for k, v in data["env"]],
-                   preopens=tuple(Preopen(*p) for p in data.get("preopens", [])),
-                   memory_limit=int(data.get("memory_limit", 0)), cache_key=str(data.get("cache_key", "")),
-                   cache_entry=str(data.get("cache_entry", "")))
+            try:
+                data = marshal.load(handle)
+                return cls(**{**data, "preopens": tuple(Preopen(*p) for p in data["preopens"])})
+            except (EOFError, TypeError, KeyError, ValueError) as err:
+                raise ValueError(f"{path} holds no run spec: {err!r}") from None
 
 
 def resolve_in_root(root: str, path: str) -> str:

@@ -4,8 +4,10 @@ Started by the task server as ``python -m kuasar_wasm_sandboxer.forkserver --con
 imports everything a runner needs, builds the wasmtime engine, then freezes its heap
 (``gc.freeze()``: the collector never writes to those objects again) so that its pages stay shared
 copy-on-write with every runner: a container costs only what its own module touches, not a
-fresh interpreter. It never compiles a module itself (wasmtime's compile threads must not exist
-when it forks).
+fresh interpreter. What a runner writes is its own (copy-on-write, page by page), so the fork-server
+imports only what runners need and nothing with at-fork hooks (no logging, hence no threading: their
+after-fork work alone cost each runner ~0.4 MB). It never compiles a module itself (wasmtime's
+compile threads must not exist when it forks).
 
 Each request on the control socket is one message carrying one fd (SCM_RIGHTS): the runner's end
 of a new control socket (see :mod:`kuasar_wasm_sandboxer.runner_process`). The fork-server forks twice:
@@ -22,12 +24,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import logging
 import os
 import signal
 import socket
 import sys
-import traceback
 from typing import Optional, Sequence
 
 from kuasar_wasm_sandboxer import runner_process
@@ -40,13 +40,22 @@ __all__ = ["main", "NAME", "RUNNER_NAME"]
 NAME = b"wasm-forkserver"
 RUNNER_NAME = b"wasm-runner"
 _PR_SET_NAME = 15
+_prctl = ctypes.CDLL(None).prctl
 
-log = logging.getLogger(__name__)
+
+def _error(message: str) -> None:
+    """A line on stderr (the task server's log). Neither logging nor traceback is imported here: their
+    at-fork hooks and objects would be written by every runner (see the module docstring)."""
+    sys.stderr.write(message + "\n")
+
+
+def _print_exception() -> None:
+    sys.excepthook(*sys.exc_info())  # the interpreter's own printer, written in C
 
 
 def _set_name(name: bytes) -> None:
     """Name this process for ps/top (``comm``): runners and the fork-server share one command line."""
-    ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
@@ -61,9 +70,9 @@ def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
                 _set_name(RUNNER_NAME)
                 status = runner_process.run(socket.socket(fileno=fd), engine)
             except BaseException:  # the runner must end here, never return into the fork-server loop
-                traceback.print_exc()
+                _print_exception()
     except BaseException:
-        traceback.print_exc()
+        _print_exception()
         status = 1
     finally:
         os._exit(status)
@@ -75,7 +84,7 @@ def serve(control: socket.socket, engine: WasmtimeEngine) -> int:
         try:
             message, fds, _flags, _addr = socket.recv_fds(control, len(runner_process.FORK), 1)
         except OSError as err:
-            log.error("fork-server: control socket failed: %s", err)
+            _error(f"fork-server: control socket failed: {err}")
             return 1
         if not message:
             return 0
@@ -83,7 +92,7 @@ def serve(control: socket.socket, engine: WasmtimeEngine) -> int:
             try:
                 pid = os.fork()
             except OSError as err:  # the task server sees the runner's socket close and fails Create
-                log.error("fork-server: cannot fork a runner: %s", err)
+                _error(f"fork-server: cannot fork a runner: {err}")
             else:
                 if pid == 0:
                     _runner(control, fd, engine)
@@ -100,7 +109,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
     _set_name(NAME)
     control = socket.socket(fileno=args.control)
     cache = ModuleCache(args.cache_dir, engine_fingerprint(), args.cache_size) if args.cache_dir else None

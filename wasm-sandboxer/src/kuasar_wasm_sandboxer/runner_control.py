@@ -11,7 +11,6 @@ server (a child subreaper), so their exit statuses come from the reaper like any
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ from kuasar_shared.process_identity import start_time
 from kuasar_shared.oci import StdioFds
 
 from kuasar_wasm_sandboxer.cache import ModuleCache
-from kuasar_wasm_sandboxer.runner_process import FORK, MAX_MESSAGE, STDIO_NAMES
+from kuasar_wasm_sandboxer.runner_process import FORK, MAX_MESSAGE, STDIO_NAMES, decode, encode
 
 __all__ = ["Runner", "ForkServer"]
 
@@ -95,7 +94,7 @@ class Runner:
         """
         loop = asyncio.get_running_loop()
         try:
-            self.control.send(json.dumps({"spec": spec_path}).encode())
+            self.control.send(encode({"spec": spec_path}))
             raw = await asyncio.wait_for(loop.sock_recv(self.control, MAX_MESSAGE), self.load_timeout)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"{name}: the module was not loaded within {self.load_timeout} s") from None
@@ -104,7 +103,10 @@ class Runner:
         if not raw:
             raise Internal(f"{name}: the wasm runner (pid {self.pid}) ended or closed its control socket "
                            f"before the module was ready")
-        reply = json.loads(raw)
+        try:
+            reply = decode(raw)
+        except ValueError as err:
+            raise Internal(f"{name}: the wasm runner (pid {self.pid}) answered nonsense: {err}") from None
         for warning in reply.get("warnings") or []:
             log.warning("%s: %s", name, warning)
         if "error" in reply:
@@ -116,7 +118,7 @@ class Runner:
         from here. The caller still closes its copies of the stdio fds."""
         names = [n for n in STDIO_NAMES if getattr(stdio, n) is not None]
         try:
-            socket.send_fds(self.control, [json.dumps({"start": names}).encode()],
+            socket.send_fds(self.control, [encode({"start": names})],
                             [getattr(stdio, n) for n in names])
         except OSError as err:  # it died meanwhile: its exit is reported as the process's
             log.warning("wasm runner pid %d did not take its start: %s", self.pid, err)
@@ -235,7 +237,7 @@ class ForkServer:
                 ours.close()
                 raise
             if hello:
-                pid = int(json.loads(hello)["pid"])
+                pid = int(decode(hello)["pid"])
                 get_reaper().forget(pid)  # a retained exit of this pid belongs to an earlier process
                 return Runner(pid, ours)
             ours.close()

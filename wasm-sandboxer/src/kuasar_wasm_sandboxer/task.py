@@ -3,6 +3,7 @@ wasm runners."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -30,7 +31,9 @@ async def _open_backend(args: argparse.Namespace, hub: StreamingHub,
                         exits: Optional[ExitRecorder]) -> WasmTaskBackend:
     """The backend, recovered, with its fork-server started after recovery."""
     cache_dir = "" if args.cache_dir == "off" else os.path.abspath(args.cache_dir or os.path.join(args.dir, "cache"))
-    forkserver = ForkServer(ModuleCache(cache_dir, engine_fingerprint(), args.cache_size) if cache_dir else None)
+    cache = ModuleCache(cache_dir, engine_fingerprint(), args.cache_size,
+                        warn=logging.getLogger("kuasar_wasm_sandboxer.cache").warning) if cache_dir else None
+    forkserver = ForkServer(cache)
     backend = WasmTaskBackend(args.dir, forkserver, pods_dir=args.pods_dir, hub=hub, exits=exits)
     await backend.recover()
     forkserver.start()

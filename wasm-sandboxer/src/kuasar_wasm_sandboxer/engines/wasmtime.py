@@ -11,18 +11,15 @@ asking for more sees ``memory.grow`` fail (malloc returns NULL) before the cgrou
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Optional
 
 import wasmtime
 
-from kuasar_wasm_sandboxer.cache import ModuleCache, content_key
+from kuasar_wasm_sandboxer.cache import ModuleCache, Warn, content_key
 from kuasar_wasm_sandboxer.entrypoint import TRAP_EXIT, RunSpec
 
 __all__ = ["WasmtimeEngine", "Program", "LoadError"]
-
-log = logging.getLogger(__name__)
 
 #: bytes kept free below the container limit for the runner's own allocations
 _HEADROOM = 4 << 20
@@ -110,12 +107,18 @@ class WasmtimeEngine:
     """One wasmtime Engine, its WASI linker and the compiled-module cache.
 
     :ivar compiled: whether the last :meth:`load` compiled (False: served from the cache).
+    :ivar warnings: what went wrong but did not fail the load (a damaged cache entry...), the cache's
+        included: a runner hands them to the task server, whose log they belong in.
     """
 
     def __init__(self, cache: Optional[ModuleCache]) -> None:
         self.engine = wasmtime.Engine()
         self.cache = cache
         self.compiled = False
+        self.warnings: list[str] = []
+        self.warn: Warn = self.warnings.append
+        if cache is not None:
+            cache.warn = self.warn
         # one WASI linker for every store: built once in the fork-server, its pages shared by every runner
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
@@ -133,7 +136,7 @@ class WasmtimeEngine:
                 self.compiled = False
                 return module
             except wasmtime.WasmtimeError as err:
-                log.warning("%s: cached code rejected (%s); recompiling", spec.name, err)
+                self.warn(f"{spec.name}: cached code rejected ({err}); recompiling")
         try:
             with open(spec.module, "rb") as handle:
                 data = handle.read()
@@ -155,7 +158,7 @@ class WasmtimeEngine:
             try:
                 return wasmtime.Module.deserialize_file(self.engine, stored)
             except wasmtime.WasmtimeError as err:
-                log.warning("%s: cached code rejected (%s); running the compiled module", spec.name, err)
+                self.warn(f"{spec.name}: cached code rejected ({err}); running the compiled module")
         return module
 
     def prepare(self, spec: RunSpec) -> Program:
