@@ -15,6 +15,7 @@ import pytest
 from kuasar_shared.process_identity import wait_exit
 
 from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
+from kuasar_wasm_sandboxer.forkserver import parse_args
 from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
 from kuasar_wasm_sandboxer.runner_process import MAX_MESSAGE, decode, encode
 
@@ -90,3 +91,14 @@ def test_control_messages_round_trip_and_refuse_garbage() -> None:
         decode(marshal.dumps([1]))
     with pytest.raises(ValueError, match="exceeds"):
         encode({"warnings": ["x" * MAX_MESSAGE]})
+
+
+def test_fork_server_command_line_errors_name_the_option() -> None:
+    assert parse_args(["--control", "3", "--cache-dir", "/c"]) == {"--control": "3", "--cache-dir": "/c"}
+    for argv, message in ((["--control"], "pairs"), (["--control", "3", "--cache", "x"], "unknown options"),
+                          (["--cache-dir", "/c"], "--control FD is required")):
+        with pytest.raises(ValueError, match=message):
+            parse_args(argv)
+    run = subprocess.run([sys.executable, "-m", "kuasar_wasm_sandboxer.forkserver", "--control", "x"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "kuasar-wasm-forkserver" in run.stderr

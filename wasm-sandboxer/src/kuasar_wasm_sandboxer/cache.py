@@ -19,11 +19,13 @@ after a miss. Neither imports wasmtime for this: the engine fingerprint names th
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from importlib.util import find_spec
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    import hashlib
 
 __all__ = ["ModuleCache", "CacheCounters", "Warn", "DEFAULT_MAX_BYTES", "content_key", "engine_fingerprint",
            "ENGINE_SETTINGS"]
@@ -41,13 +43,21 @@ _CHUNK = 64 << 10
 ENGINE_SETTINGS = "default-config"
 
 
+def _sha256(data: bytes) -> "hashlib._Hash":
+    """hashlib imported on first use: the fork-server (whose pages every runner shares) imports this module
+    and needs no hash until a runner stores compiled code; hashlib with OpenSSL costs ~0.6 MB."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
 def _to_stderr(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
 def content_key(data: bytes) -> str:
     """The cache key part that names a module: hex SHA-256 of its bytes."""
-    return hashlib.sha256(data).hexdigest()
+    return _sha256(data).hexdigest()
 
 
 def engine_fingerprint() -> str:
@@ -70,12 +80,12 @@ def engine_fingerprint() -> str:
                 st = os.stat(os.path.join(folder, name))
                 libraries.append(f"{os.path.join(folder, name)}:{st.st_size}:{st.st_mtime_ns}")
     identity = " ".join(sorted(libraries)) + " " + ENGINE_SETTINGS
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return _sha256(identity.encode()).hexdigest()[:16]
 
 
 def _file_digest(path: str) -> str:
     """Hex SHA-256 of a file, read in chunks (no copy of a large entry in this process's heap)."""
-    digest = hashlib.sha256()
+    digest = _sha256(b"")
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
@@ -167,7 +177,7 @@ class ModuleCache:
         path = self.path(key)
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            self._write(path + _SUM_SUFFIX, hashlib.sha256(payload).hexdigest().encode())
+            self._write(path + _SUM_SUFFIX, _sha256(payload).hexdigest().encode())
             self._write(path, payload)
             self.trim()
         except OSError as err:

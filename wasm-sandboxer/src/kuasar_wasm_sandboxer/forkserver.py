@@ -21,7 +21,6 @@ closes (its task server is gone).
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import os
@@ -101,17 +100,39 @@ def serve(control: socket.socket, engine: WasmtimeEngine) -> int:
                 os.close(fd)
 
 
+def parse_args(argv: Sequence[str]) -> dict[str, str]:
+    """``--control FD [--cache-dir DIR --cache-size BYTES --cache-fingerprint HEX]`` (what
+    :class:`~kuasar_wasm_sandboxer.runner_control.ForkServer` passes; not argparse, which would cost the
+    fork-server ~0.4 MB).
+
+    :raise ValueError: an unknown or valueless option, or no ``--control``.
+    """
+    known = ("--control", "--cache-dir", "--cache-size", "--cache-fingerprint")
+    if len(argv) % 2:
+        raise ValueError(f"options come in pairs (--name value): {list(argv)}")
+    args = dict(zip(argv[::2], argv[1::2]))
+    unknown = [name for name in args if name not in known]
+    if unknown:
+        raise ValueError(f"unknown options {unknown}; expected {list(known)}")
+    if "--control" not in args:
+        raise ValueError("--control FD is required")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="kuasar-wasm-forkserver")
-    parser.add_argument("--control", type=int, required=True, metavar="FD")
-    parser.add_argument("--cache-dir", default="", metavar="DIR")
-    parser.add_argument("--cache-size", type=int, default=DEFAULT_MAX_BYTES, metavar="BYTES")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        control = socket.socket(fileno=int(args["--control"]))
+        cache_size = int(args.get("--cache-size", DEFAULT_MAX_BYTES))
+    except ValueError as err:
+        _error(f"kuasar-wasm-forkserver: {err}")
+        return 2
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _set_name(NAME)
-    control = socket.socket(fileno=args.control)
-    cache = ModuleCache(args.cache_dir, engine_fingerprint(), args.cache_size) if args.cache_dir else None
+    cache = None
+    if args.get("--cache-dir"):
+        cache = ModuleCache(args["--cache-dir"], args.get("--cache-fingerprint") or engine_fingerprint(), cache_size)
     engine = WasmtimeEngine(cache)
     gc.collect()
     gc.freeze()

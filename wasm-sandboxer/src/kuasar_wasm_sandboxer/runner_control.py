@@ -191,7 +191,8 @@ class ForkServer:
         try:
             argv = [self.python, "-m", FORKSERVER_MODULE, "--control", str(theirs.fileno())]
             if self.cache is not None:
-                argv += ["--cache-dir", self.cache.directory, "--cache-size", str(self.cache.max_bytes)]
+                argv += ["--cache-dir", self.cache.directory, "--cache-size", str(self.cache.max_bytes),
+                         "--cache-fingerprint", self.cache.fingerprint]
             proc = process.spawn(argv, stdin=process.DEVNULL, stdout=process.DEVNULL,
                                  pass_fds=[theirs.fileno()], start_new_session=True)
         except BaseException:
