@@ -79,6 +79,8 @@ class TaskServerMetrics:
                                   ["method"], buckets=_BUCKETS, registry=self.registry)
         self._containers = _ContainerCollector(backend)
         self.registry.register(self._containers)
+        for collector in backend.metric_collectors():
+            self.registry.register(collector)
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self._requests.labels(method, code).inc()

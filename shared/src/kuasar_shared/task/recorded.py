@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Coroutine, Generic, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Generic, Optional
 
 from kuasar_shared.daemon.reaper import ExitEvent, get_reaper
 from kuasar_shared.errors import AlreadyExists, FailedPrecondition, KuasarError, NotFound, Unimplemented
@@ -29,6 +29,9 @@ from kuasar_shared.process_identity import ExitWatch, is_same_process
 from kuasar_shared.statefiles import CorruptState
 from kuasar_shared.values import ExitInfo, ProcessState, Stdio, TaskStatus
 from kuasar_shared.task.backend import CreateTask, ExecProcess, TaskBackend
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 __all__ = ["RecordedTaskBackend", "UNKNOWN_EXIT", "utc_now"]
 
@@ -96,6 +99,11 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
     def containers(self) -> list[C]:
         """The containers this server holds, in no particular order."""
         return list(self._containers.values())
+
+    def metric_collectors(self) -> list["Collector"]:
+        """The type's own series for the task server's metrics (called only when they are on, so a type may
+        import prometheus-client here); none by default."""
+        return []
 
     def tracked_pids(self) -> set[int]:
         """Pids of the processes this server still waits for (their exit records must stay)."""
