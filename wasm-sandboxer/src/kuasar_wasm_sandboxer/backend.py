@@ -22,7 +22,7 @@ import logging
 import os
 import signal as signals
 from datetime import datetime
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from kuasar_shared.cgroups import Cgroup
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, KuasarError, NotFound
@@ -40,6 +40,9 @@ from kuasar_wasm_sandboxer.cache import CacheCounters
 from kuasar_wasm_sandboxer.container import Container, Proc, WasmContainerStore
 from kuasar_wasm_sandboxer.entrypoint import RunSpec, build_run_spec
 from kuasar_wasm_sandboxer.runner_control import ForkServer, Runner
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 __all__ = ["WasmTaskBackend", "UNKNOWN_EXIT"]
 
@@ -278,6 +281,12 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
             return Cgroup.open(container.cgroup).stats()
         except NotFound:
             return CgroupStats()
+
+    def metric_collectors(self) -> list["Collector"]:
+        """The compiled-module cache series (see :mod:`kuasar_wasm_sandboxer.metrics`)."""
+        from kuasar_wasm_sandboxer.metrics import CacheCollector
+
+        return [CacheCollector(self.cache_counters)]
 
     async def update(self, id: str, resources: dict[str, Any], annotations: dict[str, str]) -> None:
         """New cgroup limits; a running module keeps the store memory limit it started with."""
