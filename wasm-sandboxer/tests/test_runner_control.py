@@ -57,6 +57,8 @@ async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
         first = await forkserver.take()
         old = forkserver.pid
         assert old is not None
+        # warmed up (a module compiled in a child, the runner path walked) and still one thread: forks are safe
+        assert os.listdir(f"/proc/{old}/task") == [str(old)]
         os.kill(old, signal.SIGKILL)
         await wait_exit(old)
         second = await forkserver.take()  # the supervisor or take itself starts a new fork-server

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 from kuasar_wasm_sandboxer import runner_process
 from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache, engine_fingerprint
-from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine
+from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine
 
 __all__ = ["main", "NAME", "RUNNER_NAME"]
 
@@ -39,6 +39,8 @@ __all__ = ["main", "NAME", "RUNNER_NAME"]
 NAME = b"wasm-forkserver"
 RUNNER_NAME = b"wasm-runner"
 _PR_SET_NAME = 15
+#: runner paths walked before freezing (see runner_process.warm_up; 3.11 specialises after a few dozen runs)
+WARM_UP_ROUNDS = 30
 _prctl = ctypes.CDLL(None).prctl
 
 
@@ -134,6 +136,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.get("--cache-dir"):
         cache = ModuleCache(args["--cache-dir"], args.get("--cache-fingerprint") or engine_fingerprint(), cache_size)
     engine = WasmtimeEngine(cache)
+    try:
+        runner_process.warm_up(engine, WARM_UP_ROUNDS)
+    except (LoadError, OSError) as err:  # runners work without it, they only cost more
+        _error(f"fork-server: no warm-up: {err}")
     gc.collect()
     gc.freeze()
     return serve(control, engine)

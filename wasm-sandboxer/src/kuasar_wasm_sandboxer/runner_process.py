@@ -28,12 +28,12 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from kuasar_wasm_sandboxer.entrypoint import RunSpec
+from kuasar_wasm_sandboxer.entrypoint import Preopen, RunSpec
 
 if TYPE_CHECKING:
     from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine
 
-__all__ = ["run", "encode", "decode", "FORK", "STDIO_NAMES", "MAX_MESSAGE"]
+__all__ = ["run", "warm_up", "encode", "decode", "FORK", "STDIO_NAMES", "MAX_MESSAGE"]
 
 #: the task server's request to the fork-server (with the runner's control socket attached)
 FORK = b"fork"
@@ -79,6 +79,43 @@ def _reply(control: socket.socket, **message: Any) -> None:
     except ValueError:  # too many or too long warnings: the outcome matters more
         data = encode({**message, "warnings": [str(w)[:1000] for w in message.get("warnings", [])[:10]]})
     control.send(data)
+
+
+#: a WASI command that imports from WASI and exports memory and _start, like the modules runners load
+_WARM_UP_WAT = """(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 0))))"""
+
+
+def warm_up(engine: "WasmtimeEngine", rounds: int) -> None:
+    """Walk a runner's path up to ``_start`` (not included: it would start WASI's threads) ``rounds``
+    times in the fork-server, before it freezes its heap.
+
+    CPython 3.11 writes to a function's code object on its first calls (warm-up counters, then
+    specialisation); done here once, no runner writes those pages again (~0.3 MB less per runner).
+    The module is compiled in a child and mapped from a memfd, like a cache entry.
+
+    :raise LoadError: the warm-up module did not compile or load.
+    """
+    code = engine.compile_elsewhere(_WARM_UP_WAT)
+    module_fd = os.memfd_create("kuasar-wasm-warm-up")
+    spec_fd = os.memfd_create("kuasar-wasm-warm-up-spec")
+    try:
+        os.write(module_fd, code)
+        spec = RunSpec(name="warm-up", module="", kind="wasm", argv=["warm-up"], env=[("A", "1")],
+                       preopens=(Preopen("/", "/", True),), memory_limit=1 << 30,
+                       cache_key="", cache_entry=f"/proc/self/fd/{module_fd}")
+        spec_path = f"/proc/self/fd/{spec_fd}"
+        spec.save(spec_path)
+        for _ in range(rounds):
+            message = decode(encode({"spec": spec_path}))
+            engine.prepare(RunSpec.load(message["spec"]))
+            encode({"ready": True, "compiled": engine.compiled, "load_ms": 0.0, "warnings": engine.warnings})
+    finally:
+        os.close(module_fd)
+        os.close(spec_fd)
+    engine.warnings.clear()
 
 
 def run(control: socket.socket, engine: "WasmtimeEngine") -> int:

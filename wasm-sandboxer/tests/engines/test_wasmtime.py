@@ -11,6 +11,7 @@ import wasmtime
 from kuasar_wasm_sandboxer.cache import ModuleCache, content_key, engine_fingerprint
 from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine
 from kuasar_wasm_sandboxer.entrypoint import Preopen, RunSpec
+from kuasar_wasm_sandboxer.runner_process import warm_up
 
 
 def _spec(path: str, kind: str = "wat", cache: ModuleCache | None = None) -> RunSpec:
@@ -63,3 +64,10 @@ def test_load_errors(modules) -> None:
         engine.prepare(_spec(modules["nostart.wat"]))
     with pytest.raises(LoadError, match="cannot read"):
         engine.prepare(_spec(modules["hello.wat"] + ".missing"))
+
+
+def test_warm_up_loads_code_compiled_elsewhere() -> None:
+    """The fork-server's warm-up maps code a child compiled (compiled stays False) and leaves no warnings."""
+    engine = WasmtimeEngine(None)
+    warm_up(engine, 3)
+    assert engine.compiled is False and engine.warnings == []

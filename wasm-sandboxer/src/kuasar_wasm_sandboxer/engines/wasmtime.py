@@ -161,6 +161,34 @@ class WasmtimeEngine:
                 self.warn(f"{spec.name}: cached code rejected ({err}); running the compiled module")
         return module
 
+    def compile_elsewhere(self, wat: str) -> bytes:
+        """The serialized code of ``wat``, compiled in a child process: Cranelift's compile threads then
+        never exist in this one (the fork-server must have none when it forks).
+
+        :raise LoadError: the child failed to compile it.
+        """
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                os.close(read)
+                data = bytes(wasmtime.Module(self.engine, wat).serialize())
+                while data:
+                    data = data[os.write(write, data):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write)
+        chunks = []
+        with os.fdopen(read, "rb") as pipe:
+            for chunk in iter(lambda: pipe.read(1 << 16), b""):
+                chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise LoadError(f"compiling a module in child {pid} failed (wait status {status})")
+        return b"".join(chunks)
+
     def prepare(self, spec: RunSpec) -> Program:
         """Load, link WASI (argv, env, preopens, inherited stdio) and instantiate.
 
