@@ -4,6 +4,9 @@ here: running needs the runner's own stdio, see test_backend.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 import wasmtime
@@ -11,7 +14,6 @@ import wasmtime
 from kuasar_wasm_sandboxer.cache import ModuleCache, content_key, engine_fingerprint
 from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine
 from kuasar_wasm_sandboxer.entrypoint import Preopen, RunSpec
-from kuasar_wasm_sandboxer.runner_process import warm_up
 
 
 def _spec(path: str, kind: str = "wat", cache: ModuleCache | None = None) -> RunSpec:
@@ -67,7 +69,27 @@ def test_load_errors(modules) -> None:
 
 
 def test_warm_up_loads_code_compiled_elsewhere() -> None:
-    """The fork-server's warm-up maps code a child compiled (compiled stays False) and leaves no warnings."""
+    """The fork-server's warm-up maps code a child compiled (compiled stays False) and leaves no warnings;
+    in a fresh process, as in the fork-server (this one may hold compile threads: warm-up refuses then)."""
+    script = ("from kuasar_wasm_sandboxer.engines.wasmtime import WasmtimeEngine\n"
+              "from kuasar_wasm_sandboxer.runner_process import warm_up\n"
+              "engine = WasmtimeEngine(None)\n"
+              "warm_up(engine, 3)\n"
+              "print(engine.compiled, engine.warnings)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "[]"]
+
+
+def test_compiling_elsewhere_is_refused_with_threads() -> None:
     engine = WasmtimeEngine(None)
-    warm_up(engine, 3)
-    assert engine.compiled is False and engine.warnings == []
+    ready, release = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (ready.set(), release.wait()))
+    worker.start()
+    try:
+        ready.wait()
+        with pytest.raises(LoadError, match="has threads"):
+            engine.compile_elsewhere("(module)")
+    finally:
+        release.set()
+        worker.join()

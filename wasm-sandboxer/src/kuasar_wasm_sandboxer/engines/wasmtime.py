@@ -165,8 +165,11 @@ class WasmtimeEngine:
         """The serialized code of ``wat``, compiled in a child process: Cranelift's compile threads then
         never exist in this one (the fork-server must have none when it forks).
 
-        :raise LoadError: the child failed to compile it.
+        :raise LoadError: this process has threads (a forked child would inherit a thread pool whose
+            threads it does not have, and hang), or the child failed to compile it.
         """
+        if len(os.listdir("/proc/self/task")) > 1:
+            raise LoadError("cannot compile in a child of a process that has threads")
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
