@@ -13,6 +13,8 @@ from kuasar_shared.task.metrics import TaskServerMetrics
 from kuasar_shared.task.records import ContainerRecord, Proc
 from kuasar_shared.values import CgroupStats, TaskStatus
 from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, vmm_metrics
+from kuasar_wasm_sandboxer.cache import CacheCounters
+from kuasar_wasm_sandboxer.metrics import CacheCollector
 
 
 class _OneContainer:
@@ -23,6 +25,10 @@ class _OneContainer:
 
     async def stats(self, id: str) -> CgroupStats:
         return CgroupStats(cpu_total_ns=1, memory_usage=1, pids_current=1)
+
+    def metric_collectors(self) -> list[CacheCollector]:
+        """A type's own task-server series: wasm's compiled-module cache."""
+        return [CacheCollector(CacheCounters())]
 
 
 async def _expositions(tmp_path) -> str:
