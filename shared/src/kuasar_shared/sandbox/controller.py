@@ -137,26 +137,29 @@ def _edge(method: Callable[[Any, _Req], Awaitable[_Resp]]) -> Callable[..., Awai
         with tracing.server_span("Controller/" + method.__name__, context.invocation_metadata(),
                                  **{"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method.__name__,
                                     "kuasar.sandbox_id": getattr(request, "sandbox_id", "")}) as span:
+            message = ""
             try:
                 if isinstance(request, _Undecodable):
                     raise InvalidArgument("malformed %s request: %s" % (request.method, request.error))
                 response = await method(self, request)
                 code = grpc.StatusCode.OK
-                return response
             except KuasarError as err:
                 level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
                 _log.log(level, "%s: %s (%s)", method.__name__, err, code_of(err).name)
-                code = _GRPC_CODES[int(code_of(err))]
-                await context.abort(code, err.message)
+                code, message = _GRPC_CODES[int(code_of(err))], err.message
             except Exception as err:  # an unexpected failure must not take the server down
                 _log.exception("%s failed unexpectedly", method.__name__)
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, "%s: %s" % (type(err).__name__, err))
+                code, message = grpc.StatusCode.INTERNAL, "%s: %s" % (type(err).__name__, err)
             finally:
+                # before the reply leaves (context.abort sends the status at once): a scrape that follows
+                # the reply sees the call counted
                 if span is not None:
                     span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if self.observe is not None:
                     self.observe(method.__name__, code.name, time.monotonic() - begin)
+            if code is grpc.StatusCode.OK:
+                return response
+            await context.abort(code, message)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return handler
