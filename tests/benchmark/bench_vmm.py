@@ -265,6 +265,7 @@ class VmmSide(KuasarSide):
         return groups
 
     async def after_measure(self, result: Dict[str, Any]) -> None:
+        await super().after_measure(result)
         result["vmm"] = {**summarize(result["serial"], result.get("memory", [])), "guest_image": self.image}
         try:
             batch = await parallel_batch(self, self.parallel)

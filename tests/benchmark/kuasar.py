@@ -24,11 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import floor
 import procstats
 from workload import SMOKE, Groups, Plan, Side
 
 from kuasar_shared.api.cri.runtime.v1 import api_pb2
 from kuasar_shared.ctl.config import ContainerConfig
+from kuasar_shared.ctl.clients import SandboxClient, TaskClient
 from kuasar_shared.ctl.engine import Engine, EngineOptions
 
 __all__ = ["Profile", "PROFILES", "available_profiles", "KuasarSide", "pod_config", "tool"]
@@ -111,11 +113,60 @@ def pod_config(index: int, log_dir: str, cgroup_parent: str) -> api_pb2.PodSandb
     return config
 
 
+#: the steps issue 19 sets targets for: the pod's Sandbox API calls and the container's task calls, as timed
+#: on the client (socket round trips included, the Engine's own work excluded)
+SANDBOX_STEP = "of which Sandbox API Create + Start"
+TASK_STEP = "of which task Create + Start"
+
+
+class _TimedSandboxClient(SandboxClient):
+    def __init__(self, endpoint: str, sandboxer: str, hint: Any, sink: Dict[str, float]) -> None:
+        super().__init__(endpoint, sandboxer, hint)
+        self.sink = sink
+
+    async def call(self, method: str, request: Any, timeout: Optional[float] = 30.0) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await super().call(method, request, timeout)
+        finally:
+            if method in ("Create", "Start"):
+                self.sink[SANDBOX_STEP] = self.sink.get(SANDBOX_STEP, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+class _TimedTaskClient(TaskClient):
+    def __init__(self, address: str, sink: Dict[str, float]) -> None:
+        super().__init__(address)
+        self.sink = sink
+
+    async def call(self, method: str, request: Any, response_type: Any, timeout: Optional[float] = 30.0) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await super().call(method, request, response_type, timeout)
+        finally:
+            if method in ("Create", "Start"):
+                self.sink[TASK_STEP] = self.sink.get(TASK_STEP, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+class CallTimedEngine(Engine):
+    """The Engine, summing the duration of the Sandbox API and task Create + Start calls in :attr:`calls`
+    (serial starts only: parallel ones would mix)."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        self.calls: Dict[str, float] = {}
+        self.sandbox = _TimedSandboxClient(options.endpoint, options.sandboxer, options.hint, self.calls)
+
+    def task(self, address: str) -> TaskClient:
+        if address not in self._tasks:
+            self._tasks[address] = _TimedTaskClient(address, self.calls)
+        return self._tasks[address]
+
+
 class KuasarSide(Side):
     """One sandboxer (and its task server) in a private directory, with an Engine session."""
 
     #: the client library driving the pods (a side may time its calls in a subclass)
-    engine_type = Engine
+    engine_type: type = CallTimedEngine
 
     def __init__(self, profile: Profile, work: str, images: str) -> None:
         self.profile = profile
@@ -184,6 +235,8 @@ class KuasarSide(Side):
         assert self.engine is not None
         self._counter += 1
         config = pod_config(self._counter, os.path.join(self.work, "logs"), self.cgroup_parent)
+        if isinstance(self.engine, CallTimedEngine):
+            self.engine.calls.clear()
         t0 = time.perf_counter()
         pod = await self.engine.run_pod(config)
         self._pods[pod] = config
@@ -194,6 +247,8 @@ class KuasarSide(Side):
         t3 = time.perf_counter()
         self.last_steps = {"run pod (Sandbox API)": (t1 - t0) * 1000, "create container (spec, IO)": (t2 - t1) * 1000,
                            "start container (Task API)": (t3 - t2) * 1000}
+        if isinstance(self.engine, CallTimedEngine):
+            self.last_steps.update(self.engine.calls)
         return pod
 
     async def remove_pods(self, pods: Sequence[str]) -> None:
@@ -241,6 +296,21 @@ class KuasarSide(Side):
                 per_pod.append(pid)
         groups.per_pod = {"pod processes": per_pod}
         return groups
+
+    async def after_measure(self, result: Dict[str, Any]) -> None:
+        """The floor: one pod running, where each management process's memory goes (smaps by
+        mapping, and what importing its program costs a fresh interpreter)."""
+        pod = await self.start_pod()
+        try:
+            await asyncio.sleep(1.0)
+            groups = self.groups().management
+            result["floor"] = {
+                "pss_kb": procstats.memory_sum([pid for pids in groups.values() for pid in pids]).pss_kb,
+                "processes": {name: floor.process_memory(pids[0]) for name, pids in groups.items() if pids},
+                "imports": {name: floor.import_profile(floor.PROGRAMS[name]) for name in groups
+                            if name in floor.PROGRAMS}}
+        finally:
+            await self.remove_pods([pod])
 
     async def teardown(self) -> None:
         if self.engine is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 __all__ = ["TARGETS", "write_markdown", "write_plots", "summary"]
 
@@ -136,6 +136,102 @@ def _profile_tables(sides: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _pss_at(side: Dict[str, Any], pods: int) -> Optional[float]:
+    row = next((r for r in side.get("memory", []) if r["pods"] == pods), None)
+    return row["management"]["total"]["pss_kb"] if row else None
+
+
+def _floor_section(results: Dict[str, Any]) -> List[str]:
+    """Issue 19's table (runc against the shim, same run), every type's floor, and where it goes."""
+    sides = results["sides"]
+    ours, base = sides.get("kuasar-runc", {}), sides.get("containerd-shim-runc-v2", {})
+    lines: List[str] = []
+    if "memory" in ours and "memory" in base:
+        lines += ["## runc control plane against the shim (issue 19)", "",
+                  "Runtime PSS = management processes (ours: sandboxer, task server, task front, sandbox-parent; "
+                  "the shim side: every shim); namespace holders are per-pod infrastructure, reported apart above.",
+                  "", "| | kuasar-runc | containerd-shim-runc-v2 | ratio |", "|---|---|---|---|"]
+        for pods in sorted({r["pods"] for r in ours["memory"]} & {r["pods"] for r in base["memory"]}):
+            o, b = _pss_at(ours, pods), _pss_at(base, pods)
+            if o is not None and b:
+                lines.append(f"| runtime PSS, {pods} pod{'s' if pods > 1 else ''} | {_mib(o)} | {_mib(b)} "
+                             f"| {o / b:.2f} |")
+        for label, get in (("start p50, serial", lambda side: side.get("serial", {}).get("latency_ms", {}).get("p50")),
+                           ("start p50, largest parallel batch", lambda side: (side.get("parallel") or [{}])[-1]
+                            .get("latency_ms", {}).get("p50"))):
+            o, b = get(ours), get(base)
+            if o and b:
+                lines.append(f"| {label} | {o:.0f} ms | {b:.0f} ms | {o / b:.2f} |")
+        lines.append("")
+    floors = {name: side["floor"] for name, side in sides.items() if "floor" in side}
+    if floors:
+        lines += ["## Floor: one pod running, management processes (PSS)", "",
+                  "| type | total | " + "per process |", "|---|---|---|"]
+        for name, data in floors.items():
+            per = ", ".join(f"{proc} {_mib(info.get('rollup_kb', {}).get('Pss', 0))}"
+                            for proc, info in data["processes"].items())
+            lines.append(f"| {name} | {_mib(data['pss_kb'])} | {per} |")
+        lines += ["", "Where each process's PSS goes (smaps by mapping; private dirty is what the process alone "
+                  "costs):", "", "| side | process | Pss | Private_Dirty | largest mappings |", "|---|---|---|---|---|"]
+        for name, data in floors.items():
+            for proc, info in data["processes"].items():
+                roll = info.get("rollup_kb", {})
+                top = "; ".join(f"{group} {_mib(kb)}" for group, kb in list(info.get("pss_by_mapping_kb", {})
+                                                                            .items())[:4])
+                lines.append(f"| {name} | {proc} | {_mib(roll.get('Pss', 0))} | {_mib(roll.get('Private_Dirty', 0))} "
+                             f"| {top} |")
+        lines += ["", "What importing each program costs a fresh interpreter (private memory by layer, in import "
+                  "order; CPU of the import):", "", "| program | private | modules | CPU | by layer |",
+                  "|---|---|---|---|---|"]
+        seen = set()
+        for data in floors.values():
+            for proc, info in data.get("imports", {}).items():
+                if proc in seen or "stages" not in info:
+                    continue
+                seen.add(proc)
+                layers = ", ".join(f"{st['import']} {_mib(st['private_kb'])}" for st in info["stages"]
+                                   if st["private_kb"] >= 200)
+                lines.append(f"| {proc} | {_mib(info['private_kb'])} | {info['modules']} | "
+                             f"{info['import_cpu_ms']:.0f} ms | {layers} |")
+        lines.append("")
+    steps = ours.get("start_steps")
+    if steps and "p50_ms" in steps:
+        engine = ours.get("serial", {}).get("steps_p50_ms", {})
+        lines += [f"## A serial runc pod start, step by step ({steps['rounds']} rounds in process, p50 ms)", "",
+                  "The same sandboxer and task-server code run in one process with each step timed "
+                  "(tests/benchmark/startsteps.py); the Engine columns are the same starts through the sockets "
+                  "(the serial phase above). Engine minus in process = engine round trips.", "",
+                  "| step | p50 ms |", "|---|---|"]
+        lines += [f"| {step} | {ms:.2f} |" for step, ms in steps["p50_ms"].items()]
+        for label, key in (("Engine: run pod (Sandbox API calls, netns, CRI bookkeeping)", "run pod (Sandbox API)"),
+                           ("Engine: of which Sandbox API Create + Start (client-timed)",
+                            "of which Sandbox API Create + Start"),
+                           ("Engine: container spec, FIFOs (client side)", "create container (spec, IO)"),
+                           ("Engine: start container (task Create, Connect, Start, Connect, State)",
+                            "start container (Task API)"),
+                           ("Engine: of which task Create + Start (client-timed)", "of which task Create + Start")):
+            if key in engine:
+                lines.append(f"| {label} | {engine[key]:.2f} |")
+        pod, task = engine.get("of which Sandbox API Create + Start"), engine.get("of which task Create + Start")
+        bare = steps["p50_ms"].get("bare runc create + start")
+        lines += ["", "| target (issue 19) | measured | met |", "|---|---|---|"]
+        if pod is not None:
+            lines.append(f"| pod step (Sandbox API Create + Start) p50 <= 10 ms | {pod:.1f} ms | {_met(pod <= 10)} |")
+        if task is not None and bare is not None:
+            lines.append(f"| container task Create + Start p50 <= bare runc create + start + 10 ms | {task:.1f} ms "
+                         f"vs {bare:.1f} + 10 ms | {_met(task <= bare + 10)} |")
+        floor_kb = sides.get("kuasar-runc", {}).get("floor", {}).get("pss_kb")
+        if floor_kb:
+            lines.append(f"| runc floor (1 pod) <= 35 MB | {_mib(floor_kb)} MiB | {_met(floor_kb / 1024 <= 35)} |")
+        o, b = _pss_at(ours, 50), _pss_at(base, 50)
+        if o is not None and b:
+            lines.append(f"| PSS at 50 pods <= 0.15x the shims | {o / b:.2f}x | {_met(o / b <= 0.15)} |")
+        lines.append("")
+    elif steps:
+        lines += ["## Start steps failed", "", "```", steps.get("error", ""), "```", ""]
+    return lines
+
+
 def _ratio_label(key: str) -> str:
     if key in TARGETS:
         return TARGETS[key][1]
@@ -257,7 +353,7 @@ def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -
     if updates:
         lines += ["", "Measured in a later run (see their sections): "
                   + ", ".join(f"{k} ({v['date']})" for k, v in sorted(updates.items())) + "."]
-    lines += [""] + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
+    lines += [""] + _floor_section(results) + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
     lines += _steps_table(results["sides"]) + [""] + _memory_tables(results["sides"]) + _cpu_table(results["sides"])
     lines += [""] + _profile_tables(results["sides"]) + _vmm_section(results) + [METHOD]
     lines += ["", f"![start-time CDF]({image_prefix}{CDF_PNG})", "", f"![memory vs pods]({image_prefix}{MEMORY_PNG})",

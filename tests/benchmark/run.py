@@ -177,8 +177,23 @@ async def run_all(args: argparse.Namespace, work: str) -> Dict[str, Any]:
         profile_pods = 0 if args.smoke else min(args.profile, plan.serial)
         sides[side.name] = await run_side(side, plan, profile_pods, args.out)
         plans[side.name] = plan
+        if profile.sandbox_type == "runc" and "error" not in sides[side.name]:
+            sides[side.name]["start_steps"] = await start_steps(os.path.join(work, "steps"), images,
+                                                                SMOKE.serial if args.smoke else args.steps)
     return {"sides": sides, "plans": {k: {"serial": p.serial, "parallel": list(p.parallel), "pods": list(p.pods),
                                           "warmup": p.warmup} for k, p in plans.items()}}
+
+
+async def start_steps(work: str, images: str, rounds: int) -> Dict[str, Any]:
+    """The per-step breakdown of serial runc starts (:mod:`startsteps`, a process of its own: it reaps
+    every child, which this driver must not)."""
+    log.info("kuasar-runc: %d serial starts, step by step, and bare runc", rounds)
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, os.path.join(HERE, "startsteps.py"), "--work",
+                                                    work, "--images", images, "--rounds", str(rounds)],
+                                   capture_output=True, text=True, check=False)
+    if done.returncode:
+        return {"error": done.stderr.strip()[-2000:]}
+    return json.loads(done.stdout)
 
 
 def cleanup_shim_state(created_run_dir: bool) -> None:
@@ -208,6 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--serial", type=int, default=100)
     ap.add_argument("--parallel", type=_ints, default=(10, 20, 50))
     ap.add_argument("--pods", type=_ints, default=(1, 5, 10, 20, 30, 50, 110))
+    ap.add_argument("--steps", type=int, default=30, metavar="N",
+                    help="serial runc starts timed step by step in process, next to bare runc create + start")
     ap.add_argument("--types", type=lambda s: [t for t in s.split(",") if t], default=[],
                     help="sandbox types to run (default: every installed one)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))

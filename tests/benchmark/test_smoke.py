@@ -77,6 +77,31 @@ def test_memory_is_sane(smoke) -> None:
     assert set(results["ratios"]) >= {"pss_1", "serial_p50"}
 
 
+def test_floor_and_start_steps(smoke) -> None:
+    """Issue 19's measurements: where the floor's memory goes, and a runc start step by step."""
+    results, out, _ = smoke
+    runc = results["sides"]["kuasar-runc"]
+    floor = runc["floor"]
+    assert {"runc-sandboxer", "runc-task", "task front", "sandbox-parent"} <= set(floor["processes"])
+    assert floor["pss_kb"] == pytest.approx(sum(p["rollup_kb"]["Pss"] for p in floor["processes"].values()), rel=0.2)
+    for info in floor["processes"].values():
+        assert sum(info["pss_by_mapping_kb"].values()) == pytest.approx(info["rollup_kb"]["Pss"], rel=0.05)
+    for program in ("runc-sandboxer", "runc-task"):
+        imports = floor["imports"][program]
+        assert imports["private_kb"] > 1024 and imports["stages"][-1]["import"].startswith("kuasar_runc")
+    steps = runc["start_steps"]
+    assert steps["rounds"] == results["plans"]["kuasar-runc"]["serial"], steps.get("error")
+    p50 = steps["p50_ms"]
+    for step in ("pod: holder spawn (helper round trip, 2 forks)", "container: runc create", "container: runc start",
+                 "bare runc create + start", "pod: pod state writes"):
+        assert p50[step] > 0, step
+    assert p50["container: runc create"] < p50["container total (task Create + Start, in process)"]
+    engine_steps = set(runc["serial"]["steps_p50_ms"])
+    assert {"of which Sandbox API Create + Start", "of which task Create + Start"} <= engine_steps
+    text = (out / "RESULTS.md").read_text()
+    assert "## runc control plane against the shim (issue 19)" in text and "step by step" in text
+
+
 def test_report_files(smoke) -> None:
     _, out, plots = smoke
     text = (out / "RESULTS.md").read_text()
