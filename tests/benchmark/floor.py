@@ -8,8 +8,8 @@ Two views, both of the real programs:
   anonymous mappings: objects, code, descriptor pools) and the rest; plus the smaps_rollup totals
   (private dirty is what the process alone costs).
 * :func:`import_profile` starts a fresh interpreter that imports a program's main module and reports
-  what the import costs in private memory (Private_Clean + Private_Dirty of smaps_rollup), stage by
-  stage: the standard library layers, protobuf and a generated descriptor module (the descriptor
+  what the import costs in private dirty memory (smaps_rollup; clean file pages are shared with every
+  other process of the same installation, so they depend on what else runs), stage by stage: the standard library layers, protobuf and a generated descriptor module (the descriptor
   pool), grpc, our ttrpc, then the program, so that each MB has a name; plus the module count, the
   CPU time and the slowest imports (``-X importtime``, cumulative microseconds).
 """
@@ -83,7 +83,7 @@ _PROBE = r"""
 import json, sys, time
 def private_kb():
     with open("/proc/self/smaps_rollup") as f:
-        return sum(int(l.split()[1]) for l in f if l.startswith(("Private_Dirty:", "Private_Clean:")))
+        return sum(int(l.split()[1]) for l in f if l.startswith("Private_Dirty:"))
 stages, last, seen = [], private_kb(), set(sys.modules)
 t0 = time.process_time()
 for name in sys.argv[1:]:
@@ -98,7 +98,7 @@ print(json.dumps({"stages": stages, "private_kb": last, "modules": len(sys.modul
                   "loaded": sorted(m for m in ("grpc", "grpc.aio", "google.protobuf", "asyncio", "ssl", "argparse",
                                                "concurrent.futures", "ctypes", "logging", "json", "dataclasses",
                                                "typing", "enum", "re", "tempfile", "shutil", "subprocess")
-                                   if m in sys.modules)}))
+                                   if sys.modules.get(m) is not None)}))
 """
 
 #: the shared layers a program may pull in, imported one after another before the program itself so
@@ -119,6 +119,8 @@ def import_profile(module: str, python: str = sys.executable, top: int = 12) -> 
             stage.startswith(("google.protobuf", "kuasar_shared.api")) and "google.protobuf" in
             json.loads(alone.stdout)["loaded"] or stage == "kuasar_shared.ttrpc" and "google.protobuf" in
             json.loads(alone.stdout)["loaded"]]
+    if "ssl" not in json.loads(alone.stdout)["loaded"]:
+        used.insert(0, "kuasar_shared.daemon.notls")  # the program keeps ssl out before anything else
     probe = subprocess.run([python, "-c", _PROBE, *used, module], capture_output=True, text=True, check=False)
     if probe.returncode:
         return {"error": probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "probe failed"}

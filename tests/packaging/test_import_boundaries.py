@@ -29,6 +29,7 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("kuasar_shared.ids", "kuasar_shared.fdio", "kuasar_shared.config", "kuasar_shared.pause",
      "kuasar_shared.tracing", "kuasar_shared.taskfront", "kuasar_shared.daemon.log",
      "kuasar_shared.daemon.notify", "kuasar_shared.daemon.signals", "kuasar_shared.daemon.reaper",
+     "kuasar_shared.daemon.notls",
      "kuasar_shared.daemon.args"),
     # mechanisms over the kernel and files: mounts, cgroups, processes, durable state, ttrpc
     ("kuasar_shared.mounts", "kuasar_shared.cgroups", "kuasar_shared.process", "kuasar_shared.process_identity",

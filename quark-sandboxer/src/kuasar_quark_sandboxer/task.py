@@ -1,6 +1,7 @@
 """``quark-task``: wiring only — the shared task server (kuasar_shared.task.main) for runsc pods."""
 from __future__ import annotations
 
+import kuasar_shared.daemon.notls  # noqa: F401 (first: asyncio must not load ssl)
 import argparse
 import sys
 from typing import Optional, Sequence

@@ -1,6 +1,7 @@
 """``runc-sandboxer``: wiring only — helper fork, task server, recovery, Sandbox API."""
 from __future__ import annotations
 
+import kuasar_shared.daemon.notls  # noqa: F401 (first: asyncio must not load ssl)
 import logging
 import os
 import sys

@@ -31,6 +31,8 @@ def enable(endpoint: str, service_name: str, version: str) -> None:
     :raise ImportError: opentelemetry-sdk or its OTLP/gRPC exporter is not installed.
     """
     global _tracer, _provider
+    from kuasar_shared.daemon.notls import allow
+    allow()  # the exporter's dependencies may import ssl
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider

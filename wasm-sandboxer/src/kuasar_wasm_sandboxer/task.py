@@ -2,6 +2,7 @@
 wasm runners."""
 from __future__ import annotations
 
+import kuasar_shared.daemon.notls  # noqa: F401 (first: asyncio must not load ssl)
 import argparse
 import logging
 import os

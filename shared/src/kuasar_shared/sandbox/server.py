@@ -167,6 +167,8 @@ async def _serve_metrics(ctx: "DaemonContext", sandboxer: "PodSandboxer[Any]"
     address = getattr(ctx.args, "metrics_listen", "")
     if not address:
         return None, None
+    from kuasar_shared.daemon.notls import allow
+    allow()  # prometheus-client imports ssl
     try:
         from kuasar_shared.metrics import SandboxerMetrics, scrape_unix, serve_metrics
     except ImportError as err:

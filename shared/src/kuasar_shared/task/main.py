@@ -73,6 +73,8 @@ async def serve_task_api(ctx: DaemonContext, listen: str, backend: RecordedTaskB
     endpoint: Optional[MetricsServer] = None
     observe = None
     if metrics_listen:
+        from kuasar_shared.daemon.notls import allow
+        allow()  # prometheus-client imports ssl
         try:
             from kuasar_shared.metrics import serve_metrics
             from kuasar_shared.task.metrics import TaskServerMetrics
