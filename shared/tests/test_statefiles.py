@@ -26,6 +26,20 @@ def test_rewrite_replaces_and_leaves_no_temp_files(tmp_path) -> None:
     assert os.listdir(tmp_path) == ["s.json"]
 
 
+def test_durable_write_fsyncs_file_and_directory_and_a_step_write_does_not(tmp_path, monkeypatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = str(tmp_path / "state.json")
+    write_json_atomic(path, {"v": 1})
+    assert len(synced) == 2
+    PodStore(str(tmp_path)).save("pod-1", {"v": 2}, durable=False)
+    write_json_atomic(path, {"v": 3}, durable=False)
+    assert len(synced) == 2
+    assert read_json(path) == {"v": 3} and PodStore(str(tmp_path)).load("pod-1") == {"v": 2}
+    assert sorted(os.listdir(tmp_path)) == ["pod-1", "state.json"]
+
+
 def test_unserializable_object_keeps_old_file(tmp_path) -> None:
     path = str(tmp_path / "s.json")
     write_json_atomic(path, {"ok": True})

@@ -45,12 +45,16 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
+def write_json_atomic(path: str, obj: Any, durable: bool = True) -> None:
     """Write ``obj`` as JSON to ``path`` atomically, with mode 0600.
 
     The data is serialized first (a :class:`TypeError` for unserializable objects leaves the old
     file untouched), written to a temporary file next to ``path``, fsynced, renamed over ``path``,
     and the directory is fsynced. The temporary file is removed on any failure.
+
+    ``durable=False`` skips both fsyncs: the write is still atomic for a process that crashes (the
+    kernel keeps what was written), only a machine crash may lose it. For a step inside a call that
+    ends with a durable write of the same file: one durable write per call.
 
     :raise TypeError: when ``obj`` is not JSON serializable.
     :raise OSError: when the directory is missing or not writable.
@@ -63,7 +67,8 @@ def write_json_atomic(path: str, obj: Any) -> None:
             os.fchmod(f.fileno(), 0o600)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -71,7 +76,8 @@ def write_json_atomic(path: str, obj: Any) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def read_json(path: str) -> Any:
@@ -114,11 +120,12 @@ class PodStore:
     def path(self, pod_id: str) -> str:
         return os.path.join(self.pod_dir(pod_id), self.filename)
 
-    def save(self, pod_id: str, data: Any) -> None:
-        """Atomically (re)write the pod's state file, creating ``<root>/<id>`` (0700) if needed."""
+    def save(self, pod_id: str, data: Any, durable: bool = True) -> None:
+        """Atomically (re)write the pod's state file, creating ``<root>/<id>`` (0700) if needed
+        (``durable``: see :func:`write_json_atomic`)."""
         directory = self.pod_dir(pod_id)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        write_json_atomic(os.path.join(directory, self.filename), data)
+        write_json_atomic(os.path.join(directory, self.filename), data, durable)
 
     def load(self, pod_id: str) -> Any:
         """The pod's saved state.

@@ -166,8 +166,9 @@ class PodTable(Generic[P]):
         if pod.state is PodState.STOPPED:
             self._event(pod.id).set()
 
-    def save(self, pod: P) -> None:
-        self.store.save(pod.id, pod.to_json())
+    def save(self, pod: P, durable: bool = True) -> None:
+        """``durable=False``: a step of a call that ends with a durable save (see write_json_atomic)."""
+        self.store.save(pod.id, pod.to_json(), durable)
 
     def _event(self, sandbox_id: str) -> asyncio.Event:
         return self._stopped.setdefault(sandbox_id, asyncio.Event())
