@@ -18,6 +18,7 @@ from kuasar_shared.task.backend import CreateTask, ExecProcess
 from kuasar_shared.testing.oci import read_fifo
 
 from kuasar_quark_sandboxer.hooks import RunscHooks
+from kuasar_quark_sandboxer.sentrywait import exit_status, sentry_wait
 
 
 def _cid() -> str:
@@ -85,6 +86,44 @@ async def test_exec_exit_codes_kill_and_stats(backend, bundle_factory, pod, fifo
     assert info.exit_status == 128 + signal.SIGTERM
     with pytest.raises(NotFound):
         await backend.state(cid, "")
+
+
+def _runsc_waits() -> list[str]:
+    """Command lines of every live ``runsc ... wait`` process."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"runsc" and b"wait" in argv:
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
+async def test_exit_codes_come_from_the_sentry_without_a_process_per_container(backend, bundle_factory,
+                                                                               pod) -> None:
+    ids = {"seven": _cid(), "sleeper": _cid()}
+    seven = bundle_factory(ids["seven"], ["sh", "-c", "sleep 1; exit 7"], pod)
+    await backend.create(CreateTask(id=ids["seven"], bundle=seven))
+    await backend.create(CreateTask(id=ids["sleeper"], bundle=bundle_factory(ids["sleeper"], ["sleep", "1000"], pod)))
+    for cid in ids.values():
+        await backend.start(cid, "")
+    await asyncio.sleep(0.3)
+    assert not [argv for argv in _runsc_waits() if any(cid in argv for cid in ids.values())]
+    assert (await asyncio.wait_for(backend.wait(ids["seven"], ""), 20)).exit_status == 7
+    await backend.kill(ids["sleeper"], "", signal.SIGKILL, False)
+    assert (await asyncio.wait_for(backend.wait(ids["sleeper"], ""), 20)).exit_status == 137
+    for cid in ids.values():
+        await backend.delete(cid, "")
+
+
+async def test_sentry_wait_statuses_and_a_sandbox_without_control_server() -> None:
+    assert [exit_status(s) for s in (0, 7 << 8, 255 << 8, signal.SIGKILL, signal.SIGTERM | 0x80)] == [0, 7, 255, 137,
+                                                                                                     143]
+    with pytest.raises(FileNotFoundError):
+        await sentry_wait("no-such-sandbox-" + uuid.uuid4().hex[:6], "ctr")
 
 
 async def test_created_container_deleted_without_start(backend, bundle_factory, pod) -> None:

@@ -19,20 +19,25 @@ what they allow.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from kuasar_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from kuasar_shared.oci import namespace_path
 from kuasar_shared.oci.pod import add_pod_mounts, sandbox_id_of
+from kuasar_shared.oci.runtime import OciRuntime
 from kuasar_shared.oci.task import OciHooks, Placement
 from kuasar_shared.statefiles import CorruptState, read_json
 from kuasar_shared.task.backend import CreateTask
 
 from kuasar_quark_sandboxer.pause import CONTAINER_TYPE, SANDBOX_ID
 from kuasar_quark_sandboxer.pod import RECORD_NAME, Pod, PodState
+from kuasar_quark_sandboxer.sentrywait import sentry_wait
 
 __all__ = ["RunscHooks", "UNSUPPORTED_CAPABILITIES"]
+
+log = logging.getLogger(__name__)
 
 #: capabilities runsc (before 2023) rejects; gVisor has no perf events, BPF or checkpoint/restore
 UNSUPPORTED_CAPABILITIES = frozenset({"CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"})
@@ -74,6 +79,15 @@ class RunscHooks(OciHooks):
         annotations[SANDBOX_ID] = sandbox_id
         return Placement(sandbox_id=sandbox_id, binary=pod.runtime.binary, root=pod.runtime.root,
                          global_args=tuple(pod.runtime.global_args))
+
+    async def wait_init(self, runtime: OciRuntime, container_id: str, sandbox_id: str) -> int:
+        """Wait on the Sentry's control server from this process (:mod:`.sentrywait`): no ``runsc wait``
+        process per container; a runsc without that server is waited for the old way."""
+        try:
+            return await sentry_wait(sandbox_id or container_id, container_id)
+        except FileNotFoundError as err:
+            log.debug("container %s: %s; using runsc wait", container_id, err)
+            return await runtime.wait(container_id)
 
     def adapt_process(self, process: dict[str, Any]) -> None:
         capabilities = process.get("capabilities")

@@ -170,6 +170,14 @@ class OciHooks(abc.ABC):
     def removed(self, container_id: str) -> None:
         """The container is gone (undo what :meth:`created` started)."""
 
+    async def wait_init(self, runtime: OciRuntime, container_id: str, sandbox_id: str) -> int:
+        """The exit status of a container's init when :attr:`init_pid_is_own` is False; the default
+        runs ``<runtime> wait``.
+
+        :raise KuasarError: when the runtime cannot tell.
+        """
+        return await runtime.wait(container_id)
+
 
 class OciTaskBackend(RecordedTaskBackend[Container]):
     """Containers of every pod of one sandbox type, run by an OCI runtime CLI.
@@ -200,10 +208,10 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         return OciRuntime(container.binary, container.root, container.global_args)
 
     async def _runtime_wait(self, container: Container) -> None:
-        """Resolve the init's exit from ``<runtime> wait`` (unknown when the runtime cannot tell)."""
+        """Resolve the init's exit from :meth:`OciHooks.wait_init` (unknown when the runtime cannot tell)."""
         proc = container.init
         try:
-            status = await self._runtime(container).wait(container.id)
+            status = await self.hooks.wait_init(self._runtime(container), container.id, container.sandbox_id)
         except KuasarError as err:
             log.warning("container %s: the runtime cannot report the init's exit: %s", container.id, err)
             status = self._lost_status(proc)
