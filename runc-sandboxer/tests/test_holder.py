@@ -40,3 +40,44 @@ async def test_bad_netns_is_reported_and_helper_keeps_serving(holders, tmp_path)
     pid = await holders.spawn("holder-ok", "", "")
     os.kill(pid, signal.SIGKILL)
     await asyncio.wait_for(wait_exit(pid), 5)
+
+
+def _spare_holders(helper: int) -> list[int]:
+    """Holders the helper made ahead of need: its children still named like it, PID 1 of a namespace."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                status = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            continue
+        if (int(status["PPid"]) == helper and status["Name"].strip() == "sandbox-parent"
+                and status["NSpid"].split()[-1] == "1"):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_holders_are_made_ahead_of_need_and_a_dead_spare_is_replaced(holders) -> None:
+    pid = await holders.spawn("holder-first", "", "first")
+    await asyncio.sleep(0.2)
+    spares = _spare_holders(holders.pid)
+    assert len(spares) == 1
+    os.kill(spares[0], signal.SIGKILL)
+    await asyncio.sleep(0.1)
+    second = await holders.spawn("holder-second", "", "second")
+    host_ipc = await holders.spawn("holder-host-ipc", "", "third", host_ipc=True)
+    try:
+        assert second != spares[0]
+        assert os.readlink(f"/proc/{host_ipc}/ns/ipc") == os.readlink("/proc/self/ns/ipc")
+        for holder in (pid, second):
+            assert os.readlink(f"/proc/{holder}/ns/ipc") != os.readlink("/proc/self/ns/ipc")
+            with open(f"/proc/{holder}/cmdline", "rb") as handle:
+                assert handle.read().startswith(b"[sandbox-holder-")  # the pause program runs
+        await asyncio.sleep(0.2)
+        assert len(_spare_holders(holders.pid)) == 1
+    finally:
+        for holder in (pid, second, host_ipc):
+            os.kill(holder, signal.SIGKILL)
+        for holder in (pid, second, host_ipc):
+            await asyncio.wait_for(wait_exit(holder), 5)

@@ -13,6 +13,12 @@ namespaces, so only the holder can set them) and execs kuasar_shared's tiny paus
 SIGCHLD ignored (the kernel then reaps orphans of the pod's PID namespace). Holders ignore every
 signal sent from outside their namespace except SIGKILL.
 
+A holder is made ahead of need: after each answer (and at start) the helper forks the next one
+for the common case (new IPC and PID namespaces) up to the point where it waits for its request on
+a pipe, so that a pod start only hands it the request: the two forks and the unshare are off the
+pod's start path. A spare that died (or a pod that shares the node's IPC or PID namespace) is
+served the old way.
+
 Wire format (one request at a time): a JSON line ``{"id", "netns", "hostname", "host_ipc",
 "host_pid", "sysctls": {"/proc/sys path": value}}`` answered by a JSON line ``{"pid": n}`` or
 ``{"error": "..."}``. Standard library only (no site-packages: small).
@@ -25,7 +31,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Optional
 
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWIPC = 0x08000000
@@ -97,37 +103,106 @@ def _holder(request: dict[str, Any], report: int, pause: int, name: str) -> None
         os._exit(1)
 
 
-def _spawn_holder(request: dict[str, Any], pause: int) -> dict[str, Any]:
-    """In the helper: double-fork one holder and return ``{"pid"}`` or ``{"error"}``."""
-    name = "sandbox-" + str(request.get("id", ""))
+def _flags(request: dict[str, Any]) -> int:
     flags = _CLONE_NEWUTS
     if not request.get("host_ipc"):
         flags |= _CLONE_NEWIPC
     if not request.get("host_pid"):
         flags |= _CLONE_NEWPID
-    read_end, write_end = os.pipe()
+    return flags
+
+
+#: what a spare holder is made with: the namespaces of a pod that shares none with the node
+_SPARE_FLAGS = _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWPID
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor from 3 up but ``fds``."""
+    start = 3
+    for fd in sorted(fds):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, 65536)
+
+
+def _fork_holder(flags: int, report: int, pause: int, request_fd: int = -1,
+                 request: Optional[dict[str, Any]] = None) -> int:
+    """Fork the intermediate child, which unshares ``flags`` and forks the holder; returns the
+    intermediate's pid. The holder runs ``request``, or first reads it from ``request_fd`` (a spare).
+    Both write their messages to ``report``."""
     child = os.fork()
     if child == 0:
         try:
-            os.close(read_end)
             _check(_libc.unshare(flags), "unshare")
             holder = os.fork()
             if holder == 0:
+                _keep_only(*(fd for fd in (report, pause, request_fd) if fd >= 0))
+                if request is None:
+                    with os.fdopen(request_fd, "rb") as pipe:
+                        line = pipe.readline()
+                    if not line:  # the helper is gone, or dropped this spare
+                        os._exit(0)
+                    request = json.loads(line)
+                name = "sandbox-" + str(request.get("id", ""))
                 _set_name(name)
-                low, high = sorted((write_end, pause))
-                os.closerange(3, low)
-                os.closerange(low + 1, high)
-                os.closerange(high + 1, 65536)
-                _holder(request, write_end, pause, name)
-            os.write(write_end, (json.dumps({"pid": holder}) + "\n").encode())
+                _holder(request, report, pause, name)
+            os.write(report, (json.dumps({"pid": holder}) + "\n").encode())
             os._exit(0)
         except BaseException as err:
-            os.write(write_end, (json.dumps({"error": str(err)}) + "\n").encode())
+            os.write(report, (json.dumps({"error": str(err)}) + "\n").encode())
             os._exit(1)
-    os.close(write_end)
+    return child
+
+
+class _Spare:
+    """A holder forked ahead of need, waiting for its request on a pipe.
+
+    Resource handling: the helper owns the request pipe's write end and the report pipe's read end;
+    :meth:`use` or :meth:`drop` closes them (a dropped spare reads EOF and exits).
+    """
+
+    def __init__(self, pause: int) -> None:
+        request_read, self.request = os.pipe()
+        self.report, report_write = os.pipe()
+        try:
+            _fork_holder(_SPARE_FLAGS, report_write, pause, request_fd=request_read)
+        finally:
+            os.close(request_read)
+            os.close(report_write)
+
+    def use(self, request: dict[str, Any]) -> bytes:
+        """Hand the spare its request; return its messages (empty when it was already dead)."""
+        try:
+            os.write(self.request, (json.dumps(request) + "\n").encode())
+        except BrokenPipeError:
+            os.close(self.report)
+            return b""
+        finally:
+            os.close(self.request)
+        with os.fdopen(self.report, "rb") as reader:
+            return reader.read()
+
+    def drop(self) -> None:
+        os.close(self.request)
+        os.close(self.report)
+
+
+def _spawn_holder(request: dict[str, Any], pause: int, spare: Optional[_Spare] = None) -> dict[str, Any]:
+    """In the helper: make one holder (from ``spare`` when it fits the request, else with a fresh
+    double fork) and return ``{"pid"}`` or ``{"error"}``."""
     data = b""
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
+    if spare is not None and _flags(request) == _SPARE_FLAGS:
+        data = spare.use(request)
+    elif spare is not None:
+        spare.drop()
+    if not data:
+        read_end, write_end = os.pipe()
+        try:
+            _fork_holder(_flags(request), write_end, pause, request=request)
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            data = reader.read()
     answer: dict[str, Any] = {}
     for line in data.splitlines():
         message = json.loads(line)
@@ -160,14 +235,21 @@ def _serve(sock: socket.socket, pause: int) -> None:
     signal.signal(signal.SIGCHLD, _reap_all)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
+    spare: Optional[_Spare] = _Spare(pause)
     with sock, sock.makefile("rwb") as stream:
         for line in stream:
             try:
-                answer = _spawn_holder(json.loads(line), pause)
+                answer = _spawn_holder(json.loads(line), pause, spare)
             except Exception as err:  # a bad request must not end the helper
                 answer = {"error": f"{type(err).__name__}: {err}"}
             stream.write((json.dumps(answer) + "\n").encode())
             stream.flush()
+            try:
+                spare = _Spare(pause)
+            except OSError:  # out of processes or pipes: the next pod is made the old way
+                spare = None
+    if spare is not None:
+        spare.drop()
 
 
 if __name__ == "__main__":
