@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import sys
@@ -109,6 +110,19 @@ def _daemonize(keep_fds: Sequence[int], log_file: str) -> None:
     ctx.open()
 
 
+#: seconds after start-up when the C heap's free pages are given back (set-up is done by then)
+TRIM_AFTER = 2.0
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``): importing and setting up
+    leaves ~1 MB of freed blocks that a daemon would otherwise hold, dirty, for its whole life."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 async def _amain(name: str, version: str, args: argparse.Namespace,
                  main: Callable[[DaemonContext], Awaitable[None]], subreaper: bool) -> int:
     if subreaper:
@@ -124,6 +138,7 @@ async def _amain(name: str, version: str, args: argparse.Namespace,
     signals.install()
     ctx = DaemonContext(name, version, args, signals, reaper, notifier)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
+    trim = asyncio.get_running_loop().call_later(TRIM_AFTER, _trim_heap)
     code = 0
     try:
         await main(ctx)
@@ -131,6 +146,7 @@ async def _amain(name: str, version: str, args: argparse.Namespace,
         log.exception("%s failed", name)
         code = 1
     finally:
+        trim.cancel()
         watchdog.cancel()
         await asyncio.gather(watchdog, return_exceptions=True)
         await ctx._cancel_tasks()
