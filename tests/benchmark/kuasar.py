@@ -306,7 +306,8 @@ class KuasarSide(Side):
             groups = self.groups().management
             result["floor"] = {
                 "pss_kb": procstats.memory_sum([pid for pids in groups.values() for pid in pids]).pss_kb,
-                "processes": {name: floor.process_memory(pids[0]) for name, pids in groups.items() if pids},
+                "processes": {name if index == 0 else f"{name} ({index + 1})": floor.process_memory(pid)
+                              for name, pids in groups.items() for index, pid in enumerate(pids)},
                 "imports": {name: floor.import_profile(floor.PROGRAMS[name]) for name in groups
                             if name in floor.PROGRAMS}}
         finally:

@@ -102,7 +102,7 @@ def _wrap_runc_path(timer: StepTimer) -> None:
     timer.wrap(sandboxer_module, "write_pod_files", "pod files (hostname, hosts, resolv.conf)")
     timer.wrap(sandboxer_module, "mount_pod_shm", "pod /dev/shm mount")
     timer.wrap(sandboxer_module, "bind_namespaces", "namespace pinning (bind mounts)")
-    timer.wrap(HolderParent, "spawn", "holder spawn (helper round trip, 2 forks)")
+    timer.wrap(HolderParent, "spawn", "holder spawn (round trip to the sandbox-parent helper)")
     timer.wrap(PodTable, "create_cgroup", "pod cgroup")
     timer.wrap(task_module, "mount_all", "rootfs mount")
     timer.wrap(task_module, "open_process_io", "IO set-up")
