@@ -1,7 +1,6 @@
 """``vmm-sandboxer``: wiring only — config, the ``[hypervisor] type``'s backend, relay, recovery, Sandbox API."""
 from __future__ import annotations
 
-import kuasar_shared.daemon.notls  # noqa: F401 (first: asyncio must not load ssl)
 import logging
 import os
 import sys

@@ -1,7 +1,6 @@
 """``vmm-task-relay``: wiring only — parse the TaskServer command line, recover links, serve."""
 from __future__ import annotations
 
-import kuasar_shared.daemon.notls  # noqa: F401 (first: asyncio must not load ssl)
 import argparse
 import os
 import sys
