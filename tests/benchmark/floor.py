@@ -9,9 +9,10 @@ Two views, both of the real programs:
   (private dirty is what the process alone costs).
 * :func:`import_profile` starts a fresh interpreter that imports a program's main module and reports
   what the import costs in private dirty memory (smaps_rollup; clean file pages are shared with every
-  other process of the same installation, so they depend on what else runs), stage by stage: the standard library layers, protobuf and a generated descriptor module (the descriptor
-  pool), grpc, our ttrpc, then the program, so that each MB has a name; plus the module count, the
-  CPU time and the slowest imports (``-X importtime``, cumulative microseconds).
+  other process of the same installation, so they depend on what else runs), stage by stage: the
+  standard library layers, protobuf and a generated descriptor module (the descriptor pool), grpc,
+  our ttrpc, then the program, so that each MB has a name; plus the module count, the CPU time and
+  the slowest imports (``-X importtime``, cumulative microseconds).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from kuasar_shared.ctl.config import ContainerConfig
 from kuasar_shared.ctl.spec import SpecInputs, build_container_spec
 from kuasar_shared.mounts import mount, unmount_recursive
 from kuasar_shared.sandbox import CreateSandbox
-from kuasar_shared.sandbox.taskserver import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_shared.task.backend import CreateTask, Mount, Stdio
 
 __all__ = ["StepTimer", "measure_steps", "main"]
@@ -93,8 +93,8 @@ def _wrap_runc_path(timer: StepTimer) -> None:
     import kuasar_shared.oci.task as task_module
     from kuasar_shared.oci.runtime import OciRuntime
     from kuasar_shared.sandbox.pods import PodTable
-    import kuasar_shared.store as store_module
-    import kuasar_shared.oci.container as container_module
+    import kuasar_shared.statefiles as store_module
+    import kuasar_shared.task.records as container_module
 
     timer.wrap(os, "fsync", "fsync (inside the state writes)")
     timer.wrap(store_module, "write_json_atomic", "pod state writes")
