@@ -56,3 +56,41 @@ def test_links_by_mac_reads_sysfs(tmp_path):
     (tmp_path / "eth0" / "address").write_text("02:AA:00:00:00:01\n")
     (tmp_path / "broken").mkdir()
     assert network.links_by_mac(str(tmp_path)) == {"02:aa:00:00:00:01": "eth0"}
+
+
+def _sys_net(tmp_path, links):
+    """A /sys/class/net stand-in: name -> (mac, ifindex, has a device)."""
+    for name, (mac, index, device) in links.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "address").write_text(mac + "\n")
+        (d / "ifindex").write_text("%d\n" % index)
+        if device:
+            (d / "device").mkdir()
+    return str(tmp_path)
+
+
+def test_spare_nics_are_device_links_without_a_wanted_mac_in_index_order(tmp_path):
+    sys_net = _sys_net(tmp_path, {"lo": ("00:00:00:00:00:00", 1, False), "eth1": ("02:6b:75:00:00:01", 3, True),
+                                  "eth0": ("02:6b:75:00:00:00", 2, True), "br0": ("02:aa:00:00:00:01", 4, False)})
+    assert network.spare_nics(["02:6b:75:00:00:01"], sys_net) == ["eth0"]
+    assert network.spare_nics([], sys_net) == ["eth0", "eth1"]
+
+
+async def test_adopt_macs_gives_each_missing_mac_to_the_next_spare_nic(tmp_path, monkeypatch):
+    sys_net = _sys_net(tmp_path, {"eth0": ("02:6b:75:00:00:00", 2, True), "eth1": ("02:6b:75:00:00:01", 3, True)})
+    ran = []
+
+    async def run(argv, **_kw):
+        ran.append(argv)
+    monkeypatch.setattr(network.process, "run", run)
+    await network.adopt_macs([Interface(name="eth0", hw_addr="0A:58:0A:F4:00:05")], sys_net)
+    assert ran == [["ip", "link", "set", "eth0", "down"], ["ip", "link", "set", "eth0", "address", "0a:58:0a:f4:00:05"]]
+    ran.clear()
+    await network.adopt_macs([Interface(name="x", hw_addr="02:6b:75:00:00:01")], sys_net)
+    assert ran == []  # a link already has it
+    with pytest.raises(NotFound, match="3 interfaces need a NIC, the guest has 2"):
+        await network.adopt_macs([Interface(name="e%d" % i, hw_addr="02:00:00:00:00:0%d" % i) for i in range(3)],
+                                 sys_net)
+    with pytest.raises(InvalidArgument, match="invalid MAC"):
+        await network.adopt_macs([Interface(name="e", hw_addr="nope")], sys_net)

@@ -8,9 +8,9 @@ def test_defaults_without_task_params():
 
 def test_all_params():
     p = parse_cmdline("console=hvc0 task.log_level=DEBUG task.debug task.sharefs_type=virtiofs "
-                      "task.debug_shell=/bin/bash task.enable_tracing")
+                      "task.debug_shell=/bin/bash task.enable_tracing task.template")
     assert p == TaskParams(log_level="debug", debug=True, sharefs_type="virtiofs", debug_shell="/bin/bash",
-                           enable_tracing=True)
+                           enable_tracing=True, template=True)
 
 
 def test_bad_values_keep_defaults(caplog):

@@ -23,7 +23,7 @@ from kuasar_shared.daemon.reaper import get_reaper, set_child_subreaper
 from kuasar_shared.ttrpc import Server, Service
 from kuasar_shared.ttrpc.service import Method
 
-from kuasar_vmm_task import __version__, boot, channel
+from kuasar_vmm_task import __version__, boot, channel, entropy
 from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.params import TaskParams, parse_cmdline
 from kuasar_vmm_task.pod import PodNamespaces
@@ -173,8 +173,17 @@ def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = 
     debug console."""
     events = EventQueue()
     pod_ns = PodNamespaces(ns_dir)
+
+    async def restored() -> None:
+        """A VM restored from a template: its own entropy first, then its pod's share (which a template
+        never mounts: QEMU cannot migrate a mounted 9p device, and the path is the pod's)."""
+        log.info("restored from a template: %d bytes of host entropy, CRNG reseeded", entropy.reseed())
+        boot.mount_share(params, share)
+        boot.bind_resolv_conf(share)
+
     sandbox = SandboxService(events, pod_ns, shell=params.debug_shell if os.path.exists(params.debug_shell)
-                             else "/bin/sh")
+                             else "/bin/sh", before_setup=restored if params.template else None,
+                             adopt_macs=params.template)
 
     def task_services() -> List[Service]:
         from kuasar_shared.io import StreamingHub
@@ -194,10 +203,15 @@ def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = 
 
 
 async def _init(params: TaskParams) -> None:
-    """PID 1 duties in upstream order; a missing share is logged (the host may not attach one)."""
+    """PID 1 duties in upstream order; a missing share is logged (the host may not attach one). A
+    template leaves the share to SetupSandbox (see :func:`build_server`)."""
     os.environ.update(boot.ENV)
     boot.setup_mounts()
     boot.write_sysctls(boot.SYSCTLS)
+    if params.template:
+        log.info("booted as a VM template: the pod share is mounted at SetupSandbox")
+        await boot.loopback_up()
+        return
     try:
         boot.mount_share(params)
         boot.bind_resolv_conf()

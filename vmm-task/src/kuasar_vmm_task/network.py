@@ -1,7 +1,9 @@
 """Guest NICs and routes from the host's UpdateInterfaces / UpdateRoutes / SetupSandbox requests.
 
 Interfaces are matched by MAC address (the tap the host made carries the pod veth's MAC), renamed,
-given their MTU and addresses and brought up; routes are replaced. The work is done with busybox
+given their MTU and addresses and brought up; routes are replaced. In a VM restored from a template
+the NICs still carry the template's MACs: :func:`adopt_macs` first gives each wanted MAC to a NIC
+that has none of them, in device order. The work is done with busybox
 ``ip`` (netlink), whose arguments are built only from validated values. Not pyroute2, as on the host:
 importing it in the guest takes 1.95 s on first use under TCG (asyncio: 0.5 s), on the start of every
 pod with a network, and it needs ``unittest`` in the image (``pyroute2.lab`` imports ``unittest.mock``).
@@ -21,8 +23,8 @@ from kuasar_shared.values import Route
 
 from kuasar_vmm_task.boot import ENV
 
-__all__ = ["IPAddr", "Interface", "links_by_mac", "interface_commands", "route_commands",
-           "apply_interfaces", "apply_routes"]
+__all__ = ["IPAddr", "Interface", "links_by_mac", "spare_nics", "interface_commands", "route_commands",
+           "adopt_macs", "apply_interfaces", "apply_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,26 @@ def links_by_mac(sys_net: str = "/sys/class/net") -> Dict[str, str]:
     return found
 
 
+def spare_nics(wanted: Sequence[str], sys_net: str = "/sys/class/net") -> List[str]:
+    """Names of the device-backed links (NICs: not ``lo``, bridges or veths) whose MAC is not in
+    ``wanted``, in ifindex order (the order QEMU's command line gave the devices)."""
+    found = []
+    for name in os.listdir(sys_net):
+        path = os.path.join(sys_net, name)
+        if not os.path.exists(os.path.join(path, "device")):
+            continue
+        try:
+            with open(os.path.join(path, "address")) as handle:
+                mac = handle.read().strip().lower()
+            with open(os.path.join(path, "ifindex")) as handle:
+                index = int(handle.read())
+        except (OSError, ValueError):
+            continue
+        if mac not in wanted:
+            found.append((index, name))
+    return [name for _index, name in sorted(found)]
+
+
 def interface_commands(iface: Interface, current: str) -> List[List[str]]:
     """The ``ip`` argv lists that turn link ``current`` into ``iface``."""
     name = _ifname(iface.name or current)
@@ -103,6 +125,26 @@ def route_commands(route: Route) -> List[str]:
     if route.scope:
         argv += ["scope", str(int(route.scope))]
     return argv
+
+
+async def adopt_macs(interfaces: Sequence[Interface], sys_net: str = "/sys/class/net") -> None:
+    """Set each wanted MAC that no link has on the next spare NIC (:func:`spare_nics`).
+
+    :raise InvalidArgument: a bad MAC. :raise NotFound: more interfaces than spare NICs.
+    """
+    wanted = [i.hw_addr.lower() for i in interfaces]
+    for mac in wanted:
+        if not _MAC.match(mac):
+            raise InvalidArgument(f"invalid MAC address {mac!r}")
+    present = links_by_mac(sys_net)
+    missing = [mac for mac in wanted if mac not in present]
+    spare = spare_nics(wanted, sys_net)
+    if len(missing) > len(spare):
+        raise NotFound(f"{len(missing)} interfaces need a NIC, the guest has {len(spare)} spare ones")
+    for mac, name in zip(missing, spare):
+        for argv in (["ip", "link", "set", name, "down"], ["ip", "link", "set", name, "address", mac]):
+            await process.run(argv, env=ENV, timeout=10)
+        log.info("NIC %s takes the pod's MAC %s", name, mac)
 
 
 async def apply_interfaces(interfaces: Sequence[Interface]) -> None:

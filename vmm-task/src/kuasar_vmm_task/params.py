@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 SHAREFS_TYPES = ("9p", "virtiofs")
 _LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
+_FLAGS = ("debug", "enable_tracing", "template")
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,14 @@ class TaskParams:
     sharefs_type: str = "9p"
     debug_shell: str = "/bin/sh"
     enable_tracing: bool = False
+    #: booted as a VM template (``task.template``): the pod's share, entropy and NIC MACs arrive with
+    #: SetupSandbox in each VM restored from it, not at boot
+    template: bool = False
 
 
 def parse_cmdline(text: str) -> TaskParams:
-    """Read ``task.log_level=``, ``task.debug``, ``task.sharefs_type=``, ``task.debug_shell=`` and
-    ``task.enable_tracing`` from a kernel command line.
+    """Read ``task.log_level=``, ``task.debug``, ``task.sharefs_type=``, ``task.debug_shell=``,
+    ``task.enable_tracing`` and ``task.template`` from a kernel command line.
 
     PID 1 must not die on a bad parameter: an unknown value is logged and the default kept.
     """
@@ -47,8 +51,8 @@ def parse_cmdline(text: str) -> TaskParams:
                 log.warning("ignoring task.sharefs_type=%s: expected 9p or virtiofs", value)
         elif name == "debug_shell" and sep and value.startswith("/"):
             values["debug_shell"] = value
-        elif name in ("debug", "enable_tracing") and not sep:
+        elif name in _FLAGS and not sep:
             values[name] = True
-        elif name not in ("debug", "enable_tracing"):
+        elif name not in _FLAGS:
             log.warning("ignoring unknown kernel parameter %s", word)
     return TaskParams(**values)

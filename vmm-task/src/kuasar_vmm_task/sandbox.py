@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Callable, Iterable, List, Optional
+from typing import Awaitable, Callable, Iterable, List, Optional
 
 from google.protobuf import empty_pb2
 
@@ -54,7 +54,12 @@ class SandboxService:
     """The handlers; :meth:`service` builds the ttrpc method table."""
 
     def __init__(self, events: EventQueue, pod_ns: pod.PodNamespaces, shell: str = "/bin/sh",
-                 clock: Callable[[], int] = time.time_ns, set_clock: Optional[Callable[[int], None]] = None) -> None:
+                 clock: Callable[[], int] = time.time_ns, set_clock: Optional[Callable[[int], None]] = None,
+                 before_setup: Optional[Callable[[], Awaitable[None]]] = None, adopt_macs: bool = False) -> None:
+        """``before_setup`` runs first in SetupSandbox (a VM restored from a template takes its pod's
+        share and fresh entropy there); ``adopt_macs``: NICs may still carry a template's MACs."""
+        self.before_setup = before_setup
+        self.adopt_macs = adopt_macs
         self.events = events
         self.pod_ns = pod_ns
         self.shell = shell
@@ -84,9 +89,14 @@ class SandboxService:
         if self.setup_done:
             raise FailedPrecondition("the sandbox of this VM is already set up")
         config = pod.parse_pod_config(req.config.value if req.HasField("config") else b"")
+        if self.before_setup is not None:
+            await self.before_setup()
         pod.apply_sysctls(config.sysctls)
         await self.pod_ns.create(pod.pod_hostname(config), config.share_pid, config.sysctls)
-        await network.apply_interfaces(interfaces_of(req.interfaces))
+        interfaces = interfaces_of(req.interfaces)
+        if self.adopt_macs:
+            await network.adopt_macs(interfaces)
+        await network.apply_interfaces(interfaces)
         await network.apply_routes(routes_of(req.routes))
         self.setup_done = True
         log.info("sandbox %s set up (%d interfaces, %d routes, shared pid %s)", config.pod_id or "-",

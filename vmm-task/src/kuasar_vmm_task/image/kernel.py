@@ -15,11 +15,12 @@ from typing import Collection, Dict, List, Sequence
 
 __all__ = ["GUEST_MODULES", "extract_vmlinux", "module_index", "builtin_modules", "load_order", "ImageError"]
 
-#: what the guest needs: virtio transports, the agent port, shares, vsock, overlay, NIC and disks; and
+#: what the guest needs: virtio transports, the agent port, shares, vsock, overlay, NIC, disks, the host RNG
+#: (/dev/hwrng: fresh entropy in a VM restored from a template); and
 #: bridge, which a privileged (or NET_ADMIN) container may use as on a node (critest: ``brctl addbr``
 #: answered "Package not installed" without it)
 GUEST_MODULES = ("virtio_pci", "virtio_mmio", "virtio_console", "9pnet_virtio", "9p", "virtiofs",
-                 "vmw_vsock_virtio_transport", "overlay", "virtio_net", "virtio_blk", "bridge")
+                 "vmw_vsock_virtio_transport", "overlay", "virtio_net", "virtio_blk", "virtio_rng", "bridge")
 
 _XZ = b"\xfd7zXZ\x00"
 _GZIP = b"\x1f\x8b\x08"
