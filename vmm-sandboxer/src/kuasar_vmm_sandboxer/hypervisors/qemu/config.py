@@ -10,10 +10,14 @@ from kuasar_shared.config import ConfigError
 
 from kuasar_vmm_sandboxer.config import SHARE_9P, HypervisorConfig, share_name
 
-__all__ = ["QemuConfig", "TCG_CPU", "MACHINES", "ACCELS"]
+__all__ = ["QemuConfig", "TCG_CPU", "MACHINES", "ACCELS", "TEMPLATE_MODES", "DEFAULT_TEMPLATE_DIR"]
 
 MACHINES = ("microvm", "q35", "pc")
 ACCELS = ("auto", "kvm", "tcg")
+#: ``off``: every pod boots cold; ``auto``: pods start from a VM template when they can (else cold, and
+#: the log says why); ``required``: a pod that cannot fails Start
+TEMPLATE_MODES = ("auto", "off", "required")
+DEFAULT_TEMPLATE_DIR = "/var/lib/kuasar/templates"
 #: the TCG default: the guest boots to its agent ~1.5-2 s sooner than on ``max`` (whose wider
 #: features cost emulation time); rdrand seeds the guest's RNG at once (random.trust_cpu), so
 #: Python does not wait for entropy at start
@@ -39,6 +43,10 @@ class QemuConfig(HypervisorConfig):
     use_vsock: Optional[bool] = None
     #: TCG translation cache (MiB); QEMU's own default is 1 GiB, more than the overhead allows
     tcg_tb_size_mb: int = 128
+    #: start pods from VM templates (:mod:`.template`): one of :data:`TEMPLATE_MODES`
+    template: str = "off"
+    #: where templates (guest RAM + device state, hundreds of MiB each) are kept across restarts
+    template_dir: str = DEFAULT_TEMPLATE_DIR
 
     @property
     def cpu(self) -> str:
@@ -58,6 +66,10 @@ class QemuConfig(HypervisorConfig):
                               % (", ".join(MACHINES), self.machine_type))
         if self.accel not in ACCELS:
             raise ConfigError(path, "[hypervisor].accel", "expected auto, kvm or tcg, got %r" % self.accel)
+        if self.template not in TEMPLATE_MODES:
+            raise ConfigError(path, "[hypervisor].template", "expected auto, off or required, got %r" % self.template)
+        if self.template != "off" and not os.path.isabs(self.template_dir):
+            raise ConfigError(path, "[hypervisor].template_dir", "must be an absolute path, got %r" % self.template_dir)
         self.share_fs = share_name(self.share_fs, path)
         for key, value, low in (("msize_9p", self.msize_9p, 4096), ("tcg_tb_size_mb", self.tcg_tb_size_mb, 1)):
             if value < low:

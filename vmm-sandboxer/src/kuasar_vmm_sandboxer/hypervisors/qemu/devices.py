@@ -9,7 +9,8 @@ from kuasar_vmm_sandboxer.hypervisors import _qemu_syntax as qs
 from kuasar_vmm_sandboxer.hypervisors._qemu_syntax import ChardevFile, RngRandom, VirtioBlk, VirtioRng, VirtioSerial
 
 __all__ = ["Machine", "Accel", "ChardevSocket", "ChardevFile", "VirtioSerial", "VirtSerialPort", "Fsdev", "Virtio9P",
-           "VhostUserFs", "MemoryBackendMemfd", "RngRandom", "VirtioRng", "TapNetdev", "VirtioNet",
+           "VhostUserFs", "MemoryBackendMemfd",
+           "MemoryBackendFile", "VmGenId", "HubportNetdev", "RngRandom", "VirtioRng", "TapNetdev", "VirtioNet",
            "VhostVsock", "Drive", "VirtioBlk", "PcieRootPort"]
 
 
@@ -87,6 +88,41 @@ class MemoryBackendMemfd(Device):
     id: str = opt("id", "mem0")
     size: str = opt("size", "")
     share: bool = opt("share", True)
+
+
+@dataclass
+class MemoryBackendFile(Device):
+    """Guest RAM in a file: a template writes it (``share=on``); VMs restored from the template map it
+    copy-on-write (``share=off``), sharing its pages until they write them."""
+
+    option: ClassVar[str] = "-object"
+    head: ClassVar[str] = "qom_type"
+    qom_type: str = "memory-backend-file"
+    id: str = opt("id", "mem0")
+    size: str = opt("size", "")
+    mem_path: str = opt("mem-path", "")
+    share: bool = opt("share", False)
+
+
+@dataclass
+class VmGenId(Device):
+    """The VM generation ID: each VM gets a new one (``auto``), which a restored guest kernel sees and
+    reseeds its random number generator for (Linux's vmgenid driver)."""
+
+    driver: str = "vmgenid"
+    guid: str = opt("guid", "auto")
+    id: str = opt("id", "vmgenid0")
+
+
+@dataclass
+class HubportNetdev(Device):
+    """A NIC backend connected to nothing: a template's NICs (a restored VM gets the pod's tap)."""
+
+    option: ClassVar[str] = "-netdev"
+    head: ClassVar[str] = "backend"
+    backend: str = "hubport"
+    id: str = opt("id", "")
+    hubid: int = opt("hubid", 0)
 
 
 @dataclass

@@ -4,10 +4,19 @@ The command line is data (:meth:`QemuVM.devices` + :meth:`QemuVM.argv`), tested 
 QEMU is spawned as our child (:class:`~kuasar_vmm_sandboxer.process_vm.ProcessVM`); virtiofsd, when the
 share is virtio-fs, is spawned the same way first. Stop is graceful (``system_powerdown``) unless
 forced, then QMP ``quit``, then SIGKILL; helpers are killed after QEMU is gone.
+
+With a :class:`RamFile` the guest RAM is a file: a template VM writes it (``share=on``) and boots with
+``task.template``; a pod VM restored from a template maps it copy-on-write and loads the template's
+device state (``-incoming defer``, then QMP with ``x-ignore-shared``: QEMU 7.2 takes that capability
+over QMP only). Its share, agent socket and taps are its own; the device set is the template's.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import shlex
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
 
 from kuasar_shared.errors import Internal, Unavailable
 
@@ -20,7 +29,7 @@ from kuasar_vmm_sandboxer.process_vm import ProcessVM
 from kuasar_vmm_sandboxer.qmp import Qmp
 from kuasar_vmm_sandboxer.vm import Pids, VMSpec
 
-__all__ = ["QemuVM", "AGENT_PORT_NAME", "BASE_KERNEL_PARAMS"]
+__all__ = ["QemuVM", "RamFile", "RamSource", "AGENT_PORT_NAME", "BASE_KERNEL_PARAMS"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,25 @@ BASE_KERNEL_PARAMS = ("console=ttyS0 panic=-1 reboot=t tsc=reliable no_timer_che
                       "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd rcupdate.rcu_expedited=1 random.trust_cpu=on")
 
 
+@dataclass(frozen=True)
+class RamFile:
+    """Guest RAM in ``path``: written by a template (``incoming`` ""), or mapped copy-on-write by a VM
+    that restores the device state file ``incoming`` (a template's ``state``)."""
+
+    path: str
+    incoming: str = ""
+    #: the template's digest (in the pod's record and log)
+    template: str = ""
+
+    @property
+    def share(self) -> bool:
+        return not self.incoming
+
+
+#: decides at start whether a pod VM restores from a template (its RamFile) or boots cold (None)
+RamSource = Callable[[VMSpec], Awaitable[Optional[RamFile]]]
+
+
 class QemuVM(ProcessVM):
     """A pod VM on QEMU. Files live in ``<pod dir>``: ``qmp.sock``, ``agent.sock``, ``console.log``,
     ``qemu.log``, ``virtiofs.sock``, ``shared/`` (the share)."""
@@ -38,9 +66,14 @@ class QemuVM(ProcessVM):
     vmm_name = "QEMU"
     log_name = "qemu.log"
 
-    def __init__(self, spec: VMSpec, config: QemuConfig) -> None:
+    def __init__(self, spec: VMSpec, config: QemuConfig, ram: Optional[RamFile] = None,
+                 ram_source: Optional[RamSource] = None) -> None:
+        """``ram``: a template's RAM file (set for a template VM, or for a restore decided already);
+        ``ram_source`` decides it in :meth:`start` (the factory's templates)."""
         super().__init__(spec)
         self.config = config
+        self.ram = ram
+        self.ram_source = ram_source
         self.qmp = Qmp(self.path("qmp.sock"), "sandbox-" + spec.id)
 
     @property
@@ -55,6 +88,8 @@ class QemuVM(ProcessVM):
         params = [BASE_KERNEL_PARAMS, "task.sharefs_type=%s" % share, "task.log_level=%s" % self.spec.log_level]
         if self.spec.debug or cfg.debug:
             params.append("task.debug")
+        if self.ram is not None:
+            params.append("task.template")
         if cfg.image_path:
             params.append("root=/dev/vda ro rootfstype=ext4")
         if cfg.machine_type == "microvm" and cfg.accel == "tcg" and "tsc_early_khz=" not in cfg.kernel_params:
@@ -69,11 +104,16 @@ class QemuVM(ProcessVM):
         tr = Transport.for_machine(cfg.machine_type)
         virtiofs = cfg.share_fs == SHARE_VIRTIOFS
         devices: list[Device] = [
-            dev.Machine(type=cfg.machine_type, memory_backend="mem0" if virtiofs else None,
+            dev.Machine(type=cfg.machine_type, memory_backend="mem0" if virtiofs or self.ram else None,
                         extra=cfg.machine_accelerators),
             dev.Accel(type=cfg.accel, tb_size=cfg.tcg_tb_size_mb if cfg.accel == "tcg" else None),
         ]
-        if virtiofs:
+        if self.ram is not None:
+            devices.append(dev.MemoryBackendFile(id="mem0", size="%dM" % spec.memory_mb, mem_path=self.ram.path,
+                                                 share=self.ram.share))
+            if cfg.machine_type != "microvm":  # vmgenid needs the ACPI tables of q35/pc
+                devices.append(dev.VmGenId())
+        elif virtiofs:
             devices.append(dev.MemoryBackendMemfd(id="mem0", size="%dM" % spec.memory_mb))
         devices += [
             dev.RngRandom(id="rng0", filename=cfg.entropy_source),
@@ -102,7 +142,8 @@ class QemuVM(ProcessVM):
             devices += [dev.Drive(file=cfg.image_path, id="rootfs", readonly=True),
                         dev.VirtioBlk(driver=tr.driver("virtio-blk"), drive="rootfs", id="rootfs0")]
         for i, nic in enumerate(spec.nics):
-            devices += [dev.TapNetdev(id="net%d" % i, ifname=nic.tap),
+            devices += [dev.TapNetdev(id="net%d" % i, ifname=nic.tap) if nic.tap else
+                        dev.HubportNetdev(id="net%d" % i, hubid=i),
                         dev.VirtioNet(driver=tr.driver("virtio-net"), netdev="net%d" % i, mac=nic.mac,
                                       id="nic%d" % i)]
         if cfg.machine_type == "q35":
@@ -124,8 +165,10 @@ class QemuVM(ProcessVM):
                  "-qmp", "unix:%s,server=on,wait=off" % self.qmp.path,
                  "-serial", "file:%s" % self.path("console.log"),
                  "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
-        if cfg.enable_mem_prealloc:
+        if cfg.enable_mem_prealloc and self.ram is None:
             argv += ["-mem-prealloc"]
+        if self.ram is not None and self.ram.incoming:
+            argv += ["-incoming", "defer"]
         return argv + render_all(self.devices())
 
     def virtiofsd_argv(self) -> list[str]:
@@ -136,11 +179,39 @@ class QemuVM(ProcessVM):
 
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> int:
+        if self.ram is None and self.ram_source is not None:
+            self.ram = await self.ram_source(self.spec)
         argv = self.in_netns(self.argv())  # before anything is spawned: it may raise
         self.prepare(("qmp.sock", "agent.sock", "virtiofs.sock"))
         if self.config.share_fs == SHARE_VIRTIOFS:
             await self.start_virtiofsd(self.virtiofsd_argv(), self.path("virtiofs.sock"))
-        return await self.launch(argv, lambda: self.qmp.wait_ready(10.0, self.running))
+        return await self.launch(argv, self._ready)
+
+    async def _ready(self) -> None:
+        """QMP answers; a restoring VM has loaded its template's state and runs."""
+        await self.qmp.wait_ready(10.0, self.running)
+        if self.ram is None or not self.ram.incoming:
+            return
+        await self.qmp.execute("migrate-set-capabilities",
+                               {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+        await self.qmp.execute("migrate-incoming", {"uri": "exec:cat %s" % shlex.quote(self.ram.incoming)})
+        await self.migration_done(30.0)
+        await self.qmp.execute("cont")  # the template was saved stopped, so its state says paused
+        log.info("sandbox %s: restored from template %s", self.spec.id, self.ram.template[:12])
+
+    async def migration_done(self, timeout: float) -> None:
+        """Wait for the migration (out or in) to complete. :raise Internal: it failed or took too long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = (await self.qmp.execute("query-migrate", timeout=5.0)).get("status", "none")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise Internal("sandbox %s: migration %s; %s" % (self.spec.id, status, self.log_tail()))
+            if loop.time() > deadline or not self.running():
+                raise Internal("sandbox %s: migration not complete (%s) after %.0f s" % (self.spec.id, status, timeout))
+            await asyncio.sleep(0.01)
 
     async def stop(self, force: bool, timeout: float = 10.0) -> None:
         """``system_powerdown`` (unless ``force``), then ``quit``, then SIGKILL; virtiofsd after QEMU."""
@@ -170,6 +241,12 @@ class QemuVM(ProcessVM):
 
     async def ping(self) -> None:
         await self.qmp.execute("query-status", timeout=2.0)
+
+    def record(self) -> dict[str, Any]:
+        record = super().record()
+        if self.ram is not None:
+            record["template"] = self.ram.template
+        return record
 
 
 def _guest_cid(sandbox_id: str) -> int:

@@ -1,0 +1,124 @@
+"""VM templates against real QEMU (TCG) and the real guest image: one template made at first use, two
+pods restored from it, each with its own entropy, boot id, share and hostname; the template store
+lists and removes what it made."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+from google.protobuf import empty_pb2
+
+from kuasar_shared.api.kuasar import sandbox_pb2
+from kuasar_shared.errors import FailedPrecondition
+from kuasar_shared.ttrpc import Client
+from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_vmm_sandboxer import config
+from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
+from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import TemplateStore, Templates, template_key
+from kuasar_vmm_sandboxer.vm import Nic, VMSpec
+from kuasar_vmm_task.image.build import build, default_outdir
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+IMAGE_DIR = default_outdir()
+SVC = "grpc.SandboxService"
+
+
+@pytest.fixture
+def tpl_config(short_tmp):
+    build(IMAGE_DIR, os.path.join(IMAGE_DIR, ".cache"))
+    cfg = config.load(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")).hypervisor
+    assert isinstance(cfg, QemuConfig)
+    cfg.memory_in_mb = 256
+    cfg.kernel_path, cfg.initrd_path = os.path.join(IMAGE_DIR, "vmlinux.bin"), os.path.join(IMAGE_DIR, "kuasar.initrd")
+    cfg.template, cfg.template_dir = "auto", os.path.join(short_tmp, "templates")
+    return cfg
+
+
+async def _exec(mux: MuxConnection, command: str) -> str:
+    client = Client(*(await mux.open()))
+    try:
+        resp = await client.call(SVC, "ExecVMProcess", sandbox_pb2.ExecVMProcessRequest(command=command),
+                                 sandbox_pb2.ExecVMProcessResponse, timeout=60)
+    finally:
+        await client.close()
+    return resp.out
+
+
+async def _setup(mux: MuxConnection, hostname: str) -> None:
+    client = Client(*(await mux.open()))
+    req = sandbox_pb2.SetupSandboxRequest()
+    req.config.type_url = "PodSandboxConfig"
+    req.config.value = json.dumps({"hostname": hostname}).encode()
+    try:
+        await client.call(SVC, "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=30)
+        await client.call(SVC, "SetupSandbox", req, empty_pb2.Empty, timeout=60)
+    finally:
+        await client.close()
+
+
+async def test_two_pods_from_one_template_each_have_their_own_identity(tpl_config, short_tmp):
+    factory = QemuFactory(tpl_config)
+    vms, muxes = [], []
+    try:
+        for i in range(2):
+            pod_dir = os.path.join(short_tmp, "p%d" % i)
+            os.makedirs(os.path.join(pod_dir, "shared"))
+            with open(os.path.join(pod_dir, "shared", "mine-%d" % i), "w") as f:
+                f.write("pod %d\n" % i)
+            vm = factory.create(VMSpec("tp%d" % i, pod_dir, 1, 256))
+            vms.append(vm)
+            begin = time.monotonic()
+            await vm.start()
+            assert vm.ram is not None and vm.ram.incoming, "the pod did not restore from a template"
+            muxes.append(MuxConnection(*(await asyncio.open_unix_connection(vm.agent_socket)), is_host=True))
+            await _setup(muxes[i], "pod-%d" % i)
+            print("pod %d: restore + Check + SetupSandbox %.2f s" % (i, time.monotonic() - begin))
+        store = TemplateStore(tpl_config.template_dir)
+        made = store.all()
+        assert [t.digest for t in made] == [vms[0].ram.template] == [vms[1].ram.template]
+        assert made[0].memory_mb == 256 and made[0].nics == 0
+        outs = []
+        for mux in muxes:
+            out = await _exec(mux, "cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1 | "
+                                   "tr -d ' \\n'; echo; nsenter --uts=/run/sandbox-ns/uts hostname; "
+                                   "ls /run/kuasar/state; grep -c ' 9p kuasar ' /proc/self/mountinfo")
+            outs.append(out.split())
+        for i, (boot_id, random, hostname, share, mounts) in enumerate(outs):
+            assert hostname == "pod-%d" % i and share == "mine-%d" % i and mounts == "1"
+            assert len(boot_id) == 36 and len(random) == 64
+        assert outs[0][0] != outs[1][0], "same boot_id in two VMs of one template"
+        assert outs[0][1] != outs[1][1], "same random bytes in two VMs of one template"
+    finally:
+        for mux in muxes:
+            await mux.close()
+        for vm in vms:
+            await vm.stop(force=True)
+    assert all(not vm.alive() for vm in vms)
+    assert TemplateStore(tpl_config.template_dir).remove("") and os.listdir(tpl_config.template_dir) == []
+
+
+def test_template_key_follows_the_image_and_the_vm_class(tpl_config, short_tmp):
+    spec = VMSpec("a", short_tmp, 1, 256)
+    digest, described = template_key(tpl_config, spec)
+    assert template_key(tpl_config, VMSpec("b", "/elsewhere", 1, 256))[0] == digest  # pod identity is not part
+    assert template_key(tpl_config, VMSpec("a", short_tmp, 2, 256))[0] != digest
+    assert template_key(tpl_config, VMSpec("a", short_tmp, 1, 256, nics=(Nic("tap0", "02:00:00:00:00:01"),)))[0] \
+        != digest
+    assert "task.template" in described["kernel_params"]
+    kernel = os.path.join(short_tmp, "vmlinux.bin")
+    with open(kernel, "wb") as f:
+        f.write(b"another kernel")
+    other = QemuConfig(**{**tpl_config.__dict__, "kernel_path": kernel})
+    assert template_key(other, spec)[0] != digest
+
+
+async def test_required_fails_a_pod_that_cannot_have_a_template(tpl_config, short_tmp):
+    cfg = QemuConfig(**{**tpl_config.__dict__, "template": "required", "share_fs": "virtio-fs"})
+    with pytest.raises(FailedPrecondition, match="virtio-fs"):
+        await Templates(cfg).ram_for(VMSpec("r", short_tmp, 1, 256))
+    cfg.template = "auto"
+    assert await Templates(cfg).ram_for(VMSpec("r", short_tmp, 1, 256)) is None
