@@ -1,4 +1,5 @@
-"""``kuasar-ctl vm-exec`` and ``vm-shell``: debug access to a vmm pod's guest, outside every container.
+"""``kuasar-ctl vm-exec`` and ``vm-shell``: debug access to a vmm pod's guest, outside every container
+(and ``templates``, from :mod:`kuasar_vmm_sandboxer.templates_ctl`).
 
 kuasar-ctl finds these through its ``kuasar.ctl`` entry-point group (:func:`add_commands`), so the
 type-neutral client names no vmm service.
@@ -42,6 +43,8 @@ from kuasar_shared.ctl.engine import Engine
 from kuasar_shared.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from kuasar_shared.io.streamclient import receive
 from kuasar_shared.ttrpc import Client, ClientStream
+
+from kuasar_vmm_sandboxer import templates_ctl
 
 __all__ = ["RC_MARKER", "TIMEOUT_EXIT_CODE", "CONSOLE_SERVICE", "DEBUG_ANNOTATION", "wrap_command",
            "split_output", "vm_exec", "vm_shell", "run_shell", "add_commands"]
@@ -236,7 +239,7 @@ async def _vm_shell_command(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``kuasar.ctl`` entry point: add ``vm-exec`` and ``vm-shell`` to kuasar-ctl."""
+    """The ``kuasar.ctl`` entry point: add ``vm-exec``, ``vm-shell`` and ``templates`` to kuasar-ctl."""
     vm = sub.add_parser("vm-exec", help="run a command in a vmm pod's guest (debug)")
     vm.add_argument("-i", "--interactive", action="store_true", help="send our stdin to the command")
     vm.add_argument("--timeout", type=float, help="kill the command after this many seconds (exit code 124)")
@@ -247,3 +250,4 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                            "(annotation io.kuasar.vmm.debug=true)")
     shell.add_argument("pod")
     shell.set_defaults(run=_vm_shell_command)
+    templates_ctl.add_commands(sub)

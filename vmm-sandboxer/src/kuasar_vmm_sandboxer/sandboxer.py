@@ -78,6 +78,8 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
                 "debug": str(pod.debug or self.config.hypervisor.debug).lower(),
                 "hypervisor": self.config.hypervisor.type}
         info.update({"start_%s_ms" % k: "%.1f" % v for k, v in pod.timings.items()})
+        if pod.vm.get("template"):  # restored from a VM template (QEMU)
+            info["template"] = str(pod.vm["template"])
         return SandboxStatus(id=pod.id, ready=ready, pid=int(pod.vm.get("pid", 0)) if ready else 0,
                              created_at=parse_time(pod.created_at), exited_at=parse_time(pod.exited_at),
                              address="ttrpc+unix://" + os.path.join(self.pods.pod_dir(pod.id), TASK_SOCKET),

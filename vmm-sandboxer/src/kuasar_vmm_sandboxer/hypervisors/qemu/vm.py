@@ -74,6 +74,8 @@ class QemuVM(ProcessVM):
         self.config = config
         self.ram = ram
         self.ram_source = ram_source
+        #: the digest of the template this VM was restored from ("" for a cold boot)
+        self.template = ""
         self.qmp = Qmp(self.path("qmp.sock"), "sandbox-" + spec.id)
 
     @property
@@ -197,6 +199,7 @@ class QemuVM(ProcessVM):
         await self.qmp.execute("migrate-incoming", {"uri": "exec:cat %s" % shlex.quote(self.ram.incoming)})
         await self.migration_done(30.0)
         await self.qmp.execute("cont")  # the template was saved stopped, so its state says paused
+        self.template = self.ram.template
         log.info("sandbox %s: restored from template %s", self.spec.id, self.ram.template[:12])
 
     async def migration_done(self, timeout: float) -> None:
@@ -244,9 +247,13 @@ class QemuVM(ProcessVM):
 
     def record(self) -> dict[str, Any]:
         record = super().record()
-        if self.ram is not None:
-            record["template"] = self.ram.template
+        if self.template:
+            record["template"] = self.template
         return record
+
+    def adopt(self, record: dict[str, Any]) -> None:
+        super().adopt(record)
+        self.template = str(record.get("template", ""))
 
 
 def _guest_cid(sandbox_id: str) -> int:
