@@ -21,6 +21,11 @@ Management PSS is vmm-sandboxer + vmm-task-relay (QEMU reported apart) at 1, 5 a
 growth per pod is the least-squares slope. A batch of :data:`PARALLEL` starts at once comes last
 and is informational (TCG guests share 2 cores): its failure is recorded, not fatal.
 Targets (issue 5): management overhead p50 <= 50 ms; management PSS growth <= 300 KB per pod.
+
+The ``template`` variant (side ``kuasar-vmm-template``, issue 18) runs the same with ``template = "auto"``
+and a private template_dir: its warm-up start makes the template, every measured start restores from it.
+QEMU PSS growth per additional pod is the least-squares slope of the VMs' total PSS over the pod counts
+(issue 18: <= 150 MB per idle pod with templates).
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ __all__ = ["VmmSide", "TimedEngine", "breakdown", "task_steps", "summarize", "sl
 IMAGE_DIR = default_outdir()
 QEMU = "/usr/bin/qemu-system-x86_64"
 #: pods started at once in the informational parallel phase
-PARALLEL = 3
+PARALLEL = 4
 #: the sandboxer's wait for the guest agent; three TCG guests booting at once on 2 cores need minutes
 BOOT_TIMEOUT_S = 240
 #: issue 5: management overhead p50 (ms) and management PSS growth per pod (KB)
@@ -186,6 +191,8 @@ def summarize(serial: Mapping[str, Any], memory: Sequence[Mapping[str, Any]]) ->
     }
     met = {"overhead_p50_ms": out["overhead_ms"]["p50"] <= TARGETS["overhead_p50_ms"]}
     if len({r["pods"] for r in memory}) >= 2:
+        out["qemu_pss_growth_kb_per_pod"] = round(slope([(r["pods"], r["per_pod"]["total"]["pss_kb"])
+                                                         for r in memory]), 1)
         growth = slope([(r["pods"], r["management"]["total"]["pss_kb"]) for r in memory])
         out["growth_pss_kb_per_pod"] = round(growth, 1)
         met["growth_pss_kb_per_pod"] = growth <= TARGETS["growth_pss_kb_per_pod"]
@@ -197,15 +204,21 @@ def summarize(serial: Mapping[str, Any], memory: Sequence[Mapping[str, Any]]) ->
     return out
 
 
-def config_text(template: str, image_dir: str, boot_timeout_s: int) -> str:
-    """The repository's QEMU config with the guest image in ``image_dir`` and a boot timeout fit for TCG.
+def config_text(template: str, image_dir: str, boot_timeout_s: int, vm_templates: str = "") -> str:
+    """The repository's QEMU config with the guest image in ``image_dir``, a boot timeout fit for TCG
+    and, with ``vm_templates`` (a directory), ``template = "auto"`` keeping its templates there.
 
-    :raise ValueError: the template has no ``boot_timeout_secs`` line to replace.
+    :raise ValueError: the file has no ``boot_timeout_secs`` (or ``template``/``template_dir``) line to replace.
     """
-    text, n = re.subn(r"(?m)^boot_timeout_secs\s*=.*$", f"boot_timeout_secs = {boot_timeout_s}", template)
-    if n != 1:
-        raise ValueError("vmm-sandboxer/config_qemu.toml has no boot_timeout_secs line")
-    return text.replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
+    settings = {"boot_timeout_secs": str(boot_timeout_s)}
+    if vm_templates:
+        settings.update(template='"auto"', template_dir=f'"{vm_templates}"')
+    text = template.replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
+    for key, value in settings.items():
+        text, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
+        if n != 1:
+            raise ValueError(f"vmm-sandboxer/config_qemu.toml has no {key} line")
+    return text
 
 
 def _guest_image(image_dir: str) -> Dict[str, Any]:
@@ -234,8 +247,9 @@ class VmmSide(KuasarSide):
         self.image: Dict[str, Any] = {}
 
     def sandboxer_config(self) -> Optional[str]:
+        templates = os.path.join(self.work, "templates") if self.profile.variant == "template" else ""
         with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
-            text = config_text(f.read(), IMAGE_DIR, BOOT_TIMEOUT_S)
+            text = config_text(f.read(), IMAGE_DIR, BOOT_TIMEOUT_S, templates)
         path = os.path.join(self.work, "config_qemu.toml")
         with open(path, "w") as f:
             f.write(text)

@@ -61,6 +61,8 @@ class Profile:
     log_level: str = "warn"
     #: seconds the Engine allows a Controller Create/Start/Stop/Shutdown call
     sandbox_deadline: float = 60.0
+    #: a second configuration of the same sandbox type (side ``kuasar-<type>-<variant>``)
+    variant: str = ""
 
 
 #: a WASI module that sleeps 100000 s in poll_oneoff (subscription at 0, event at 64, count at 128)
@@ -82,7 +84,11 @@ PROFILES: Dict[str, Profile] = {
     # QEMU under TCG: seconds per boot and ~225 MiB per VM, so small N on a 2-core machine; the parallel
     # batch is bench_vmm's own informational phase. The sandboxer logs its start timings at info.
     "vmm": Profile("vmm", "vmm-sandboxer", "vmm-task-relay", smoke=None, log_level="info", sandbox_deadline=300.0,
-                   plan=Plan(serial=5, parallel=(), pods=(1, 5, 10), warmup=1)),
+                   plan=Plan(serial=5, parallel=(), pods=(1, 3, 5), warmup=1)),
+    # the same with template = "auto" (issue 18): the warm-up start makes the template, the rest restore
+    "vmm-template": Profile("vmm", "vmm-sandboxer", "vmm-task-relay", smoke=None, log_level="info",
+                            sandbox_deadline=300.0, plan=Plan(serial=10, parallel=(), pods=(1, 3, 5), warmup=1),
+                            variant="template"),
 }
 
 
@@ -170,7 +176,7 @@ class KuasarSide(Side):
 
     def __init__(self, profile: Profile, work: str, images: str) -> None:
         self.profile = profile
-        self.name = f"kuasar-{profile.sandbox_type}"
+        self.name = f"kuasar-{profile.sandbox_type}" + (f"-{profile.variant}" if profile.variant else "")
         self.work = work
         self.images = images
         self.listen = os.path.join(work, f"{profile.sandbox_type}.sock")

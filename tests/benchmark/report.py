@@ -43,8 +43,9 @@ METHOD = """## Method
 CDF_PNG = "start-cdf.png"
 MEMORY_PNG = "memory-vs-pods.png"
 VMM = "kuasar-vmm"
+VMM_TEMPLATE = "kuasar-vmm-template"
 #: sides left out of the shared plots: VM boots take seconds and hundreds of MiB, flattening every other curve
-_NOT_PLOTTED = (VMM,)
+_NOT_PLOTTED = (VMM, VMM_TEMPLATE)
 
 
 def _mib(kb: float) -> str:
@@ -264,14 +265,16 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def _vmm_section(results: Dict[str, Any]) -> List[str]:
-    """Issue 5's numbers for VM pods: the start broken down, the targets, memory per pod, the guest image."""
-    side = results["sides"].get(VMM, {})
+def _vmm_section(results: Dict[str, Any], name: str = VMM) -> List[str]:
+    """Issue 5's numbers for VM pods (side ``name``: cold boots, or restores from VM templates): the start
+    broken down, the targets, memory per pod, the guest image."""
+    side = results["sides"].get(name, {})
     vmm = side.get("vmm")
     if not vmm:
         return []
-    run = results.get("updates", {}).get(VMM)
-    lines = [f"## {VMM}: VM pods (QEMU TCG, no KVM on this machine)", ""]
+    run = results.get("updates", {}).get(name)
+    how = "started from VM templates" if name == VMM_TEMPLATE else "cold boot"
+    lines = [f"## {name}: VM pods, {how} (QEMU TCG, no KVM on this machine)", ""]
     if run:
         lines += [f"Measured in a separate run on {run['date']}; load average (1/5/15 min) "
                   + " / ".join(f"{v:.1f}" for v in run["loadavg_before"]) + " before, "
@@ -310,6 +313,9 @@ def _vmm_section(results: Dict[str, Any]) -> List[str]:
         qemu = vmm["qemu_pss_kb"][pods]
         lines.append(f"| {pods} | {mgmt['total']} | {mgmt.get('vmm-sandboxer', 0)} | {mgmt.get('vmm-task-relay', 0)} "
                      f"| {qemu} | {qemu / int(pods):.0f} |")
+    if "qemu_pss_growth_kb_per_pod" in vmm:
+        lines += ["", f"QEMU PSS per additional pod (slope over the pod counts): "
+                  f"{vmm['qemu_pss_growth_kb_per_pod'] / 1024:.0f} MiB."]
     image = vmm.get("guest_image")
     if image:
         lines += ["", f"Guest image (`{image['dir']}`): vmlinux.bin {_mib(image['kernel_bytes'] / 1024)} MiB, "
@@ -320,7 +326,9 @@ def _vmm_section(results: Dict[str, Any]) -> List[str]:
     lines.append("")
     for p in side.get("parallel", []):
         lines.append(f"Parallel (informational): {p['n']} pods at once completed in {p['completion_ms'] / 1000:.1f} s "
-                     f"(latency p50 {p['latency_ms']['p50'] / 1000:.1f} s, max {p['latency_ms']['max'] / 1000:.1f} s).")
+                     f"(latency p50 {p['latency_ms']['p50'] / 1000:.1f} s, p90 "
+                     f"{p['latency_ms'].get('p90', p['latency_ms']['max']) / 1000:.1f} s, "
+                     f"max {p['latency_ms']['max'] / 1000:.1f} s).")
     if "parallel_error" in vmm:
         lines.append(f"Parallel (informational) failed: {vmm['parallel_error']}")
     return lines + [""]
@@ -355,7 +363,8 @@ def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -
                   + ", ".join(f"{k} ({v['date']})" for k, v in sorted(updates.items())) + "."]
     lines += [""] + _floor_section(results) + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
     lines += _steps_table(results["sides"]) + [""] + _memory_tables(results["sides"]) + _cpu_table(results["sides"])
-    lines += [""] + _profile_tables(results["sides"]) + _vmm_section(results) + [METHOD]
+    lines += [""] + _profile_tables(results["sides"]) + _vmm_section(results)
+    lines += _vmm_section(results, VMM_TEMPLATE) + [METHOD]
     lines += ["", f"![start-time CDF]({image_prefix}{CDF_PNG})", "", f"![memory vs pods]({image_prefix}{MEMORY_PNG})",
               ""]
     with open(path, "w") as f:

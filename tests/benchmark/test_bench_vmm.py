@@ -91,6 +91,9 @@ def test_repository_config_has_what_the_bench_replaces() -> None:
     with open(os.path.join(bench_vmm.REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
         text = bench_vmm.config_text(f.read(), "/img", 240)
     assert '"/img/vmlinux.bin"' in text and '"/img/kuasar.initrd"' in text
+    with open(os.path.join(bench_vmm.REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
+        text = bench_vmm.config_text(f.read(), "/img", 240, "/w/templates")
+    assert 'template = "auto"' in text and 'template_dir = "/w/templates"' in text
 
 
 def test_report_has_the_vmm_section(tmp_path) -> None:
