@@ -122,3 +122,20 @@ async def test_required_fails_a_pod_that_cannot_have_a_template(tpl_config, shor
         await Templates(cfg).ram_for(VMSpec("r", short_tmp, 1, 256))
     cfg.template = "auto"
     assert await Templates(cfg).ram_for(VMSpec("r", short_tmp, 1, 256)) is None
+
+
+def test_argv_of_a_template_and_of_a_restore(tpl_config, short_tmp):
+    from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM, RamFile
+
+    nic = Nic(tap="", mac="02:6b:75:00:00:00")
+    made = QemuVM(VMSpec("t", short_tmp, 1, 256, nics=(nic,)), tpl_config, RamFile(path="/t/memory")).argv()
+    assert "memory-backend-file,id=mem0,size=256M,mem-path=/t/memory,share=on" in made
+    assert "q35,memory-backend=mem0" in made and "vmgenid,guid=auto,id=vmgenid0" in made
+    assert "hubport,id=net0,hubid=0" in made and "-incoming" not in made
+    assert "task.template" in made[made.index("-append") + 1]
+    pod = Nic(tap="tap_kua_0", mac="0a:58:0a:f4:00:05")
+    restored = QemuVM(VMSpec("p", short_tmp, 1, 256, nics=(pod,)), tpl_config,
+                      RamFile(path="/t/memory", incoming="/t/state", template="ab")).argv()
+    assert "memory-backend-file,id=mem0,size=256M,mem-path=/t/memory,share=off" in restored
+    assert restored[restored.index("-incoming") + 1] == "defer"
+    assert "tap,id=net0,ifname=tap_kua_0,script=no,downscript=no" in restored

@@ -201,7 +201,7 @@ class Templates:
         if reason is None:
             try:
                 return (await self.get(spec)).ram
-            except KuasarError as err:
+            except (KuasarError, OSError) as err:
                 reason = "making its template failed: %s" % err
         if self.config.template == "required":
             raise FailedPrecondition('sandbox %s: [hypervisor].template = "required", but %s' % (spec.id, reason))
@@ -247,10 +247,12 @@ class Templates:
             shutil.rmtree(work, ignore_errors=True)
             raise
         await vm.stop(force=True)
-        for name in os.listdir(work):
-            if name not in (MEMORY, STATE, "console.log", "qemu.log"):
-                path = os.path.join(work, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        for name in os.listdir(work):  # sockets and the empty share; the logs stay for whoever debugs it
+            path = os.path.join(work, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif name not in (MEMORY, STATE, "console.log", "qemu.log"):
+                os.unlink(path)
         seconds = round(time.monotonic() - begin, 2)
         with open(os.path.join(work, META), "w") as handle:
             json.dump({"digest": digest, "key": described, "build_seconds": seconds,
