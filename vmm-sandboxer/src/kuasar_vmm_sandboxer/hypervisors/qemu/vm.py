@@ -159,8 +159,7 @@ class QemuVM(ProcessVM):
                 "-cpu", cfg.cpu, "-smp", "%d,maxcpus=%d" % (spec.vcpus, max(spec.vcpus, cfg.default_max_vcpus)),
                 "-m", "%dM" % spec.memory_mb,
                 "-kernel", cfg.kernel_path]
-        if cfg.initrd_path and not (self.ram is not None and self.ram.incoming):
-            # a restored VM never boots: QEMU would hold the initrd in its heap for nothing (42 MiB per VM)
+        if cfg.initrd_path:
             argv += ["-initrd", cfg.initrd_path]
         if cfg.firmware:
             argv += ["-bios", cfg.firmware]
