@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_commands(sub)
     args = parser.parse_args(["templates", *(sys.argv[1:] if argv is None else argv)])
-    return asyncio.run(args.run(None, args))
+    return asyncio.run(run(None, args))
 
 
 if __name__ == "__main__":
