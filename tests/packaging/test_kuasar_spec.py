@@ -142,8 +142,13 @@ def test_each_sandbox_type_alone(rpms: Built, new_root) -> None:
         extra = ["kuasar-vmm-guest"] if pkg == "kuasar-vmm" and "kuasar-vmm-guest" in rpms.packages else []
         root.install(*rpms.paths("kuasar-common", pkg, *extra))
         assert root.installed() == sorted(["kuasar-common", pkg, "kuasar-test-base", *extra])
+        templates = root.path / "var/lib/kuasar/templates"
+        if pkg == "kuasar-vmm":  # VM templates the sandboxer made at run time go with the package
+            (templates / "0123abcd").mkdir(parents=True)
+            (templates / "0123abcd" / "memory").write_bytes(b"ram")
         root.rpm("-e", pkg)
         assert not (root.path / "usr/bin" / SCRIPTS[pkg][0]).exists()
+        assert not templates.exists()
 
 
 def test_upgrade_keeps_config_and_restarts(rpms: Built, rpms_next: Built, new_root) -> None:
