@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -18,7 +21,8 @@ from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_sandboxer import config
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
-from kuasar_vmm_sandboxer.hypervisors.qemu.template import TemplateStore, Templates, template_key
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import (TemplateStore, Templates, stop_abandoned_builders,
+                                                           template_key)
 from kuasar_vmm_sandboxer.vm import Nic, VMSpec
 from kuasar_vmm_task.image.build import build, default_outdir
 
@@ -139,3 +143,22 @@ def test_argv_of_a_template_and_of_a_restore(tpl_config, short_tmp):
     assert "memory-backend-file,id=mem0,size=256M,mem-path=/t/memory,share=off" in restored
     assert restored[restored.index("-incoming") + 1] == "defer"
     assert "tap,id=net0,ifname=tap_kua_0,script=no,downscript=no" in restored
+
+
+async def test_a_template_build_abandoned_by_a_killed_sandboxer_has_its_qemu_stopped(short_tmp):
+    """The next attempt finds the half-made directory and the process mapping its RAM file, and kills that one only."""
+    work = os.path.join(str(short_tmp), ".b-abandoned")
+    os.makedirs(work)
+    holds = "memory-backend-file,id=mem0,mem-path=%s,share=on" % os.path.join(work, "memory")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    builder = subprocess.Popen(sleeper + ["-object", holds])
+    bystander = subprocess.Popen(sleeper + ["-object", holds.replace("/memory,", "/memory-of-another,")])
+    try:
+        await stop_abandoned_builders(work)
+        assert builder.wait(timeout=5) == -signal.SIGKILL
+        assert bystander.poll() is None
+        await stop_abandoned_builders(os.path.join(str(short_tmp), ".b-never-made"))  # nothing there: no-op
+    finally:
+        for proc in (builder, bystander):
+            proc.kill()
+            proc.wait()

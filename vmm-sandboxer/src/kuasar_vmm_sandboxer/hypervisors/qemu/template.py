@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -227,6 +228,7 @@ class Templates:
         for name in self.store.remove_stale(described["image"]):
             log.info("removed template %s: its image or QEMU changed", name[:12])
         work = os.path.join(self.config.template_dir, _BUILD_PREFIX + digest[:12])
+        await stop_abandoned_builders(work)
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         tspec = VMSpec(id="template-" + digest[:12], pod_dir=work, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
@@ -265,6 +267,45 @@ class Templates:
         if info is None:
             raise Unavailable("template %s vanished after it was made" % digest[:12])
         return info
+
+
+def _builders_of(work: str) -> list[int]:
+    """Pids of the processes whose command line maps ``<work>/memory``: only a template VM being made there does."""
+    needle = ("mem-path=" + os.path.join(work, MEMORY)).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                cmdline = handle.read()
+        except OSError:  # gone, or a kernel thread
+            continue
+        if any(needle in arg.split(b",") for arg in cmdline.split(b"\0")):
+            found.append(int(entry))
+    return found
+
+
+async def stop_abandoned_builders(work: str, timeout: float = 10.0) -> None:
+    """A sandboxer killed while it made a template left that QEMU running: kill it before the next attempt.
+
+    :raise Unavailable: it is still there after ``timeout``.
+    """
+    if not os.path.isdir(work):
+        return
+    pids = _builders_of(work)
+    for pid in pids:
+        log.warning("template build %s: killing QEMU pid %d left by an earlier sandboxer", work, pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pids and _builders_of(work):
+        if loop.time() > deadline:
+            raise Unavailable("template build %s: QEMU left by an earlier sandboxer does not exit" % work)
+        await asyncio.sleep(0.05)
 
 
 async def _wait_agent(socket_path: str, timeout: float, vm: QemuVM) -> None:
