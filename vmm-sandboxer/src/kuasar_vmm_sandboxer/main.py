@@ -51,6 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  args.log_level)
         # the first sync is a minute away: the pods recovered by then are synced too
         ctx.create_task(sandboxer.sync_clocks(), name="clock-sync")
+        ctx.create_task(sandboxer.prepare_default_class(), name="prepare-default-vm-class")
         try:
             await serve_until_shutdown(ctx, sandboxer, "relay pid %d" % relay.pid)
         finally:

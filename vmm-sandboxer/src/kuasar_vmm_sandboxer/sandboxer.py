@@ -38,7 +38,7 @@ from kuasar_vmm_sandboxer.relay.control import RelayControl
 from kuasar_vmm_sandboxer.relay.names import TASK_SOCKET
 from kuasar_vmm_sandboxer.resources import create_pod_cgroup, join_pod_cgroup
 from kuasar_vmm_sandboxer.running import RunningVMs
-from kuasar_vmm_sandboxer.vm import VM, Hooks, VMFactory, VMSpec
+from kuasar_vmm_sandboxer.vm import VM, Hooks, Nic, VMFactory, VMSpec
 
 __all__ = ["VmmSandboxer"]
 
@@ -88,6 +88,14 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
     async def sync_clocks(self) -> None:
         """The periodic clock sync of every ready guest (run by the daemon as one task)."""
         await clock.sync_clocks(lambda: (self.guest(p.id) for p in self.pods if p.state is PodState.READY))
+
+    async def prepare_default_class(self) -> None:
+        """Let the factory prepare the VM class most pods have: the configured vCPUs and memory, one NIC (a
+        pod network from CNI), this sandboxer's log level (templates are keyed by the kernel command line)."""
+        hv = self.config.hypervisor
+        await self.factory.prepare_class(VMSpec(id="default-class", pod_dir=self.directory, vcpus=hv.vcpus,
+                                                memory_mb=hv.memory_in_mb, nics=(Nic(tap="", mac=""),),
+                                                debug=hv.debug, log_level=self.log_level))
 
     async def create(self, req: CreateSandbox) -> None:
         hv = self.config.hypervisor

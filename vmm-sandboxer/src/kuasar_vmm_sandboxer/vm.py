@@ -121,6 +121,13 @@ class VMFactory(abc.ABC):
     async def recover(self, spec: VMSpec, record: dict[str, Any]) -> VM:
         """Re-attach to a running VM. :raise Unavailable: it is gone or does not answer."""
 
+    async def prepare_class(self, spec: VMSpec) -> None:
+        """Make ready, before any pod asks, what VMs of ``spec``'s class start from (QEMU: a template).
+
+        Called once at sandboxer start; failures are the factory's to log (the first pod then pays). A
+        hypervisor that starts every VM from scratch has nothing to prepare.
+        """
+
 
 class Hooks:
     """Per-hypervisor steps at fixed points of the lifecycle (upstream's five); the defaults do nothing.

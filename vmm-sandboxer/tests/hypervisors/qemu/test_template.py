@@ -162,3 +162,22 @@ async def test_a_template_build_abandoned_by_a_killed_sandboxer_has_its_qemu_sto
         for proc in (builder, bystander):
             proc.kill()
             proc.wait()
+
+
+async def test_template_at_start_makes_the_default_class_before_any_pod(tpl_config, short_tmp):
+    default = VMSpec("default-class", short_tmp, 1, 256, nics=(Nic(tap="", mac=""),))
+    await QemuFactory(tpl_config).prepare_class(default)  # template_at_start is off: nothing is made
+    assert not os.path.isdir(tpl_config.template_dir) or TemplateStore(tpl_config.template_dir).all() == []
+
+    factory = QemuFactory(QemuConfig(**{**tpl_config.__dict__, "template_at_start": True}))
+    try:
+        await factory.prepare_class(default)
+        made = TemplateStore(tpl_config.template_dir).all()
+        assert [(t.digest, t.nics) for t in made] == [(template_key(factory.config, default)[0], 1)]
+        assert factory.templates is not None
+        pod = VMSpec("p1", short_tmp, 1, 256, nics=(Nic("tap-p1", "02:00:00:00:00:07"),))
+        ram = await factory.templates.ram_for(pod)  # the first pod of that class finds it ready
+        assert ram is not None and ram.template == made[0].digest
+        assert len(TemplateStore(tpl_config.template_dir).all()) == 1
+    finally:
+        TemplateStore(tpl_config.template_dir).remove("")

@@ -47,6 +47,9 @@ class QemuConfig(HypervisorConfig):
     template: str = "off"
     #: where templates (guest RAM + device state, hundreds of MiB each) are kept across restarts
     template_dir: str = DEFAULT_TEMPLATE_DIR
+    #: make the template of the default pod VM ([hypervisor] vcpus and memory_in_mb, one NIC) when the sandboxer
+    #: starts, so that the first such pod does not wait for it; other classes are made at their first pod
+    template_at_start: bool = False
 
     @property
     def cpu(self) -> str:

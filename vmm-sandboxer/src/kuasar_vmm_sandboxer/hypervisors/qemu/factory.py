@@ -13,7 +13,9 @@ from typing import Optional
 from kuasar_vmm_sandboxer.config import HypervisorConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, choose
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
-from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates
+from kuasar_shared.errors import KuasarError
+
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates, unusable_reason
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.kvm import KvmProbe
 from kuasar_vmm_sandboxer.process_vm import ProcessVMFactory
@@ -34,6 +36,23 @@ class QemuFactory(ProcessVMFactory[QemuVM, QemuConfig]):
         self.config = replace(self.config, accel=self.accel.accel)
         self.unusable = self.accel.error
         self.templates: Optional[Templates] = Templates(self.config) if self.config.template != "off" else None
+
+    async def prepare_class(self, spec: VMSpec) -> None:
+        """With ``template_at_start``: make ``spec``'s template now (a pod asking meanwhile waits for this one)."""
+        if self.templates is None or not self.config.template_at_start:
+            return
+        reason = unusable_reason(self.config, spec)
+        if reason is not None:
+            log.warning("template_at_start: no template for the default pod VM: %s", reason)
+            return
+        try:
+            made = await self.templates.get(spec)
+        except (KuasarError, OSError) as err:
+            log.warning("template_at_start: making the default pod VM's template failed (the first pod tries "
+                        "again): %s", err)
+            return
+        log.info("template_at_start: template %s ready for pods of %d vCPU, %d MiB, %d NIC",
+                 made.digest[:12], spec.vcpus, spec.memory_mb, len(spec.nics))
 
     def new_vm(self, spec: VMSpec) -> QemuVM:
         return QemuVM(spec, self.config, ram_source=self.templates.ram_for if self.templates else None)
