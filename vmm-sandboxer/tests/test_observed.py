@@ -10,7 +10,7 @@ import pytest
 from kuasar_shared.process_identity import start_time
 from kuasar_shared.sandbox.pods import PodState
 
-from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, vmm_metrics, vmm_pss_bytes
+from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, from_template, vmm_metrics, vmm_pss_bytes
 from kuasar_vmm_sandboxer.pod import VmmPod
 
 
@@ -48,3 +48,11 @@ def test_boot_histogram_records_only_once_bound() -> None:
     assert seen == [(BOOT_TO_AGENT, 3.0)]
     with pytest.raises(ValueError, match="kuasar_vm_typo_seconds is not a declared histogram"):
         typed.observe("kuasar_vm_typo_seconds", 1.0)
+
+
+def test_from_template_says_how_a_ready_pod_started() -> None:
+    restored = _pod(1, None)
+    restored.vm["template"] = "ab" * 32
+    assert from_template(restored) == 1.0
+    assert from_template(_pod(1, None)) == 0.0
+    assert from_template(_pod(1, None, PodState.STOPPED)) is None

@@ -18,12 +18,14 @@ from kuasar_shared.sandbox.pods import PodState
 
 from kuasar_vmm_sandboxer.pod import VmmPod
 
-__all__ = ["BOOT_TO_AGENT", "VMM_PSS", "vmm_metrics", "vmm_pss_bytes", "trace_boot"]
+__all__ = ["BOOT_TO_AGENT", "VMM_PSS", "FROM_TEMPLATE", "vmm_metrics", "vmm_pss_bytes", "from_template",
+           "trace_boot"]
 
 log = logging.getLogger(__name__)
 
 BOOT_TO_AGENT = "kuasar_vm_boot_to_agent_seconds"
 VMM_PSS = "kuasar_vmm_memory_pss_bytes"
+FROM_TEMPLATE = "kuasar_vm_from_template"
 #: a KVM boot takes a fraction of a second, a TCG one tens of seconds
 _BOOT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
@@ -43,12 +45,22 @@ def vmm_pss_bytes(pod: VmmPod) -> Optional[float]:
     return None
 
 
+def from_template(pod: VmmPod) -> Optional[float]:
+    """1 when a ready pod's VM was restored from a VM template, 0 when it booted cold (the template hit rate is
+    the mean over pods); None while it is not ready."""
+    if pod.state is not PodState.READY:
+        return None
+    return 1.0 if pod.vm.get("template") else 0.0
+
+
 def vmm_metrics() -> TypeMetrics[VmmPod]:
     """The vmm sandboxer's own series (recorded only once the metrics endpoint binds them)."""
     return TypeMetrics(
         histograms=[Histogram(BOOT_TO_AGENT, "Time from the VMM's spawn to the guest agent answering",
                               _BOOT_BUCKETS)],
-        pod_gauges=[PodGauge(VMM_PSS, "Proportional set size of the pod's VMM process (QEMU...)", vmm_pss_bytes)])
+        pod_gauges=[PodGauge(VMM_PSS, "Proportional set size of the pod's VMM process (QEMU...)", vmm_pss_bytes),
+                    PodGauge(FROM_TEMPLATE, "1 when the pod's VM was restored from a VM template, 0 when it booted "
+                             "cold", from_template)])
 
 
 def trace_boot(pod: VmmPod, begin: float) -> None:
