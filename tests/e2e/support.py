@@ -287,3 +287,29 @@ def assert_nothing_left(sandboxer: Sandboxer, pod_id: str, netns: str, roots: li
         wait_for(lambda: not leftovers(), 10)
     except AssertionError:
         assert leftovers() == []
+
+
+def ip(*args: str) -> str:
+    """``ip ARGS`` (iproute2)'s output. :raise AssertionError: it failed, with its message."""
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def veth_netns_pair(pod_ns: str, peer_ns: str, pod_ip: str, peer_ip: str, made: list[str]) -> str:
+    """Two new network namespaces joined by a veth pair, as a CNI plugin leaves a pod: ``eth0`` in ``pod_ns``
+    (``pod_ip``/24, default route via the peer) and ``peer`` in ``peer_ns`` (``peer_ip``/24). Each namespace is
+    appended to ``made`` as soon as it exists, for the caller to delete. Returns eth0's MAC."""
+    for name in (pod_ns, peer_ns):
+        ip("netns", "add", name)
+        made.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+    ip("-n", pod_ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer", "netns", peer_ns)
+    ip("-n", pod_ns, "addr", "add", f"{pod_ip}/24", "dev", "eth0")
+    ip("-n", peer_ns, "addr", "add", f"{peer_ip}/24", "dev", "peer")
+    ip("-n", pod_ns, "link", "set", "eth0", "up")
+    ip("-n", peer_ns, "link", "set", "peer", "up")
+    ip("-n", pod_ns, "route", "add", "default", "via", peer_ip)
+    mac: str = json.loads(ip("-n", pod_ns, "-j", "link", "show", "eth0"))[0]["address"]
+    return mac

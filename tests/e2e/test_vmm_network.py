@@ -16,17 +16,10 @@ import uuid
 from typing import Iterator
 
 import pytest
-from support import Ctl, Sandboxer, assert_nothing_left, pids_with, running, wait_for
+from support import Ctl, Sandboxer, assert_nothing_left, ip, pids_with, running, veth_netns_pair, wait_for
 
 SUBNET = "10.247.91"
 POD_IP, PEER_IP = f"{SUBNET}.2", f"{SUBNET}.1"
-
-
-def _ip(*args: str) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 def _in_peer(netns: str, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -85,17 +78,7 @@ def netns() -> Iterator[dict]:
     pod_ns, peer_ns = f"kvnet-a-{tag}", f"kvnet-b-{tag}"
     made = []
     try:
-        for name in (pod_ns, peer_ns):
-            _ip("netns", "add", name)
-            made.append(name)
-            _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", pod_ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer", "netns", peer_ns)
-        _ip("-n", pod_ns, "addr", "add", f"{POD_IP}/24", "dev", "eth0")
-        _ip("-n", peer_ns, "addr", "add", f"{PEER_IP}/24", "dev", "peer")
-        _ip("-n", pod_ns, "link", "set", "eth0", "up")
-        _ip("-n", peer_ns, "link", "set", "peer", "up")
-        _ip("-n", pod_ns, "route", "add", "default", "via", PEER_IP)
-        mac = json.loads(_ip("-n", pod_ns, "-j", "link", "show", "eth0"))[0]["address"]
+        mac = veth_netns_pair(pod_ns, peer_ns, POD_IP, PEER_IP, made)
         yield {"pod": pod_ns, "peer": peer_ns, "path": f"/run/netns/{pod_ns}", "mac": mac}
     finally:
         for name in made:
@@ -143,7 +126,7 @@ def test_guest_eth0_has_the_pod_address_and_routes(pod, netns):
     # the container shares the VM's network: it sees the same eth0
     assert f"inet {POD_IP}/24" in ctl.out("exec", pod["ctr"], "--", "ip", "-o", "addr", "show", "dev", "eth0")
     # the host side: one tap in A, mirrored both ways with eth0, and QEMU running inside A
-    taps = [line.split(":")[1].strip() for line in _ip("-n", netns["pod"], "-o", "link").splitlines()
+    taps = [line.split(":")[1].strip() for line in ip("-n", netns["pod"], "-o", "link").splitlines()
             if "tap_kua_" in line]
     assert taps == ["tap_kua_0"]
     assert "Egress Redirect to device tap_kua_0" in _tc(netns["pod"], "filter", "show", "dev", "eth0", "ingress")
@@ -224,12 +207,12 @@ def test_removal_leaves_nothing_in_the_pod_netns(vmm, pod, netns):
     assert ctl.out("pods", "-q") == ""
     assert os.path.exists(netns["path"])  # the caller's netns is kept: the test (CNI) removes it
     assert_nothing_left(vmm, pod["id"], "", [pod["root"]], pod["cgroup"])
-    links = [line.split(":")[1].strip().split("@")[0] for line in _ip("-n", netns["pod"], "-o", "link").splitlines()]
+    links = [line.split(":")[1].strip().split("@")[0] for line in ip("-n", netns["pod"], "-o", "link").splitlines()]
     assert sorted(links) == ["eth0", "lo"]
     assert "ingress" not in _tc(netns["pod"], "qdisc", "show", "dev", "eth0")
     assert _tc(netns["pod"], "filter", "show", "dev", "eth0", "ingress").strip() == ""
     assert not [p for p in pids_with(netns["pod"]) if running(p)]
     for name in (netns["pod"], netns["peer"]):
-        _ip("netns", "delete", name)
-    listed = _ip("netns", "list")
+        ip("netns", "delete", name)
+    listed = ip("netns", "list")
     assert netns["pod"] not in listed and netns["peer"] not in listed

@@ -17,16 +17,9 @@ import uuid
 from typing import Iterator
 
 import pytest
-from support import Ctl, Sandboxer, assert_nothing_left, running, tool
+from support import Ctl, Sandboxer, assert_nothing_left, running, tool, veth_netns_pair
 
 PODS = 2
-
-
-def _ip(*args: str) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +44,7 @@ def nets() -> Iterator[list[dict]]:
     try:
         for i in range(PODS):
             a, b = f"kvtpl-a{i}-{tag}", f"kvtpl-b{i}-{tag}"
-            for name in (a, b):
-                _ip("netns", "add", name)
-                made.append(name)
-                _ip("-n", name, "link", "set", "lo", "up")
-            _ip("-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "peer", "netns", b)
-            _ip("-n", a, "addr", "add", f"10.248.{i}.2/24", "dev", "eth0")
-            _ip("-n", b, "addr", "add", f"10.248.{i}.1/24", "dev", "peer")
-            _ip("-n", a, "link", "set", "eth0", "up")
-            _ip("-n", b, "link", "set", "peer", "up")
-            _ip("-n", a, "route", "add", "default", "via", f"10.248.{i}.1")
-            mac = json.loads(_ip("-n", a, "-j", "link", "show", "eth0"))[0]["address"]
+            mac = veth_netns_pair(a, b, f"10.248.{i}.2", f"10.248.{i}.1", made)
             out.append({"path": f"/run/netns/{a}", "peer": b, "mac": mac, "ip": f"10.248.{i}.2"})
         yield out
     finally:
