@@ -14,20 +14,24 @@ from typing import Any, Optional, Sequence
 from kuasar_shared.config import ConfigError
 from kuasar_shared.errors import NotFound
 
-from kuasar_vmm_sandboxer import config
+from kuasar_vmm_sandboxer import __version__, config
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.template import TemplateStore
 
 __all__ = ["add_commands", "main"]
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``templates`` to kuasar-ctl's subcommands."""
-    p = sub.add_parser("templates", help="list or remove the vmm sandboxer's VM templates")
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=config.DEFAULT_CONFIG, help="the sandboxer's config (its template_dir)")
     p.add_argument("action", nargs="?", choices=("ls", "rm"), default="ls")
     p.add_argument("digest", nargs="?", default="", help="rm: the template (a digest prefix)")
     p.add_argument("--all", action="store_true", help="rm: every template")
+
+
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``templates`` to kuasar-ctl's subcommands."""
+    p = sub.add_parser("templates", help="list or remove the vmm sandboxer's VM templates")
+    _add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -67,11 +71,11 @@ async def run(engine: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmm-templates")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(["templates", *(sys.argv[1:] if argv is None else argv)])
-    return asyncio.run(run(None, args))
+    parser = argparse.ArgumentParser(prog="vmm-templates", description="list or remove the vmm sandboxer's VM "
+                                     "templates (also: kuasar-ctl -s vmm templates)")
+    parser.add_argument("--version", action="version", version=f"vmm-templates {__version__}")
+    _add_arguments(parser)
+    return asyncio.run(run(None, parser.parse_args(argv)))
 
 
 if __name__ == "__main__":
