@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import AsyncIterator, Optional
@@ -298,3 +299,30 @@ async def test_requests_in_flight_are_bounded_over_all_connections(tmp_path) -> 
         proc.send_signal(signal.SIGTERM)
         proc.wait()
         await server.shutdown()
+
+
+def test_a_backend_that_dies_at_the_first_send_after_reconnecting_keeps_the_front_up(tmp_path) -> None:
+    """Reconnecting sends the calls in flight before the new connection is registered with epoll; when the
+    task server dies right then (EPIPE), the front must drop that connection and wait again, not crash (it
+    did: unregistering an fd epoll never had) and take every engine connection with it."""
+    backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    backend.bind(str(tmp_path / "backend.sock"))
+    backend.listen(4)
+    front = taskfront.Front(str(tmp_path / "front.sock"), str(tmp_path / "backend.sock"))
+    engine, esock = socket.socketpair()
+    try:
+        link = taskfront.Link(front, esock, 1)
+        front.links.add(link)
+        call = b"\0" * 16
+        link.pending[1] = (call, True, 0)
+        assert front._connect(link)  # what _reconnect does: attach (calls in flight queued), then _update
+        accepted, _ = backend.accept()
+        accepted.close()  # the task server dies before reading anything
+        front._update(link)
+        assert link.bsock is None and link in front.waiting, "the lost connection is dropped and waited out"
+        assert link.pending == {1: (call, True, 0)}, "the call in flight is kept for the next task server"
+        assert link in front.links
+    finally:
+        engine.close()
+        backend.close()
+        front.listener.close()

@@ -323,8 +323,9 @@ class Front:
         fd = sock.fileno()
         if fd in self.fds:
             link, _ = self.fds.pop(fd)
-            link.masks.pop(fd, None)
-            self.epoll.unregister(fd)
+            # a backend connection that failed its first send was never registered (that happens in _update)
+            if link.masks.pop(fd, None) is not None:
+                self.epoll.unregister(fd)
         sock.close()
 
     def _connect(self, link: Link) -> bool:
