@@ -4,6 +4,7 @@
 # Needs apt-get, apt-cache and dpkg (Debian/Ubuntu build host); any python3 >= 3.9 runs the builder.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-PYTHONPATH="$here/src:$here/../shared/src${PYTHONPATH:+:$PYTHONPATH}"
+repo=$(dirname "$here")  # this checkout: vmm-task's agent and the kuasar_shared package beside it
+PYTHONPATH="$here/src:$repo/shared/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH
 exec python3 -m kuasar_vmm_task.image "$@"

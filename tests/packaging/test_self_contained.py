@@ -68,5 +68,5 @@ def test_the_check_catches_both_kinds() -> None:
     assert outside_references(probe, 'x = 1\nDIR = "%s/x"' % REPO.resolve()) == ["2: %s/" % REPO.resolve()]
     sibling = str(REPO.resolve().parent / _SIBLING)
     assert outside_references(probe, 'INPUTS = "%s/conformance"' % sibling) == ["1: %s/" % sibling]
-    # A climb that stays inside the repository is fine (vmm-task/build-image.sh reaches the shared package).
+    # A climb that stays inside the repository is fine (a script in vmm-task/ reaching the shared package).
     assert outside_references(REPO / "vmm-task" / "build-image.sh", 'P="$here/%s%s/src"' % (_UP, _SIBLING)) == []
