@@ -27,7 +27,7 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("kuasar_shared", "kuasar_shared.values", "kuasar_shared.errors", "kuasar_shared.api"),
     # small helpers over ids, fds, configuration files, logging, sd_notify, signals and the reaper
     ("kuasar_shared.ids", "kuasar_shared.fdio", "kuasar_shared.config", "kuasar_shared.pause",
-     "kuasar_shared.tracing", "kuasar_shared.taskfront", "kuasar_shared.daemon.log",
+     "kuasar_shared.tracing", "kuasar_shared.callmetrics", "kuasar_shared.taskfront", "kuasar_shared.daemon.log",
      "kuasar_shared.daemon.notify", "kuasar_shared.daemon.signals", "kuasar_shared.daemon.reaper",
      "kuasar_shared.daemon.notls",
      "kuasar_shared.daemon.args"),

@@ -24,9 +24,10 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping, Optional
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
+from kuasar_shared.callmetrics import CallMetrics
 from kuasar_shared.errors import InvalidArgument, KuasarError
 
 if TYPE_CHECKING:
@@ -115,10 +116,7 @@ class SandboxerMetrics:
                  sources: Optional[Mapping[str, Exposition]] = None) -> None:
         self.registry = CollectorRegistry()
         self.sources = dict(sources or {})
-        self._requests = Counter("kuasar_sandbox_api_requests", "Sandbox API calls by method and gRPC code",
-                                 ["method", "code"], registry=self.registry)
-        self._latency = Histogram("kuasar_sandbox_api_request_duration_seconds", "Sandbox API call latency",
-                                  ["method"], buckets=BUCKETS, registry=self.registry)
+        self._calls = CallMetrics(self.registry, "kuasar_sandbox_api", "Sandbox API", "gRPC", BUCKETS)
         self.registry.register(_PodCollector(pods, recoveries, typed))
         if typed is not None:
             histograms = {series.name: Histogram(series.name, series.help,
@@ -130,8 +128,7 @@ class SandboxerMetrics:
         self.registry.register(_Fixed([info]))
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        self._requests.labels(method, code).inc()
-        self._latency.labels(method).observe(seconds)
+        self._calls.observe(method, code, seconds)
 
     async def exposition(self) -> bytes:
         """This registry's text, then each source's (a failing source is logged and left out)."""

@@ -17,9 +17,10 @@ import asyncio
 import logging
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from kuasar_shared.callmetrics import CallMetrics
 from kuasar_shared.errors import KuasarError
 from kuasar_shared.task.recorded import RecordedTaskBackend
 from kuasar_shared.values import CgroupStats, TaskStatus
@@ -73,18 +74,14 @@ class TaskServerMetrics:
     def __init__(self, backend: RecordedTaskBackend[Any]) -> None:
         self.backend = backend
         self.registry = CollectorRegistry()
-        self._requests = Counter("kuasar_task_api_requests", "Task API calls by method and ttrpc (gRPC) code",
-                                 ["method", "code"], registry=self.registry)
-        self._latency = Histogram("kuasar_task_api_request_duration_seconds", "Task API call latency",
-                                  ["method"], buckets=_BUCKETS, registry=self.registry)
+        self._calls = CallMetrics(self.registry, "kuasar_task_api", "Task API", "ttrpc (gRPC)", _BUCKETS)
         self._containers = _ContainerCollector(backend)
         self.registry.register(self._containers)
         for collector in backend.metric_collectors():
             self.registry.register(collector)
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        self._requests.labels(method, code).inc()
-        self._latency.labels(method).observe(seconds)
+        self._calls.observe(method, code, seconds)
 
     async def sample(self) -> None:
         """Take the running containers' numbers from the backend (a container that fails is left out)."""
