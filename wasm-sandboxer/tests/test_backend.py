@@ -20,7 +20,7 @@ from kuasar_shared.testing.oci import read_fifo
 from kuasar_wasm_sandboxer.backend import UNKNOWN_EXIT, WasmTaskBackend
 from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.entrypoint import MAX_ARGS_BYTES, TRAP_EXIT
-from kuasar_wasm_sandboxer.runner_control import ForkServer
+from kuasar_wasm_sandboxer.runner_control import ForkServer, Runner
 from wasm_helpers import cgroup_exists, processes_mentioning
 
 
@@ -293,6 +293,62 @@ async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo)
         assert info.exit_status == 137
         await second.delete(cid, "")
         await second.delete(created, "")
+    finally:
+        await second.close()
+
+
+class _ServerDied(Exception):
+    """Stands for a kill -9 of the task server in the middle of a Start."""
+
+
+@pytest.mark.parametrize("start_sent", [True, False], ids=["start-sent", "start-not-sent"])
+async def test_an_exec_start_cut_short_by_a_restart_runs_exactly_once(
+        tmp_path, bundle_factory, monkeypatch, start_sent) -> None:
+    """The old server dies right after (or right before) telling the exec's runner to start, before it
+    recorded the exec as running: the new server answers the engine's retried Start with that runner
+    when it started, and starts the exec (once) when it did not."""
+    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20))
+    forkserver.start()
+    first = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
+    cid = _cid()
+    await first.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/loop.wat"])))
+    init_pid = await first.start(cid, "")
+    spec = {"args": ["/bin/loop.wat"], "cwd": "/"}
+    await first.exec(ExecProcess(id=cid, exec_id="x1", stdio=Stdio(), spec=spec))
+    runners = []
+    original = Runner.start
+
+    def dies_around_start(runner: Runner, stdio) -> None:
+        runners.append(runner.pid)
+        if start_sent:
+            original(runner, stdio)
+        runner.control.close()
+        raise _ServerDied()
+
+    monkeypatch.setattr(Runner, "start", dies_around_start)
+    with pytest.raises(_ServerDied):
+        await first.start(cid, "x1")
+    monkeypatch.setattr(Runner, "start", original)
+    await first.close()
+    cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20)
+    second = WasmTaskBackend(str(tmp_path / "tasks"), ForkServer(cache))
+    await second.recover()
+    second.forkserver.start()
+    try:
+        state = await second.state(cid, "x1")
+        if start_sent:
+            assert state.status is TaskStatus.RUNNING and state.pid == runners[0]
+            assert await second.interrupted_start(cid, "x1") == runners[0]
+        else:
+            assert state.status is TaskStatus.CREATED and state.pid == 0
+            assert await second.interrupted_start(cid, "x1") is None
+            await wait_exit(runners[0])
+            assert await second.start(cid, "x1") not in (0, runners[0], init_pid)
+        await second.kill(cid, "x1", signal.SIGKILL, False)
+        assert (await asyncio.wait_for(second.wait(cid, "x1"), 10)).exit_status == 137
+        await second.kill(cid, "", signal.SIGKILL, True)
+        await asyncio.wait_for(second.wait(cid, ""), 10)
+        await second.delete(cid, "")
     finally:
         await second.close()
 

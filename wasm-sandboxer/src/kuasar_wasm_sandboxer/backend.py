@@ -14,13 +14,17 @@ Each container is saved in ``<dir>/<id>.json`` after every change. After a task-
 them with pidfds; their exit statuses are claimed from the sandboxer's
 :class:`~kuasar_shared.task.exits.ExitRecorder` (the subreaper they re-parented to), else reported as
 128 + the last signal sent, or 255. A container that was created but not started when the old
-server died cannot be started any more (its control socket is gone): it is reported stopped.
+server died cannot be started any more (its control socket is gone): it is reported stopped; an
+exec in that state is started again by the Start the engine retries. Whether the dead server's last
+Start reached its runner is read from the runner's run spec, which a started runner removes (see
+:mod:`kuasar_wasm_sandboxer.runner_process`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal as signals
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -73,6 +77,8 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
 
     name = "wasm containers"
     store: WasmContainerStore
+    #: seconds recovery waits for a runner of a created process to show whether it got its start
+    start_verdict_timeout = 2.0
 
     def __init__(self, directory: str, forkserver: ForkServer, pods_dir: str = "",
                  hub: Optional[StreamingHub] = None, exits: Optional[ExitRecorder] = None) -> None:
@@ -215,6 +221,10 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                 except BaseException:
                     await runner.abandon()
                     raise
+                # recorded before it is told to start, so that a successor finds it whichever side
+                # of the start message this server dies on (see _was_started)
+                self._track(container, proc, runner)
+                self.store.save(container)
             else:
                 pending = self._pending.pop((id, ""), None)
                 init_io = self._io.get((id, ""))
@@ -223,10 +233,6 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                                              f"(the task server restarted before Start)")
                 runner, pio = pending, init_io
             self._start_runner(runner, pio)
-            if exec_id:
-                # only now, with no await in between up to the save: no record ever names an exec
-                # runner that was not started (a restarted server would take it for a dead exec)
-                self._track(container, proc, runner)
             proc.status = TaskStatus.RUNNING
             self.store.save(container)
             return proc.pid
@@ -310,15 +316,44 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
                 await self._await_exit(proc)
 
     def _readopt(self, container: Container, proc: Proc, alive: bool) -> None:
-        if alive and proc.status is TaskStatus.RUNNING:
+        if proc.status is TaskStatus.CREATED:
+            if self._was_started(container, proc):  # the old server died right after telling it to start
+                proc.status = TaskStatus.RUNNING
+                alive = is_same_process(proc.pid, proc.start_time)
+            else:  # never started: its control socket died with the old server
+                if is_same_process(proc.pid, proc.start_time):
+                    kill(proc.pid)
+                if proc.exec_id:  # a Start settled by the new server runs it in a new runner
+                    proc.pid, proc.start_time = 0, None
+                else:
+                    proc.exited(self._lost_status(proc), utc_now())
+                return
+        if alive:
             self._adopt(container, proc)
-            return
-        if alive:  # created, never started: its control socket died with the old server
-            kill(proc.pid)
-        elif proc.status is TaskStatus.RUNNING:  # it ended while no task server ran: the sandboxer recorded how
+        else:  # it ended while no task server ran: the sandboxer recorded how
             self._own(self._adopted_exit(container, proc))
-            return
-        proc.exited(self._lost_status(proc), utc_now())
+
+    def _was_started(self, container: Container, proc: Proc) -> bool:
+        """Whether the runner of a process recorded as created got its ``start`` from the dead server.
+
+        A started runner removes its run spec before the module runs; one that was not sees its
+        control socket close and exits. Either happens at once, so this waits (bounded: recovery runs
+        before serving) until the spec is gone or the runner is; a runner doing neither is not started.
+        """
+        spec_path = self.store.run_spec_path(container.id, proc.exec_id)
+        deadline = time.monotonic() + self.start_verdict_timeout
+        while os.path.exists(spec_path):
+            if not is_same_process(proc.pid, proc.start_time) or time.monotonic() > deadline:
+                return not os.path.exists(spec_path)
+            time.sleep(0.01)
+        return True
+
+    async def interrupted_start(self, id: str, exec_id: str) -> Optional[int]:
+        """A Start the dead server left unanswered: started when recovery found its runner started
+        (the spec trace, see :meth:`_was_started`), else None and it is started again."""
+        async with self._lock(id):
+            proc = self._get(id).proc(exec_id)
+            return proc.pid if proc.status is not TaskStatus.CREATED else None
 
     async def close(self) -> None:
         """Stop watching and copying; running modules keep running (FIFO output keeps flowing)."""

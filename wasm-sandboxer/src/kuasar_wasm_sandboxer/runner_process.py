@@ -13,7 +13,11 @@ fork-server's pages; both ends are the same interpreter, see :class:`~kuasar_was
     server -> runner   {"start": ["stdout", ...]} + those fds (SCM_RIGHTS; then both close the socket)
 
 The stdio comes only with ``start`` (WASI's inherited stdio writes to fds 0/1/2 as they are when
-the module runs): a runner that is never started never held the engine's FIFOs. Before ``start``
+the module runs): a runner that is never started never held the engine's FIFOs. On ``start`` the
+runner removes its run spec before the module runs: a task server killed around the moment it sent
+``start`` cannot know whether the message left, and its successor reads the answer from that file
+(see :meth:`~kuasar_wasm_sandboxer.backend.WasmTaskBackend.recover`); a runner that cannot remove it
+does not run. Before ``start``
 the runner exits quietly when the socket closes (its container was deleted, or the task server
 died before starting it). After ``start`` the socket is gone and the runner lives
 on its own: it survives task-server and fork-server restarts and exits with the module's status
@@ -134,7 +138,8 @@ def run(control: socket.socket, engine: "WasmtimeEngine") -> int:
         return 0
     started = time.monotonic()
     try:
-        program = engine.prepare(RunSpec.load(decode(message)["spec"]))
+        spec_path = str(decode(message)["spec"])
+        program = engine.prepare(RunSpec.load(spec_path))
     except (LoadError, OSError, KeyError, ValueError) as err:
         try:
             _reply(control, error=str(err), warnings=engine.warnings)
@@ -152,7 +157,8 @@ def run(control: socket.socket, engine: "WasmtimeEngine") -> int:
         return 0
     try:
         names = list(decode(command).get("start", []))
-    except ValueError:
+        os.unlink(spec_path)  # the trace of this start that a restarted task server reads
+    except (OSError, ValueError):
         for fd in fds:
             os.close(fd)
         return 1
