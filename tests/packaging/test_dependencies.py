@@ -1,7 +1,8 @@
 """Each package declares exactly the distributions its code imports: none missing (an install would fail
 at run time), none unused (a host would install what nothing loads). Read from the source with ``ast``:
 every ``import`` (lazy ones inside functions too) against ``dependencies`` plus the optional extras, and
-a sibling package started as a process (``python -m kuasar_<x>.main``) counts as used."""
+a sibling package started as a process (``python -m kuasar_<x>.main``) counts as used, and so does a
+package located without importing it (``find_spec("wasmtime")``: the wasm runner loads the wheel's C library)."""
 from __future__ import annotations
 
 import ast
@@ -50,6 +51,10 @@ def imported(project: str) -> dict[str, set[str]]:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == \
+                    "find_spec" and node.args and isinstance(node.args[0], ast.Constant) and \
+                    isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                     node.value.split(".")[0] in OURS and node.value.replace(".", "").isidentifier():
                 names = [node.value]

@@ -1,9 +1,8 @@
-"""runner_control.py: requests to the fork-server wait while its socket buffer is full; a dead fork-server is
-replaced by the next take (real fork-server, no module run)."""
+"""runner_control.py and the fork-server entry: requests to the fork-server wait while its socket buffer is
+full; a dead fork-server is replaced by the next take (real fork-server, no module run); the wire format."""
 from __future__ import annotations
 
 import asyncio
-import marshal
 import os
 import signal
 import socket
@@ -16,8 +15,8 @@ from kuasar_shared.process_identity import wait_exit
 
 from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.forkserver import parse_args
+from kuasar_wasm_sandboxer.protocol import decode, encode
 from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
-from kuasar_wasm_sandboxer.runner_process import MAX_MESSAGE, decode, encode
 
 
 async def test_send_waits_while_the_buffer_is_full() -> None:
@@ -57,7 +56,7 @@ async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
         first = await forkserver.take()
         old = forkserver.pid
         assert old is not None
-        # warmed up (a module compiled in a child, the runner path walked) and still one thread: forks are safe
+        # engine and WASI linker built, and still one thread: forks are safe
         assert os.listdir(f"/proc/{old}/task") == [str(old)]
         os.kill(old, signal.SIGKILL)
         await wait_exit(old)
@@ -71,34 +70,35 @@ async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
 
 
 def test_imports_stay_lean() -> None:
-    """The task server never loads wasmtime; the fork-server, whose pages every runner shares, loads
-    neither dataclasses, tempfile nor importlib.metadata (~8 MB between them), nor logging or threading
-    (their at-fork hooks cost every runner ~0.4 MB)."""
+    """Neither the task server nor the fork-server loads wasmtime's Python package (the fork-server opens
+    its C library natively); the fork-server's Python is nothing but the ctypes call into the native loop."""
     script = ("import sys, kuasar_wasm_sandboxer.{}; "
-              "print(' '.join(m for m in ('wasmtime', 'dataclasses', 'tempfile', 'importlib.metadata', 'logging', "
-              "'threading') if m in sys.modules))")
+              "print(' '.join(m for m in ('wasmtime', 'dataclasses', 'logging', 'threading', 'asyncio') "
+              "if m in sys.modules))")
     task = subprocess.run([sys.executable, "-c", script.format("task")], capture_output=True, text=True, check=True)
     assert "wasmtime" not in task.stdout.split()
     fork = subprocess.run([sys.executable, "-c", script.format("forkserver")], capture_output=True, text=True,
                           check=True)
-    assert fork.stdout.split() == ["wasmtime"]
+    assert fork.stdout.split() == []
 
 
-def test_control_messages_round_trip_and_refuse_garbage() -> None:
-    message = {"ready": True, "compiled": False, "load_ms": 1.5, "warnings": ["w"]}
-    assert decode(encode(message)) == message
-    with pytest.raises(ValueError, match="malformed"):
-        decode(b"\xffjunk")
-    with pytest.raises(ValueError, match="must be a dict"):
-        decode(marshal.dumps([1]))
-    with pytest.raises(ValueError, match="exceeds"):
-        encode({"warnings": ["x" * MAX_MESSAGE]})
+def test_fields_round_trip_and_refuse_garbage() -> None:
+    fields = [("ready", "1"), ("warning", "a=b\nc"), ("warning", "")]
+    assert encode(fields) == b"ready=1\0warning=a=b\nc\0warning=\0"
+    assert decode(encode(fields)) == fields
+    for data, message in ((b"", "empty"), (b"a=1", "not ended by a NUL"), (b"a=1\0junk\0", "field 2 .* name=value"),
+                          (b"=x\0", "field 1"), (b"a=\xff\0", "not UTF-8")):
+        with pytest.raises(ValueError, match=message):
+            decode(data)
+    for name, value in (("", "x"), ("a=b", "x"), ("a", "x\0y")):
+        with pytest.raises(ValueError, match="names must be non-empty"):
+            encode([(name, value)])
 
 
 def test_fork_server_command_line_errors_name_the_option() -> None:
-    assert parse_args(["--control", "3", "--cache-dir", "/c"]) == {"--control": "3", "--cache-dir": "/c"}
-    for argv, message in ((["--control"], "pairs"), (["--control", "3", "--cache", "x"], "unknown options"),
-                          (["--cache-dir", "/c"], "--control FD is required")):
+    assert parse_args(["--control", "3"]) == 3
+    for argv, message in ((["--control"], "expected --control FD"), (["--cache-dir", "/c"], "expected --control FD"),
+                          (["--control", "x"], "fd number")):
         with pytest.raises(ValueError, match=message):
             parse_args(argv)
     run = subprocess.run([sys.executable, "-m", "kuasar_wasm_sandboxer.forkserver", "--control", "x"],

@@ -6,7 +6,7 @@ Create mounts the rootfs the engine sent, makes the container's cgroup (``linux.
 into the cgroup and has it load and instantiate the module: a missing, escaping or invalid module fails Create.
 Start lets ``_start`` run. Exec runs another module of the same rootfs in another runner in the
 same cgroup. Kill signals the runner. A runner's exit status is the module's (see
-:mod:`kuasar_wasm_sandboxer.runner_process`), from the reaper while it is our child (runners re-parent to
+``native/runner.c``), from the reaper while it is our child (runners re-parent to
 this server, see :mod:`kuasar_wasm_sandboxer.forkserver`). Stats come from the container's cgroup.
 
 Each container is saved in ``<dir>/<id>.json`` after every change. After a task-server restart,
@@ -17,7 +17,7 @@ them with pidfds; their exit statuses are claimed from the sandboxer's
 server died cannot be started any more (its control socket is gone): it is reported stopped; an
 exec in that state is started again by the Start the engine retries. Whether the dead server's last
 Start reached its runner is read from the runner's run spec, which a started runner removes (see
-:mod:`kuasar_wasm_sandboxer.runner_process`).
+:mod:`kuasar_wasm_sandboxer.protocol`).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import logging
 import os
 import signal as signals
 import time
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -114,25 +115,39 @@ class WasmTaskBackend(RecordedTaskBackend[Container]):
         engine's output early). Nobody watches it yet (:meth:`_track`). On failure nothing of it
         remains."""
         spec_path = self.store.run_spec_path(container.id, proc.exec_id)
+        key = ""
         if self.cache is not None:
             try:
                 key, entry = self.cache.find(run.module)
             except OSError as err:
                 raise InvalidArgument(f"{run.name}: cannot read {run.argv[0]}: {err.strerror}") from err
-            run = run._replace(cache_key=key, cache_entry=entry or "")
+            try:
+                staged = self.cache.staging(uuid.uuid4().hex)
+            except OSError as err:
+                log.warning("%s: compiled-module cache %s unusable: %s", run.name, self.cache.directory, err)
+                staged = ""
+            run = run._replace(cache_entry=entry or "", cache_store=staged)
         run.save(spec_path)
         name = run.name
         runner = await self.forkserver.take()
+        stored = False
         try:
             if container.cgroup:
                 Cgroup.open(container.cgroup).add_pid(runner.pid)
             reply = await runner.configure(name, spec_path)
+            stored = reply.stored
         except BaseException:
             await runner.abandon()
             raise
-        self.cache_counters.count(bool(reply.get("compiled")), float(reply.get("load_ms") or 0.0) / 1000)
+        finally:
+            if self.cache is not None and run.cache_store:
+                if stored:
+                    self.cache.adopt(key, run.cache_store)
+                else:
+                    self.cache.discard(run.cache_store)
+        self.cache_counters.count(reply.compiled, reply.load_ms / 1000)
         log.debug("%s: module %s in %s ms by runner pid %d", name,
-                  "compiled" if reply.get("compiled") else "loaded from the cache", reply.get("load_ms"), runner.pid)
+                  "compiled" if reply.compiled else "loaded from the cache", reply.load_ms, runner.pid)
         return runner
 
     def _track(self, container: Container, proc: Proc, runner: Runner) -> None:

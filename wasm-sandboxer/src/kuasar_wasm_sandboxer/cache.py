@@ -1,7 +1,7 @@
 """The compiled-module cache: serialized native code that runners map straight from its file.
 
 Compiling a module with Cranelift takes tens of milliseconds to seconds; mapping the serialized
-code (wasmtime's ``Module.deserialize_file``) takes well under one, and every runner of the same
+code (wasmtime's ``wasmtime_module_deserialize_file``) takes well under one, and every runner of the same
 module maps the same file, so N containers of one image share one copy of the machine code in the
 page cache instead of each holding its own. Entries are keyed by the SHA-256 of the module bytes
 *and* the engine fingerprint (wasmtime version + engine settings), because serialized code only
@@ -9,13 +9,14 @@ loads into the same engine build. Each ``.cwasm`` file is exactly what wasmtime 
 mapped as is) and its checksum sits beside it in a ``.sum`` file: wasmtime trusts serialized code
 blindly (loading a damaged file may crash), so an entry whose checksum does not match is deleted
 and the module is compiled again. The cache is bounded: after each write the least recently used
-entries (by mtime, refreshed on every hit) are removed until the total fits. Writers are separate
-runner processes; files are written whole and renamed into place (a mapped file is never changed
-in place), and every race ends in a miss, never an error.
+entries (by mtime, refreshed on every hit) are removed until the total fits.
 
 The task server looks entries up (:meth:`ModuleCache.find`: hashing the module and checking the entry's
-sum is its work, not a runner's) and hands the runner the verified path; a runner only writes an entry
-after a miss. Neither imports wasmtime for this: the engine fingerprint names the native library's file.
+sum is its work, not a runner's) and hands the runner the verified path. On a miss the runner compiles,
+writes the serialized code whole to a staging file the task server named (:meth:`ModuleCache.staging`)
+and maps it; the task server then checksums it and renames it into place (:meth:`ModuleCache.adopt`):
+a mapped file is never changed in place, and every race ends in a miss, never an error. Nothing here
+imports wasmtime: the engine fingerprint names the native library's file.
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["ModuleCache", "CacheCounters", "Warn", "DEFAULT_MAX_BYTES", "content_key", "engine_fingerprint",
            "ENGINE_SETTINGS"]
 
-#: where a component's warnings go: logging in the task server, the runner's reply in a runner (the
-#: fork-server does not import logging: its at-fork hooks and handler locks cost every runner ~0.4 MB)
+#: where the cache's warnings go (the task server's log)
 Warn = Callable[[str], None]
 
 #: default bound of the cache directory
@@ -39,13 +39,12 @@ DEFAULT_MAX_BYTES = 256 << 20
 _SUFFIX = ".cwasm"
 _SUM_SUFFIX = ".sum"
 _CHUNK = 64 << 10
-#: names the wasmtime Engine settings runners compile with (engines/wasmtime.py); part of the fingerprint
+#: names the wasmtime Engine settings runners compile with (native/runner.c: wasm_engine_new, the defaults)
 ENGINE_SETTINGS = "default-config"
 
 
 def _sha256(data: bytes) -> "hashlib._Hash":
-    """hashlib imported on first use: the fork-server (whose pages every runner shares) imports this module
-    and needs no hash until a runner stores compiled code; hashlib with OpenSSL costs ~0.6 MB."""
+    """hashlib imported on first use: a task server with the cache off never needs it (~0.6 MB with OpenSSL)."""
     import hashlib
 
     return hashlib.sha256(data)
@@ -169,24 +168,38 @@ class ModuleCache:
             pass
         return path
 
-    def put(self, key: str, payload: bytes) -> Optional[str]:
-        """Store ``payload`` for ``key`` and trim the cache; returns the entry's path, or None when
-        it was not stored (failures are logged, never raised)."""
-        if self.max_bytes <= 0 or len(payload) > self.max_bytes:
-            return None
+    def staging(self, token: str) -> str:
+        """A path in the cache directory (created) where a runner may write the compiled code of a miss.
+
+        :raise OSError: the directory cannot be created.
+        """
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        return os.path.join(self.directory, f".tmp-{token}.staged")
+
+    def adopt(self, key: str, staged: str) -> Optional[str]:
+        """Make the file ``staged`` (whole serialized code a runner wrote) the entry for ``key`` and trim
+        the cache; returns the entry's path, or None when it was not kept (failures are logged, never
+        raised; the file is removed then). A runner that mapped it keeps its mapping across the rename."""
         path = self.path(key)
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            self._write(path + _SUM_SUFFIX, _sha256(payload).hexdigest().encode())
-            self._write(path, payload)
+            size = os.stat(staged).st_size
+            if self.max_bytes <= 0 or size > self.max_bytes:
+                self._unlink(staged)
+                return None
+            self._write(path + _SUM_SUFFIX, _file_digest(staged).encode())
+            os.rename(staged, path)
             self.trim()
         except OSError as err:
             self.warn(f"cannot write compiled-module cache entry for {key[:12]}: {err}")
+            self._unlink(staged)
             return None
         return path if os.path.exists(path) else None
 
+    def discard(self, staged: str) -> None:
+        """Remove a staging file that did not become an entry (if the runner wrote one)."""
+        self._unlink(staged)
+
     def _write(self, path: str, data: bytes) -> None:
-        # a name of our own rather than tempfile's: the fork-server imports this module, tempfile costs it ~0.7 MB
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
         try:
             with open(tmp, "xb") as handle:

@@ -1,20 +1,26 @@
-"""``kuasar-ctl doctor --type wasm``: the WebAssembly engine the runners import."""
+"""``kuasar-ctl doctor --type wasm``: the WebAssembly engine's C library and the native runner that uses it."""
 from __future__ import annotations
 
-import os
 from importlib import metadata
 
 from kuasar_shared.doctor import Finding, Sandboxer, Status
 
+from kuasar_wasm_sandboxer.forkserver import native_library, wasmtime_library
+
 
 def checks(sandboxer: Sandboxer) -> list[Finding]:
     try:
-        import wasmtime
-    except ImportError as err:
-        return [Finding(Status.FAIL, "wasmtime", "cannot import the wasmtime module: %s" % err,
-                        "pip install wasmtime (the Bytecode Alliance bindings)")]
+        library = wasmtime_library()
+    except FileNotFoundError as err:
+        return [Finding(Status.FAIL, "wasmtime", str(err), "pip install wasmtime (the Bytecode Alliance bindings)")]
     try:
         version = "wasmtime " + metadata.version("wasmtime")
     except metadata.PackageNotFoundError:
         version = "wasmtime (version unknown)"
-    return [Finding(Status.OK, "wasmtime", "%s (%s)" % (version, os.path.dirname(wasmtime.__file__)))]
+    findings = [Finding(Status.OK, "wasmtime", "%s (%s)" % (version, library))]
+    try:
+        findings.append(Finding(Status.OK, "native runner", native_library()))
+    except FileNotFoundError as err:
+        findings.append(Finding(Status.FAIL, "native runner", str(err),
+                                "reinstall kuasar-wasm-sandboxer with a C compiler (it builds native/runner.c)"))
+    return findings

@@ -20,12 +20,13 @@ InvalidArgument at task Create.
 """
 from __future__ import annotations
 
-import marshal
 import os
 import stat
 from typing import Any, Mapping, NamedTuple, Optional
 
 from kuasar_shared.errors import InvalidArgument
+
+from kuasar_wasm_sandboxer import protocol
 
 __all__ = ["RunSpec", "Preopen", "build_run_spec", "resolve_in_root", "find_entrypoint", "module_kind",
            "MAX_ARGS_BYTES", "TRAP_EXIT", "DEFAULT_PATH"]
@@ -41,11 +42,7 @@ _WASM_MAGIC = b"\0asm"
 
 
 class Preopen(NamedTuple):
-    """A host directory the module sees at ``guest``.
-
-    RunSpec and Preopen are named tuples, not dataclasses: the fork-server imports this module, and
-    dataclasses (with inspect, ast, dis...) would add ~1.5 MB to it.
-    """
+    """A host directory the module sees at ``guest``."""
 
     host: str
     guest: str
@@ -53,11 +50,13 @@ class Preopen(NamedTuple):
 
 
 class RunSpec(NamedTuple):
-    """What one runner process runs (saved next to the container record in :mod:`marshal` form, which the
-    runner reads with C code only: see :mod:`kuasar_wasm_sandboxer.runner_process`).
+    """What one runner process runs, saved next to the container record in the runner's field format
+    (:mod:`kuasar_wasm_sandboxer.protocol`: ``arg`` and ``env`` repeat; each preopen is three fields,
+    ``preopen=ro|rw``, ``host=``, ``guest=``).
 
-    ``cache_key`` names the module in the compiled-module cache and ``cache_entry`` is the verified
-    entry the task server found ("" on a miss: the runner compiles and stores under ``cache_key``).
+    ``cache_entry`` is the verified compiled-module cache entry the task server found ("" on a miss);
+    ``cache_store`` is where a runner that compiles writes the serialized code for the task server to
+    make an entry of ("": the cache is off).
     """
 
     name: str
@@ -67,25 +66,21 @@ class RunSpec(NamedTuple):
     env: list[tuple[str, str]]
     preopens: tuple[Preopen, ...] = ()
     memory_limit: int = 0
-    cache_key: str = ""
     cache_entry: str = ""
+    cache_store: str = ""
 
     def save(self, path: str) -> None:
         """Write the spec for the runner (not fsynced: it is only read right away, never after a reboot)."""
-        data = self._asdict()
-        data["preopens"] = [tuple(p) for p in self.preopens]  # marshal takes plain tuples only
+        fields = [("name", self.name), ("module", self.module), ("kind", self.kind)]
+        fields += [("arg", arg) for arg in self.argv]
+        fields += [("env", f"{key}={value}") for key, value in self.env]
+        for preopen in self.preopens:
+            fields += [("preopen", "ro" if preopen.readonly else "rw"), ("host", preopen.host),
+                       ("guest", preopen.guest)]
+        fields += [("memory_limit", str(self.memory_limit)), ("cache_entry", self.cache_entry),
+                   ("cache_store", self.cache_store)]
         with open(path, "wb") as handle:
-            marshal.dump(data, handle)
-
-    @classmethod
-    def load(cls, path: str) -> "RunSpec":
-        """The spec :meth:`save` wrote. :raise ValueError: the file holds no spec."""
-        with open(path, "rb") as handle:
-            try:
-                data = marshal.load(handle)
-                return cls(**{**data, "preopens": tuple(Preopen(*p) for p in data["preopens"])})
-            except (EOFError, TypeError, KeyError, ValueError) as err:
-                raise ValueError(f"{path} holds no run spec: {err!r}") from None
+            handle.write(protocol.encode(fields))
 
 
 def resolve_in_root(root: str, path: str) -> str:

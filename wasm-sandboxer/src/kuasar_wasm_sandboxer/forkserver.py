@@ -1,148 +1,89 @@
-"""The fork-server: one process that imported wasmtime once and forks a runner per container process.
+"""The fork-server: ``python -m kuasar_wasm_sandboxer.forkserver --control FD``, whose whole work is
+native (``native/runner.c``, built into the ``_native`` library next to this file and loaded with ctypes,
+never imported).
 
-Started by the task server as ``python -m kuasar_wasm_sandboxer.forkserver --control FD``. It
-imports everything a runner needs, builds the wasmtime engine, then freezes its heap
-(``gc.freeze()``: the collector never writes to those objects again) so that its pages stay shared
-copy-on-write with every runner: a container costs only what its own module touches, not a
-fresh interpreter. What a runner writes is its own (copy-on-write, page by page), so the fork-server
-imports only what runners need and nothing with at-fork hooks (no logging, hence no threading: their
-after-fork work alone cost each runner ~0.4 MB). It never compiles a module itself (wasmtime's
-compile threads must not exist when it forks).
+Python only finds the two libraries and calls ``kuasar_wasm_serve``, which never runs Python again: it
+opens wasmtime's C API from the wasmtime wheel's own library, builds the engine and the WASI linker,
+and forks one runner per request on the control socket. Each request is one message carrying one fd
+(SCM_RIGHTS): the runner's end of a new control socket (see :mod:`kuasar_wasm_sandboxer.protocol`). A
+runner is a copy of this process that runs C only, so it copies almost none of the interpreter's pages
+(a forked interpreter writes the refcount of every object it touches: ~2 MB per container).
 
-Each request on the control socket is one message carrying one fd (SCM_RIGHTS): the runner's end
-of a new control socket (see :mod:`kuasar_wasm_sandboxer.runner_process`). The fork-server forks twice:
-the intermediate child starts a new session (signals meant for the task server's session never
-reach a module), forks the runner and exits at once, so the runner re-parents to the nearest child
-subreaper, the task server, whose reaper collects its exit status exactly as for any child (and if
-the task server dies, the sandboxer's subreaper records it, see
+The fork-server forks twice: the intermediate child starts a new session (signals meant for the task
+server's session never reach a module), forks the runner and exits at once, so the runner re-parents
+to the nearest child subreaper, the task server, whose reaper collects its exit status exactly as for
+any child (and if the task server dies, the sandboxer's subreaper records it, see
 :class:`~kuasar_shared.task.exits.ExitRecorder`). The fork-server is therefore nobody's parent for long
 and can be killed at any time without touching a running module. It exits when the control socket
-closes (its task server is gone).
+closes (its task server is gone). It never compiles a module (compile threads must not exist when it
+forks); a runner compiles on a cache miss, after the fork.
 """
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
-import signal
-import socket
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.util import find_spec
 from typing import Optional, Sequence
 
-from kuasar_wasm_sandboxer import runner_process
-from kuasar_wasm_sandboxer.cache import DEFAULT_MAX_BYTES, ModuleCache, engine_fingerprint
-from kuasar_wasm_sandboxer.engines.wasmtime import LoadError, WasmtimeEngine
-
-__all__ = ["main", "NAME", "RUNNER_NAME"]
-
-#: ``comm`` of the fork-server and of each runner
-NAME = b"wasm-forkserver"
-RUNNER_NAME = b"wasm-runner"
-_PR_SET_NAME = 15
-#: runner paths walked before freezing (see runner_process.warm_up; 3.11 specialises after a few dozen runs)
-WARM_UP_ROUNDS = 30
-_prctl = ctypes.CDLL(None).prctl
+__all__ = ["main", "parse_args", "native_library", "wasmtime_library"]
 
 
 def _error(message: str) -> None:
-    """A line on stderr (the task server's log). Neither logging nor traceback is imported here: their
-    at-fork hooks and objects would be written by every runner (see the module docstring)."""
     sys.stderr.write(message + "\n")
 
 
-def _print_exception() -> None:
-    sys.excepthook(*sys.exc_info())  # the interpreter's own printer, written in C
+def native_library() -> str:
+    """The path of the ``_native`` library built from ``native/runner.c``.
 
-
-def _set_name(name: bytes) -> None:
-    """Name this process for ps/top (``comm``): runners and the fork-server share one command line."""
-    _prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
-
-
-def _runner(control: socket.socket, fd: int, engine: WasmtimeEngine) -> None:
-    """In the intermediate child: new session, fork the runner, exit (never returns)."""
-    status = 0
-    try:
-        os.setsid()
-        control.close()
-        if os.fork() == 0:
-            status = 1
-            try:
-                _set_name(RUNNER_NAME)
-                status = runner_process.run(socket.socket(fileno=fd), engine)
-            except BaseException:  # the runner must end here, never return into the fork-server loop
-                _print_exception()
-    except BaseException:
-        _print_exception()
-        status = 1
-    finally:
-        os._exit(status)
-
-
-def serve(control: socket.socket, engine: WasmtimeEngine) -> int:
-    """Fork a runner per request until ``control`` closes; returns the exit status."""
-    while True:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(control, len(runner_process.FORK), 1)
-        except OSError as err:
-            _error(f"fork-server: control socket failed: {err}")
-            return 1
-        if not message:
-            return 0
-        for fd in fds:
-            try:
-                pid = os.fork()
-            except OSError as err:  # the task server sees the runner's socket close and fails Create
-                _error(f"fork-server: cannot fork a runner: {err}")
-            else:
-                if pid == 0:
-                    _runner(control, fd, engine)
-                os.waitpid(pid, 0)
-            finally:
-                os.close(fd)
-
-
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    """``--control FD [--cache-dir DIR --cache-size BYTES --cache-fingerprint HEX]`` (what
-    :class:`~kuasar_wasm_sandboxer.runner_control.ForkServer` passes; not argparse, which would cost the
-    fork-server ~0.4 MB).
-
-    :raise ValueError: an unknown or valueless option, or no ``--control``.
+    :raise FileNotFoundError: it was not built (the package was installed without its C part).
     """
-    known = ("--control", "--cache-dir", "--cache-size", "--cache-fingerprint")
-    if len(argv) % 2:
-        raise ValueError(f"options come in pairs (--name value): {list(argv)}")
-    args = dict(zip(argv[::2], argv[1::2]))
-    unknown = [name for name in args if name not in known]
-    if unknown:
-        raise ValueError(f"unknown options {unknown}; expected {list(known)}")
-    if "--control" not in args:
-        raise ValueError("--control FD is required")
-    return args
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_native" + suffix)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"no _native library in {here} (reinstall kuasar-wasm-sandboxer to build it)")
+
+
+def wasmtime_library() -> str:
+    """The wasmtime wheel's C API library, found without importing the wasmtime package.
+
+    :raise FileNotFoundError: wasmtime is not installed, or ships no library for this platform.
+    """
+    spec = find_spec("wasmtime")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the wasmtime package is not installed")
+    package = list(spec.submodule_search_locations)[0]
+    for folder, _dirs, files in sorted(os.walk(package)):
+        if "_libwasmtime.so" in files:
+            return os.path.join(folder, "_libwasmtime.so")
+    raise FileNotFoundError(f"no _libwasmtime.so under {package}")
+
+
+def parse_args(argv: Sequence[str]) -> int:
+    """The control fd of ``--control FD`` (what :class:`~kuasar_wasm_sandboxer.runner_control.ForkServer`
+    passes). :raise ValueError: anything else, or a control that is not an fd number."""
+    if len(argv) != 2 or argv[0] != "--control":
+        raise ValueError(f"expected --control FD, got {list(argv)}")
+    try:
+        return int(argv[1])
+    except ValueError:
+        raise ValueError(f"--control takes an fd number, not {argv[1]!r}") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        control = socket.socket(fileno=int(args["--control"]))
-        cache_size = int(args.get("--cache-size", DEFAULT_MAX_BYTES))
-    except ValueError as err:
+        control = parse_args(sys.argv[1:] if argv is None else argv)
+        native, library = native_library(), wasmtime_library()
+    except (ValueError, FileNotFoundError) as err:
         _error(f"kuasar-wasm-forkserver: {err}")
         return 2
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _set_name(NAME)
-    cache = None
-    if args.get("--cache-dir"):
-        cache = ModuleCache(args["--cache-dir"], args.get("--cache-fingerprint") or engine_fingerprint(), cache_size)
-    engine = WasmtimeEngine(cache)
-    try:
-        runner_process.warm_up(engine, WARM_UP_ROUNDS)
-    except (LoadError, OSError) as err:  # runners work without it, they only cost more
-        _error(f"fork-server: no warm-up: {err}")
-    gc.collect()
-    gc.freeze()
-    return serve(control, engine)
+    serve = ctypes.CDLL(native).kuasar_wasm_serve
+    serve.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    serve.restype = ctypes.c_int
+    return int(serve(control, os.fsencode(library)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ crash) a new one is started; running modules are not its children and do not not
 container process asks it for a runner (:meth:`ForkServer.take`): a new socketpair, one end sent
 to the fork-server, the runner says hello with its pid on the other. Runners re-parent to the task
 server (a child subreaper), so their exit statuses come from the reaper like any child's. See
-:mod:`kuasar_wasm_sandboxer.runner_process` for the conversation.
+:mod:`kuasar_wasm_sandboxer.protocol` for the conversation.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import NamedTuple, Optional
 
 from kuasar_shared import process
 from kuasar_shared.daemon import get_reaper, set_child_subreaper
@@ -27,13 +27,13 @@ from kuasar_shared.process_identity import start_time
 from kuasar_shared.oci import StdioFds
 
 from kuasar_wasm_sandboxer.cache import ModuleCache
-from kuasar_wasm_sandboxer.runner_process import FORK, MAX_MESSAGE, STDIO_NAMES, decode, encode
+from kuasar_wasm_sandboxer.protocol import FORK, MAX_MESSAGE, STDIO_NAMES, decode, encode
 
-__all__ = ["Runner", "ForkServer"]
+__all__ = ["Runner", "ForkServer", "LoadReply"]
 
 log = logging.getLogger(__name__)
 
-#: run as ``python -m``; never imported here (it imports wasmtime, which the task server does not need)
+#: run as ``python -m``; never imported here (the task server needs neither ctypes nor the native library)
 FORKSERVER_MODULE = "kuasar_wasm_sandboxer.forkserver"
 
 
@@ -66,6 +66,29 @@ async def _send_fd(sock: socket.socket, message: bytes, fd: int) -> None:
                 loop.remove_writer(sock.fileno())
 
 
+def _hello_pid(hello: bytes) -> int:
+    """The pid in a runner's first message. :raise Internal: it is not ``pid=<number>``."""
+    try:
+        fields = decode(hello)
+        if len(fields) != 1 or fields[0][0] != "pid":
+            raise ValueError(f"expected one field pid=<number>, got {fields!r:.80}")
+        return int(fields[0][1])
+    except ValueError as err:
+        raise Internal(f"a wasm runner's hello is malformed: {err}") from None
+
+
+class LoadReply(NamedTuple):
+    """A runner's answer to its spec: the module is instantiated.
+
+    ``compiled``: the cache missed (or was off) and the runner compiled; ``stored``: it wrote the
+    compiled code to the spec's ``cache_store`` file and mapped it; ``load_ms``: how long loading took.
+    """
+
+    compiled: bool
+    stored: bool
+    load_ms: float
+
+
 class Runner:
     """One runner process before it is started.
 
@@ -85,16 +108,15 @@ class Runner:
     def start_time(self) -> Optional[int]:
         return start_time(self.pid)
 
-    async def configure(self, name: str, spec_path: str) -> dict[str, Any]:
-        """Hand the runner its spec, wait until the module is instantiated.
+    async def configure(self, name: str, spec_path: str) -> LoadReply:
+        """Hand the runner its spec, wait until the module is instantiated; its warnings are logged.
 
         :raise InvalidArgument: the runner refused the module (message from wasmtime).
-        :raise Internal: the runner died. :raise DeadlineExceeded: loading took too long.
-        :return: the runner's reply (``compiled``: whether the cache missed).
+        :raise Internal: the runner died or answered nonsense. :raise DeadlineExceeded: loading took too long.
         """
         loop = asyncio.get_running_loop()
         try:
-            self.control.send(encode({"spec": spec_path}))
+            self.control.send(encode([("spec", spec_path)]))
             raw = await asyncio.wait_for(loop.sock_recv(self.control, MAX_MESSAGE), self.load_timeout)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"{name}: the module was not loaded within {self.load_timeout} s") from None
@@ -104,21 +126,25 @@ class Runner:
             raise Internal(f"{name}: the wasm runner (pid {self.pid}) ended or closed its control socket "
                            f"before the module was ready")
         try:
-            reply = decode(raw)
-        except ValueError as err:
-            raise Internal(f"{name}: the wasm runner (pid {self.pid}) answered nonsense: {err}") from None
-        for warning in reply.get("warnings") or []:
-            log.warning("%s: %s", name, warning)
-        if "error" in reply:
-            raise InvalidArgument(f"{name}: {reply['error']}")
-        return dict(reply)
+            fields = decode(raw)
+            reply = dict(fields)
+            for field, warning in fields:
+                if field == "warning":
+                    log.warning("%s: %s", name, warning)
+            if "error" in reply:
+                raise InvalidArgument(f"{name}: {reply['error']}")
+            if reply.get("ready") != "1":
+                raise ValueError(f"neither ready=1 nor error= in {sorted(reply)}")
+            return LoadReply(reply["compiled"] == "1", reply["stored"] == "1", float(reply["load_ms"]))
+        except (KeyError, ValueError) as err:
+            raise Internal(f"{name}: the wasm runner (pid {self.pid}) answered nonsense: {err!r}") from None
 
     def start(self, stdio: StdioFds) -> None:
         """Hand the runner its stdio and let the module run (``_start``); the runner is on its own
         from here. The caller still closes its copies of the stdio fds."""
         names = [n for n in STDIO_NAMES if getattr(stdio, n) is not None]
         try:
-            socket.send_fds(self.control, [encode({"start": names})],
+            socket.send_fds(self.control, [encode([("start", ",".join(names))])],
                             [getattr(stdio, n) for n in names])
         except OSError as err:  # it died meanwhile: its exit is reported as the process's
             log.warning("wasm runner pid %d did not take its start: %s", self.pid, err)
@@ -190,9 +216,6 @@ class ForkServer:
         ours, theirs = _seqpacket_pair()
         try:
             argv = [self.python, "-m", FORKSERVER_MODULE, "--control", str(theirs.fileno())]
-            if self.cache is not None:
-                argv += ["--cache-dir", self.cache.directory, "--cache-size", str(self.cache.max_bytes),
-                         "--cache-fingerprint", self.cache.fingerprint]
             proc = process.spawn(argv, stdin=process.DEVNULL, stdout=process.DEVNULL,
                                  pass_fds=[theirs.fileno()], start_new_session=True)
         except BaseException:
@@ -227,6 +250,7 @@ class ForkServer:
 
         :raise Unavailable: the fork-server is not started, or did not fork (twice).
         :raise DeadlineExceeded: no runner said hello within :attr:`hello_timeout`.
+        :raise Internal: the hello was malformed.
         """
         for _attempt in range(2):
             if self._control is None:
@@ -234,11 +258,11 @@ class ForkServer:
             ours, theirs = _seqpacket_pair()
             try:
                 hello = await self._request(ours, theirs)
+                pid = _hello_pid(hello) if hello else 0
             except BaseException:
                 ours.close()
                 raise
             if hello:
-                pid = int(decode(hello)["pid"])
                 get_reaper().forget(pid)  # a retained exit of this pid belongs to an earlier process
                 return Runner(pid, ours)
             ours.close()
