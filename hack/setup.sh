@@ -10,14 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# runc: the runc type; busybox: image stand-in; clang/lld/wasi-libc: wasm test modules; runsc: the quark
+# runc: the runc type; busybox: image stand-in; gcc: the wasm type's native runner (built by pip and by
+# rpmbuild); clang/lld/wasi-libc: wasm test modules; runsc: the quark
 # type (gVisor); qemu: the vmm type; containerd: the shim v2 baseline of the benchmarks; rpm, systemd and
 # the distribution's python3-* packages: building the RPMs and installing them into a throwaway root.
 deb_pkgs=(runc busybox-static iproute2 python3 python3-venv python3-protobuf
-          clang lld wasi-libc libclang-rt-dev-wasm32 runsc qemu-system-x86 containerd
+          gcc clang lld wasi-libc libclang-rt-dev-wasm32 runsc qemu-system-x86 containerd
           rpm systemd python3-pip python3-setuptools python3-wheel python3-grpcio python3-pyroute2
           python3-daemon python3-yaml python3-tomli)
-rpm_pkgs=(runc busybox iproute python3 python3-protobuf clang lld qemu-system-x86_64 containerd)
+rpm_pkgs=(runc busybox iproute python3 python3-protobuf gcc clang lld qemu-system-x86_64 containerd)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${deb_pkgs[@]}"; do

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rpmroot import BASE_PROVIDES, FAKE_SYSTEMCTL, Built, Root, build, run  # noqa: E402
+from rpmroot import BASE_PROVIDES, FAKE_SYSTEMCTL, Built, Root, build, c_library_provides, run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ def base_rpm(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
         /bin/sh
         /usr/bin/systemctl
         %%dir /var/log
-        """) % {"provides": ", ".join(BASE_PROVIDES), "busybox": busybox,
+        """) % {"provides": ", ".join(BASE_PROVIDES + tuple(c_library_provides())), "busybox": busybox,
                 "systemctl": FAKE_SYSTEMCTL.replace("\n", "\\n")})
     run("rpmbuild", "-bb", "--define", "_topdir %s" % top, "--define", "_binaries_in_noarch_packages_terminate_build 0",
         "--define", "__strip /bin/true", str(spec))

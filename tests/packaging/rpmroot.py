@@ -30,6 +30,17 @@ BASE_PROVIDES = (
 FAKE_SYSTEMCTL = '#!/bin/sh\necho "$*" >> /var/log/systemctl.log\n'
 
 
+def c_library_provides() -> List[str]:
+    """What the distribution's C library provides, for kuasar-wasm's native runner (rpmbuild derives its
+    ``libc.so.6(GLIBC_x)(64bit)`` requirements from the ELF file): rpm's own elfdeps over the C library
+    and dynamic loader this interpreter runs with, plus the loader's hash style."""
+    with open("/proc/self/maps") as maps:
+        libraries = sorted({line.split()[-1] for line in maps
+                            if "/libc.so" in line or "/ld-linux" in line or "/ld64.so" in line})
+    found = run("/usr/lib/rpm/elfdeps", "--provides", *libraries).stdout.split()
+    return sorted(set(found)) + ["rtld(GNU_HASH)"]
+
+
 def run(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run a command, text output captured; a failure shows its output."""
     proc = subprocess.run(argv, capture_output=True, text=True, **kw)
@@ -58,7 +69,7 @@ class Built:
     @classmethod
     def collect(cls, outdir: Path) -> "Built":
         built = cls(outdir)
-        for path in sorted(outdir.glob("*.noarch.rpm")):
+        for path in sorted(p for p in outdir.glob("*.rpm") if not p.name.endswith(".src.rpm")):
             name = run("rpm", "-qp", "--qf", "%{NAME}", str(path)).stdout
             built.packages[name] = path
         return built
