@@ -52,7 +52,9 @@ packages=(-e "shared[ctl]")
 for d in runc-task runc-sandboxer wasm-sandboxer quark-sandboxer vmm-sandboxer vmm-task; do
   [ -f "$d/pyproject.toml" ] && packages+=(-e "$d")
 done
-want=$(cat hack/setup.sh */pyproject.toml hack/requirements-test.txt | sha256sum | cut -d' ' -f1)
+# C sources count too: an editable install builds them (the wasm runner) only when pip runs
+want=$(cat hack/setup.sh */pyproject.toml hack/requirements-test.txt $(ls */setup.py */src/*/native/*.c 2>/dev/null) |
+       sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
@@ -62,5 +64,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     exit 1
   fi
   .venv/bin/python -c 'import kuasar_shared, kuasar_runc_sandboxer, kuasar_runc_task'
+  if [ -f wasm-sandboxer/pyproject.toml ]; then
+    .venv/bin/python -c 'from kuasar_wasm_sandboxer.forkserver import native_library; native_library()'
+  fi
   echo "$want" > "$stamp"
 fi
