@@ -52,7 +52,7 @@ packages=(-e "shared[ctl]")
 for d in runc-task runc-sandboxer wasm-sandboxer quark-sandboxer vmm-sandboxer vmm-task; do
   [ -f "$d/pyproject.toml" ] && packages+=(-e "$d")
 done
-# C sources count too: an editable install builds them (the wasm runner) only when pip runs
+# C sources count too: an editable install builds them (the wasm fork-server) only when pip runs
 want=$(cat hack/setup.sh */pyproject.toml hack/requirements-test.txt $(ls */setup.py */src/*/native/*.c 2>/dev/null) |
        sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
@@ -65,7 +65,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   .venv/bin/python -c 'import kuasar_shared, kuasar_runc_sandboxer, kuasar_runc_task'
   if [ -f wasm-sandboxer/pyproject.toml ]; then
-    .venv/bin/python -c 'from kuasar_wasm_sandboxer.forkserver import native_library; native_library()'
+    .venv/bin/python -c 'from kuasar_wasm_sandboxer.forkserver import executable; executable()'
   fi
   echo "$want" > "$stamp"
 fi

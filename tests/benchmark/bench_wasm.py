@@ -281,8 +281,7 @@ def _density_sides() -> tuple[Any, Any, Any, Any]:
                 await asyncio.sleep(1.0)
                 pids = self.groups().per_pod["pod processes"]
                 runners = [p for p in pids if self.cgroup_parent in _read(f"/proc/{p}/cgroup")]
-                forkservers = [p for p in pids if b"kuasar_wasm_sandboxer.forkserver" in
-                               open(f"/proc/{p}/cmdline", "rb").read() and p not in runners]
+                forkservers = [p for p in pids if _read(f"/proc/{p}/comm").strip() == "wasm-forkserver"]
                 result["smaps"] = {"runner": _smaps_kb(runners[0]) if runners else {},
                                    "fork_server": _smaps_kb(forkservers[0]) if forkservers else {}}
             finally:

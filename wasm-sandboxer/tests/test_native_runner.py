@@ -239,9 +239,10 @@ def _private_dirty_kb(pid: int) -> int:
 
 
 async def test_a_runner_of_a_cached_module_writes_little_of_its_own(forkserver, tmp_path) -> None:
-    """No Python runs after the fork: a runner copies its stack, heap and the module's memory, not the
-    interpreter's pages (a Python runner wrote ~2.2 MB of them). Asserted with a wide margin over the
-    ~0.5 MB it measures, so that a runner that ran Python again (or leaked per-runner copies) fails."""
+    """The fork-server is a C program: a runner copies its own stack, heap and the module's memory, not an
+    interpreter's pages (a Python runner wrote ~2.2 MB of them, a C runner forked from Python ~0.34 MB).
+    Asserted at issue 17's 1 MB per container, well above the ~0.2 MB it measures, so that a runner that
+    runs in or forks from an interpreter again, or copies per-runner state it should share, fails."""
     cache = forkserver.cache
     assert cache is not None
     module = _module(tmp_path, "loop.wat", '(module (memory (export "memory") 1) (func (export "_start") '
@@ -258,7 +259,7 @@ async def test_a_runner_of_a_cached_module_writes_little_of_its_own(forkserver, 
     runner.start(StdioFds())
     await asyncio.sleep(0.3)  # running _start
     try:
-        assert _private_dirty_kb(runner.pid) < 1536
+        assert _private_dirty_kb(runner.pid) < 1024
         with open(f"/proc/{runner.pid}/maps") as maps:  # its code is the cache file's pages
             assert any(line.rstrip().endswith(cache.path(key)) and " r-xp " in line for line in maps)
     finally:

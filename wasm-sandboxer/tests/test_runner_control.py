@@ -14,7 +14,7 @@ import pytest
 from kuasar_shared.process_identity import wait_exit
 
 from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
-from kuasar_wasm_sandboxer.forkserver import parse_args
+from kuasar_wasm_sandboxer.forkserver import executable, wasmtime_library
 from kuasar_wasm_sandboxer.protocol import decode, encode
 from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
 
@@ -70,16 +70,10 @@ async def test_take_replaces_a_dead_fork_server(tmp_path) -> None:
 
 
 def test_imports_stay_lean() -> None:
-    """Neither the task server nor the fork-server loads wasmtime's Python package (the fork-server opens
-    its C library natively); the fork-server's Python is nothing but the ctypes call into the native loop."""
-    script = ("import sys, kuasar_wasm_sandboxer.{}; "
-              "print(' '.join(m for m in ('wasmtime', 'dataclasses', 'logging', 'threading', 'asyncio') "
-              "if m in sys.modules))")
-    task = subprocess.run([sys.executable, "-c", script.format("task")], capture_output=True, text=True, check=True)
-    assert "wasmtime" not in task.stdout.split()
-    fork = subprocess.run([sys.executable, "-c", script.format("forkserver")], capture_output=True, text=True,
-                          check=True)
-    assert fork.stdout.split() == []
+    """The task server never loads wasmtime's Python package (the native fork-server opens its C library)."""
+    script = "import sys, kuasar_wasm_sandboxer.task; print('wasmtime' in sys.modules)"
+    task = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert task.stdout.split() == ["False"]
 
 
 def test_fields_round_trip_and_refuse_garbage() -> None:
@@ -95,12 +89,14 @@ def test_fields_round_trip_and_refuse_garbage() -> None:
             encode([(name, value)])
 
 
-def test_fork_server_command_line_errors_name_the_option() -> None:
-    assert parse_args(["--control", "3"]) == 3
-    for argv, message in ((["--control"], "expected --control FD"), (["--cache-dir", "/c"], "expected --control FD"),
-                          (["--control", "x"], "fd number")):
-        with pytest.raises(ValueError, match=message):
-            parse_args(argv)
-    run = subprocess.run([sys.executable, "-m", "kuasar_wasm_sandboxer.forkserver", "--control", "x"],
-                         capture_output=True, text=True)
-    assert run.returncode == 2 and "kuasar-wasm-forkserver" in run.stderr
+def test_fork_server_command_line_errors_name_the_usage() -> None:
+    library = wasmtime_library()
+    for argv in (["--control"], ["--control", "x", "--wasmtime", library], ["--control", "3"],
+                 ["--cache-dir", "/c", "--wasmtime", library]):
+        run = subprocess.run([executable(), *argv], capture_output=True, text=True)
+        assert run.returncode == 2 and "usage: wasm-forkserver --control FD --wasmtime LIBRARY" in run.stderr
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        run = subprocess.run([executable(), "--control", str(theirs.fileno()), "--wasmtime", "/nonexistent.so"],
+                             capture_output=True, text=True, pass_fds=[theirs.fileno()])
+    assert run.returncode == 1 and "cannot load the wasmtime library: /nonexistent.so" in run.stderr

@@ -20,6 +20,7 @@ from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE, TaskServer
 from kuasar_shared.testing.oci import read_fifo
 from kuasar_shared.ttrpc import Client
 
+from kuasar_wasm_sandboxer.forkserver import NAME as FORKSERVER_NAME
 from kuasar_wasm_sandboxer.sandboxer import DEFAULT_CGROUP_ROOT, WASM_TASK, WasmSandboxer
 from wasm_helpers import cgroup_exists, processes_mentioning
 
@@ -29,13 +30,13 @@ async def _forkserver_of(task_pid: int) -> int:
     while True:
         for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    argv = handle.read().split(b"\0")
                 with open(f"/proc/{entry}/stat") as handle:
-                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+                    stat = handle.read()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == task_pid and b"kuasar_wasm_sandboxer.forkserver" in argv:
+            # runners re-parent to the task server too: they are named wasm-runner
+            if ppid == task_pid and f"({FORKSERVER_NAME})" in stat:
                 return int(entry)
         await asyncio.sleep(0.05)
 

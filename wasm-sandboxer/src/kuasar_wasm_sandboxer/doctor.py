@@ -5,7 +5,7 @@ from importlib import metadata
 
 from kuasar_shared.doctor import Finding, Sandboxer, Status
 
-from kuasar_wasm_sandboxer.forkserver import native_library, wasmtime_library
+from kuasar_wasm_sandboxer.forkserver import executable, wasmtime_library
 
 
 def checks(sandboxer: Sandboxer) -> list[Finding]:
@@ -19,7 +19,7 @@ def checks(sandboxer: Sandboxer) -> list[Finding]:
         version = "wasmtime (version unknown)"
     findings = [Finding(Status.OK, "wasmtime", "%s (%s)" % (version, library))]
     try:
-        findings.append(Finding(Status.OK, "native runner", native_library()))
+        findings.append(Finding(Status.OK, "native runner", executable()))
     except FileNotFoundError as err:
         findings.append(Finding(Status.FAIL, "native runner", str(err),
                                 "reinstall kuasar-wasm-sandboxer with a C compiler (it builds native/runner.c)"))

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from typing import NamedTuple, Optional
 
@@ -27,14 +26,13 @@ from kuasar_shared.process_identity import start_time
 from kuasar_shared.oci import StdioFds
 
 from kuasar_wasm_sandboxer.cache import ModuleCache
+from kuasar_wasm_sandboxer.forkserver import executable, wasmtime_library
 from kuasar_wasm_sandboxer.protocol import FORK, MAX_MESSAGE, STDIO_NAMES, decode, encode
 
 __all__ = ["Runner", "ForkServer", "LoadReply"]
 
 log = logging.getLogger(__name__)
 
-#: run as ``python -m``; never imported here (the task server needs neither ctypes nor the native library)
-FORKSERVER_MODULE = "kuasar_wasm_sandboxer.forkserver"
 
 
 def _seqpacket_pair() -> tuple[socket.socket, socket.socket]:
@@ -173,17 +171,19 @@ class ForkServer:
     """The fork-server of this task server, restarted when it dies.
 
     :param cache: the compiled-module cache its runners write after a miss (None disables it).
+    :raise FileNotFoundError: ``wasm-forkserver`` or wasmtime's library is missing.
     Resource handling: :meth:`start` spawns it and a supervising task; :meth:`close` stops both.
     """
 
-    #: seconds to wait for a runner's hello (the fork-server may still be importing wasmtime)
+    #: seconds to wait for a runner's hello (a fork-server just started, a loaded machine)
     hello_timeout = 60.0
     #: a fork-server that died younger than this is restarted only after this long (no crash loop)
     restart_backoff = 1.0
 
-    def __init__(self, cache: Optional[ModuleCache], python: str = sys.executable) -> None:
+    def __init__(self, cache: Optional[ModuleCache]) -> None:
         self.cache = cache
-        self.python = python
+        #: the program and the wasmtime library it opens (:raise FileNotFoundError: either is missing)
+        self.argv = [executable(), "--wasmtime", wasmtime_library()]
         self._proc: Optional[process.Process] = None
         self._control: Optional[socket.socket] = None
         self._spawned_at = 0.0
@@ -215,9 +215,8 @@ class ForkServer:
             self._control.close()
         ours, theirs = _seqpacket_pair()
         try:
-            argv = [self.python, "-m", FORKSERVER_MODULE, "--control", str(theirs.fileno())]
-            proc = process.spawn(argv, stdin=process.DEVNULL, stdout=process.DEVNULL,
-                                 pass_fds=[theirs.fileno()], start_new_session=True)
+            proc = process.spawn([*self.argv, "--control", str(theirs.fileno())], stdin=process.DEVNULL,
+                                 stdout=process.DEVNULL, pass_fds=[theirs.fileno()], start_new_session=True)
         except BaseException:
             ours.close()
             raise

@@ -1,14 +1,18 @@
 /*
- * The fork-server and the runners of wasm containers, with no Python after the fork.
+ * wasm-forkserver: the fork-server and the runners of wasm containers, a program with no Python in it.
  *
- * kuasar_wasm_serve() is called (through ctypes) by `python -m kuasar_wasm_sandboxer.forkserver` and never
- * runs Python again: a runner forked from an interpreter that runs Python writes the refcounts of every
- * object it touches, which copies those pages (~2 MB per container); a runner that runs only this code
- * copies little more than its own stack, heap and the module's linear memory.
+ *   wasm-forkserver --control FD --wasmtime LIBRARY
  *
- * wasmtime's C API comes from the wasmtime wheel's own library, opened with dlopen (the wheel ships no
- * headers): the few types used are declared below as wasmtime 50's headers lay them out (opaque
- * pointers, and the by-value wasmtime_func_t, wasmtime_instance_t and wasmtime_extern_t).
+ * wasm-task starts it with one end of a SOCK_SEQPACKET socketpair as FD. It opens wasmtime's C API from
+ * LIBRARY (the wasmtime wheel's own _libwasmtime.so), builds the engine and the WASI linker, and forks one
+ * runner per request. A runner forked from a Python process would write the refcounts of every object it
+ * touches, copying those pages (~2 MB per container), and even one that runs only C would copy the pages
+ * of the interpreter's heap that malloc writes into; a runner of this program copies little more than its
+ * own stack, heap and the module's linear memory.
+ *
+ * The wheel ships no headers: the few types used are declared below as wasmtime 50's headers lay them out
+ * (opaque pointers, and the by-value wasmtime_func_t, wasmtime_instance_t and wasmtime_extern_t), and the
+ * functions are resolved with dlsym.
  *
  * The wire format of both the control messages and the run-spec file is a sequence of fields
  * "name=value", each ended by a NUL byte (see kuasar_wasm_sandboxer/protocol.py, the Python side).
@@ -852,11 +856,8 @@ static void fork_runner(int control, runner_t *r) {
  * Fork a runner per request on `control` (one byte string with one fd: the runner's control socket)
  * until it closes; returns the exit status (0: closed, 1: failed). `library`: wasmtime's C API library.
  */
-int kuasar_wasm_serve(int control, const char *library) {
+static int serve(int control, const char *library) {
     char why[600];
-    signal(SIGINT, SIG_DFL); /* Kill must work on a runner running native code */
-    signal(SIGTERM, SIG_DFL);
-    prctl(PR_SET_NAME, "wasm-forkserver", 0, 0, 0);
     if (load_api(library, why, sizeof why) < 0) {
         log_line("fork-server: %s", why);
         return 1;
@@ -899,4 +900,34 @@ int kuasar_wasm_serve(int control, const char *library) {
                 ;
         close(fd);
     }
+}
+
+int main(int argc, char **argv) {
+    const char *control = NULL, *library = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--control"))
+            control = argv[i + 1];
+        else if (!strcmp(argv[i], "--wasmtime"))
+            library = argv[i + 1];
+        else
+            control = library = NULL, i = argc;
+    }
+    char *end = NULL;
+    long fd = control ? strtol(control, &end, 10) : -1;
+    if (argc != 5 || library == NULL || control == NULL || *end || end == control || fd < 0 || fd > 65535) {
+        log_line("wasm-forkserver: usage: wasm-forkserver --control FD --wasmtime LIBRARY "
+                 "(FD: an open socket's number)");
+        return 2;
+    }
+    /* what runners had as forks of a Python process: a write to a closed pipe fails with EPIPE instead
+     * of killing the module; and Kill's signals are unblocked and keep their default action */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    prctl(PR_SET_NAME, "wasm-forkserver", 0, 0, 0);
+    return serve((int)fd, library);
 }
