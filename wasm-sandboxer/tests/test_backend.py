@@ -3,6 +3,7 @@ kill, exec, two containers in one pod, bad input, the module cache and re-adopti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -350,7 +351,12 @@ async def test_an_exec_start_cut_short_by_a_restart_runs_exactly_once(
         await asyncio.wait_for(second.wait(cid, ""), 10)
         await second.delete(cid, "")
     finally:
+        if cid in second._containers:
+            await second.shutdown(cid, now=True)
         await second.close()
+        for pid in [init_pid, *runners]:  # a failed assertion must not leave modules spinning
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _status_field(pid: int, field: str) -> str:
