@@ -13,6 +13,7 @@ pod, so Shutdown covers every container.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import logging
@@ -20,6 +21,8 @@ import os
 import shutil
 from typing import Any, Dict, Optional, Tuple
 
+from kuasar_shared import process
+from kuasar_shared.daemon.reaper import ExitEvent
 from kuasar_shared.ids import validate_id
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import clamp_oom_score_adj, drop_hostname_if_shared_uts
@@ -27,6 +30,7 @@ from kuasar_shared.task.records import Container
 from kuasar_shared.oci.task import OciHooks, OciTaskBackend, Placement
 from kuasar_shared.task.backend import CreateTask
 
+from kuasar_vmm_task import boot
 from kuasar_vmm_task.boot import SHARE_DIR
 from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.pod import PodNamespaces
@@ -134,9 +138,37 @@ class GuestTaskBackend(OciTaskBackend):
             runc, self._runc_fd = sealed_copy(runc)
         except OSError as err:
             log.warning("runc runs as %s, copying itself per container: no sealed copy (%s)", runc, err)
+        #: the runc this backend runs (its sealed copy when there is one)
+        self.runc = runc
         super().__init__(os.path.join(runc_root, "kuasar-work"), GuestHooks(pod_ns, events, runc, runc_root),
                          hub=hub)
         self.share = share
+        #: the kernel modules only containers use are loaded (see :func:`~kuasar_vmm_task.boot.later_modules_loaded`)
+        self.modules_ready = False
+        self._warming: "Optional[asyncio.Future[ExitEvent]]" = None
+
+    def warm_up(self) -> None:
+        """Start ``runc --version`` at idle priority (SCHED_IDLE) and let it run.
+
+        Why: a VM restored from a template has lost QEMU's translations of runc's code (TCG keeps them
+        outside the migrated state), and the first container's ``runc create`` (and ``runc init``, the
+        same binary) translates the Go runtime's start-up again: ~0.14 s under TCG. Done here, it takes
+        the time in which the vCPU would wait for its host anyway; SCHED_IDLE never takes CPU from the
+        agent or its containers. Cold-booted VMs skip it: their host calls follow each other at once.
+        """
+        if self._warming is not None:
+            return
+        try:
+            proc = process.spawn([self.runc, "--version"], stdout=process.DEVNULL, stderr=process.DEVNULL,
+                                 env=boot.ENV)
+        except process.CommandError as err:
+            log.warning("runc warm-up not started: %s", err)
+            return
+        try:
+            os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as err:  # gone already, or no SCHED_IDLE: it ran at normal priority
+            log.debug("runc warm-up pid %d keeps its priority: %s", proc.pid, err)
+        self._warming = asyncio.ensure_future(proc.wait())
 
     async def close(self) -> None:
         await super().close()
@@ -148,6 +180,9 @@ class GuestTaskBackend(OciTaskBackend):
         validate_id(req.id, "container")
         if req.rootfs:
             log.debug("container %s: rootfs mounts were made by the host; ignored", req.id)
+        if not self.modules_ready:
+            await boot.later_modules_loaded()
+            self.modules_ready = True
         return await super().create(dataclasses.replace(req, bundle=os.path.join(self.share, req.id), rootfs=()))
 
     def _belongs(self, container: Container, id: str) -> bool:
