@@ -210,7 +210,7 @@ def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = 
     return GuestServer(sandbox.service(), task_services)
 
 
-async def _init(params: TaskParams) -> None:
+def _init(params: TaskParams) -> None:
     """PID 1 duties in upstream order; a missing share is logged (the host may not attach one). A
     template leaves the share to SetupSandbox (see :func:`build_server`)."""
     os.environ.update(boot.ENV)
@@ -218,20 +218,20 @@ async def _init(params: TaskParams) -> None:
     boot.write_sysctls(boot.SYSCTLS)
     if params.template:
         log.info("booted as a VM template: the pod share is mounted at SetupSandbox")
-        await boot.loopback_up()
+        boot.loopback_up()
         return
     try:
         boot.mount_share(params)
         boot.bind_resolv_conf()
     except Exception as err:  # PID 1 keeps going: the agent must still answer the host
         log.error("pod share not mounted: %s", err)
-    await boot.loopback_up()
+    boot.loopback_up()
 
 
 async def _serve(args: Args, params: TaskParams) -> None:
     get_reaper().install()
     if args.init:
-        await _init(params)
+        _init(params)
     server = build_server(params)
     listeners = []
     if args.listen:
