@@ -16,7 +16,7 @@ fi
 # the distribution's python3-* packages: building the RPMs and installing them into a throwaway root.
 deb_pkgs=(runc busybox-static iproute2 python3 python3-venv python3-protobuf
           gcc clang lld wasi-libc libclang-rt-dev-wasm32 runsc qemu-system-x86 containerd
-          rpm systemd python3-pip python3-setuptools python3-wheel python3-grpcio python3-pyroute2
+          rpm systemd python3-pip python3-setuptools python3-wheel python3-grpcio python3-h2 python3-pyroute2
           python3-daemon python3-yaml python3-tomli)
 rpm_pkgs=(runc busybox iproute python3 python3-protobuf gcc clang lld qemu-system-x86_64 containerd)
 if command -v apt-get >/dev/null 2>&1; then

@@ -1,7 +1,7 @@
 """Helpers of the packaging tests: building with rpm/build.sh and throwaway ``rpm --root`` trees.
 
 A throwaway root holds no distribution, so a small ``kuasar-test-base`` package stands in for it:
-it provides the capabilities our packages may require from the distribution (python3-grpcio,
+it provides the capabilities our packages may require from the distribution (python3-h2,
 runc, ...), ships busybox as ``/bin/sh`` for the scriptlets and a fake ``systemctl`` that logs its
 arguments to ``/var/log/systemctl.log``. Dependencies are then checked for real: a package that
 needed another kuasar subpackage it does not declare, or one it should not need, shows up.
@@ -23,7 +23,8 @@ TYPES = ("wasm", "quark", "vmm")
 GUEST_DIR = Path("/var/tmp/kuasar-rpm-guest")
 #: what a distribution provides, as far as our packages may ask for it
 BASE_PROVIDES = (
-    "python3 = 3.11.2", "python3-grpcio = 1.51.1", "python3-protobuf = 3.21.12", "python3-pyyaml = 6.0",
+    "python3 = 3.11.2", "python3-grpcio = 1.51.1", "python3-h2 = 4.1.0", "python3-protobuf = 3.21.12",
+    "python3-pyyaml = 6.0",
     "python3-pyroute2 = 0.7.2", "python3-daemon = 2.3.2", "python3-wasmtime = 50.0.1",
     "python3-qemu-qmp = 0.0.3", "runc = 1.1.5", "runsc = 20221219", "qemu = 7.2", "/usr/bin/python3",
 )

@@ -31,9 +31,9 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
      "kuasar_shared.daemon.notify", "kuasar_shared.daemon.signals", "kuasar_shared.daemon.reaper",
      "kuasar_shared.daemon.notls",
      "kuasar_shared.daemon.args"),
-    # mechanisms over the kernel and files: mounts, cgroups, processes, durable state, ttrpc
+    # mechanisms over the kernel and files: mounts, cgroups, processes, durable state, ttrpc, the gRPC server
     ("kuasar_shared.mounts", "kuasar_shared.cgroups", "kuasar_shared.process", "kuasar_shared.process_identity",
-     "kuasar_shared.statefiles", "kuasar_shared.ttrpc"),
+     "kuasar_shared.statefiles", "kuasar_shared.ttrpc", "kuasar_shared.grpcserver"),
     # process stdio and the daemon runner (the daemon package re-exports the runner)
     ("kuasar_shared.io", "kuasar_shared.daemon", "kuasar_shared.daemon.run"),
     # the Task API and the generic task-server machinery

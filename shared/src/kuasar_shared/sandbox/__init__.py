@@ -1,7 +1,7 @@
 """The Sandbox API: the :class:`Sandboxer` interface every sandbox type implements, and its gRPC server.
 
 Layers: :mod:`.api` (interface + plain data) <- :mod:`.tasks_extension` (``extensions.tasks`` contract)
-<- :mod:`.controller` (grpc.aio servicer: validate, convert, delegate) <- :mod:`.server`
+<- :mod:`.controller` (gRPC servicer: validate, convert, delegate) <- :mod:`.server`
 (unix-socket server). Sandboxers import from here and never touch protobuf. The gRPC server is
 imported from :mod:`.server` by the daemons that serve it, so that processes using only the pod
 bookkeeping (task servers, the vmm relay) do not load gRPC.

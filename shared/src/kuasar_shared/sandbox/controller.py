@@ -27,22 +27,22 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
-import grpc
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
-from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
 from kuasar_shared.api.containerd.types import metrics_pb2, platform_pb2
 from kuasar_shared.api.cri.runtime.v1 import api_pb2 as cri_pb2
 from kuasar_shared import tracing
-from kuasar_shared.errors import Internal, InvalidArgument, KuasarError, NotFound, Unavailable, code_of
+from kuasar_shared.errors import Code, Internal, InvalidArgument, KuasarError, NotFound, Unavailable, code_of
+from kuasar_shared.grpcserver import CallContext, Handler
 from kuasar_shared.ids import validate_id
 from kuasar_shared.sandbox.api import CreateSandbox, Sandboxer
 from kuasar_shared.sandbox.tasks_extension import TASKS_EXTENSION, diff, parse_tasks
 from kuasar_shared.values import Mount
 from kuasar_shared.task.service import METRICS_TYPE_URL, metrics_any
 
-__all__ = ["SandboxController", "add_controller_to_server", "DecodeErrorInterceptor", "READY",
+__all__ = ["SandboxController", "controller_methods", "READY",
            "NOT_READY", "METRICS_TYPE_URL", "host_platform"]
 
 _log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ NOT_READY = "SANDBOX_NOTREADY"
 #: type_url of ControllerMetricsResponse.metrics.data, spelled the way containerd's typeurl does.
 _UPDATE_TASKS_FIELD = "extensions." + TASKS_EXTENSION
 
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Errors that are a normal part of the conversation with an engine, not worth a warning.
 _QUIET = (NotFound,)
 _SERVICE = "containerd.services.sandbox.v1.Controller"
@@ -69,7 +68,9 @@ _ARCHITECTURES = {
 }
 
 _Req = TypeVar("_Req", bound=Message)
-_Resp = TypeVar("_Resp", bound=Message)
+#: a servicer method as the gRPC server calls it (the controller, request bytes, context -> response bytes)
+_Method = Callable[["SandboxController", bytes, CallContext], Awaitable[bytes]]
+_METHODS = ("Create", "Start", "Platform", "Stop", "Wait", "Status", "Shutdown", "Metrics", "Update")
 
 
 def host_platform() -> platform_pb2.Platform:
@@ -92,80 +93,61 @@ def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
     return datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
 
 
-class _Undecodable:
-    """Stands in for a request whose bytes did not parse, so :func:`_edge` can answer
-    INVALID_ARGUMENT (grpc itself would answer UNKNOWN and log an error with a traceback)."""
+def _edge(request_type: type[_Req]) -> Callable[[Callable[[Any, _Req], Awaitable[Message]]], _Method]:
+    """Make a servicer method a handler of the gRPC server: decode the request, run the method, map its
+    errors to a gRPC status once, encode the response.
 
-    def __init__(self, method: str, error: DecodeError) -> None:
-        self.method = method
-        self.error = error
-
-
-class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg,misc,unused-ignore]
-    """Makes malformed protobuf requests reach the servicer as :class:`_Undecodable`."""
-
-    async def intercept_service(self, continuation: Callable[..., Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return handler
-        decode = handler.request_deserializer
-        method = details.method
-
-        def lenient(data: bytes) -> Any:
-            try:
-                return decode(data)
-            except DecodeError as err:
-                return _Undecodable(method, err)
-
-        return grpc.unary_unary_rpc_method_handler(handler.unary_unary, request_deserializer=lenient,
-                                                   response_serializer=handler.response_serializer)
-
-
-def _edge(method: Callable[[Any, _Req], Awaitable[_Resp]]) -> Callable[..., Awaitable[_Resp]]:
-    """Run a servicer method and map its errors to a gRPC status, once.
-
-    A request that did not decode -> INVALID_ARGUMENT; KuasarError -> its code and message; any
-    other Exception -> INTERNAL with the message and a logged traceback. CancelledError and the
-    AbortError raised by ``context.abort`` pass through.
+    A request that does not decode -> INVALID_ARGUMENT naming the method (grpcio answered such a request
+    UNKNOWN and logged an error with a traceback); KuasarError -> its code and message; any other
+    Exception -> INTERNAL with the message and a logged traceback. CancelledError passes through.
     """
 
-    @functools.wraps(method)
-    async def handler(self: Any, request: _Req, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
-        begin = time.monotonic()
-        code = grpc.StatusCode.CANCELLED
-        with tracing.server_span("Controller/" + method.__name__, context.invocation_metadata(),
-                                 **{"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method.__name__,
-                                    "kuasar.sandbox_id": getattr(request, "sandbox_id", "")}) as span:
-            message = ""
+    def wrap(method: Callable[[Any, _Req], Awaitable[Message]]) -> _Method:
+        name = method.__name__
+        path = "/%s/%s" % (_SERVICE, name)
+
+        @functools.wraps(method)
+        async def handler(self: "SandboxController", data: bytes, context: CallContext) -> bytes:
+            begin = time.monotonic()
+            code = Code.CANCELLED
+            request: Optional[_Req] = None
+            problem = ""
             try:
-                if isinstance(request, _Undecodable):
-                    raise InvalidArgument("malformed %s request: %s" % (request.method, request.error))
-                response = await method(self, request)
-                code = grpc.StatusCode.OK
-            except KuasarError as err:
-                level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
-                _log.log(level, "%s: %s (%s)", method.__name__, err, code_of(err).name)
-                code, message = _GRPC_CODES[int(code_of(err))], err.message
-            except Exception as err:  # an unexpected failure must not take the server down
-                _log.exception("%s failed unexpectedly", method.__name__)
-                code, message = grpc.StatusCode.INTERNAL, "%s: %s" % (type(err).__name__, err)
-            finally:
-                # before the reply leaves (context.abort sends the status at once): a scrape that follows
-                # the reply sees the call counted
-                if span is not None:
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if self.observe is not None:
-                    self.observe(method.__name__, code.name, time.monotonic() - begin)
-            if code is grpc.StatusCode.OK:
-                return response
-            await context.abort(code, message)
-        raise AssertionError("context.abort returned")  # pragma: no cover
+                request = request_type.FromString(data)
+            except DecodeError as err:
+                problem = "malformed %s request: %s" % (path, err)
+            with tracing.server_span("Controller/" + name, context.invocation_metadata(),
+                                     **{"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": name,
+                                        "kuasar.sandbox_id": getattr(request, "sandbox_id", "")}) as span:
+                message = ""
+                try:
+                    if request is None:
+                        raise InvalidArgument(problem)
+                    response = await method(self, request)
+                    code = Code.OK
+                except KuasarError as err:
+                    level = logging.DEBUG if isinstance(err, _QUIET) else logging.WARNING
+                    _log.log(level, "%s: %s (%s)", name, err, code_of(err).name)
+                    code, message = code_of(err), err.message
+                except Exception as err:  # an unexpected failure must not take the server down
+                    _log.exception("%s failed unexpectedly", name)
+                    code, message = Code.INTERNAL, "%s: %s" % (type(err).__name__, err)
+                finally:
+                    # before the reply leaves: a scrape that follows the reply sees the call counted
+                    if span is not None:
+                        span.set_attribute("rpc.grpc.status_code", int(code))
+                    if self.observe is not None:
+                        self.observe(name, code.name, time.monotonic() - begin)
+                if code is Code.OK:
+                    return response.SerializeToString()
+                await context.abort(code, message)
 
-    return handler
+        return handler
+
+    return wrap
 
 
-class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[misc,unused-ignore]
+class SandboxController:
     """``containerd.services.sandbox.v1.Controller`` over one :class:`Sandboxer`.
 
     Holds no pod state of its own except one lock per pod while an Update is diffed and applied.
@@ -192,7 +174,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
             task.cancel()
         return len(pending)
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerCreateRequest)
     async def Create(self, request: sandbox_pb2.ControllerCreateRequest
                      ) -> sandbox_pb2.ControllerCreateResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -221,7 +203,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
         _log.info("sandbox %s created (netns %r)", sandbox_id, request.netns_path)
         return sandbox_pb2.ControllerCreateResponse(sandbox_id=sandbox_id)
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerStartRequest)
     async def Start(self, request: sandbox_pb2.ControllerStartRequest
                     ) -> sandbox_pb2.ControllerStartResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -235,14 +217,14 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
             sandbox_id=sandbox_id, pid=status.pid, created_at=_timestamp(status.created_at),
             address=status.address, version=status.version)
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerPlatformRequest)
     async def Platform(self, request: sandbox_pb2.ControllerPlatformRequest
                        ) -> sandbox_pb2.ControllerPlatformResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
         await self._sandboxer.status(sandbox_id)
         return sandbox_pb2.ControllerPlatformResponse(platform=host_platform())
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerStopRequest)
     async def Stop(self, request: sandbox_pb2.ControllerStopRequest
                    ) -> sandbox_pb2.ControllerStopResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -254,7 +236,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
             _log.info("sandbox %s stopped", sandbox_id)
         return sandbox_pb2.ControllerStopResponse()
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerWaitRequest)
     async def Wait(self, request: sandbox_pb2.ControllerWaitRequest
                    ) -> sandbox_pb2.ControllerWaitResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -272,7 +254,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
         return sandbox_pb2.ControllerWaitResponse(exit_status=exit_status.exit_status,
                                                   exited_at=_timestamp(exit_status.exited_at))
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerStatusRequest)
     async def Status(self, request: sandbox_pb2.ControllerStatusRequest
                      ) -> sandbox_pb2.ControllerStatusResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -282,7 +264,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
             info=status.info, created_at=_timestamp(status.created_at),
             exited_at=_timestamp(status.exited_at), address=status.address, version=status.version)
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerShutdownRequest)
     async def Shutdown(self, request: sandbox_pb2.ControllerShutdownRequest
                        ) -> sandbox_pb2.ControllerShutdownResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -294,7 +276,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
             _log.info("sandbox %s shut down", sandbox_id)
         return sandbox_pb2.ControllerShutdownResponse()
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerMetricsRequest)
     async def Metrics(self, request: sandbox_pb2.ControllerMetricsRequest
                       ) -> sandbox_pb2.ControllerMetricsResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -305,7 +287,7 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
                                     data=metrics_any(stats))
         return sandbox_pb2.ControllerMetricsResponse(metrics=metric)
 
-    @_edge
+    @_edge(sandbox_pb2.ControllerUpdateRequest)
     async def Update(self, request: sandbox_pb2.ControllerUpdateRequest
                      ) -> sandbox_pb2.ControllerUpdateResponse:
         sandbox_id = validate_id(request.sandbox_id, "sandbox")
@@ -335,10 +317,6 @@ class SandboxController(sandbox_pb2_grpc.ControllerServicer):  # type: ignore[mi
         return sandbox_pb2.ControllerUpdateResponse()
 
 
-def add_controller_to_server(sandboxer: Sandboxer, server: grpc.aio.Server,
-                             observe: Optional[Observer] = None) -> SandboxController:
-    """Register a :class:`SandboxController` for ``sandboxer`` on ``server`` (not started)."""
-    controller = SandboxController(sandboxer, observe)
-    register = sandbox_pb2_grpc.add_ControllerServicer_to_server
-    register(controller, server)  # type: ignore[no-untyped-call,unused-ignore]
-    return controller
+def controller_methods(controller: SandboxController) -> dict[str, Handler]:
+    """The method table of ``containerd.services.sandbox.v1.Controller``: full path -> handler."""
+    return {"/%s/%s" % (_SERVICE, name): getattr(controller, name) for name in _METHODS}

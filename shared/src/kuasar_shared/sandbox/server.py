@@ -1,4 +1,4 @@
-"""Serving the Sandbox API: a grpc.aio server on a unix socket with the Controller servicer.
+"""Serving the Sandbox API: the Controller servicer on a unix socket, through :mod:`kuasar_shared.grpcserver`.
 
 containerd dials a sandbox proxy plugin as gRPC on ``unix://<address>`` with 16 MiB message
 limits; this module binds that socket the way Kuasar does (stale file removed, parent created)
@@ -6,19 +6,16 @@ and restricts it to its owner (mode 0600) because the API can start and remove p
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Optional
 
-import grpc
-
 from kuasar_shared import tracing
 from kuasar_shared.errors import Unavailable
+from kuasar_shared.grpcserver import MAX_MESSAGE_SIZE, GrpcServer, serve_unix
 from kuasar_shared.sandbox.api import Sandboxer
-from kuasar_shared.sandbox.controller import (DecodeErrorInterceptor, Observer, SandboxController,
-                                              add_controller_to_server)
+from kuasar_shared.sandbox.controller import Observer, SandboxController, controller_methods
 from kuasar_shared.statefiles import PodStore
 
 if TYPE_CHECKING:
@@ -30,8 +27,6 @@ __all__ = ["SandboxApiServer", "serve_sandbox_api", "serve_until_shutdown", "MAX
 
 _log = logging.getLogger(__name__)
 
-#: containerd's default gRPC message size limit, used in both directions.
-MAX_MESSAGE_SIZE = 16 << 20
 _SOCKET_MODE = 0o600
 
 
@@ -46,7 +41,7 @@ class SandboxApiServer:
     """A running Sandbox API server. Resource handling: owns the gRPC server and the socket file,
     both released by :meth:`stop`; the sandboxer stays owned by the caller."""
 
-    def __init__(self, server: grpc.aio.Server, path: str, controller: SandboxController) -> None:
+    def __init__(self, server: GrpcServer, path: str, controller: SandboxController) -> None:
         self._server = server
         self._path = path
         self._controller = controller
@@ -69,12 +64,11 @@ class SandboxApiServer:
         if self._stopped:
             return
         self._stopped = True
-        stopping = asyncio.ensure_future(self._server.stop(grace))
-        await asyncio.sleep(0)  # new calls are refused from here on; then no Wait can slip in after this
+        self._server.begin_stop()  # new calls are refused from here on; then no Wait can slip in after this
         released = self._controller.release_waits()
         if released:
             _log.info("released %d pending Wait call%s", released, "" if released == 1 else "s")
-        await stopping
+        await self._server.stop(grace)
         try:
             os.unlink(self._path)
         except FileNotFoundError:
@@ -109,19 +103,11 @@ async def serve_sandbox_api(listen: str, sandboxer: Sandboxer, observe: Optional
         os.unlink(path)
     except FileNotFoundError:
         pass
-    server = grpc.aio.server(interceptors=[DecodeErrorInterceptor()], options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
-        ("grpc.so_reuseport", 0),
-    ])
-    controller = add_controller_to_server(sandboxer, server, observe)
+    controller = SandboxController(sandboxer, observe)
     try:
-        port = server.add_insecure_port("unix:" + path)
-    except RuntimeError as err:
+        server = await serve_unix(path, controller_methods(controller))
+    except OSError as err:
         raise Unavailable("cannot listen on %s: %s" % (path, err)) from err
-    if port == 0:
-        raise Unavailable("cannot listen on %s" % path)
-    await server.start()
     os.chmod(path, _SOCKET_MODE)
     _log.info("sandbox API listening on %s", path)
     return SandboxApiServer(server, path, controller)
