@@ -38,6 +38,8 @@ _WINDOW = 4 << 20
 #: containerd holds one Wait per pod for the pod's life, all on one connection
 _MAX_STREAMS = 1 << 16
 _PREFIX = 5
+#: how long a stop waits for a connection to take the last bytes written to it
+_CLOSE_TIMEOUT = 1.0
 _TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: headers of the protocol itself, not metadata for the handler
@@ -200,9 +202,13 @@ class _Connection(asyncio.Protocol):
         for stream in list(self._streams.values()):
             self._cancel(stream)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Close the connection once what is written has been sent, or at once (``now``)."""
         if self._transport is not None:
-            self._transport.close()
+            if now:
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     # events
 
@@ -251,19 +257,19 @@ class _Connection(asyncio.Protocol):
             self._trailers_only(stream_id, Code.UNIMPLEMENTED, "grpc-encoding %r is not supported, only identity"
                                 % fields["grpc-encoding"])
             return
-        deadline = None
+        timeout = None
         if "grpc-timeout" in fields:
             try:
-                deadline = time.monotonic() + _timeout(fields["grpc-timeout"])
+                timeout = _timeout(fields["grpc-timeout"])
             except ValueError as err:
                 self._trailers_only(stream_id, Code.INTERNAL, str(err))
                 return
         metadata = tuple((k, v) for k, v in headers if not k.startswith(":") and k not in _RESERVED)
+        deadline = None if timeout is None else time.monotonic() + timeout
         stream = _Stream(stream_id, path, handler, CallContext(path, metadata, deadline))
         self._streams[stream_id] = stream
-        if deadline is not None:
-            stream.timer = self._loop.call_at(self._loop.time() + (deadline - time.monotonic()),
-                                              self._expire, stream)
+        if timeout is not None:
+            stream.timer = self._loop.call_later(timeout, self._expire, stream)
 
     def _data(self, stream_id: int, data: bytes, flow_controlled: int) -> None:
         if flow_controlled:
@@ -447,7 +453,13 @@ class GrpcServer:
             await asyncio.wait(calls)
         for connection in list(self._connections):
             connection.close()
-        await asyncio.gather(*(c.closed.wait() for c in list(self._connections)))
+        closing = [asyncio.ensure_future(c.closed.wait()) for c in list(self._connections)]
+        if closing:
+            _, unread = await asyncio.wait(closing, timeout=_CLOSE_TIMEOUT)
+            for connection in list(self._connections):
+                connection.close(now=True)  # a client that reads nothing must not hold the stop
+            if unread:
+                await asyncio.wait(unread)
         if self._listener is not None:
             await self._listener.wait_closed()
         self._stopped.set()
