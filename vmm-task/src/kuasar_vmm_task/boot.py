@@ -6,7 +6,6 @@ kernel parameters, the share at /run/kuasar/state, resolv.conf, lo up. A mount t
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
 import logging
@@ -20,14 +19,11 @@ from kuasar_shared.mounts import MountError, is_mountpoint, mount
 from kuasar_vmm_task.params import TaskParams
 
 __all__ = ["BASE_MOUNTS", "SHARE_DIR", "SHARE_TAG", "SYSCTLS", "cgroup_subsystems", "setup_mounts",
-           "mount_share", "write_sysctls", "bind_resolv_conf", "loopback_up", "ENV", "LATER_MODULES_FILE",
-           "later_modules_loaded"]
+           "mount_share", "write_sysctls", "bind_resolv_conf", "loopback_up", "ENV"]
 
 log = logging.getLogger(__name__)
 
 SHARE_DIR = "/run/kuasar/state"
-#: the kernel modules stage 1 loads beside vmm-task's start-up (one name a line; written by the image builder)
-LATER_MODULES_FILE = "/etc/kuasar/modules.later"
 SHARE_TAG = "kuasar"
 ENV = {"PATH": "/bin:/sbin:/usr/bin:/usr/sbin", "XDG_RUNTIME_DIR": "/run"}
 
@@ -139,32 +135,3 @@ def loopback_up(name: str = "lo") -> None:
         flags = struct.unpack_from("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq))[1]
         if not flags & IFF_UP:
             fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
-
-
-def _module_live(sys_module: str, name: str) -> bool:
-    try:
-        with open(os.path.join(sys_module, name, "initstate")) as handle:
-            return handle.read().strip() == "live"
-    except OSError:
-        return False
-
-
-async def later_modules_loaded(names_file: str = LATER_MODULES_FILE, sys_module: str = "/sys/module",
-                               timeout: float = 30.0, interval: float = 0.02) -> bool:
-    """Wait until every module of ``names_file`` is live (stage 1 loads them at the lowest priority while
-    the agent starts); False, logged, when one is still missing after ``timeout``. No file: nothing to wait for."""
-    try:
-        with open(names_file) as handle:
-            names = handle.read().split()
-    except FileNotFoundError:
-        return True
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        missing = [n for n in names if not _module_live(sys_module, n)]
-        if not missing:
-            return True
-        if loop.time() > deadline:
-            log.warning("kernel modules %s not loaded after %.0f s; going on without them", ", ".join(missing), timeout)
-            return False
-        await asyncio.sleep(interval)

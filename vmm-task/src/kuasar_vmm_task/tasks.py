@@ -143,8 +143,6 @@ class GuestTaskBackend(OciTaskBackend):
         super().__init__(os.path.join(runc_root, "kuasar-work"), GuestHooks(pod_ns, events, runc, runc_root),
                          hub=hub)
         self.share = share
-        #: the kernel modules only containers use are loaded (see :func:`~kuasar_vmm_task.boot.later_modules_loaded`)
-        self.modules_ready = False
         self._warming: "Optional[asyncio.Future[ExitEvent]]" = None
 
     def warm_up(self) -> None:
@@ -180,9 +178,6 @@ class GuestTaskBackend(OciTaskBackend):
         validate_id(req.id, "container")
         if req.rootfs:
             log.debug("container %s: rootfs mounts were made by the host; ignored", req.id)
-        if not self.modules_ready:
-            await boot.later_modules_loaded()
-            self.modules_ready = True
         return await super().create(dataclasses.replace(req, bundle=os.path.join(self.share, req.id), rootfs=()))
 
     def _belongs(self, container: Container, id: str) -> bool:

@@ -31,7 +31,6 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
-from kuasar_vmm_task.boot import LATER_MODULES_FILE
 from kuasar_vmm_task.image import cpio, debs, elf, kernel
 from kuasar_vmm_task.image.kernel import ImageError
 
@@ -233,31 +232,22 @@ def _rootfs(rootfs: str, stage: str) -> None:
     _compile(rootfs)
 
 
-def _stage1(stage1: str, kroot: str, script: str) -> List[str]:
-    """Stage 1 with ``modules.order`` (loaded before vmm-task) and ``modules.later`` (loaded beside it:
-    :data:`~.kernel.LATER_MODULES` and what they need beyond the first list); returns the later names."""
+def _stage1(stage1: str, kroot: str, script: str) -> None:
     version = os.listdir(os.path.join(kroot, "lib/modules"))[0]
     vdir = os.path.join(kroot, "lib/modules", version)
-    index, builtin = kernel.module_index(os.path.join(vdir, "kernel")), kernel.builtin_modules(vdir)
-    first = kernel.load_order(kernel.GUEST_MODULES, index, builtin)
-    later = kernel.load_order(kernel.LATER_MODULES, index, builtin | {_module_name(p) for p in first})
+    order = kernel.load_order(kernel.GUEST_MODULES, kernel.module_index(os.path.join(vdir, "kernel")),
+                              kernel.builtin_modules(vdir))
     os.makedirs(os.path.join(stage1, "modules"))
-    for listing, order in (("modules.order", first), ("modules.later", later)):
-        names = [os.path.basename(path) for path in order]
-        for name, path in zip(names, order):
-            shutil.copy2(path, os.path.join(stage1, "modules", name))
-        with open(os.path.join(stage1, listing), "w") as handle:
-            handle.write("".join(n + "\n" for n in names))
+    names = []
+    for path in order:
+        names.append(os.path.basename(path))
+        shutil.copy2(path, os.path.join(stage1, "modules", names[-1]))
+    with open(os.path.join(stage1, "modules.order"), "w") as handle:
+        handle.write("".join(n + "\n" for n in names))
     for d in ("proc", "sys", "dev"):
         os.makedirs(os.path.join(stage1, d))
     shutil.copy2(script, os.path.join(stage1, "init"))
     os.chmod(os.path.join(stage1, "init"), 0o755)
-    return [_module_name(p) for p in later]
-
-
-def _module_name(path: str) -> str:
-    """The kernel's name of a module file (``9pnet_virtio.ko`` -> ``9pnet_virtio``, dashes as underscores)."""
-    return os.path.basename(path)[:-3].replace("-", "_")
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -309,10 +299,8 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
         with open(vmlinuz, "rb") as handle:
             vmlinux = kernel.extract_vmlinux(handle.read())
         stage1, rootfs = os.path.join(work, "stage1"), os.path.join(work, "rootfs")
-        later = _stage1(stage1, kroot, os.path.join(here, "init.sh"))
+        _stage1(stage1, kroot, os.path.join(here, "init.sh"))
         _rootfs(rootfs, stage)
-        os.makedirs(os.path.join(rootfs, os.path.dirname(LATER_MODULES_FILE.lstrip("/"))), exist_ok=True)
-        _write_file(os.path.join(rootfs, LATER_MODULES_FILE.lstrip("/")), "".join(n + "\n" for n in later))
         with tempfile.TemporaryFile() as raw:
             cpio.write_tree(raw, [(stage1, ""), (rootfs, "rootfs")], char_devices=[("dev/console", 5, 1)])
             raw.seek(0)

@@ -13,17 +13,14 @@ import os
 import re
 from typing import Collection, Dict, List, Sequence
 
-__all__ = ["GUEST_MODULES", "LATER_MODULES", "extract_vmlinux", "module_index", "builtin_modules", "load_order",
-           "ImageError"]
+__all__ = ["GUEST_MODULES", "extract_vmlinux", "module_index", "builtin_modules", "load_order", "ImageError"]
 
-#: what the guest needs before its agent serves and sets up the pod: virtio transports, the agent port,
-#: shares, vsock, NIC, disks, the host RNG (/dev/hwrng: fresh entropy in a VM restored from a template)
+#: what the guest needs: virtio transports, the agent port, shares, vsock, overlay, NIC, disks, the host RNG
+#: (/dev/hwrng: fresh entropy in a VM restored from a template); and
+#: bridge, which a privileged (or NET_ADMIN) container may use as on a node (critest: ``brctl addbr``
+#: answered "Package not installed" without it)
 GUEST_MODULES = ("virtio_pci", "virtio_mmio", "virtio_console", "9pnet_virtio", "9p", "virtiofs",
-                 "vmw_vsock_virtio_transport", "virtio_net", "virtio_blk", "virtio_rng")
-#: what only containers use: overlay, and bridge, which a privileged (or NET_ADMIN) container may use as
-#: on a node (critest: ``brctl addbr`` answered "Package not installed" without it). Stage 1 loads them
-#: at the lowest priority while vmm-task starts (the agent waits for them before its first container)
-LATER_MODULES = ("overlay", "bridge")
+                 "vmw_vsock_virtio_transport", "overlay", "virtio_net", "virtio_blk", "virtio_rng", "bridge")
 
 _XZ = b"\xfd7zXZ\x00"
 _GZIP = b"\x1f\x8b\x08"
