@@ -12,7 +12,7 @@ from kuasar_shared.task.exits import ExitRecorder
 
 
 @pytest.mark.asyncio
-async def test_record_then_claim_once(tmp_path) -> None:
+async def test_a_claimed_record_stays_until_discarded(tmp_path) -> None:
     recorder = ExitRecorder(str(tmp_path / "exits"))
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     listener = recorder.listener(lambda pid: pid == 1)
@@ -20,6 +20,9 @@ async def test_record_then_claim_once(tmp_path) -> None:
     listener(ExitEvent(4242, 42, when))
     assert os.listdir(tmp_path / "exits") == ["4242.json"]
     assert await recorder.claim(4242) == (42, when)
+    # a claimer killed before it saved the status leaves the record to its successor
+    assert await recorder.claim(4242, timeout=0.05) == (42, when)
+    recorder.discard(4242)
     assert await recorder.claim(4242, timeout=0.05) is None
 
 

@@ -117,8 +117,13 @@ class ExitRecorder:
             self.discard(pid)
 
     async def claim(self, pid: int, timeout: float = 1.0) -> Optional[tuple[int, datetime]]:
-        """Wait up to ``timeout`` seconds for the record of ``pid``; consume and return
-        ``(status, exited_at)``, or None when no record appeared."""
+        """Wait up to ``timeout`` seconds for the record of ``pid``; return ``(status, exited_at)``, or
+        None when no record appeared.
+
+        The record stays: the claimer calls :meth:`discard` once the status is saved where it belongs
+        (a claimer killed before that leaves it to its successor; consuming it here lost exit codes
+        when a task server was killed between the claim and saving the container).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -130,7 +135,6 @@ class ExitRecorder:
                 log.warning("%s", err)
                 record = None
             if isinstance(record, dict):
-                self.discard(pid)
                 try:
                     return int(record["status"]), datetime.fromisoformat(str(record["exited_at"]))
                 except (KeyError, TypeError, ValueError):

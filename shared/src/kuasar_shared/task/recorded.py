@@ -186,6 +186,8 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
             self._exited(container, proc, self._lost_status(proc), utc_now())
         else:
             self._exited(container, proc, *claimed)
+            if self.exits is not None:
+                self.exits.discard(proc.pid)  # only now: the container's own record holds the exit
 
     def _exited(self, container: C, proc: Proc, status: int, at: datetime) -> None:
         proc.exited(status, at)
