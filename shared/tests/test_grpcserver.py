@@ -157,6 +157,16 @@ class RawClient:
         self.writer.close()
 
 
+@pytest_asyncio.fixture
+async def client(server: tuple[GrpcServer, str]) -> AsyncIterator[RawClient]:
+    """A raw HTTP/2 client connected to ``server`` (closed after the test)."""
+    raw = await RawClient.connect(server[1])
+    try:
+        yield raw
+    finally:
+        await raw.close()
+
+
 @pytest.mark.asyncio
 async def test_grpcio_client_metadata_deadline_and_errors(server: tuple[GrpcServer, str], service: Service) -> None:
     _, path = server
@@ -234,70 +244,55 @@ async def test_flow_control_both_ways(server: tuple[GrpcServer, str]) -> None:
 
 
 @pytest.mark.asyncio
-async def test_reset_stream_cancels_the_handler(server: tuple[GrpcServer, str], service: Service) -> None:
-    _, path = server
-    client = await RawClient.connect(path)
-    try:
-        stream_id = client.request(BLOCK, frame(b""))
-        while service.started < 1:
-            await asyncio.sleep(0.01)
-        client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-        client.flush()
-        while service.cancelled < 1:
-            await asyncio.sleep(0.01)
-        other = client.request(ECHO, frame(b"still serving"))
-        assert (await client.status(other))["grpc-status"] == "0"
-        assert client.body(other) == frame(b"still serving")
-    finally:
-        await client.close()
+async def test_reset_stream_cancels_the_handler(client: RawClient, service: Service) -> None:
+    stream_id = client.request(BLOCK, frame(b""))
+    while service.started < 1:
+        await asyncio.sleep(0.01)
+    client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+    client.flush()
+    while service.cancelled < 1:
+        await asyncio.sleep(0.01)
+    other = client.request(ECHO, frame(b"still serving"))
+    assert (await client.status(other))["grpc-status"] == "0"
+    assert client.body(other) == frame(b"still serving")
 
 
 @pytest.mark.asyncio
-async def test_deadline_and_malformed_requests(server: tuple[GrpcServer, str], service: Service) -> None:
-    _, path = server
-    client = await RawClient.connect(path)
-    try:
-        cases = [
-            (BLOCK, frame(b""), (("grpc-timeout", "50m"),), "4"),  # DEADLINE_EXCEEDED, the handler cancelled
-            (BLOCK, None, (("grpc-timeout", "50m"),), "4"),  # the request never completes
-            (ECHO, frame(b""), (("grpc-timeout", "soon"),), "13"),
-            ("/test.Echo/Nope", frame(b""), (), "12"),
-            (ECHO, frame(b"x", flag=1), (), "12"),  # compressed: only identity is implemented
-            (ECHO, frame(b"x"), (("grpc-encoding", "gzip"),), "12"),
-            (ECHO, frame(b"abc")[:-1], (), "13"),  # truncated
-            (ECHO, frame(b"a") + frame(b"b"), (), "13"),  # two messages in a unary call
-            (ECHO, b"", (), "13"),  # no message
-            (ECHO, frame(b"x", flag=7), (), "13"),
-        ]
-        statuses = []
-        for method, body, extra, _ in cases:
-            stream_id = client.request(method, body, extra)
-            statuses.append((await client.status(stream_id)))
-        assert [s["grpc-status"] for s in statuses] == [c[3] for c in cases], statuses
-        assert all(s.get("grpc-message") for s in statuses)
-        assert service.cancelled == 1
-        huge = client.request(ECHO, None)
-        client.conn.send_data(huge, frame(b"")[:1] + (MAX_MESSAGE_SIZE + 1).to_bytes(4, "big") + b"x" * 1000)
-        client.flush()
-        status = await client.status(huge)
-        assert status["grpc-status"] == "8" and "larger than max" in status["grpc-message"]
-        ok = client.request(ECHO, frame(b"fine"))
-        assert (await client.status(ok))["grpc-status"] == "0"
-    finally:
-        await client.close()
+async def test_deadline_and_malformed_requests(client: RawClient, service: Service) -> None:
+    cases = [
+        (BLOCK, frame(b""), (("grpc-timeout", "50m"),), "4"),  # DEADLINE_EXCEEDED, the handler cancelled
+        (BLOCK, None, (("grpc-timeout", "50m"),), "4"),  # the request never completes
+        (ECHO, frame(b""), (("grpc-timeout", "soon"),), "13"),
+        ("/test.Echo/Nope", frame(b""), (), "12"),
+        (ECHO, frame(b"x", flag=1), (), "12"),  # compressed: only identity is implemented
+        (ECHO, frame(b"x"), (("grpc-encoding", "gzip"),), "12"),
+        (ECHO, frame(b"abc")[:-1], (), "13"),  # truncated
+        (ECHO, frame(b"a") + frame(b"b"), (), "13"),  # two messages in a unary call
+        (ECHO, b"", (), "13"),  # no message
+        (ECHO, frame(b"x", flag=7), (), "13"),
+    ]
+    statuses = []
+    for method, body, extra, _ in cases:
+        stream_id = client.request(method, body, extra)
+        statuses.append((await client.status(stream_id)))
+    assert [s["grpc-status"] for s in statuses] == [c[3] for c in cases], statuses
+    assert all(s.get("grpc-message") for s in statuses)
+    assert service.cancelled == 1
+    huge = client.request(ECHO, None)
+    client.conn.send_data(huge, frame(b"")[:1] + (MAX_MESSAGE_SIZE + 1).to_bytes(4, "big") + b"x" * 1000)
+    client.flush()
+    status = await client.status(huge)
+    assert status["grpc-status"] == "8" and "larger than max" in status["grpc-message"]
+    ok = client.request(ECHO, frame(b"fine"))
+    assert (await client.status(ok))["grpc-status"] == "0"
 
 
 @pytest.mark.asyncio
-async def test_ping_is_answered(server: tuple[GrpcServer, str]) -> None:
-    _, path = server
-    client = await RawClient.connect(path)
-    try:
-        client.conn.ping(b"12345678")
-        client.flush()
-        ack = await client.until(lambda e: isinstance(e, h2.events.PingAckReceived))
-        assert isinstance(ack, h2.events.PingAckReceived) and ack.ping_data == b"12345678"
-    finally:
-        await client.close()
+async def test_ping_is_answered(client: RawClient) -> None:
+    client.conn.ping(b"12345678")
+    client.flush()
+    ack = await client.until(lambda e: isinstance(e, h2.events.PingAckReceived))
+    assert isinstance(ack, h2.events.PingAckReceived) and ack.ping_data == b"12345678"
 
 
 @pytest.mark.asyncio
@@ -381,16 +376,11 @@ async def test_bad_frame_closes_only_its_connection(server: tuple[GrpcServer, st
 
 
 @pytest.mark.asyncio
-async def test_not_grpc_is_refused(server: tuple[GrpcServer, str]) -> None:
-    _, path = server
-    client = await RawClient.connect(path)
-    try:
-        stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(stream_id, [(":method", "GET"), (":scheme", "http"), (":path", ECHO),
-                                             (":authority", "localhost")], end_stream=True)
-        client.flush()
-        response = await client.until(lambda e: isinstance(e, h2.events.ResponseReceived))
-        assert isinstance(response, h2.events.ResponseReceived)
-        assert dict(response.headers or [])[":status"] == "415"
-    finally:
-        await client.close()
+async def test_not_grpc_is_refused(client: RawClient) -> None:
+    stream_id = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream_id, [(":method", "GET"), (":scheme", "http"), (":path", ECHO),
+                                         (":authority", "localhost")], end_stream=True)
+    client.flush()
+    response = await client.until(lambda e: isinstance(e, h2.events.ResponseReceived))
+    assert isinstance(response, h2.events.ResponseReceived)
+    assert dict(response.headers or [])[":status"] == "415"

@@ -29,11 +29,20 @@ def _cid() -> str:
     return "wasm-" + uuid.uuid4().hex[:10]
 
 
+async def _task_server(tmp_path, recover: bool = False) -> WasmTaskBackend:
+    """A task server's backend on ``tmp_path`` with a started fork-server; with ``recover``, the one a
+    restart brings up: it re-adopts the records before its fork-server starts."""
+    backend = WasmTaskBackend(str(tmp_path / "tasks"),
+                              ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20)))
+    if recover:
+        await backend.recover()
+    backend.forkserver.start()
+    return backend
+
+
 @pytest.fixture
 async def backend(tmp_path):
-    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20))
-    forkserver.start()
-    task_backend = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
+    task_backend = await _task_server(tmp_path)
     yield task_backend
     for container_id in list(task_backend._containers):
         await task_backend.shutdown(container_id, now=True)
@@ -268,9 +277,7 @@ async def test_second_start_uses_the_cache(backend, bundle_factory, fifo) -> Non
 
 
 async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo) -> None:
-    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20))
-    forkserver.start()
-    first = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
+    first = await _task_server(tmp_path)
     cid = _cid()
     created = _cid()
     out = fifo("restart-out")
@@ -279,10 +286,7 @@ async def test_restart_readopts_a_running_module(tmp_path, bundle_factory, fifo)
     created_pid = await first.create(CreateTask(id=created, bundle=bundle_factory(["/bin/loop.wat"])))
     await first.close()  # the old server goes away; the module keeps running
     assert os.path.exists(f"/proc/{pid}")
-    cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20)
-    second = WasmTaskBackend(str(tmp_path / "tasks"), ForkServer(cache))
-    await second.recover()
-    second.forkserver.start()
+    second = await _task_server(tmp_path, recover=True)
     try:
         state = await second.state(cid, "")
         assert state.status is TaskStatus.RUNNING and state.pid == pid
@@ -308,9 +312,7 @@ async def test_an_exec_start_cut_short_by_a_restart_runs_exactly_once(
     """The old server dies right after (or right before) telling the exec's runner to start, before it
     recorded the exec as running: the new server answers the engine's retried Start with that runner
     when it started, and starts the exec (once) when it did not."""
-    forkserver = ForkServer(ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20))
-    forkserver.start()
-    first = WasmTaskBackend(str(tmp_path / "tasks"), forkserver)
+    first = await _task_server(tmp_path)
     cid = _cid()
     await first.create(CreateTask(id=cid, bundle=bundle_factory(["/bin/loop.wat"])))
     init_pid = await first.start(cid, "")
@@ -331,10 +333,7 @@ async def test_an_exec_start_cut_short_by_a_restart_runs_exactly_once(
         await first.start(cid, "x1")
     monkeypatch.setattr(Runner, "start", original)
     await first.close()
-    cache = ModuleCache(str(tmp_path / "cache"), engine_fingerprint(), 64 << 20)
-    second = WasmTaskBackend(str(tmp_path / "tasks"), ForkServer(cache))
-    await second.recover()
-    second.forkserver.start()
+    second = await _task_server(tmp_path, recover=True)
     try:
         state = await second.state(cid, "x1")
         if start_sent:
