@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from datetime import datetime, timezone
+from typing import Any, Optional
 
 import pytest
 
-from kuasar_shared.daemon.reaper import ExitEvent
+from kuasar_shared.daemon.reaper import ExitEvent, get_reaper
+from kuasar_shared.process_identity import start_time
 from kuasar_shared.task.exits import ExitRecorder
+from kuasar_shared.task.recorded import RecordedTaskBackend
+from kuasar_shared.task.records import ContainerRecord, ContainerStore, Proc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from toy_task_server import ToyTaskBackend  # noqa: E402
 
 
 @pytest.mark.asyncio
@@ -73,3 +81,38 @@ def test_adopting_a_live_process_drops_only_records_older_than_it(tmp_path) -> N
     for pid in (10, 11, 12, 13):
         recorder.discard_stale(pid, started)
     assert sorted(os.listdir(tmp_path)) == ["10.json"]
+
+
+class _DeferringBackend(ToyTaskBackend):
+    """Saves an exit later, as the oci backend does for an init whose strays it kills first."""
+
+    deferred: Optional[tuple[Any, ...]] = None
+
+    def _exited(self, container: ContainerRecord, proc: Proc, status: int, at: datetime) -> None:
+        self.deferred = (container, proc, status, at)
+
+
+@pytest.mark.asyncio
+async def test_the_exit_record_of_a_watched_child_stays_until_its_exit_is_saved(tmp_path) -> None:
+    """A task server killed after reaping a container's init but before saving its exit leaves the
+    status to its successor: the durable record goes only with the save."""
+    exits = ExitRecorder(str(tmp_path / "exits"))
+    backend = _DeferringBackend(ContainerStore(str(tmp_path / "tasks"), ContainerRecord), exits=exits)
+    get_reaper().install()
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 42"], dict(os.environ))
+    container = ContainerRecord(id="c1", bundle=str(tmp_path))
+    container.init.pid, container.init.start_time = pid, start_time(pid)
+    backend._containers[container.id] = container
+    backend._watch_child(container, container.init)
+    for _ in range(500):
+        if backend.deferred is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert backend.deferred is not None, "the reaper never reported the child's exit"
+    claimed = await exits.claim(pid, timeout=0.1)
+    assert claimed is not None and claimed[0] == 42
+    RecordedTaskBackend._exited(backend, *backend.deferred)
+    assert await exits.claim(pid, timeout=0.05) is None
+    store = ContainerStore(str(tmp_path / "tasks"), ContainerRecord)
+    assert [store.load(path).init.exit_status for path in store.paths()] == [42]
+    await backend.close()

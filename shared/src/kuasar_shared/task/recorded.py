@@ -165,8 +165,6 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
             if not f.cancelled():
                 self._exited(container, proc, f.result().status, f.result().exited_at)
                 self._recorded_pids.discard(proc.pid)
-                if self.exits is not None:
-                    self.exits.discard(proc.pid)  # the container's own record holds the exit now
         fut.add_done_callback(done)
 
     def _adopt(self, container: C, proc: Proc) -> None:
@@ -186,14 +184,17 @@ class RecordedTaskBackend(TaskBackend, Generic[C]):
             self._exited(container, proc, self._lost_status(proc), utc_now())
         else:
             self._exited(container, proc, *claimed)
-            if self.exits is not None:
-                self.exits.discard(proc.pid)  # only now: the container's own record holds the exit
 
     def _exited(self, container: C, proc: Proc, status: int, at: datetime) -> None:
+        """Save the exit; only then drop the durable exit record it may have come from. A type that
+        defers this (oci: kill the init's strays first) keeps the record until then, so a server killed
+        in between leaves the status to its successor."""
         proc.exited(status, at)
         log.info("container %s process %r pid %d exited with %d", container.id, proc.exec_id, proc.pid, status)
         if container.id in self._containers:
             self.store.save(container)
+        if self.exits is not None:
+            self.exits.discard(proc.pid)
 
     async def _await_exit(self, proc: Proc) -> None:
         try:
