@@ -322,19 +322,15 @@ async def test_stop_sends_goaway_and_lets_calls_in_flight_finish(server: tuple[G
 
 
 @pytest.mark.asyncio
-async def test_new_stream_after_goaway_is_refused(server: tuple[GrpcServer, str], service: Service) -> None:
-    srv, path = server
-    client = await RawClient.connect(path)
-    try:
-        client.request(BLOCK, frame(b""))
-        while service.started < 1:
-            await asyncio.sleep(0.01)
-        srv.begin_stop()
-        late = client.request(ECHO, frame(b"late"))  # crossed the GOAWAY on the wire
-        reset = await client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == late)
-        assert isinstance(reset, h2.events.StreamReset) and reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-    finally:
-        await client.close()
+async def test_new_stream_after_goaway_is_refused(server: tuple[GrpcServer, str], client: RawClient,
+                                                  service: Service) -> None:
+    client.request(BLOCK, frame(b""))
+    while service.started < 1:
+        await asyncio.sleep(0.01)
+    server[0].begin_stop()
+    late = client.request(ECHO, frame(b"late"))  # crossed the GOAWAY on the wire
+    reset = await client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == late)
+    assert isinstance(reset, h2.events.StreamReset) and reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
 
 
 @pytest.mark.asyncio
