@@ -34,7 +34,7 @@ def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 def rootfs_factory(tmp_path, modules):
-    """``rootfs_factory(name) -> path``: /bin/<module>, /data/hello.txt, /work/note.txt, symlinks out."""
+    """``rootfs_factory(name) -> path``: /bin/<module>, /data/hello.txt, /home/note.txt (for a cwd), links out."""
     def factory(name: str = "rootfs") -> str:
         root = str(tmp_path / name)
         os.makedirs(os.path.join(root, "bin"))
@@ -43,8 +43,8 @@ def rootfs_factory(tmp_path, modules):
         os.makedirs(os.path.join(root, "data"))
         with open(os.path.join(root, "data", "hello.txt"), "w") as handle:
             handle.write("hello from the rootfs\n")
-        os.makedirs(os.path.join(root, "work"))
-        with open(os.path.join(root, "work", "note.txt"), "w") as handle:
+        os.makedirs(os.path.join(root, "home"))
+        with open(os.path.join(root, "home", "note.txt"), "w") as handle:
             handle.write("note in cwd\n")
         os.symlink("/etc/passwd", os.path.join(root, "bin", "escape.wasm"))
         os.symlink("../../../../../../etc/passwd", os.path.join(root, "bin", "up.wasm"))

@@ -120,7 +120,7 @@ async def test_preopened_rootfs_bind_mount_and_cwd(backend, bundle_factory, fifo
     _, status, _, err = await _run(backend, bundle_factory(["/bin/prog.wasm", "write", "/mnt/shared/no.txt", "x"],
                                                            mounts=(readonly,)), fifo, stderr=True)
     assert status == 2 and not (shared / "no.txt").exists() and b"/mnt/shared/no.txt" in err
-    _, status, out, _ = await _run(backend, bundle_factory(["/bin/prog.wasm", "cwdread", "note.txt"], cwd="/work"),
+    _, status, out, _ = await _run(backend, bundle_factory(["/bin/prog.wasm", "cwdread", "note.txt"], cwd="/home"),
                                    fifo)
     assert (status, out) == (0, b"note in cwd\n")
 
