@@ -36,6 +36,9 @@ import _socket
 
 HEADER = struct.Struct(">IIBB")
 MAX_MESSAGE = 4 << 20
+#: engine connections served at once: containerd 2.x opens one per pod (its shim client per sandbox),
+#: and a node runs up to the kubelet's --max-pods (110 by default, often raised to 250-500)
+MAX_CONNECTIONS = 1024
 TYPE_REQUEST = 0x1
 TYPE_RESPONSE = 0x2
 #: gRPC status codes the front answers with itself
@@ -266,7 +269,7 @@ class Front:
     side; the backend side is replaced, never closed for the engine.
     """
 
-    def __init__(self, listen: str, backend: str, max_connections: int = 64,
+    def __init__(self, listen: str, backend: str, max_connections: int = MAX_CONNECTIONS,
                  buffer_limit: int = MAX_MESSAGE + HEADER.size + (64 << 10), inflight_limit: int = 8 << 20) -> None:
         self.backend = backend
         self.max_connections = max_connections

@@ -11,8 +11,10 @@ from typing import Callable
 
 import pytest
 
+from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.process_identity import start_time, wait_exit
-from kuasar_shared.sandbox.task_supervisor import TaskServer
+from kuasar_shared.sandbox.task_supervisor import TASK_SERVICE, TaskServer
+from kuasar_shared.ttrpc import Client
 
 TOY_TASK = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "task",
                                          "toy_task_server.py")]
@@ -132,3 +134,29 @@ async def test_a_server_without_front_is_replaced_once_by_a_front_and_a_server(t
         stop_pid(server.pid)
         stop_pid(server.front_pid)
         stop_pid(legacy.pid)
+
+
+@pytest.mark.asyncio
+async def test_every_pod_of_a_full_node_gets_its_own_task_connection(tmp_path, stop_pid) -> None:
+    """containerd 2.x holds one task connection per pod: 300 at once (beyond the kubelet's default 110 pods)
+    are all answered through the front and the server; the front used to refuse the 65th."""
+    server = await TaskServer.ensure(str(tmp_path), TOY_TASK, front=True)
+    clients: list[Client] = []
+    try:
+        path = os.path.join(str(tmp_path), "task.sock")
+        for _ in range(300):
+            clients.append(await Client.connect_unix(path, timeout=5.0))
+
+        async def connect(client: Client) -> object:
+            return await client.call(TASK_SERVICE, "Connect", shim_pb2.ConnectRequest(id=""),
+                                     shim_pb2.ConnectResponse, timeout=30.0)
+
+        answers = await asyncio.gather(*(connect(c) for c in clients), return_exceptions=True)
+        # the toy server answers an empty id with InvalidArgument; a refused connection or a deadline is no answer
+        assert [type(a).__name__ for a in answers] == ["InvalidArgument"] * len(clients)
+    finally:
+        for client in clients:
+            await client.close()
+        await server.close()
+        stop_pid(server.pid)
+        stop_pid(server.front_pid)

@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 #: the request journal, inside the task server's --dir
 JOURNAL_DIR = ".requests"
-#: connections served at once (the front opens one per engine connection, and bounds those)
-MAX_CONNECTIONS = 80
+#: connections served at once: the front opens one per engine connection and bounds those at
+#: 1024 (containerd 2.x holds one per pod); the rest are for kuasar-ctl and direct clients
+MAX_CONNECTIONS = 1024 + 16
 #: seconds a stopping server waits for calls with effects in flight
 DRAIN_TIMEOUT = 30.0
 #: long-held calls a stopping server does not wait for
