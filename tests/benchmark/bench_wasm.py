@@ -224,22 +224,6 @@ async def bench(runs: int, counts: list[int]) -> dict[str, Any]:
                     "growth_pss_per_pod": memory["growth_pss_kb_per_pod"] <= 150}}
 
 
-#: a module that touches 64 MiB of linear memory (one store per 4 KiB page), then sleeps like SLEEP_WAT
-TOUCH64_WAT = """(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start") (local $a i32)
-    (drop (memory.grow (i32.const 1024)))
-    (local.set $a (i32.const 65536))
-    (loop $touch
-      (i32.store8 (local.get $a) (i32.const 1))
-      (local.set $a (i32.add (local.get $a) (i32.const 4096)))
-      (br_if $touch (i32.lt_u (local.get $a) (i32.const 67174400))))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 100000000000000))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
-"""
-
 _SMAPS_FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty", "Anonymous")
 
 
@@ -268,12 +252,6 @@ def _density_sides() -> tuple[Any, Any, Any, Any]:
 
     class WasmSide(kuasar.KuasarSide):
         """kuasar-wasm, with one runner's and the fork-server's memory broken down after the common phases."""
-
-        def groups(self) -> Any:
-            """The side's groups with each pid once (runners descend from both the sandboxer and wasm-task)."""
-            groups = super().groups()
-            groups.per_pod = {name: list(dict.fromkeys(pids)) for name, pids in groups.per_pod.items()}
-            return groups
 
         async def after_measure(self, result: dict[str, Any]) -> None:
             pod = await self.start_pod()
@@ -321,7 +299,7 @@ async def density(pods: list[int], serial: int, parallel: int) -> dict[str, Any]
         profile = kuasar.PROFILES["wasm"]
         sides["wasm"] = await run.run_side(wasm_side(profile, os.path.join(work, "wasm"), images), plan)
         touch = kuasar.Profile("wasm", "wasm-sandboxer", "wasm-task", image="wasm-touch64",
-                               command=("/touch64.wat",), files=(("touch64.wat", TOUCH64_WAT),))
+                               command=("/touch64.wat",), files=(("touch64.wat", kuasar.TOUCH64_WAT),))
         sides["wasm_touch64"] = await run.run_side(wasm_side(touch, os.path.join(work, "wasm64"), images),
                                                    touch_plan)
     finally:

@@ -33,7 +33,8 @@ from kuasar_shared.ctl.config import ContainerConfig
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient
 from kuasar_shared.ctl.engine import Engine, EngineOptions
 
-__all__ = ["Profile", "PROFILES", "available_profiles", "KuasarSide", "pod_config", "tool"]
+__all__ = ["Profile", "PROFILES", "SLEEP_WAT", "TOUCH64_WAT", "available_profiles", "KuasarSide", "pod_config",
+           "tool"]
 
 BIN = os.path.dirname(sys.executable)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,6 +71,22 @@ SLEEP_WAT = """(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 100000000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
+"""
+
+#: a module that touches 64 MiB of linear memory (one store per 4 KiB page), then sleeps like SLEEP_WAT
+TOUCH64_WAT = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $a i32)
+    (drop (memory.grow (i32.const 1024)))
+    (local.set $a (i32.const 65536))
+    (loop $touch
+      (i32.store8 (local.get $a) (i32.const 1))
+      (local.set $a (i32.add (local.get $a) (i32.const 4096)))
+      (br_if $touch (i32.lt_u (local.get $a) (i32.const 67174400))))
     (i32.store (i32.const 16) (i32.const 1))
     (i64.store (i32.const 24) (i64.const 100000000000000))
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
@@ -300,7 +317,8 @@ class KuasarSide(Side):
                 groups.management.setdefault("sandbox-parent", []).append(pid)
             elif name and name not in _WORKLOAD_COMMS:
                 per_pod.append(pid)
-        groups.per_pod = {"pod processes": per_pod}
+        # a process below both the sandboxer and the task server (a wasm runner) is counted once
+        groups.per_pod = {"pod processes": list(dict.fromkeys(per_pod))}
         return groups
 
     async def after_measure(self, result: Dict[str, Any]) -> None:
