@@ -153,10 +153,11 @@ async def bench(types: List[str], plan: Plan, bin_dir: str, work: str) -> Dict[s
     node = cri.CriNode(work, sorted({p.sandbox_type for p in profiles.values()}), bin_dir)
     result: Dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "machine": run.machine(), "plan": plan.__dict__, "sides": {}, "ratios": {}}
+    sides: List[tuple[Side, Plan]] = []
     try:
         await node.setup()
         result["versions"] = node.versions()
-        sides: List[tuple[Side, Plan]] = [(cri.CriShimSide(node), plan)]
+        sides.append((cri.CriShimSide(node), plan))
         variant_plan = Plan(serial=0, parallel=(), pods=tuple(n for n in plan.pods if n <= _VARIANT_MAX_PODS),
                             warmup=1)
         for index, (name, profile) in enumerate(profiles.items()):
@@ -175,7 +176,8 @@ async def bench(types: List[str], plan: Plan, bin_dir: str, work: str) -> Dict[s
             procstats.reap_zombie_children()
     finally:
         await node.teardown()
-        run.remove_cgroups()
+        run.remove_cgroups([node.cgroup_parent, *sorted({side.cgroup_parent for side, _ in sides
+                                                          if isinstance(side, kuasar.KuasarSide)})])
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["loadavg_after"] = list(os.getloadavg())
     base = result["sides"][cri.CriShimSide.name]

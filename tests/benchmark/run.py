@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -69,9 +69,12 @@ def machine() -> Dict[str, Any]:
     return info
 
 
-def remove_cgroups() -> None:
-    """rmdir every kuasar-bench-* cgroup we created (deepest first) in every hierarchy."""
-    for top in glob.glob(_CGROUP_GLOB) + glob.glob("/sys/fs/cgroup/unified/kuasar-bench-*"):
+def remove_cgroups(names: Sequence[str] = ()) -> None:
+    """rmdir the kuasar-bench-* cgroups a run created (deepest first) in every hierarchy: those of
+    ``names`` (cgroup parents such as ``/kuasar-bench-cri``), else every kuasar-bench-* one."""
+    patterns = [f"/sys/fs/cgroup/*{n}" for n in names] + [f"/sys/fs/cgroup/unified{n}" for n in names] if names \
+        else [_CGROUP_GLOB, "/sys/fs/cgroup/unified/kuasar-bench-*"]
+    for top in sorted({path for pattern in patterns for path in glob.glob(pattern)}):
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
             try:
                 os.rmdir(dirpath)
