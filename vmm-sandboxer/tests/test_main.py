@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kuasar_shared import process
 from kuasar_shared.api.containerd.services.sandbox.v1 import sandbox_pb2
 from kuasar_shared.testing.conformance import SandboxApiClient
+from kuasar_vmm_sandboxer.main import socket_room_error
 
 BIN = os.path.dirname(sys.executable)
 
@@ -71,3 +73,15 @@ async def test_metrics_of_a_pod_on_the_fake_qemu(short_tmp: str, fake_qemu_confi
         except (OSError, KeyError, ValueError):
             pass
     assert not os.path.exists(metrics)
+
+
+def test_a_dir_too_long_for_pod_sockets_is_refused_at_start(tmp_path) -> None:
+    """QEMU would fail every pod start on a socket path over 107 bytes; the sandboxer says so before serving."""
+    directory = "/tmp/" + "d" * 23
+    assert socket_room_error(directory) is None
+    long_dir = str(tmp_path / ("d" * 40))
+    done = subprocess.run([os.path.join(BIN, "vmm-sandboxer"), "--listen", str(tmp_path / "s.sock"), "--dir",
+                           long_dir], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"--dir {long_dir} is too long" in done.stderr and "virtiofs.sock" in done.stderr
+    assert not os.path.exists(long_dir) and not os.path.exists(tmp_path / "s.sock")

@@ -18,6 +18,22 @@ from kuasar_vmm_sandboxer.sandboxer import VmmSandboxer
 NAME = "vmm-sandboxer"
 RELAY = find_command("vmm-task-relay", "kuasar_vmm_sandboxer.relay.main")
 log = logging.getLogger(__name__)
+#: a pod's sockets live in ``<dir>/<pod id>/``: containerd's ids have 64 characters, the longest socket
+#: name is virtiofsd's, and a unix socket path holds at most 107 bytes
+_POD_ID_LENGTH = 64
+_LONGEST_POD_SOCKET = "virtiofs.sock"
+_UNIX_PATH_MAX = 107
+
+
+def socket_room_error(directory: str) -> Optional[str]:
+    """Why ``directory`` is too long to hold a pod's unix sockets, or None (QEMU would fail at each start)."""
+    longest = len(os.path.join(directory, "x" * _POD_ID_LENGTH, _LONGEST_POD_SOCKET).encode())
+    if longest <= _UNIX_PATH_MAX:
+        return None
+    room = _UNIX_PATH_MAX - (longest - len(directory.encode()))
+    return (f"--dir {directory} is too long: a pod's sockets go to <dir>/<64-character pod id>/"
+            f"{_LONGEST_POD_SOCKET}, {longest} bytes where a unix socket path holds {_UNIX_PATH_MAX}; "
+            f"use a directory of at most {room} bytes (the default is /run/kuasar-vmm)")
 
 
 def load_config(path: str, explicit: bool) -> config.VmmConfig:
@@ -33,6 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     explicit = args.config is not None
     args.config = args.config or config.DEFAULT_CONFIG
     args.dir = os.path.abspath(args.dir)
+    too_long = socket_room_error(args.dir)
+    if too_long:
+        print("%s: %s" % (NAME, too_long), file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, explicit)
     except ConfigError as err:
