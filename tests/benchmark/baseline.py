@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+import daemons
 import procstats
 from workload import Groups, Side
 
@@ -120,13 +121,8 @@ class Containerd:
         return out.decode()
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait)
+        if self.proc is not None:
+            await daemons.terminate(self.proc)
         if self._log is not None:
             self._log.close()
 

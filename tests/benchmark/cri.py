@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import daemons
 import procstats
 from kuasar import SLEEP_WAT, TOUCH64_WAT, KuasarSide, Profile, tool
 from workload import Groups, Side
@@ -304,11 +305,7 @@ imports = []
         return out
 
     def diagnostics(self) -> str:
-        if self._log is None:
-            return ""
-        self._log.flush()
-        with open(self._log.name, "rb") as handle:
-            return handle.read()[-3000:].decode(errors="replace")
+        return daemons.log_tail(self._log, 3000)
 
     async def teardown(self) -> None:
         """Every pod removed, containerd stopped by pid, leftover shims killed by pid, mounts under root gone."""
@@ -316,12 +313,7 @@ imports = []
             try:
                 await self._run(["crictl", "rmp", "-fa"], check=False, timeout=120)
             finally:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(self.proc.wait, 20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    await asyncio.to_thread(self.proc.wait)
+                await daemons.terminate(self.proc)
         for pid in self.shims():
             try:
                 os.kill(pid, signal.SIGKILL)

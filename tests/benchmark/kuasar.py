@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import daemons
 import floor
 import procstats
 from workload import SMOKE, Groups, Plan, Side
@@ -248,11 +249,7 @@ class KuasarSide(Side):
         return {self.profile.sandboxer: (out.stdout or out.stderr).strip()}
 
     def diagnostics(self) -> str:
-        if self._log is None:
-            return ""
-        self._log.flush()
-        with open(self._log.name, "rb") as f:
-            return f.read()[-4000:].decode(errors="replace")
+        return daemons.log_tail(self._log, 4000)
 
     async def start_pod(self) -> str:
         assert self.engine is not None
@@ -345,12 +342,7 @@ class KuasarSide(Side):
                 await self.engine.__aexit__(None, None, None)
         tasks = self._task_servers() + self._task_front()
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait)
+            await daemons.terminate(self.proc)
         for pid in tasks:
             try:
                 os.kill(pid, signal.SIGTERM)
