@@ -25,9 +25,11 @@ from rpmroot import REPO
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     # plain values and the error tree (and the package itself, which holds only its version)
     ("kuasar_shared", "kuasar_shared.values", "kuasar_shared.errors", "kuasar_shared.api"),
-    # small helpers over ids, fds, configuration files, logging, sd_notify, signals and the reaper
+    # small helpers over ids, fds, configuration files, the C programs' fields, logging, sd_notify, signals
+    # and the reaper
     ("kuasar_shared.ids", "kuasar_shared.fdio", "kuasar_shared.config", "kuasar_shared.pause",
-     "kuasar_shared.tracing", "kuasar_shared.callmetrics", "kuasar_shared.taskfront", "kuasar_shared.daemon.log",
+     "kuasar_shared.native", "kuasar_shared.tracing", "kuasar_shared.callmetrics", "kuasar_shared.taskfront",
+     "kuasar_shared.daemon.log",
      "kuasar_shared.daemon.notify", "kuasar_shared.daemon.signals", "kuasar_shared.daemon.reaper",
      "kuasar_shared.daemon.notls",
      "kuasar_shared.daemon.args"),

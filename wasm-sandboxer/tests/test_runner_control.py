@@ -1,5 +1,5 @@
 """runner_control.py and the fork-server entry: requests to the fork-server wait while its socket buffer is
-full; a dead fork-server is replaced by the next take (real fork-server, no module run); the wire format."""
+full; a dead fork-server is replaced by the next take (real fork-server, no module run); its command line."""
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +9,10 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from kuasar_shared.process_identity import wait_exit
 
 from kuasar_wasm_sandboxer.cache import ModuleCache, engine_fingerprint
 from kuasar_wasm_sandboxer.forkserver import executable, wasmtime_library
-from kuasar_wasm_sandboxer.protocol import decode, encode
 from kuasar_wasm_sandboxer.runner_control import ForkServer, _send_fd
 
 
@@ -74,19 +71,6 @@ def test_imports_stay_lean() -> None:
     script = "import sys, kuasar_wasm_sandboxer.task; print('wasmtime' in sys.modules)"
     task = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert task.stdout.split() == ["False"]
-
-
-def test_fields_round_trip_and_refuse_garbage() -> None:
-    fields = [("ready", "1"), ("warning", "a=b\nc"), ("warning", "")]
-    assert encode(fields) == b"ready=1\0warning=a=b\nc\0warning=\0"
-    assert decode(encode(fields)) == fields
-    for data, message in ((b"", "empty"), (b"a=1", "not ended by a NUL"), (b"a=1\0junk\0", "field 2 .* name=value"),
-                          (b"=x\0", "field 1"), (b"a=\xff\0", "not UTF-8")):
-        with pytest.raises(ValueError, match=message):
-            decode(data)
-    for name, value in (("", "x"), ("a=b", "x"), ("a", "x\0y")):
-        with pytest.raises(ValueError, match="names must be non-empty"):
-            encode([(name, value)])
 
 
 def test_fork_server_command_line_errors_name_the_usage() -> None:

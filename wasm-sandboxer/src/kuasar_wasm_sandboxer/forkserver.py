@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from importlib.util import find_spec
 
+from kuasar_shared.native import program
+
 __all__ = ["executable", "wasmtime_library", "NAME"]
 
 #: the program's file name and ``comm``
@@ -33,11 +35,7 @@ def executable() -> str:
 
     :raise FileNotFoundError: it was not built (the package was installed without its C part).
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), NAME)
-    if not os.access(path, os.X_OK):
-        raise FileNotFoundError(f"no executable {path} (reinstall kuasar-wasm-sandboxer with a C compiler: "
-                                f"it builds native/runner.c)")
-    return path
+    return program(__file__, NAME, "kuasar-wasm-sandboxer", "native/runner.c")
 
 
 def wasmtime_library() -> str:

@@ -1,6 +1,6 @@
 """The wire format between the task server and the native runners (native/runner.c): control messages
 on each runner's SOCK_SEQPACKET socket and the run-spec file both are a sequence of ``name=value``
-fields, each ended by a NUL byte, which C parses without a library. Names repeat where a list is meant
+fields, each ended by a NUL byte (:mod:`kuasar_shared.native`). Names repeat where a list is meant
 (``arg``, ``env``, ``warning``).
 
 The conversation, one message per step::
@@ -21,7 +21,7 @@ run (status 1, a line in the task server's log, as for a malformed ``start``).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from kuasar_shared.native import decode, encode
 
 __all__ = ["encode", "decode", "FORK", "STDIO_NAMES", "MAX_MESSAGE"]
 
@@ -30,37 +30,3 @@ FORK = b"fork"
 STDIO_NAMES = ("stdin", "stdout", "stderr")
 #: the largest control message either side sends or reads
 MAX_MESSAGE = 65536
-
-Fields = list[tuple[str, str]]
-
-
-def encode(fields: Iterable[tuple[str, str]]) -> bytes:
-    """``fields`` in wire form.
-
-    :raise ValueError: a name that is empty or holds ``=`` or NUL, a value holding NUL.
-    """
-    parts = []
-    for name, value in fields:
-        if not name or "=" in name or "\0" in name or "\0" in value:
-            raise ValueError(f"field {name!r}={value[:40]!r}: names must be non-empty without '=' or NUL, "
-                             f"values without NUL")
-        parts.append(f"{name}={value}\0".encode())
-    return b"".join(parts)
-
-
-def decode(data: bytes) -> Fields:
-    """The fields in ``data``. :raise ValueError: naming what is malformed."""
-    if not data:
-        raise ValueError("malformed fields: the message is empty")
-    if not data.endswith(b"\0"):
-        raise ValueError("malformed fields: the last field is not ended by a NUL byte")
-    fields = []
-    for number, raw in enumerate(data[:-1].split(b"\0"), 1):
-        name, sep, value = raw.partition(b"=")
-        if not name or not sep:
-            raise ValueError(f"malformed fields: field {number} ({raw[:40]!r}) is not name=value")
-        try:
-            fields.append((name.decode(), value.decode()))
-        except UnicodeDecodeError as err:
-            raise ValueError(f"malformed fields: field {number} is not UTF-8: {err}") from None
-    return fields
