@@ -32,9 +32,10 @@ FAKE_SYSTEMCTL = '#!/bin/sh\necho "$*" >> /var/log/systemctl.log\n'
 
 
 def c_library_provides() -> List[str]:
-    """What the distribution's C library provides, for kuasar-wasm's native runner (rpmbuild derives its
-    ``libc.so.6(GLIBC_x)(64bit)`` requirements from the ELF file): rpm's own elfdeps over the C library
-    and dynamic loader this interpreter runs with, plus the loader's hash style."""
+    """What the distribution's C library provides, for kuasar-wasm's native runner and kuasar-runc's
+    sandbox-parent helper (rpmbuild derives their ``libc.so.6(GLIBC_x)(64bit)`` requirements from the ELF
+    files): rpm's own elfdeps over the C library and dynamic loader this interpreter runs with, plus the
+    loader's hash style."""
     with open("/proc/self/maps") as maps:
         libraries = sorted({line.split()[-1] for line in maps
                             if "/libc.so" in line or "/ld-linux" in line or "/ld64.so" in line})

@@ -78,6 +78,11 @@ def test_package_contents(rpms: Built) -> None:
     assert any(f.endswith("-packages/kuasar_shared/ctl/cli.py") for f in ctl)
     assert not any("/kuasar_shared/ctl" in f for f in common), "kuasar-ctl's modules belong to kuasar-ctl"
     assert not any("direct_url.json" in f for p in rpms.packages.values() for f in files(p))
+    # kuasar-runc carries its compiled helper, not its C source, and is arch-specific for it
+    runc = files(rpms.packages["kuasar-runc"])
+    assert any(f.endswith("-packages/kuasar_runc_sandboxer/sandbox-parent") for f in runc), runc
+    assert not any(f.endswith(".c") or f.endswith("holder_helper.py") for f in runc), runc
+    assert run("rpm", "-qp", "--qf", "%{ARCH}", str(rpms.packages["kuasar-runc"])).stdout != "noarch"
     if "kuasar-vmm" in rpms.packages:
         assert "/var/lib/kuasar/config_qemu.toml" in run("rpm", "-qpc", str(rpms.packages["kuasar-vmm"])).stdout.split()
     if "kuasar-vmm-guest" in rpms.packages:
@@ -133,6 +138,10 @@ def test_runc_alone(rpms: Built, new_root) -> None:
     root.install(*rpms.paths("kuasar-common", "kuasar-runc"))
     assert root.installed() == ["kuasar-common", "kuasar-runc", "kuasar-test-base"]
     assert (root.path / "usr/bin/runc-sandboxer").exists()
+    # the [sandbox-parent] helper is a program built for this machine (it names its usage when run bare)
+    helper = next(root.path.glob("usr/lib/python3*/*-packages/kuasar_runc_sandboxer/sandbox-parent"))
+    proc = run(str(helper), check=False)
+    assert proc.returncode == 2 and "usage: sandbox-parent --control FD --pause FD" in proc.stderr
     assert not list((root.path / "usr/lib/systemd/system").glob("kuasar-[!r]*"))
 
 
@@ -166,7 +175,8 @@ def test_upgrade_keeps_config_and_restarts(rpms: Built, rpms_next: Built, new_ro
 
     proc = root.install(*rpms_next.paths("kuasar-common", "kuasar-runc"), upgrade=True)
     assert "kuasar-runc.rpmnew" in proc.stderr + proc.stdout
-    assert root.rpm("-q", "kuasar-runc").stdout.strip() == "kuasar-runc-0.1.0-2.noarch"
+    arch = run("rpm", "-qp", "--qf", "%{ARCH}", str(rpms_next.packages["kuasar-runc"])).stdout
+    assert root.rpm("-q", "kuasar-runc").stdout.strip() == "kuasar-runc-0.1.0-2." + arch
     assert mine.read_text() == edited, "the operator's sysconfig was replaced"
     assert "--log-level info" in (root.path / "etc/sysconfig/kuasar-runc.rpmnew").read_text()
     log = root.systemctl_log()[3:]
