@@ -66,7 +66,7 @@ def _wait_for(predicate):
 
 
 def _leftovers(paths: list[str], cgroup_parent: str, netns: str) -> list[str]:
-    daemons = ("quark-sandboxer", "quark-task", "taskfront.py")  # they serve every pod and outlive this one
+    daemons = ("quark-sandboxer", "quark-task", "taskfront")  # they serve every pod and outlive this one
     pids = sorted({pid for path in paths for pid in pids_with(path, unless=daemons)})
     found = mounts_under(paths) + [f"process {pid}" for pid in pids] + cgroups_named(cgroup_parent)
     if netns and os.path.exists(netns):

@@ -28,7 +28,7 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     # small helpers over ids, fds, configuration files, the C programs' fields, logging, sd_notify, signals
     # and the reaper
     ("kuasar_shared.ids", "kuasar_shared.fdio", "kuasar_shared.config", "kuasar_shared.pause",
-     "kuasar_shared.native", "kuasar_shared.tracing", "kuasar_shared.callmetrics", "kuasar_shared.taskfront",
+     "kuasar_shared.native", "kuasar_shared.tracing", "kuasar_shared.callmetrics",
      "kuasar_shared.daemon.log",
      "kuasar_shared.daemon.notify", "kuasar_shared.daemon.signals", "kuasar_shared.daemon.reaper",
      "kuasar_shared.daemon.notls",

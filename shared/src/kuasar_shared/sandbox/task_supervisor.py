@@ -7,7 +7,8 @@ restarts a server that dies (:meth:`TaskServer.supervise`) on the same socket pa
 address the engine holds stays valid. Containers survive both: the task server re-adopts them.
 
 With ``front=True`` (runc, wasm, quark) the engine's socket belongs to a task front
-(:mod:`kuasar_shared.taskfront`, recorded and supervised the same way) and the task server listens
+(``kuasar-taskfront``, a C program built into this package from ``native/taskfront.c``, whose header
+comment is its specification; recorded and supervised the same way) and the task server listens
 on a private socket behind it: the engine's open connections and calls in flight then survive a
 task server crash, and :func:`upgrade` replaces the server with new code the same way.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -37,7 +37,8 @@ from kuasar_shared.ttrpc import Client
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
 
-__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "start_task_server", "upgrade"]
+__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "front_executable", "start_task_server",
+           "upgrade"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,18 @@ _METRICS_SOCKET = "task-metrics.sock"
 _TASKS_DIR = ".tasks"
 #: seconds a stopping task server gets to finish calls in flight (its DRAIN_TIMEOUT, plus start-up)
 DRAIN_SECONDS = 40.0
+
+
+def front_executable() -> str:
+    """The path of the task front program, ``kuasar-taskfront``.
+
+    :raise FileNotFoundError: it was not built (kuasar-shared was installed without its C part).
+    """
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kuasar-taskfront")
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"no executable {path} (reinstall kuasar-shared with a C compiler: it builds "
+                                f"native/taskfront.c)")
+    return path
 
 
 def find_command(script: str, module: str) -> list[str]:
@@ -199,11 +212,8 @@ class TaskServer:
             await asyncio.sleep(interval)
 
     async def _spawn_front(self) -> None:
-        """Start a task front on :attr:`socket_path` (``python -I -S``: none of our packages loaded)."""
-        spec = importlib.util.find_spec("kuasar_shared.taskfront")
-        assert spec is not None and spec.origin is not None
-        argv = [sys.executable, "-I", "-S", spec.origin, "--listen", self.socket_path,
-                "--backend", self.backend_path]
+        """Start a task front on :attr:`socket_path`."""
+        argv = [front_executable(), "--listen", self.socket_path, "--backend", self.backend_path]
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 

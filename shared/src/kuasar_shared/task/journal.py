@@ -1,6 +1,6 @@
 """The request journal: calls with effects are executed at most once across task server restarts.
 
-The task front (``kuasar_shared.taskfront``) tags every Create/Start/Exec/Kill/Delete/... with a
+The task front (``kuasar-taskfront``, native/taskfront.c) tags every Create/Start/Exec/Kill/Delete/... with a
 ``kuasar-request-id`` and sends the call again when the task server died before answering. The
 server records an id when it starts such a call and the answer when it finishes, one small file per
 id under ``<dir>/.requests`` (tmpfs under /run: a killed process loses nothing it wrote). A replayed

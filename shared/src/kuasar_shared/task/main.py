@@ -5,7 +5,7 @@ The runc, quark and wasm task servers differ in their backend only: each entry p
 (recovered). This serves until the daemon is told to stop and then releases the backend (its
 containers keep running: a restarted task server re-adopts them).
 
-Behind a task front (``kuasar_shared.taskfront``) a stop is a live upgrade: the server stops
+Behind a task front (``kuasar-taskfront``, native/taskfront.c) a stop is a live upgrade: the server stops
 accepting, lets calls with effects finish (Wait calls are not waited for: the front sends them again
 to the successor), and journals every tagged call so the front's replays run at most once.
 
