@@ -29,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -63,8 +64,6 @@
 /* an idle front whose backend has not answered for this long exits */
 #define ORPHAN_EXIT 60.0
 #define READ_CHUNK (1 << 16)
-/* buffers grown past this are freed once empty (a 4 MiB request leaves nothing behind) */
-#define KEEP_CAPACITY (64u << 10)
 
 static const char *const TASK_SERVICES[] = {"containerd.task.v3.Task", "containerd.task.v2.Task", NULL};
 /* Task API calls with effects: tagged with a request id the backend journals (task/service.py's MUTATING) */
@@ -143,14 +142,11 @@ static void buf_add(struct buf *b, const void *data, size_t n)
     b->len += n;
 }
 
+/* An empty buffer holds no memory: an idle connection costs its link alone. */
 static void buf_clear(struct buf *b)
 {
-    b->off = b->len = 0;
-    if (b->cap > KEEP_CAPACITY) {
-        free(b->p);
-        b->p = NULL;
-        b->cap = 0;
-    }
+    free(b->p);
+    memset(b, 0, sizeof *b);
 }
 
 static void buf_drop(struct buf *b, size_t n)
@@ -159,12 +155,6 @@ static void buf_drop(struct buf *b, size_t n)
     b->len -= n;
     if (!b->len)
         buf_clear(b);
-}
-
-static void buf_free(struct buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
 }
 
 /* -- ttrpc frames and the protobuf of their envelope ------------------------------------------------------- */
@@ -602,10 +592,10 @@ static void free_dead(void)
         struct link *l = F.dead;
         F.dead = l->next;
         free(l->pend);
-        buf_free(&l->ein);
-        buf_free(&l->eout);
-        buf_free(&l->bin);
-        buf_free(&l->bout);
+        buf_clear(&l->ein);
+        buf_clear(&l->eout);
+        buf_clear(&l->bin);
+        buf_clear(&l->bout);
         free(l);
     }
 }
@@ -877,6 +867,9 @@ int main(int argc, char **argv)
         files.rlim_cur = files.rlim_max;
         setrlimit(RLIMIT_NOFILE, &files);
     }
+    /* buffers of big frames are mapped and unmapped each time, never kept in the heap (glibc otherwise raises
+     * the threshold to the largest size freed, and a 16 x 4 MiB flood would stay resident) */
+    mallopt(M_MMAP_THRESHOLD, 128 << 10);
     start();
     say("serving %s for the task server at %s", F.listen, F.backend);
     struct epoll_event events[64];
