@@ -74,6 +74,10 @@ def test_package_contents(rpms: Built) -> None:
             assert "/etc/sysconfig/kuasar-%s" % t in configs, "sysconfig must be %config"
     common = files(rpms.packages["kuasar-common"])
     assert any(f.endswith("-packages/kuasar_shared/api") for f in common), "generated API missing"
+    # the task front is a program built for the machine, its source stays in the source package
+    assert any(f.endswith("-packages/kuasar_shared/kuasar-taskfront") for f in common), "task front missing"
+    assert not any(f.endswith(".c") for f in common)
+    assert run("rpm", "-qp", "--qf", "%{ARCH}", str(rpms.packages["kuasar-common"])).stdout != "noarch"
     ctl = files(rpms.packages["kuasar-ctl"])
     assert any(f.endswith("-packages/kuasar_shared/ctl/cli.py") for f in ctl)
     assert not any("/kuasar_shared/ctl" in f for f in common), "kuasar-ctl's modules belong to kuasar-ctl"
