@@ -10,9 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# runc: the runc type; busybox: image stand-in; gcc: the wasm type's native runner and runc's sandbox-parent
-# helper (built by pip and by rpmbuild); clang/lld/wasi-libc: wasm test modules; runsc: the quark type
-# (gVisor); qemu: the vmm type; containerd: the shim v2 baseline of the benchmarks; rpm, systemd and
+# runc: the runc type; busybox: image stand-in; gcc: the task front, the wasm type's native runner and runc's
+# sandbox-parent helper (built by pip and by rpmbuild); clang/lld/wasi-libc: wasm test modules; runsc: the quark
+# type (gVisor); qemu: the vmm type; containerd: the shim v2 baseline of the benchmarks; rpm, systemd and
 # the distribution's python3-* packages: building the RPMs and installing them into a throwaway root.
 deb_pkgs=(runc busybox-static iproute2 python3 python3-venv python3-protobuf
           gcc clang lld wasi-libc libclang-rt-dev-wasm32 runsc qemu-system-x86 containerd
@@ -66,6 +66,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   .venv/bin/python -c 'import kuasar_shared, kuasar_runc_sandboxer, kuasar_runc_task'
   .venv/bin/python -c 'from kuasar_runc_sandboxer.holder import executable; executable()'
+  .venv/bin/python -c 'from kuasar_shared.sandbox.task_supervisor import front_executable; front_executable()'
   if [ -f wasm-sandboxer/pyproject.toml ]; then
     .venv/bin/python -c 'from kuasar_wasm_sandboxer.forkserver import executable; executable()'
   fi
