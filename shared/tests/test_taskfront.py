@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import subprocess
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 import pytest
 from google.protobuf import empty_pb2
@@ -26,13 +27,14 @@ TASK = "containerd.task.v3.Task"
 FRONT = front_executable()
 
 
-async def start_front(tmp_path: Path, *options: str, name: str = "front") -> tuple[subprocess.Popen, str, str]:
+async def start_front(tmp_path: Path, *options: str, name: str = "front",
+                      preexec_fn: Optional[Callable[[], None]] = None) -> tuple[subprocess.Popen, str, str]:
     """A front on ``<tmp>/<name>.sock`` for ``<tmp>/backend.sock``, logging to ``<tmp>/<name>.log``: (process,
     listen path, log path) once it listens."""
     listen, log = str(tmp_path / f"{name}.sock"), str(tmp_path / f"{name}.log")
     with open(log, "wb") as out:
         proc = subprocess.Popen([FRONT, "--listen", listen, "--backend", str(tmp_path / "backend.sock"), *options],
-                                stderr=out)
+                                stderr=out, preexec_fn=preexec_fn)
     for _ in range(200):
         if os.path.exists(listen):
             break
@@ -286,6 +288,30 @@ async def test_a_task_server_that_keeps_dying_at_connect_leaves_the_front_up(tmp
     text = Path(log).read_text()
     assert "task server connection lost; holding calls in flight until it is back" in text
     assert re.search(r"task server is back after \d+\.\d\d s; calls in flight sent again", text)
+
+
+async def test_connections_beyond_the_soft_file_limit_are_served(tmp_path) -> None:
+    """Each engine connection costs the front two descriptors; started with a soft limit of 64 files (systemd's
+    default is 1024 against 1024 connections served), it raises it to the hard limit and answers 40."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 128:
+        pytest.skip(f"the hard limit of open files is {hard}")
+    backends = Backends(str(tmp_path / "backend.sock"), str(tmp_path / "journal"))
+    await backends.start()
+    proc, listen, _ = await start_front(
+        tmp_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard)))
+    clients: list[Client] = []
+    try:
+        clients = [await Client.connect_unix(listen) for _ in range(40)]
+        answers = await asyncio.gather(*(c.call(TASK, "State", shim_pb2.StateRequest(id="c"), shim_pb2.StateResponse,
+                                                timeout=10) for c in clients), return_exceptions=True)
+        assert [type(a).__name__ for a in answers] == ["NotFound"] * 40
+    finally:
+        for c in clients:
+            await c.close()
+        stop(proc)
+        assert backends.server is not None
+        await backends.server.shutdown()
 
 
 @pytest.mark.parametrize("argv, problem", [
