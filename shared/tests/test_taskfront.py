@@ -21,6 +21,7 @@ from kuasar_shared.errors import NotFound, ResourceExhausted, Unavailable, from_
 from kuasar_shared.sandbox.task_supervisor import front_executable
 from kuasar_shared.task import CgroupStats, ExitInfo, ProcessState, Stdio, TaskBackend, TaskService, TaskStatus
 from kuasar_shared.task.journal import REQUEST_ID_KEY, RequestJournal
+from kuasar_shared.task.service import MUTATING
 from kuasar_shared.ttrpc import Client, Server, Service, framing
 
 TASK = "containerd.task.v3.Task"
@@ -219,6 +220,13 @@ async def test_calls_with_effects_are_tagged_with_a_unique_request_id_and_nothin
         _, got = await raw.next()
         metadata = request_pb2.Request.FromString(got.data).metadata
         assert [(m.key, m.value) for m in metadata] == [(REQUEST_ID_KEY, f"{instance}-1-15")]
+        # the program's list of calls with effects is the task server's (task/service.py journals those)
+        for sid, method in enumerate(sorted(MUTATING) + ["State", "Pids", "Stats", "Connect", "Wait"], start=17):
+            writers[0].write(request(sid, method))
+            _, got = await raw.next()
+            metadata = request_pb2.Request.FromString(got.data).metadata
+            tagged_as = [m.value for m in metadata if m.key == REQUEST_ID_KEY]
+            assert tagged_as == ([f"{instance}-1-{sid}"] if method in MUTATING else []), method
     finally:
         for writer in writers:
             writer.close()
