@@ -54,7 +54,7 @@ for d in runc-task runc-sandboxer wasm-sandboxer quark-sandboxer vmm-sandboxer v
 done
 # C sources count too: an editable install builds them (wasm-forkserver, sandbox-parent) only when pip runs
 want=$(cat hack/setup.sh */pyproject.toml hack/requirements-test.txt \
-         $(ls */setup.py shared/native_build.py */src/*/native/*.c 2>/dev/null) |
+         $(ls */setup.py shared/native_build.py shared/native/*.c */src/*/native/*.c 2>/dev/null) |
        sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv"

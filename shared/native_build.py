@@ -1,10 +1,10 @@
-"""Build-time helper for the sandbox types that ship a small C program inside their Python package
-(wasm-sandboxer's ``wasm-forkserver``, runc-sandboxer's ``sandbox-parent``): their setup.py loads this
-file from the source tree (it is not part of the kuasar_shared package, and not installed).
+"""Build-time helper for the sandbox types that ship a small C program inside their Python package (kuasar-shared's
+``kuasar-taskfront``, wasm-sandboxer's ``wasm-forkserver``, runc-sandboxer's ``sandbox-parent``): their setup.py
+loads this file from the source tree (it is not part of the kuasar_shared package, and not installed).
 
-Each program is declared as an :class:`~setuptools.Extension` only so that pip compiles it, in editable
-installs too; :class:`BuildExecutables` links it as an executable named without the extension-module
-suffix, into the package folder."""
+Each program is declared as an :class:`~setuptools.Extension` only so that pip compiles it, in editable installs
+too; :class:`BuildExecutables` links it as an executable named without the extension-module suffix, into the package
+folder."""
 import os
 
 from setuptools import Extension

@@ -1,7 +1,8 @@
 """The small C programs the sandbox types ship inside their packages (wasm's ``wasm-forkserver``, runc's
-``sandbox-parent``): where the package put them, and the messages they speak with Python, a sequence
-of ``name=value`` fields, each ended by a NUL byte, which C parses without a library (names repeat
-where a list is meant). Their setup.py builds them with the source tree's ``shared/native_build.py``."""
+``sandbox-parent``; kuasar-shared's own task front, ``kuasar-taskfront``, beside this module): where the package
+put them, and the messages they speak with Python, a sequence of ``name=value`` fields, each ended by a NUL byte,
+which C parses without a library (names repeat where a list is meant). Their setup.py builds them with the source
+tree's ``shared/native_build.py``."""
 from __future__ import annotations
 
 import os

@@ -7,8 +7,8 @@ restarts a server that dies (:meth:`TaskServer.supervise`) on the same socket pa
 address the engine holds stays valid. Containers survive both: the task server re-adopts them.
 
 With ``front=True`` (runc, wasm, quark) the engine's socket belongs to a task front
-(``kuasar-taskfront``, a C program built into this package from ``native/taskfront.c``, whose header
-comment is its specification; recorded and supervised the same way) and the task server listens
+(``kuasar-taskfront``, a C program built into this package from the project's ``native/taskfront.c``,
+whose header comment is its specification; recorded and supervised the same way) and the task server listens
 on a private socket behind it: the engine's open connections and calls in flight then survive a
 task server crash, and :func:`upgrade` replaces the server with new code the same way.
 """
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Sequ
 
 from google.protobuf import empty_pb2
 
-from kuasar_shared import process
+from kuasar_shared import native, process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.errors import Internal, KuasarError, NotFound, Unavailable
 from kuasar_shared.process_identity import ExitWatch, is_same_process, start_time
@@ -60,11 +60,7 @@ def front_executable() -> str:
 
     :raise FileNotFoundError: it was not built (kuasar-shared was installed without its C part).
     """
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kuasar-taskfront")
-    if not os.access(path, os.X_OK):
-        raise FileNotFoundError(f"no executable {path} (reinstall kuasar-shared with a C compiler: it builds "
-                                f"native/taskfront.c)")
-    return path
+    return native.program(native.__file__, "kuasar-taskfront", "kuasar-shared", "native/taskfront.c")
 
 
 def find_command(script: str, module: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The request journal: calls with effects are executed at most once across task server restarts.
 
-The task front (``kuasar-taskfront``, native/taskfront.c) tags every Create/Start/Exec/Kill/Delete/... with a
-``kuasar-request-id`` and sends the call again when the task server died before answering. The
+The task front (``kuasar-taskfront``, shared/native/taskfront.c) tags every Create/Start/Exec/Kill/
+Delete/... with a ``kuasar-request-id`` and sends the call again when the task server died before answering. The
 server records an id when it starts such a call and the answer when it finishes, one small file per
 id under ``<dir>/.requests`` (tmpfs under /run: a killed process loses nothing it wrote). A replayed
 id is then answered from its file, or, when the server died in the middle, settled by the Task

@@ -5,8 +5,8 @@ The runc, quark and wasm task servers differ in their backend only: each entry p
 (recovered). This serves until the daemon is told to stop and then releases the backend (its
 containers keep running: a restarted task server re-adopts them).
 
-Behind a task front (``kuasar-taskfront``, native/taskfront.c) a stop is a live upgrade: the server stops
-accepting, lets calls with effects finish (Wait calls are not waited for: the front sends them again
+Behind a task front (``kuasar-taskfront``, shared/native/taskfront.c) a stop is a live upgrade: the server
+stops accepting, lets calls with effects finish (Wait calls are not waited for: the front sends them again
 to the successor), and journals every tagged call so the front's replays run at most once.
 
 ``--metrics-listen`` (the sandboxer passes a private unix socket, which its own endpoint reads at each

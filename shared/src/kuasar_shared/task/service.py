@@ -35,7 +35,7 @@ __all__ = ["TaskService", "TASK_SERVICES", "NAMESPACE_KEY", "METRICS_TYPE_URL", 
 TASK_SERVICES = ("containerd.task.v3.Task", "containerd.task.v2.Task")
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 METRICS_TYPE_URL = metrics_pb2.Metrics.DESCRIPTOR.full_name
-#: calls with effects, journaled when the task front tags them (MUTATING in native/taskfront.c)
+#: calls with effects, journaled when the task front tags them (MUTATING in shared/native/taskfront.c)
 MUTATING = frozenset(("Create", "Start", "Delete", "Exec", "Kill", "Pause", "Resume", "Checkpoint", "ResizePty",
                       "CloseIO", "Update", "Shutdown"))
 
