@@ -118,13 +118,13 @@ def table(base: Dict[str, Any], ours: Dict[str, Any], ratios: Dict[str, Any], sa
             f"parallel_{o['n']}_p50", "ms")
     for r in ours.get("memory", []):
         row(f"runtime PSS at {r['pods']} pods", _pss_mb(ours, r["pods"]), _pss_mb(base, r["pods"]),
-            f"pss_{r['pods']}", "MB")
+            f"pss_{r['pods']}", "MiB")
     for r in ours.get("memory", []):
         row(f"with per-pod processes at {r['pods']} pods", _pss_mb(ours, r["pods"], True),
-            _pss_mb(base, r["pods"], True), f"pss_infra_{r['pods']}", "MB")
+            _pss_mb(base, r["pods"], True), f"pss_infra_{r['pods']}", "MiB")
     for key, label in (("per_pod_kb", "runtime"), ("per_pod_infra_kb", "with per-pod processes")):
         if key in ratios:
-            lines.append(f"| PSS per additional pod, {label} (last two counts) | {ratios[key]:.0f} KB | | |")
+            lines.append(f"| PSS per additional pod, {label} (last two counts) | {ratios[key]:.0f} KiB | | |")
     return "\n".join(lines)
 
 
