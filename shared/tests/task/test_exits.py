@@ -65,8 +65,12 @@ def test_sweep_removes_old_records_of_processes_no_one_waits_for(tmp_path) -> No
     for pid in (10, 11):
         os.utime(tmp_path / f"{pid}.json", (old, old))
     (tmp_path / "notes.txt").write_text("not a record")
-    assert recorder.sweep(keep={11}, min_age=10) == 1
-    assert sorted(os.listdir(tmp_path)) == ["11.json", "12.json", "notes.txt"]
+    # the temporary file of a writer killed mid-write: gone once old, kept while a write may be running
+    for name in (".13.json.a1b2.tmp", ".14.json.c3d4.tmp"):
+        (tmp_path / name).write_text('{"pid": 1')
+    os.utime(tmp_path / ".13.json.a1b2.tmp", (old, old))
+    assert recorder.sweep(keep={11}, min_age=10) == 2
+    assert sorted(os.listdir(tmp_path)) == [".14.json.c3d4.tmp", "11.json", "12.json", "notes.txt"]
     assert ExitRecorder(str(tmp_path / "absent")).sweep(keep=(), min_age=0) == 0
 
 

@@ -81,7 +81,8 @@ class ExitRecorder:
         The subreaper records every exit it did not expect, including ones no task server will
         claim: the sandboxer's own helpers that re-parented to it (runsc's sandbox and gofer) and a
         dead task server's spare processes. The task server calls this with the pids it still
-        waits for, so those records go within seconds instead of piling up.
+        waits for, so those records go within seconds instead of piling up. A record's temporary
+        file left by a writer killed mid-write (``.<pid>.json.*.tmp``, see write_json_atomic) goes too.
         """
         cutoff = time.time() - min_age
         removed = 0
@@ -91,7 +92,8 @@ class ExitRecorder:
             return 0
         for entry in entries:
             name = entry.name
-            if not name.endswith(".json") or not name[:-5].isdigit() or int(name[:-5]) in keep:
+            torn = name.startswith(".") and name.endswith(".tmp")
+            if not torn and (not name.endswith(".json") or not name[:-5].isdigit() or int(name[:-5]) in keep):
                 continue
             try:
                 if entry.stat().st_mtime < cutoff:
