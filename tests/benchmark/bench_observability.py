@@ -3,7 +3,8 @@ the same settings) and the pod start (Controller Create + Start) p50, with both 
 and with ``--metrics-listen`` + ``--trace-endpoint`` (to an OTLP receiver in this process), same run, same
 machine. Real runc-sandboxer and pods (no containers); as root.
 
-    .venv/bin/python tests/benchmark/bench_observability.py [--pods 30] [--out tests/benchmark/results/observability.json]
+    .venv/bin/python tests/benchmark/bench_observability.py [--pods 30]
+        [--out tests/benchmark/results/observability.json]
 
 Targets (issue 20): enabled, <= 2 MB PSS and <= 2 ms start p50 more than disabled.
 """

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hotspots
 
-RAW = """process 1:"runc-task";thread (0x1):"MainThread";main (/x/src/kuasar_runc_task/main.py:10);create (/x/src/kuasar_shared/oci/task.py:5);write_json_atomic (/x/src/kuasar_shared/store.py:40) 6
-process 1:"runc-task";thread (0x1):"MainThread";main (/x/src/kuasar_runc_task/main.py:10);create (/x/src/kuasar_shared/oci/task.py:5) 2
-process 1:"runc-task";thread (0x1):"MainThread";main (/x/src/kuasar_runc_task/main.py:10);select (/usr/lib/python3.11/selectors.py:468) 2
-"""
+_STACK = 'process 1:"runc-task";thread (0x1):"MainThread";main (/x/src/kuasar_runc_task/main.py:10)'
+RAW = (f"{_STACK};create (/x/src/kuasar_shared/oci/task.py:5);write_json_atomic (/x/src/kuasar_shared/store.py:40) 6\n"
+       f"{_STACK};create (/x/src/kuasar_shared/oci/task.py:5) 2\n"
+       f"{_STACK};select (/usr/lib/python3.11/selectors.py:468) 2\n")
 
 
 def test_self_and_inclusive_counts() -> None:

@@ -74,8 +74,8 @@ async def test_other_messages_go_to_their_handler(tmp_path: Path) -> None:
         shown: list[bytes] = []
         others: list[any_pb2.Any] = []
 
-        async def show(data: bytes) -> None:
-            shown.append(data)
+        async def show(data: bytes, into: list[bytes] = shown) -> None:
+            into.append(data)
         await asyncio.wait_for(receive(stream, show, others.append), 10)
         assert shown == [b"prompt$ "]
         (done,) = others
