@@ -334,6 +334,10 @@ def _vmm_section(results: Dict[str, Any], name: str = VMM) -> List[str]:
     return lines + [""]
 
 
+#: bench_cri.py's report, beside this one in the results directory
+CRI_REPORT = "cri.md"
+
+
 def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -> None:
     """Write the report to ``path``; plots are linked as ``<image_prefix><name>.png``."""
     m = results["machine"]
@@ -361,6 +365,9 @@ def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -
     if updates:
         lines += ["", "Measured in a later run (see their sections): "
                   + ", ".join(f"{k} ({v['date']})" for k, v in sorted(updates.items())) + "."]
+    lines += ["", "This run drives Debian's containerd 1.6 shim and our sandboxers with the same client library. "
+              "The issues' own method, a containerd 2.3.4 + crictl beside its runc shim (bench_cri.py), is "
+              f"reported in [{CRI_REPORT}]({image_prefix}{CRI_REPORT}) and [cri-vmm.md]({image_prefix}cri-vmm.md)."]
     lines += [""] + _floor_section(results) + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
     lines += _steps_table(results["sides"]) + [""] + _memory_tables(results["sides"]) + _cpu_table(results["sides"])
     lines += [""] + _profile_tables(results["sides"]) + _vmm_section(results)
