@@ -46,8 +46,10 @@ def load_spec(bundle: str) -> dict[str, Any]:
 
 
 def save_spec(bundle: str, spec: Mapping[str, Any]) -> None:
-    """Write ``<bundle>/config.json`` atomically."""
-    write_json_atomic(os.path.join(bundle, CONFIG_NAME), spec)
+    """Write ``<bundle>/config.json`` atomically, without fsync: the runtime reads it right away, and no
+    container outlives a machine crash that could lose it (containerd writes its bundles the same way).
+    The fsyncs cost ~1 ms of every container start on a disk-backed bundle."""
+    write_json_atomic(os.path.join(bundle, CONFIG_NAME), spec, durable=False)
 
 
 def rootfs_path(bundle: str, spec: Mapping[str, Any]) -> str:
