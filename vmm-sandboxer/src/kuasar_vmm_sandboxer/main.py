@@ -25,15 +25,17 @@ _LONGEST_POD_SOCKET = "virtiofs.sock"
 _UNIX_PATH_MAX = 107
 
 
-def socket_room_error(directory: str) -> Optional[str]:
-    """Why ``directory`` is too long to hold a pod's unix sockets, or None (QEMU would fail at each start)."""
+def socket_room_warning(directory: str) -> Optional[str]:
+    """Why pods with containerd's ids cannot start under ``directory`` (their unix socket paths would be too
+    long for QEMU), or None. Shorter ids (kuasar-ctl's) may still fit, so this is a warning, not a refusal."""
     longest = len(os.path.join(directory, "x" * _POD_ID_LENGTH, _LONGEST_POD_SOCKET).encode())
     if longest <= _UNIX_PATH_MAX:
         return None
     room = _UNIX_PATH_MAX - (longest - len(directory.encode()))
-    return (f"--dir {directory} is too long: a pod's sockets go to <dir>/<64-character pod id>/"
-            f"{_LONGEST_POD_SOCKET}, {longest} bytes where a unix socket path holds {_UNIX_PATH_MAX}; "
-            f"use a directory of at most {room} bytes (the default is /run/kuasar-vmm)")
+    return (f"--dir {directory} is too long for containerd's pods: their sockets go to <dir>/<64-character pod "
+            f"id>/{_LONGEST_POD_SOCKET}, {longest} bytes where a unix socket path holds {_UNIX_PATH_MAX}, and "
+            f"their VMs will fail to start; use a directory of at most {room} bytes (the default is "
+            f"/run/kuasar-vmm)")
 
 
 def load_config(path: str, explicit: bool) -> config.VmmConfig:
@@ -49,10 +51,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     explicit = args.config is not None
     args.config = args.config or config.DEFAULT_CONFIG
     args.dir = os.path.abspath(args.dir)
-    too_long = socket_room_error(args.dir)
-    if too_long:
-        print("%s: %s" % (NAME, too_long), file=sys.stderr)
-        return 2
     try:
         cfg = load_config(args.config, explicit)
     except ConfigError as err:
@@ -62,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.log_level = cfg.sandbox.log_level
 
     async def serve(ctx: DaemonContext) -> None:
+        too_long = socket_room_warning(args.dir)
+        if too_long:
+            log.warning("%s", too_long)
         os.makedirs(args.dir, mode=0o700, exist_ok=True)
         log_file = os.path.join(args.dir, "vmm-task-relay.log") if args.daemon else None
         relay = await TaskServer.ensure(args.dir, RELAY, args.log_level, log_file)
