@@ -32,9 +32,9 @@ def socket_room_warning(directory: str) -> Optional[str]:
     if longest <= _UNIX_PATH_MAX:
         return None
     room = _UNIX_PATH_MAX - (longest - len(directory.encode()))
-    return (f"--dir {directory} is too long for containerd's pods: their sockets go to <dir>/<64-character pod "
-            f"id>/{_LONGEST_POD_SOCKET}, {longest} bytes where a unix socket path holds {_UNIX_PATH_MAX}, and "
-            f"their VMs will fail to start; use a directory of at most {room} bytes (the default is "
+    return (f"--dir {directory} is too long for containerd's pods: their VMs may fail to start, as the longest "
+            f"of their sockets, <dir>/<64-character pod id>/{_LONGEST_POD_SOCKET}, takes {longest} bytes where a "
+            f"unix socket path holds {_UNIX_PATH_MAX}; use a directory of at most {room} bytes (the default is "
             f"/run/kuasar-vmm)")
 
 
