@@ -279,12 +279,22 @@ class KuasarSide(Side):
             self._pods.pop(pod, None)
 
     def _task_servers(self) -> List[int]:
+        """Processes named by the profile's task server whose command line names our dir, and the recorded
+        task server (the first one is a fork of the sandboxer: its name is set, its command line is the
+        sandboxer's)."""
         found = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 argv = procstats.cmdline(int(entry))
                 if any(self.profile.task_server in a for a in argv[:2]) and any(self.state in a for a in argv):
                     found.append(int(entry))
+        try:
+            with open(os.path.join(self.state, "task-server.json")) as handle:
+                pid = int(json.load(handle)["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return found
+        if pid not in found and procstats.comm(pid) == self.profile.task_server[:15]:
+            found.append(pid)
         return found
 
     def _task_front(self) -> List[int]:

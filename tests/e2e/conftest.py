@@ -56,7 +56,8 @@ def runc_sandboxer(tmp_path):
 
 
 def _task_server_pids(state_dir: str) -> list[int]:
-    """runc-task and task front processes serving this private dir (they outlive the sandboxer by design)."""
+    """runc-task and task front processes serving this private dir (they outlive the sandboxer by design): by
+    name too, since the first server is a fork of the sandboxer and keeps its command line (naming the dir)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -64,9 +65,12 @@ def _task_server_pids(state_dir: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
         except OSError:
             continue
-        server = any(b"runc-task" in a or b"taskfront" in a for a in argv[:4])
-        if server and any(state_dir.encode() in a for a in argv):
+        named = comm in ("runc-task", "kuasar-taskfron") or any(b"runc-task" in a or b"taskfront" in a
+                                                                for a in argv[:4])
+        if named and any(state_dir.encode() in a for a in argv):
             pids.append(int(entry))
     return pids

@@ -31,12 +31,14 @@ from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.nsfiles import bind_namespaces, namespaces_match, unbind_namespaces
 from kuasar_runc_sandboxer.sysctls import sysctl_files
 
-__all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK"]
+__all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK", "RUNC_TASK_MODULE"]
 
 log = logging.getLogger(__name__)
 
 #: how to start the runc task server (see kuasar_shared.sandbox.task_supervisor)
-RUNC_TASK = find_command("runc-task", "kuasar_runc_task.main")
+#: runc-task's program, run by the sandboxer's first task server (kuasar_shared.sandbox.zygote)
+RUNC_TASK_MODULE = "kuasar_runc_task.main"
+RUNC_TASK = find_command("runc-task", RUNC_TASK_MODULE)
 
 
 @dataclass

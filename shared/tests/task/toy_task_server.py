@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 from kuasar_shared.errors import NotFound, Unimplemented
 from kuasar_shared.io import StreamingHub
@@ -59,8 +59,8 @@ async def _open_backend(args: argparse.Namespace, hub: StreamingHub,
     return backend
 
 
-def main() -> int:
-    return run_task_server("toy-task", "0.0.1", None, listen="/run/kuasar-toy/task.sock",
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_task_server("toy-task", "0.0.1", argv, listen="/run/kuasar-toy/task.sock",
                            directory="/run/kuasar-toy/tasks", pods_dir="", pods_dir_help="the sandboxer's --dir",
                            description="a task server that runs nothing", open_backend=_open_backend)
 

@@ -11,6 +11,10 @@ With ``front=True`` (runc, wasm, quark) the engine's socket belongs to a task fr
 whose header comment is its specification; recorded and supervised the same way) and the task server listens
 on a private socket behind it: the engine's open connections and calls in flight then survive a
 task server crash, and :func:`upgrade` replaces the server with new code the same way.
+
+A sandboxer that finds no running server makes its first one from a :class:`~kuasar_shared.sandbox.zygote.TaskZygote`
+forked at start-up (:func:`fork_task_zygote`), which shares the sandboxer's interpreter pages; restarts and
+upgrades spawn the installed command.
 """
 from __future__ import annotations
 
@@ -21,24 +25,26 @@ import os
 import shutil
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Sequence, Union
 
 from google.protobuf import empty_pb2
 
 from kuasar_shared import native, process
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
+from kuasar_shared.daemon.reaper import ExitEvent, get_reaper
 from kuasar_shared.errors import Internal, KuasarError, NotFound, Unavailable
 from kuasar_shared.process_identity import ExitWatch, is_same_process, start_time
 from kuasar_shared.task.exits import ExitRecorder
 from kuasar_shared.task.exits import EXITS_DIR
+from kuasar_shared.sandbox.zygote import TaskZygote
 from kuasar_shared.statefiles import CorruptState, read_json, write_json_atomic
 from kuasar_shared.ttrpc import Client
 
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
 
-__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "front_executable", "start_task_server",
-           "upgrade"]
+__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "fork_task_zygote", "front_executable",
+           "start_task_server", "upgrade"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,8 @@ class TaskServer:
         self._front_watch: Optional[ExitWatch] = None
         self._restart: Optional["asyncio.Task[None]"] = None
         self._front_restart: Optional["asyncio.Task[None]"] = None
+        #: where the next server comes from instead of spawning :attr:`command` (used once)
+        self.zygote: Optional[TaskZygote] = None
 
     @property
     def has_front(self) -> bool:
@@ -120,19 +128,22 @@ class TaskServer:
 
     @classmethod
     async def ensure(cls, directory: str, command: Sequence[str], log_level: str = "info",
-                     log_file: Optional[str] = None, front: bool = False) -> "TaskServer":
+                     log_file: Optional[str] = None, front: bool = False,
+                     zygote: Optional[TaskZygote] = None) -> "TaskServer":
         """Re-adopt the recorded task server of ``directory`` or start ``command`` as a new one.
 
         The command is called with ``--listen <socket> --dir <directory>/.tasks --pods-dir <directory>
         --log-level <level>``. With ``front``, a task front owns ``<directory>/task.sock`` (re-adopted
         or started too) and the server listens on ``<directory>/task-backend.sock``.
 
-        A new server logs to our stderr, or appends to ``log_file`` when given (``--daemon``).
+        A new server logs to our stderr, or appends to ``log_file`` when given (``--daemon``). With
+        ``zygote``, a new server is that child running ``command`` (see :mod:`kuasar_shared.sandbox.zygote`).
         """
         base = os.path.abspath(directory)
         socket_path = os.path.join(base, _SOCKET)
         server = cls(directory, command, 0, socket_path, log_level, log_file,
                      os.path.join(base, _BACKEND_SOCKET) if front else socket_path)
+        server.zygote = zygote
         record = server._read_record()
         pid = int(record.get("pid", 0))
         if front and pid and record.get("socket") == socket_path and is_same_process(pid, record.get("start_time")):
@@ -191,7 +202,8 @@ class TaskServer:
             if log_fd is not None:
                 os.close(log_fd)
 
-    async def _await_listening(self, child: process.Process, argv: list[str], listening: Callable[[], Awaitable[bool]],
+    async def _await_listening(self, child: Union[process.Process, "_Forked"], argv: list[str],
+                               listening: Callable[[], Awaitable[bool]],
                                what: str, where: str, interval: float) -> None:
         """Wait until ``listening()``.
 
@@ -231,11 +243,26 @@ class TaskServer:
                                   "--pods-dir", os.path.abspath(directory), "--log-level", log_level]
         if os.path.exists(listen):
             os.unlink(listen)
-        child = self._spawn_logged(argv)
+        child = self._from_zygote(argv) or self._spawn_logged(argv)
         self.pid = child.pid
         await self._await_listening(child, argv, self.ping, "task server", listen, 0.02)
         self._write_record()
         log.info("started task server pid %d at %s", self.pid, listen)
+
+    def _from_zygote(self, argv: list[str]) -> Optional["_Forked"]:
+        """The zygote made the server running ``argv``; None without one (or when it failed: spawn then)."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is None:
+            return None
+        log_fd = self._log_fd()
+        try:
+            return _Forked(zygote.start(self.command, argv[len(self.command):], log_fd))
+        except OSError as err:
+            log.warning("cannot start the task server from its zygote (%s); spawning %s", err, argv[0])
+            return None
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
 
     def supervise(self) -> None:
         """Restart the server (and the front) whenever it exits, until :meth:`close`."""
@@ -337,8 +364,49 @@ class TaskServer:
         await self.close_connection()
 
 
+class _Forked:
+    """A server made by the zygote, as :meth:`TaskServer._await_listening` watches a spawned one."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._exit: Optional[ExitEvent] = None
+        reaper = get_reaper()
+        reaper.install()
+        reaper.subscribe(pid).add_done_callback(self._on_exit)
+
+    def _on_exit(self, future: "asyncio.Future[ExitEvent]") -> None:
+        if not future.cancelled():
+            self._exit = future.result()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return None if self._exit is None else self._exit.status
+
+    def kill(self) -> None:
+        if self._exit is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def fork_task_zygote(directory: str, module: str, name: str) -> Optional[TaskZygote]:
+    """A :class:`TaskZygote` of the task program ``module`` for :func:`start_task_server`, or None when
+    ``directory`` records a running task server (it is re-adopted) or the fork fails (it is spawned).
+
+    Call from ``main()`` before the loop and any thread start.
+    """
+    record = TaskServer(directory, [], 0, "")._read_record()
+    pid = int(record.get("pid", 0))
+    if pid and is_same_process(pid, record.get("start_time")):
+        return None
+    try:
+        return TaskZygote.fork(module, name)
+    except OSError as err:
+        log.warning("cannot fork a task zygote (%s); the task server will be spawned", err)
+        return None
+
+
 async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_name: str,
-                            own_children: Sequence[int] = ()) -> TaskServer:
+                            own_children: Sequence[int] = (), zygote: Optional[TaskZygote] = None) -> TaskServer:
     """The task server of the sandboxer's ``--dir``, re-adopted or started, and restarted whenever it exits.
 
     It serves its metrics on ``<dir>/task-metrics.sock`` when the sandboxer has ``--metrics-listen`` (the
@@ -348,7 +416,8 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
     Processes orphaned by a dead task server re-parent to the sandboxer: their exits are recorded
     in ``<dir>/exits`` for the next task server. ``own_children``: the sandboxer's other children
     (helpers), whose exits are not recorded. A new server logs to ``<dir>/<log_name>`` with
-    ``--daemon``, else to the sandboxer's stderr.
+    ``--daemon``, else to the sandboxer's stderr. ``zygote`` (from :func:`fork_task_zygote`) makes a new
+    server; unused, it is told to exit.
     """
     args = ctx.args
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
@@ -359,12 +428,17 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
         command += ["--metrics-listen", "unix:" + metrics_path]
     if getattr(args, "trace_endpoint", ""):
         command += ["--trace-endpoint", args.trace_endpoint]
-    server = await TaskServer.ensure(args.dir, command, args.log_level, log_file, front=True)
+    try:
+        server = await TaskServer.ensure(args.dir, command, args.log_level, log_file, front=True, zygote=zygote)
+    finally:
+        if zygote is not None:
+            zygote.close()
     if getattr(args, "metrics_listen", ""):
         server.metrics_path = metrics_path
     server.supervise()
     exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
-    ctx.reaper.add_listener(exits.listener(lambda pid: pid in (server.pid, server.front_pid) or pid in own_children))
+    helpers = set(own_children) | ({zygote.pid} if zygote is not None else set())
+    ctx.reaper.add_listener(exits.listener(lambda pid: pid in (server.pid, server.front_pid) or pid in helpers))
     return server
 
 

@@ -1,0 +1,133 @@
+"""The first task server made from a zygote forked before the loop (kuasar_shared.sandbox.zygote), with the toy
+task server of tests/task as the program: it must look like a spawned server to everything that finds it, share
+the parent's interpreter pages, and be the only one: restarts spawn the installed command."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Iterator
+
+import pytest
+
+from kuasar_shared.process_identity import start_time, wait_exit
+from kuasar_shared.sandbox.task_supervisor import TaskServer, fork_task_zygote
+from kuasar_shared.sandbox.zygote import TaskZygote
+
+TASK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "task")
+TOY_TASK = [sys.executable, os.path.join(TASK_DIR, "toy_task_server.py")]
+MiB = 1024 * 1024
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def zygote(tmp_path) -> Iterator[TaskZygote]:
+    """A zygote of the toy task server, forked here (a sync fixture: no loop runs yet)."""
+    sys.path.insert(0, TASK_DIR)
+    try:
+        made = fork_task_zygote(str(tmp_path), "toy_task_server", "toy-task")
+    finally:
+        sys.path.remove(TASK_DIR)
+    assert made is not None
+    yield made
+    made.close()
+    _kill(made.pid)
+
+
+def _fd_targets(pid: int) -> dict[int, str]:
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.endswith("kB\n")}
+
+
+@pytest.mark.asyncio
+async def test_first_server_is_the_zygote_and_a_restart_spawns_the_command(tmp_path, zygote) -> None:
+    log_file = str(tmp_path / "toy.log")
+    # a file of ours the server must not inherit
+    ours = os.open(str(tmp_path / "ours"), os.O_WRONLY | os.O_CREAT, 0o600)
+    server = await TaskServer.ensure(str(tmp_path), TOY_TASK, log_file=log_file, front=True, zygote=zygote)
+    try:
+        assert server.pid == zygote.pid and await server.ping()
+        with open(os.path.join(str(tmp_path), "task-server.json")) as f:
+            record = json.load(f)
+        assert (record["pid"], record["start_time"]) == (server.pid, start_time(server.pid))
+        with open(f"/proc/{server.pid}/comm") as f:
+            assert f.read().strip() == "toy-task"
+        assert os.getsid(server.pid) == server.pid
+        fds = _fd_targets(server.pid)
+        assert fds[0] == os.devnull and fds[1] == fds[2] == log_file
+        assert all(not target.startswith(str(tmp_path)) or target == log_file for target in fds.values()), fds
+        assert str(tmp_path / "ours") not in fds.values()
+        own_sockets = {t for t in _fd_targets(os.getpid()).values() if t.startswith("socket:")}
+        assert not own_sockets & {t for t in fds.values() if t.startswith("socket:")}
+        assert os.readlink(f"/proc/{server.pid}/cwd") == os.getcwd()
+        # the interpreter pages it did not touch are still ours too (a spawned server shares none dirty)
+        assert _rollup(server.pid)["Shared_Dirty"] > 2 * MiB
+        with pytest.raises(OSError, match="already used"):
+            zygote.start(TOY_TASK, [], None)
+
+        first = server.pid
+        server.supervise()
+        os.kill(first, signal.SIGKILL)
+        for _ in range(200):
+            if server.pid != first and await server.ping():
+                break
+            await asyncio.sleep(0.05)
+        assert server.pid != first
+        with open(f"/proc/{server.pid}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[:2] == [a.encode() for a in TOY_TASK]
+    finally:
+        os.close(ours)
+        await server.close()
+        _kill(server.pid)
+        _kill(server.front_pid)
+    await asyncio.wait_for(wait_exit(server.pid), 10)
+
+
+def test_an_unused_zygote_exits(zygote) -> None:
+    zygote.close()
+    assert os.waitpid(zygote.pid, 0)[1] == 0
+    assert zygote.fileno() == -1
+
+
+@pytest.mark.asyncio
+async def test_a_dead_zygote_leaves_the_command_to_spawn(tmp_path) -> None:
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.close()
+    server = await TaskServer.ensure(str(tmp_path), TOY_TASK, zygote=TaskZygote(gone, ours))
+    try:
+        assert server.pid != gone and await server.ping()
+        with open(f"/proc/{server.pid}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[:2] == [a.encode() for a in TOY_TASK]
+    finally:
+        await server.close()
+        _kill(server.pid)
+    await asyncio.wait_for(wait_exit(server.pid), 10)
+
+
+def test_no_zygote_while_a_recorded_server_runs(tmp_path) -> None:
+    with open(tmp_path / "task-server.json", "w") as f:
+        json.dump({"pid": os.getpid(), "start_time": start_time(os.getpid()), "socket": "x"}, f)
+    assert fork_task_zygote(str(tmp_path), "toy_task_server", "toy-task") is None
