@@ -28,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     holders = HolderParent.fork()
     # and the first task server's zygote (when none is running), which shares our interpreter pages; not with
     # --daemon: python-daemon's double fork would leave it (and the orphans of its server) outside our subreaping
-    zygote = None if args.daemon else fork_task_zygote(args.dir, RUNC_TASK_MODULE, "runc-task")
+    zygote = None if args.daemon else fork_task_zygote(args.dir, RUNC_TASK, RUNC_TASK_MODULE, "runc-task")
 
     async def serve(ctx: DaemonContext) -> None:
         task_server = await start_task_server(ctx, RUNC_TASK, "runc-task.log", own_children=(holders.pid,),

@@ -34,7 +34,7 @@ def zygote(tmp_path) -> Iterator[TaskZygote]:
     """A zygote of the toy task server, forked here (a sync fixture: no loop runs yet)."""
     sys.path.insert(0, TASK_DIR)
     try:
-        made = fork_task_zygote(str(tmp_path), "toy_task_server", "toy-task")
+        made = fork_task_zygote(str(tmp_path), TOY_TASK, "toy_task_server", "toy-task")
     finally:
         sys.path.remove(TASK_DIR)
     assert made is not None
@@ -63,6 +63,8 @@ async def test_first_server_is_the_zygote_and_a_restart_spawns_the_command(tmp_p
     log_file = str(tmp_path / "toy.log")
     # a file of ours the server must not inherit
     ours = os.open(str(tmp_path / "ours"), os.O_WRONLY | os.O_CREAT, 0o600)
+    with pytest.raises(ValueError, match="not the zygote's program"):
+        zygote.start(["/usr/bin/other-task", "--listen", "x"], None)
     server = await TaskServer.ensure(str(tmp_path), TOY_TASK, log_file=log_file, front=True, zygote=zygote)
     try:
         assert server.pid == zygote.pid and await server.ping()
@@ -82,7 +84,7 @@ async def test_first_server_is_the_zygote_and_a_restart_spawns_the_command(tmp_p
         # the interpreter pages it did not touch are still ours too (a spawned server shares none dirty)
         assert _rollup(server.pid)["Shared_Dirty"] > 2 * MiB
         with pytest.raises(OSError, match="already used"):
-            zygote.start(TOY_TASK, [], None)
+            zygote.start(TOY_TASK, None)
 
         first = server.pid
         server.supervise()
@@ -116,7 +118,7 @@ async def test_a_dead_zygote_leaves_the_command_to_spawn(tmp_path) -> None:
     os.waitpid(gone, 0)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.close()
-    server = await TaskServer.ensure(str(tmp_path), TOY_TASK, zygote=TaskZygote(gone, ours))
+    server = await TaskServer.ensure(str(tmp_path), TOY_TASK, zygote=TaskZygote(gone, ours, TOY_TASK))
     try:
         assert server.pid != gone and await server.ping()
         with open(f"/proc/{server.pid}/cmdline", "rb") as f:
@@ -130,4 +132,4 @@ async def test_a_dead_zygote_leaves_the_command_to_spawn(tmp_path) -> None:
 def test_no_zygote_while_a_recorded_server_runs(tmp_path) -> None:
     with open(tmp_path / "task-server.json", "w") as f:
         json.dump({"pid": os.getpid(), "start_time": start_time(os.getpid()), "socket": "x"}, f)
-    assert fork_task_zygote(str(tmp_path), "toy_task_server", "toy-task") is None
+    assert fork_task_zygote(str(tmp_path), TOY_TASK, "toy_task_server", "toy-task") is None

@@ -256,8 +256,8 @@ class TaskServer:
             return None
         log_fd = self._log_fd()
         try:
-            return _Forked(zygote.start(self.command, argv[len(self.command):], log_fd))
-        except OSError as err:
+            return _Forked(zygote.start(argv, log_fd))
+        except (OSError, ValueError) as err:
             log.warning("cannot start the task server from its zygote (%s); spawning %s", err, argv[0])
             return None
         finally:
@@ -388,8 +388,8 @@ class _Forked:
                 os.kill(self.pid, signal.SIGKILL)
 
 
-def fork_task_zygote(directory: str, module: str, name: str) -> Optional[TaskZygote]:
-    """A :class:`TaskZygote` of the task program ``module`` for :func:`start_task_server`, or None when
+def fork_task_zygote(directory: str, command: Sequence[str], module: str, name: str) -> Optional[TaskZygote]:
+    """A :class:`TaskZygote` of the task program ``command`` (``module``) for :func:`start_task_server`, or None when
     ``directory`` records a running task server (it is re-adopted) or the fork fails (it is spawned).
 
     Call from ``main()`` before the loop and any thread start.
@@ -399,7 +399,7 @@ def fork_task_zygote(directory: str, module: str, name: str) -> Optional[TaskZyg
     if pid and is_same_process(pid, record.get("start_time")):
         return None
     try:
-        return TaskZygote.fork(module, name)
+        return TaskZygote.fork(command, module, name)
     except OSError as err:
         log.warning("cannot fork a task zygote (%s); the task server will be spawned", err)
         return None

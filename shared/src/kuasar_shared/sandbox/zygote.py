@@ -40,16 +40,18 @@ class TaskZygote:
     the child exit (it is the sandboxer's child: the sandboxer's reaper collects it).
     """
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, command: Sequence[str]) -> None:
         self.pid = pid
+        #: how the program would be spawned (the start of every command line :meth:`start` takes)
+        self.command = list(command)
         self._sock: Optional[socket.socket] = sock
 
     def __repr__(self) -> str:
         return f"TaskZygote(pid={self.pid}, used={self._sock is None})"
 
     @classmethod
-    def fork(cls, module: str, name: str) -> "TaskZygote":
-        """Import ``module`` (a task program whose ``main(argv)`` serves) and fork the child.
+    def fork(cls, command: Sequence[str], module: str, name: str) -> "TaskZygote":
+        """Import ``module`` (the task program ``command`` runs, whose ``main(argv)`` serves) and fork the child.
 
         Call only with no thread and no event loop running. ``name`` is the program's name, set as the
         server's ``PR_SET_NAME`` (what ``ps`` and ``/proc/<pid>/comm`` show).
@@ -75,24 +77,27 @@ class TaskZygote:
             finally:
                 os._exit(1)
         theirs.close()
-        return cls(pid, ours)
+        return cls(pid, ours, command)
 
     def fileno(self) -> int:
         """The sandboxer's end (to keep when daemonizing); -1 once used or closed."""
         return self._sock.fileno() if self._sock is not None else -1
 
-    def start(self, command: Sequence[str], args: Sequence[str], log_fd: Optional[int]) -> int:
-        """Make the child the task server: the program's ``main(args)``, with ``command + args`` as its
-        ``sys.argv`` (``command`` is how it would be spawned); stdout and stderr go to ``log_fd``, else
-        stay the sandboxer's at start-up. Returns its pid.
+    def start(self, argv: Sequence[str], log_fd: Optional[int]) -> int:
+        """Make the child the task server spawning ``argv`` would start: the program's ``main`` with the
+        arguments after :attr:`command`; stdout and stderr go to ``log_fd``, else stay the sandboxer's at
+        start-up. Returns its pid.
 
-        :raise OSError: already used, or the child is gone.
+        :raise ValueError: ``argv`` does not start with :attr:`command`; OSError: already used, or the
+            child is gone.
         """
+        if list(argv[:len(self.command)]) != self.command:
+            raise ValueError(f"{' '.join(argv)} is not the zygote's program {' '.join(self.command)}")
         if self._sock is None:
             raise OSError("the task zygote was already used")
         sock, self._sock = self._sock, None
         with sock:
-            request = json.dumps({"command": list(command), "args": list(args), "cwd": os.getcwd(),
+            request = json.dumps({"argv": list(argv), "skip": len(self.command), "cwd": os.getcwd(),
                                   "umask": _umask()}).encode()
             fds = [] if log_fd is None else [log_fd]
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
@@ -143,7 +148,7 @@ def _wait_and_become(sock: socket.socket, main: Callable[[Sequence[str]], Any], 
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             log_fd = array.array("i", payload[:4])[0]
     request: Dict[str, Any] = json.loads(data)
-    args = [str(a) for a in request["args"]]
+    argv = [str(a) for a in request["argv"]]
     os.setsid()
     os.chdir(request["cwd"])
     os.umask(int(request["umask"]))
@@ -154,12 +159,12 @@ def _wait_and_become(sock: socket.socket, main: Callable[[Sequence[str]], Any], 
         os.dup2(log_fd, 2)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     _set_name(name)
-    sys.argv = [str(a) for a in request["command"]] + args
+    sys.argv = argv
     sock.send(struct.pack("q", os.getpid()))
     sock.close()
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     try:
-        code = main(args)
+        code = main(argv[int(request["skip"]):])
     except SystemExit as stop:
         code = stop.code
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
