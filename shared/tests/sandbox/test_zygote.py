@@ -34,10 +34,9 @@ def zygote(tmp_path) -> Iterator[TaskZygote]:
     """A zygote of the toy task server, forked here (a sync fixture: no loop runs yet)."""
     sys.path.insert(0, TASK_DIR)
     try:
-        made = fork_task_zygote(str(tmp_path), TOY_TASK, "toy_task_server", "toy-task")
+        made = TaskZygote.fork(TOY_TASK, "toy_task_server", "toy-task")
     finally:
         sys.path.remove(TASK_DIR)
-    assert made is not None
     yield made
     made.close()
     _kill(made.pid)
@@ -129,7 +128,14 @@ async def test_a_dead_zygote_leaves_the_command_to_spawn(tmp_path) -> None:
     await asyncio.wait_for(wait_exit(server.pid), 10)
 
 
-def test_no_zygote_while_a_recorded_server_runs(tmp_path) -> None:
+def test_no_zygote_while_a_recorded_server_runs_or_for_another_installation(tmp_path) -> None:
+    ours = [sys.executable, "-m", "toy_task_server"]
     with open(tmp_path / "task-server.json", "w") as f:
         json.dump({"pid": os.getpid(), "start_time": start_time(os.getpid()), "socket": "x"}, f)
-    assert fork_task_zygote(str(tmp_path), TOY_TASK, "toy_task_server", "toy-task") is None
+    assert fork_task_zygote(str(tmp_path), ours, "toy_task_server", "toy-task") is None
+    os.unlink(tmp_path / "task-server.json")
+    # a program found on PATH, not beside our interpreter, may be other code than the module we would import
+    assert fork_task_zygote(str(tmp_path), ["/opt/elsewhere/bin/toy-task"], "toy_task_server", "toy-task") is None
+    # ours but not importable: spawned
+    assert fork_task_zygote(str(tmp_path), [sys.executable, "-m", "no_such_task_program"], "no_such_task_program",
+                            "toy-task") is None

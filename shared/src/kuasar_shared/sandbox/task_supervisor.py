@@ -390,17 +390,23 @@ class _Forked:
 
 def fork_task_zygote(directory: str, command: Sequence[str], module: str, name: str) -> Optional[TaskZygote]:
     """A :class:`TaskZygote` of the task program ``command`` (``module``) for :func:`start_task_server`, or None when
-    ``directory`` records a running task server (it is re-adopted) or the fork fails (it is spawned).
+    ``directory`` records a running task server (it is re-adopted), or ``command`` is not ours (a script
+    beside our interpreter, or our interpreter's ``-m module``), or it cannot be imported or forked here
+    (then it is spawned).
 
     Call from ``main()`` before the loop and any thread start.
     """
+    ours = list(command) == [sys.executable, "-m", module] or \
+        (len(command) == 1 and os.path.dirname(command[0]) == os.path.dirname(sys.executable))
+    if not ours:
+        return None  # a program of another installation: its code is not the one we would import
     record = TaskServer(directory, [], 0, "")._read_record()
     pid = int(record.get("pid", 0))
     if pid and is_same_process(pid, record.get("start_time")):
         return None
     try:
         return TaskZygote.fork(command, module, name)
-    except OSError as err:
+    except (ImportError, OSError) as err:
         log.warning("cannot fork a task zygote (%s); the task server will be spawned", err)
         return None
 
@@ -437,8 +443,15 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
         server.metrics_path = metrics_path
     server.supervise()
     exits = ExitRecorder(os.path.join(args.dir, EXITS_DIR))
-    helpers = set(own_children) | ({zygote.pid} if zygote is not None else set())
-    ctx.reaper.add_listener(exits.listener(lambda pid: pid in (server.pid, server.front_pid) or pid in helpers))
+    unclaimed = [zygote.pid] if zygote is not None else []
+
+    def ours(pid: int) -> bool:
+        if pid in unclaimed:
+            unclaimed.clear()  # the zygote exits once; a container process may get its pid later
+            return True
+        return pid in (server.pid, server.front_pid) or pid in own_children
+
+    ctx.reaper.add_listener(exits.listener(ours))
     return server
 
 
