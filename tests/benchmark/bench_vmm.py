@@ -29,10 +29,8 @@ QEMU PSS growth per additional pod is the least-squares slope of the VMs' total 
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import signal
 import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -40,6 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import daemons  # noqa: E402
 import procstats  # noqa: E402
 from kuasar import REPO, KuasarSide  # noqa: E402
 from workload import Groups, parallel_batch  # noqa: E402
@@ -293,23 +292,7 @@ class VmmSide(KuasarSide):
         try:
             await super().teardown()
         finally:
-            await self._kill_leftovers()
-
-    async def _kill_leftovers(self) -> None:
-        """QEMU (and the relay) outlive a sandboxer that died; SIGKILL what is left below our dir."""
-        mine = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
-                and any(self.work in a for a in procstats.cmdline(int(p)))]
-        for pid in mine:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for _ in range(100):
-            procstats.reap_zombie_children()
-            if all(procstats.is_zombie(pid) for pid in mine):
-                return
-            await asyncio.sleep(0.05)
-
+            await daemons.kill_below(self.work)  # QEMU and the relay outlive a sandboxer that died
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``run.py --types vmm`` with the given options: one harness, one results.json."""

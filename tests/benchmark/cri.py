@@ -146,6 +146,7 @@ class CriNode:
         self.sock = os.path.join(self.root, "containerd.sock")
         self.proc: Optional[subprocess.Popen] = None
         self._log: Any = None
+        self._versions: Dict[str, str] = {}
         self.cgroup_parent = "/kuasar-bench-cri"
 
     def sandboxer_socket(self, sandbox_type: str) -> str:
@@ -252,8 +253,8 @@ imports = []
             raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {err.decode(errors='replace').strip()}")
         return proc.returncode or 0, out.decode(errors="replace")
 
-    async def run_pod(self, handler: str, name: str, image: CriImage) -> str:
-        """``crictl run`` of one pod with one container; returns the pod's name."""
+    async def run_pod(self, handler: str, name: str, image: CriImage) -> float:
+        """``crictl run`` of one pod named ``name`` with one container; returns how long it took (ms)."""
         pod = {"metadata": {"name": name, "namespace": "kbench", "uid": f"uid-{name}", "attempt": 1},
                "log_directory": os.path.join(self.root, "pods", name),
                "linux": {"cgroup_parent": self.cgroup_parent,
@@ -266,8 +267,9 @@ imports = []
             json.dump(pod, handle)
         with open(ctr_file, "w") as handle:
             json.dump(container, handle)
+        t0 = time.perf_counter()
         await self._run(["crictl", "run", "--runtime", handler, "--no-pull", ctr_file, pod_file])
-        return name
+        return (time.perf_counter() - t0) * 1000
 
     async def pod_ids(self, names: Sequence[str]) -> List[str]:
         _, out = await self._run(["crictl", "pods", "-o", "json"])
@@ -298,17 +300,20 @@ imports = []
         return found
 
     def versions(self) -> Dict[str, str]:
-        out = {}
-        for name, flag in (("containerd", "--version"), ("crictl", "--version")):
-            done = subprocess.run([os.path.join(self.bin_dir, name), flag], capture_output=True, text=True)
-            out[name] = (done.stdout or done.stderr).strip()
-        return out
+        """containerd's and crictl's versions (asked once)."""
+        if not self._versions:
+            for name in ("containerd", "crictl"):
+                done = subprocess.run([os.path.join(self.bin_dir, name), "--version"], capture_output=True,
+                                      text=True)
+                self._versions[name] = (done.stdout or done.stderr).strip()
+        return dict(self._versions)
 
     def diagnostics(self) -> str:
         return daemons.log_tail(self._log, 3000)
 
     async def teardown(self) -> None:
-        """Every pod removed, containerd stopped by pid, leftover shims killed by pid, mounts under root gone."""
+        """Every pod removed, containerd stopped by pid, leftover shims killed by pid, mounts under the work dir gone
+        (a pod whose start failed half-way may leave its sandbox's)."""
         if self.proc is not None and self.proc.poll() is None:
             try:
                 await self._run(["crictl", "rmp", "-fa"], check=False, timeout=120)
@@ -319,9 +324,9 @@ imports = []
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        subprocess.run(["umount", "-R", "-l", self.root], stderr=subprocess.DEVNULL, check=False)
-        with open("/proc/self/mountinfo") as handle:
-            mounts = [line.split()[4] for line in handle if line.split()[4].startswith(self.root + "/")]
+        await daemons.kill_below(self.work)
+        with open("/proc/self/mountinfo") as handle:  # each mount below the work dir: the sides' too
+            mounts = [line.split()[4] for line in handle if line.split()[4].startswith(self.work + "/")]
         for mount in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", mount], stderr=subprocess.DEVNULL, check=False)
         if self._log is not None:
@@ -347,9 +352,8 @@ class CriShimSide(Side):
     async def start_pod(self) -> str:
         assert self._image is not None
         self._counter += 1
-        t0 = time.perf_counter()
-        name = await self.node.run_pod("runc", f"shim-{self._counter}", self._image)
-        self.last_steps = {"crictl run": (time.perf_counter() - t0) * 1000}
+        name = f"shim-{self._counter}"
+        self.last_steps = {"crictl run": await self.node.run_pod("runc", name, self._image)}
         return name
 
     async def remove_pods(self, pods: Sequence[str]) -> None:
@@ -383,12 +387,10 @@ class CriKuasarSide(KuasarSide):
 
     async def start_pod(self) -> str:
         self._counter += 1
-        t0 = time.perf_counter()
-        name = await self.node.run_pod(f"kuasar-{self.profile.sandbox_type}",
-                                       f"{self.profile.sandbox_type}{self.profile.variant}-{self._counter}",
-                                       self._image)
-        self.last_steps = {"crictl run": (time.perf_counter() - t0) * 1000}
-        self._pods[name] = None  # type: ignore[assignment]
+        name = f"{self.profile.sandbox_type}{self.profile.variant}-{self._counter}"
+        self.last_steps = {"crictl run": await self.node.run_pod(f"kuasar-{self.profile.sandbox_type}", name,
+                                                                  self._image)}
+        self._pods[name] = None  # type: ignore[assignment]  # KuasarSide.teardown removes what is listed here
         return name
 
     async def remove_pods(self, pods: Sequence[str]) -> None:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 from typing import IO, Any, Optional
 
-__all__ = ["terminate", "log_tail"]
+import procstats
+
+__all__ = ["terminate", "log_tail", "kill_below"]
 
 
 async def terminate(proc: "subprocess.Popen[Any]", timeout: float = 20.0) -> None:
@@ -28,3 +31,21 @@ def log_tail(handle: Optional[IO[bytes]], limit: int) -> str:
     handle.flush()
     with open(handle.name, "rb") as reader:
         return reader.read()[-limit:].decode(errors="replace")
+
+
+async def kill_below(directory: str) -> None:
+    """SIGKILL every process whose command line names this run's own ``directory`` (QEMU, a relay or a
+    runsc sandbox that outlived a sandboxer that died or a pod whose start failed half-way), and wait until
+    each is gone or a zombie."""
+    mine = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+            and any(directory in a for a in procstats.cmdline(int(p)))]
+    for pid in mine:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _ in range(100):
+        procstats.reap_zombie_children()
+        if all(procstats.is_zombie(pid) for pid in mine):
+            return
+        await asyncio.sleep(0.05)
