@@ -74,7 +74,7 @@ class QuarkSandboxer(PodSandboxer[Pod]):
         pod.starting = True  # saved before any effect: see _readopt
         if pod.cgroup_parent:
             self.pods.create_cgroup(pod)
-        self.pods.save(pod, durable=False)  # Start ends with a durable save (PodTable.running)
+        self.pods.save(pod)
         started = await self.kernel.start(pod, self.pods.pod_dir(pod.id))
         pod.pid, pod.pid_start, pod.address, pod.runtime = (started.pid, started.pid_start, started.address,
                                                             started.runtime)

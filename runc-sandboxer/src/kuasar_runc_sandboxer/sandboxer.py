@@ -98,7 +98,7 @@ class RuncSandboxer(PodSandboxer[Pod]):
     async def _start_pod(self, pod: Pod) -> None:
         if pod.cgroup_parent:
             self.pods.create_cgroup(pod)
-            self.pods.save(pod, durable=False)  # the cgroup is ours to remove; Start ends with a durable save
+            self.pods.save(pod)  # the cgroup is ours to remove
         if not pod.host_ipc:
             try:
                 mount_pod_shm(self.pods.pod_dir(pod.id))

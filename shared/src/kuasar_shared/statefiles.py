@@ -5,6 +5,9 @@ restart. Writes go to a temporary file in the same directory, which is fsynced, 
 target and followed by an fsync of the directory, so a crash leaves either the old or the new
 file, never a mix. A file that still fails to parse (disk trouble, a foreign writer) raises
 :class:`CorruptState`, which the caller turns into "clean up this pod" instead of a crash.
+
+The fsyncs matter only for a machine crash. Records of what a reboot ends anyway (pods, containers,
+bundle specs) skip them (``durable=False``) and stay atomic for a crashing process.
 """
 from __future__ import annotations
 

@@ -166,9 +166,12 @@ class PodTable(Generic[P]):
         if pod.state is PodState.STOPPED:
             self._event(pod.id).set()
 
-    def save(self, pod: P, durable: bool = True) -> None:
-        """``durable=False``: a step of a call that ends with a durable save (see write_json_atomic)."""
-        self.store.save(pod.id, pod.to_json(), durable)
+    def save(self, pod: P) -> None:
+        """Atomically, not durably: a pod record describes processes, mounts and cgroups that a reboot ends
+        (and the state directory is on /run), so it must survive its sandboxer's crash, which the kernel's
+        page cache ensures, never a machine crash; runc keeps its own state.json the same way. A record that
+        a machine crash did tear is :class:`~kuasar_shared.statefiles.CorruptState`: its pod is cleaned up."""
+        self.store.save(pod.id, pod.to_json(), durable=False)
 
     def _event(self, sandbox_id: str) -> asyncio.Event:
         return self._stopped.setdefault(sandbox_id, asyncio.Event())

@@ -166,7 +166,10 @@ class ContainerStore(Generic[C]):
         return path
 
     def save(self, container: C) -> None:
-        write_json_atomic(os.path.join(self.directory, container.id + ".json"), container.to_json())
+        """Atomically, not durably (no fsync): the record describes processes that a reboot ends, as
+        :meth:`kuasar_shared.sandbox.pods.PodTable.save` explains for pods."""
+        write_json_atomic(os.path.join(self.directory, container.id + ".json"), container.to_json(),
+                          durable=False)
 
     def load(self, path: str) -> C:
         return self.record_type.from_json(read_json(path))
