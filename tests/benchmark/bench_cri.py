@@ -50,6 +50,10 @@ TARGETS = {"runc": {"pss_50": 0.15}, "wasm": {"pss_infra_50": 0.35, "pss_infra_1
 VARIANTS = {"wasm-touch64": ("wasm", {"image": "wasm-touch64", "command": ("/touch64.wat",), "files": (),
                                       "variant": "touch64"})}
 _VARIANT_MAX_PODS = 50
+#: the step rounds wait for the 1-minute load to fall below this, at most this many seconds
+_QUIET_LOAD, _QUIET_WAIT_S = 1.5, 90.0
+#: issue 19's step targets (ms): the pod step, and the container step over bare runc
+STEP_TARGETS_MS = {"pod": 10.0, "container_over_bare": 10.0}
 
 
 class CriVmmSide(cri.CriKuasarSide, bench_vmm.VmmSide):
@@ -128,10 +132,52 @@ def table(base: Dict[str, Any], ours: Dict[str, Any], ratios: Dict[str, Any], sa
     return "\n".join(lines)
 
 
-async def _run_side(side: Side, plan: Plan) -> Dict[str, Any]:
+def steps_table(steps: Dict[str, Any]) -> str:
+    """Issue 19's step targets from one side's ``steps``: client-timed calls, then where each ms goes."""
+    engine, breakdown = steps["engine"]["p50_ms"], steps["breakdown"]
+    load = " / ".join(f"{x:.1f}" for x in steps["engine"]["loadavg_before"])
+    lines = [f"Steps, {steps['engine']['rounds']} serial starts through the sandboxer's sockets (load {load} "
+             "before), p50:", "", "| step | measured | target |", "|---|---|---|",
+             f"| pod: Sandbox API Create + Start | {engine[kuasar.SANDBOX_STEP]:.2f} ms | "
+             f"≤ {STEP_TARGETS_MS['pod']:.0f} ms |"]
+    bare = engine[cri.BARE_STEP]
+    lines.append(f"| container: task Create + Start | {engine[kuasar.TASK_STEP]:.2f} ms = bare `runc create && runc "
+                 f"start` of the same spec {bare:.2f} ms {engine[kuasar.TASK_STEP] - bare:+.2f} ms | ≤ bare + "
+                 f"{STEP_TARGETS_MS['container_over_bare']:.0f} ms |")
+    if "error" in breakdown:
+        return "\n".join(lines + ["", f"step breakdown failed: {breakdown['error']}"])
+    lines += ["", f"In process, step by step ({breakdown['rounds']} rounds, p50 ms; bare runc here runs the "
+              "in-process spec, without the pod's /etc files):", "", "| step | ms |", "|---|---|"]
+    lines += [f"| {step} | {ms:.2f} |" for step, ms in breakdown["p50_ms"].items()]
+    return "\n".join(lines)
+
+
+async def _quiet(limit: float = _QUIET_LOAD, wait_s: float = _QUIET_WAIT_S) -> None:
+    """Wait (at most ``wait_s``) for the 1-minute load to fall below ``limit``: the step timings of issue 19
+    are about our code, not about the previous side's 110 pods still being torn down."""
+    for _ in range(int(wait_s)):
+        if os.getloadavg()[0] < limit:
+            return
+        await asyncio.sleep(1)
+
+
+async def runc_steps(side: cri.CriKuasarSide, rounds: int, work: str) -> Dict[str, Any]:
+    """Issue 19's two step targets in the same run as its memory: the pod and container steps through the
+    sockets of the sandboxer that served the CRI run, then the in-process breakdown of each step and bare
+    ``runc create && runc start`` of the same container (startsteps.py)."""
+    await _quiet()
+    log.info("%s: %d serial starts through the Sandbox API and Task API, then step by step", side.name, rounds)
+    return {"engine": await side.engine_steps(rounds),
+            "breakdown": await run.start_steps(os.path.join(work, "steps"), side.images, rounds)}
+
+
+async def _run_side(side: Side, plan: Plan, steps: int = 0, work: str = "") -> Dict[str, Any]:
     try:
         await side.setup()
-        return await measure(side, plan)
+        result = await measure(side, plan)
+        if steps and isinstance(side, cri.CriKuasarSide) and side.profile.sandbox_type == "runc":
+            result["steps"] = await runc_steps(side, steps, work)
+        return result
     except Exception as err:  # noqa: BLE001 - a failed side is reported, the others still run
         log.exception("%s failed", side.name)
         return {"side": side.name, "error": repr(err), "diagnostics": side.diagnostics()}
@@ -139,7 +185,7 @@ async def _run_side(side: Side, plan: Plan) -> Dict[str, Any]:
         await side.teardown()
 
 
-async def bench(types: List[str], plan: Plan, bin_dir: str, work: str) -> Dict[str, Any]:
+async def bench(types: List[str], plan: Plan, bin_dir: str, work: str, steps: int = 0) -> Dict[str, Any]:
     """Every side in turn under ``work`` (removed afterwards, with every process, mount and cgroup)."""
     installed = {p.sandbox_type + (f"-{p.variant}" if p.variant else ""): p for p in kuasar.available_profiles()}
     profiles: Dict[str, kuasar.Profile] = {}
@@ -172,7 +218,7 @@ async def bench(types: List[str], plan: Plan, bin_dir: str, work: str) -> Dict[s
                               variant_plan if name in VARIANTS else plan))
         for side, side_plan in sides:
             log.info("side %s", side.name)
-            result["sides"][side.name] = await _run_side(side, side_plan)
+            result["sides"][side.name] = await _run_side(side, side_plan, steps, work)
             procstats.reap_zombie_children()
     finally:
         await node.teardown()
@@ -200,7 +246,10 @@ def markdown(result: Dict[str, Any], plot: str) -> str:
              "", f"Plan: {result['plan']}", ""]
     base = result["sides"].get(cri.CriShimSide.name, {})
     for name, ratios in result["ratios"].items():
-        lines += [f"## {name}", "", table(base, result["sides"][f"kuasar-{name} (CRI)"], ratios, name), ""]
+        ours = result["sides"][f"kuasar-{name} (CRI)"]
+        lines += [f"## {name}", "", table(base, ours, ratios, name), ""]
+        if "steps" in ours:
+            lines += [steps_table(ours["steps"]), ""]
     for name, side in result["sides"].items():
         if "error" in side:
             lines += [f"**{name} failed**: {side['error']}", ""]
@@ -247,6 +296,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--serial", type=int, default=30)
     parser.add_argument("--parallel", type=run._ints, default=(15,))
     parser.add_argument("--pods", type=run._ints, default=(1, 10, 50, 110))
+    parser.add_argument("--steps", type=int, default=30, help="runc: serial starts timed step by step through "
+                        "the sandboxer's sockets and in process, beside bare runc (0: none)")
     parser.add_argument("--cri-bin", default=cri.CRI_BIN, help="directory of containerd, ctr, crictl and the shim")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--work", default="", help="a directory to create and remove (default: a new one in /tmp)")
@@ -260,7 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     types = [t for t in args.types.split(",") if t]
     plan = Plan(serial=args.serial, parallel=args.parallel, pods=args.pods, warmup=2)
     work = args.work or os.path.join(tempfile.mkdtemp(prefix="kcri-", dir="/tmp"), "w")
-    result = asyncio.run(bench(types, plan, args.cri_bin, work))
+    result = asyncio.run(bench(types, plan, args.cri_bin, work, args.steps))
     if not args.work:
         os.rmdir(os.path.dirname(work))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -277,6 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         ours = result["sides"].get(f"kuasar-{name} (CRI)", {})
         if name in result["ratios"]:
             print(f"\n### {name}\n" + table(base, ours, result["ratios"][name], name))
+            if "steps" in ours:
+                print("\n" + steps_table(ours["steps"]))
     for name in failed:
         print(f"\n{name} FAILED: {result['sides'][name]['error']}")
     print(f"\nload {result['machine']['loadavg_1_5_15']} -> {result['machine']['loadavg_after']}; JSON: {args.out}, "

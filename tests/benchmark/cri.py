@@ -33,17 +33,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import daemons
 import procstats
-from kuasar import SLEEP_WAT, TOUCH64_WAT, KuasarSide, Profile, tool
+import startsteps
+from kuasar import REPO, SANDBOX_STEP, SLEEP_WAT, TASK_STEP, TOUCH64_WAT, KuasarSide, Profile, tool
 from workload import Groups, Side
 
 from kuasar_shared.pause import pause_elf
 
-__all__ = ["CRI_BIN", "CriImage", "CriNode", "CriShimSide", "CriKuasarSide", "missing_tools", "IMAGES"]
+__all__ = ["BARE_STEP", "CRI_BIN", "CriImage", "CriNode", "CriShimSide", "CriKuasarSide", "missing_tools", "IMAGES"]
 
 CRI_BIN = os.environ.get("KUASAR_CRI_BIN", "/opt/kuasar-cri/bin")
 SANDBOX_IMAGE = "registry.k8s.io/pause:kbench"
 _CRICTL_TIMEOUT_S = 300
 _NAMESPACE = "k8s.io"
+#: pause before each timed start of the step rounds
+_SETTLE_S = 0.05
+#: bare ``runc create && runc start`` of the spec our task server ran (:meth:`CriKuasarSide.engine_steps`)
+BARE_STEP = "bare runc create + start, same spec"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,13 @@ IMAGES: Dict[str, Any] = {
     "wasm-touch64": lambda: CriImage("docker.io/kbench/wasm-touch64:1", (("touch64.wat", TOUCH64_WAT.encode()),),
                                      ("/touch64.wat",)),
 }
+
+
+async def _run_quiet(argv: List[str]) -> int:
+    """``argv`` with stdio on /dev/null, through asyncio's child watcher (this driver never reaps others')."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+    return await proc.wait()
 
 
 def missing_tools(bin_dir: str = CRI_BIN) -> Optional[str]:
@@ -397,6 +409,44 @@ class CriKuasarSide(KuasarSide):
         await self.node.remove_pods(pods)
         for pod in pods:
             self._pods.pop(pod, None)
+
+    async def engine_steps(self, rounds: int) -> Dict[str, Any]:
+        """``rounds`` serial pod + container starts made the way containerd makes them (kuasar-ctl's Engine:
+        Sandbox API Create/Start, then task Create/Start), on the socket of the sandboxer that served this
+        side's CRI run, each call timed on the client: the steps issue 19 sets targets for, measured on the
+        same daemons as the memory. Each round then runs bare ``runc create && runc start`` of the very spec
+        the task server gave runc (a second container in the same pod). One round before them is not
+        counted (first use of each code path)."""
+        rootfs = os.path.join(self.images, "busybox")
+        if not os.path.isdir(rootfs):
+            await asyncio.to_thread(subprocess.run, ["sh", os.path.join(REPO, "hack", "make-busybox-rootfs.sh"),
+                                                     rootfs], check=True, capture_output=True)
+        assert self.engine is not None
+        load = list(os.getloadavg())
+        bare_root = os.path.join(self.work, "bare-root")
+        rows: List[Dict[str, float]] = []
+        pods: List[str] = []
+        bare: List[Tuple[str, str]] = []
+        try:
+            for index in range(rounds + 1):
+                await asyncio.sleep(_SETTLE_S)
+                pods.append(await KuasarSide.start_pod(self))
+                row = dict(self.last_steps)
+                with open(os.path.join(self.engine.store.bundle_dir(self.last_container), "config.json")) as handle:
+                    placed = json.load(handle)
+                await asyncio.sleep(_SETTLE_S)  # the container's own start-up is not bare runc's load
+                bare.append((f"bare-{index}", os.path.join(self.work, "bare", str(index))))
+                timed = await startsteps.bare_runc(bare[-1][1], placed, rootfs, bare_root, bare[-1][0], _run_quiet)
+                row[BARE_STEP] = timed["bare runc create"] + timed["bare runc start"]
+                rows.append(row)
+        finally:
+            for bare_id, bundle in bare:
+                await startsteps.remove_bare(bare_root, bare_id, bundle, _run_quiet)
+            await KuasarSide.remove_pods(self, pods)
+        rows = rows[1:]
+        return {"rounds": len(rows), "loadavg_before": load,
+                "p50_ms": {step: procstats.percentile([row[step] for row in rows], 50)
+                           for step in (SANDBOX_STEP, TASK_STEP, BARE_STEP)}, "samples_ms": rows}
 
     def versions(self) -> Dict[str, str]:
         return {**super().versions(), **self.node.versions()}

@@ -262,6 +262,7 @@ class KuasarSide(Side):
         self._pods[pod] = config
         t1 = time.perf_counter()
         ctr = await self.engine.create_container(pod, self._ctr, config)
+        self.last_container = ctr
         t2 = time.perf_counter()
         await self.engine.start_container(ctr)
         t3 = time.perf_counter()

@@ -25,7 +25,7 @@ import signal
 import time
 import sys
 import uuid
-from typing import Any, Callable, Dict, List
+from typing import Any, Awaitable, Callable, Dict, List
 
 import procstats
 
@@ -38,7 +38,7 @@ from kuasar_shared.sandbox import CreateSandbox
 from kuasar_shared.sandbox.task_supervisor import TaskServer
 from kuasar_shared.task.backend import CreateTask, Mount, Stdio
 
-__all__ = ["StepTimer", "measure_steps", "main"]
+__all__ = ["Runner", "StepTimer", "bare_runc", "remove_bare", "measure_steps", "main"]
 
 
 class StepTimer:
@@ -122,7 +122,17 @@ def _container_spec(index: int, sandbox_id: str, holder_pid: int, cgroup_parent:
     return build_container_spec(ctr, config, inputs)
 
 
-async def _bare_runc(bundle: str, spec: Dict[str, Any], lower: str, root: str, cid: str) -> Dict[str, float]:
+#: runs argv with stdio on /dev/null and returns its exit status: kuasar_shared.process in this program (a
+#: child subreaper that reaps every child), asyncio's own subprocesses in a driver that must not reap them
+Runner = Callable[[List[str]], Awaitable[int]]
+
+
+async def _run_reaped(argv: List[str]) -> int:
+    return (await process.run(argv, stdout=process.DEVNULL, stderr=process.DEVNULL, check=False)).returncode
+
+
+async def bare_runc(bundle: str, spec: Dict[str, Any], lower: str, root: str, cid: str,
+                    runner: Runner = _run_reaped) -> Dict[str, float]:
     """``runc create && runc start`` of ``spec`` in ``bundle`` (rootfs mounted first, not timed)."""
     os.makedirs(os.path.join(bundle, "rootfs"))
     for sub in ("upper", "work"):
@@ -140,17 +150,16 @@ async def _bare_runc(bundle: str, spec: Dict[str, Any], lower: str, root: str, c
                                                os.path.join(bundle, "pid"), cid]), ("bare runc start", ["start", cid])):
         t0 = time.perf_counter()
         # the container inherits runc's stdio: a pipe would never reach EOF
-        done = await process.run(["runc", "--root", root, "--log", os.path.join(bundle, "log.json"), *argv],
-                                 stdout=process.DEVNULL, stderr=process.DEVNULL, check=False)
+        status = await runner(["runc", "--root", root, "--log", os.path.join(bundle, "log.json"), *argv])
         steps[action] = (time.perf_counter() - t0) * 1000
-        if done.returncode:
+        if status:
             with open(os.path.join(bundle, "log.json")) as log:
-                raise RuntimeError(f"runc {argv[0]} exited {done.returncode}: {log.read()[-500:]}")
+                raise RuntimeError(f"runc {argv[0]} exited {status}: {log.read()[-500:]}")
     return steps
 
 
-async def _remove_bare(root: str, cid: str, bundle: str) -> None:
-    await process.run(["runc", "--root", root, "delete", "--force", cid], check=False)
+async def remove_bare(root: str, cid: str, bundle: str, runner: Runner = _run_reaped) -> None:
+    await runner(["runc", "--root", root, "delete", "--force", cid])
     unmount_recursive(os.path.join(bundle, "rootfs"))
 
 
@@ -213,12 +222,12 @@ async def measure_steps(work: str, images: str, rounds: int) -> Dict[str, Any]:
             bare_bundle = os.path.join(work, "bare", sandbox_id)
             bare_id = "bare-" + sandbox_id[:12]
             bare.append((bare_id, bare_bundle))
-            row.update(await _bare_runc(bare_bundle, placed, lower, os.path.join(work, "bare-root"), bare_id))
+            row.update(await bare_runc(bare_bundle, placed, lower, os.path.join(work, "bare-root"), bare_id))
             rows.append(row)
     finally:
         timer.restore()
         for bare_id, bare_bundle in bare:
-            await _remove_bare(os.path.join(work, "bare-root"), bare_id, bare_bundle)
+            await remove_bare(os.path.join(work, "bare-root"), bare_id, bare_bundle)
         for cid in containers:
             with contextlib.suppress(Exception):
                 await backend.kill(cid, "", signal.SIGKILL, True)

@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import cri  # noqa: E402
+import kuasar  # noqa: E402
 
 
 def _members(data: bytes) -> dict[str, bytes]:
@@ -66,7 +67,7 @@ def test_tiny_run_through_containerd_and_crictl(tmp_path) -> None:
         pytest.skip("the benchmark needs root (runc, mounts, cgroups)")
     out, work = tmp_path / "cri.json", str(tmp_path / "w")
     proc = subprocess.run([sys.executable, os.path.join(HERE, "bench_cri.py"), "--types", "runc,wasm", "--serial",
-                           "2", "--parallel", "2", "--pods", "1,3", "--out", str(out), "--work", work],
+                           "2", "--parallel", "2", "--pods", "1,3", "--steps", "2", "--out", str(out), "--work", work],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads(out.read_text())
@@ -77,6 +78,12 @@ def test_tiny_run_through_containerd_and_crictl(tmp_path) -> None:
         assert ours["serial"]["latency_ms"]["n"] == 2 and ours["parallel"][0]["n"] == 2
         assert {"serial_p50", "pss_1", "pss_3", "pss_infra_3"} <= set(result["ratios"][sandbox_type])
     assert "### wasm" in proc.stdout and "runtime PSS at 3 pods" in proc.stdout
+    steps = result["sides"]["kuasar-runc (CRI)"]["steps"]
+    assert steps["engine"]["rounds"] == 2 == len(steps["engine"]["samples_ms"])
+    assert all(row[kuasar.SANDBOX_STEP] > 0 and row[kuasar.TASK_STEP] > 0 and row[cri.BARE_STEP] > 0
+               for row in steps["engine"]["samples_ms"])
+    assert steps["breakdown"]["rounds"] == 2 and steps["breakdown"]["p50_ms"]["bare runc create + start"] > 0
+    assert "pod: Sandbox API Create + Start" in proc.stdout and "steps" not in result["sides"]["kuasar-wasm (CRI)"]
     assert "containerd/v2 v2." in result["versions"]["containerd"]
     assert not os.path.exists(work)
     with open("/proc/self/mountinfo") as handle:
