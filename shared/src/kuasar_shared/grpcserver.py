@@ -124,7 +124,9 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding="utf-8"))
+            client_side=False, header_encoding="utf-8",
+            # the headers we send are constants and escaped messages: checking them again costs time per call
+            validate_outbound_headers=False, normalize_outbound_headers=False))
         self._transport: Optional[asyncio.Transport] = None
         self._streams: dict[int, _Stream] = {}
         self._window_waiters: dict[int, "asyncio.Future[None]"] = {}
@@ -324,7 +326,9 @@ class _Connection(asyncio.Protocol):
             code, message = Code.UNKNOWN, "Unexpected %s: %s" % (type(err).__name__, err)
         try:
             if code is Code.OK:
-                self._send_headers(stream.id, [(":status", "200"), ("content-type", "application/grpc")])
+                # headers, message and trailers leave in one write when the message fits one frame
+                self._send_headers(stream.id, [(":status", "200"), ("content-type", "application/grpc")],
+                                   flush=False)
                 await self._send_data(stream.id, b"\x00" + len(response).to_bytes(4, "big") + response)
                 self._send_headers(stream.id, [("grpc-status", "0")], end=True)
             else:
@@ -335,13 +339,15 @@ class _Connection(asyncio.Protocol):
             self._forget(stream)
 
     async def _send_data(self, stream_id: int, data: bytes) -> None:
-        """Send ``data`` within the peer's flow-control windows, waiting for WINDOW_UPDATEs as needed."""
+        """Send ``data`` within the peer's flow-control windows, waiting for WINDOW_UPDATEs as needed. The
+        last frame is left for the caller's next flush (the trailers' write)."""
         view = memoryview(data)
         while view:
             if self._transport is None or self._transport.is_closing():
                 raise ConnectionError("connection closed")
             window = min(self._conn.local_flow_control_window(stream_id), self._conn.max_outbound_frame_size)
             if window <= 0:
+                self._flush()
                 waiter = self._window_waiters.get(stream_id)
                 if waiter is None:
                     waiter = self._window_waiters[stream_id] = self._loop.create_future()
@@ -349,9 +355,10 @@ class _Connection(asyncio.Protocol):
                 continue
             chunk, view = view[:window], view[window:]
             self._conn.send_data(stream_id, chunk.tobytes())
-            self._flush()
-            if self._writable is not None:
-                await self._writable
+            if view:
+                self._flush()
+                if self._writable is not None:
+                    await self._writable
 
     # helpers
 
@@ -361,9 +368,11 @@ class _Connection(asyncio.Protocol):
             headers.append(("grpc-message", _percent(message)))
         self._send_headers(stream_id, headers, end=True)
 
-    def _send_headers(self, stream_id: int, headers: list[tuple[str, str]], end: bool = False) -> None:
+    def _send_headers(self, stream_id: int, headers: list[tuple[str, str]], end: bool = False,
+                      flush: bool = True) -> None:
         self._conn.send_headers(stream_id, headers, end_stream=end)
-        self._flush()
+        if flush:
+            self._flush()
 
     def _refuse(self, stream_id: int, error: h2.errors.ErrorCodes) -> None:
         try:
