@@ -277,6 +277,7 @@ def _read(path: str) -> str:
 
 
 async def density(pods: list[int], serial: int, parallel: int) -> dict[str, Any]:
+    import daemons
     import run  # tests/benchmark/run.py: run_side, clean-up helpers
     baseline, kuasar, workload, wasm_side = _density_sides()
     work = tempfile.mkdtemp(prefix="kbench-")
@@ -303,7 +304,7 @@ async def density(pods: list[int], serial: int, parallel: int) -> dict[str, Any]
         sides["wasm_touch64"] = await run.run_side(wasm_side(touch, os.path.join(work, "wasm64"), images),
                                                    touch_plan)
     finally:
-        run.remove_mounts(work)
+        daemons.unmount_below(work)
         run.remove_cgroups()
         run.cleanup_shim_state(created_run_dir)
         shutil.rmtree(work, ignore_errors=True)

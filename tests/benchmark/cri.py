@@ -337,10 +337,7 @@ imports = []
             except ProcessLookupError:
                 pass
         await daemons.kill_below(self.work)
-        with open("/proc/self/mountinfo") as handle:  # each mount below the work dir: the sides' too
-            mounts = [line.split()[4] for line in handle if line.split()[4].startswith(self.work + "/")]
-        for mount in sorted(mounts, reverse=True):
-            subprocess.run(["umount", "-l", mount], stderr=subprocess.DEVNULL, check=False)
+        daemons.unmount_below(self.work)  # the sides' mounts too
         if self._log is not None:
             self._log.close()
 

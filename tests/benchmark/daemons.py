@@ -9,7 +9,7 @@ from typing import IO, Any, Optional
 
 import procstats
 
-__all__ = ["terminate", "log_tail", "kill_below"]
+__all__ = ["terminate", "log_tail", "kill_below", "unmount_below"]
 
 
 async def terminate(proc: "subprocess.Popen[Any]", timeout: float = 20.0) -> None:
@@ -49,3 +49,13 @@ async def kill_below(directory: str) -> None:
         if all(procstats.is_zombie(pid) for pid in mine):
             return
         await asyncio.sleep(0.05)
+
+
+def unmount_below(directory: str) -> None:
+    """Lazily unmount every mount below ``directory`` (itself included), deepest first: ``umount -R`` would
+    miss them when ``directory`` is not itself a mount point."""
+    with open("/proc/self/mountinfo") as handle:
+        mounts = [line.split()[4] for line in handle]
+    for mount in sorted((m for m in mounts if m == directory or m.startswith(directory.rstrip("/") + "/")),
+                        reverse=True):
+        subprocess.run(["umount", "-l", mount], stderr=subprocess.DEVNULL, check=False)

@@ -36,6 +36,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import baseline  # noqa: E402
 import bench_vmm  # noqa: E402
+import daemons  # noqa: E402
 import kuasar  # noqa: E402
 import hotspots  # noqa: E402
 import procstats  # noqa: E402
@@ -80,10 +81,6 @@ def remove_cgroups(names: Sequence[str] = ()) -> None:
                 os.rmdir(dirpath)
             except OSError as err:
                 log.warning("cannot remove cgroup %s: %s", dirpath, err)
-
-
-def remove_mounts(work: str) -> None:
-    subprocess.run(["umount", "-R", "-l", work], stderr=subprocess.DEVNULL, check=False)
 
 
 def ratios(sides: Dict[str, Any]) -> Dict[str, Any]:
@@ -252,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         results = asyncio.run(run_all(args, work))
     finally:
-        remove_mounts(work)
+        daemons.unmount_below(work)
         procstats.reap_zombie_children()
         remove_cgroups()
         cleanup_shim_state(created_run_dir)
