@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import uuid
 
 import pytest
 
+import kuasar_shared.oci.task as task_module
 from kuasar_shared.daemon.reaper import get_reaper
 from kuasar_shared.process_identity import start_time
 from kuasar_shared.task.exits import ExitRecorder
@@ -59,6 +61,45 @@ async def test_exec_the_dead_server_started_is_adopted_with_its_exit_status(tmp_
         with open(os.path.join(bundle, "rootfs", "ran")) as handle:
             assert handle.read() == "ran\n"
         assert not os.path.exists(spec_path) and not os.path.exists(os.path.join(work, "e1.pid"))
+    finally:
+        get_reaper().remove_listener(listener)
+        await second.shutdown(cid, now=True)
+        await second.close()
+
+
+@pytest.mark.asyncio
+async def test_exec_whose_runtime_finishes_during_the_look_is_adopted(tmp_path, bundle_factory, monkeypatch) -> None:
+    """The dead server's ``runc exec`` writes its pid file and exits while the next server scans /proc for
+    it: the scan finds no runtime, and the pid file must still be read after it (not before), or the Start
+    would run the exec a second time."""
+    state_dir = str(tmp_path / "tasks")
+    first, cid, bundle = await _running_container(state_dir, bundle_factory)
+    work = first.store.work_dir(cid)
+    spec_path, pid_file = os.path.join(work, "e1.process.json"), os.path.join(work, "e1.pid")
+    with open(spec_path, "w") as handle:
+        json.dump(dict(SPEC, terminal=False), handle)
+    argv = first._runtime(first._get(cid))._argv("exec", "--process", spec_path, "--pid-file", pid_file,
+                                                  "--detach", cid, log_file=os.path.join(work, "exec-log.json"))
+    await first.close()
+    real_scan = task_module._runs_with_argument
+
+    def runtime_finishes_during_scan(argument: str) -> bool:
+        if not os.path.exists(pid_file):
+            subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return real_scan(argument)
+    monkeypatch.setattr(task_module, "_runs_with_argument", runtime_finishes_during_scan)
+
+    exits = ExitRecorder(str(tmp_path / "exits"))
+    listener = exits.listener(lambda pid: False)
+    get_reaper().add_listener(listener)
+    second = RuncTaskBackend(state_dir, exits=exits)
+    await second.recover()
+    try:
+        pid = await second.interrupted_start(cid, "e1")
+        assert pid and (await second.state(cid, "e1")).status is TaskStatus.RUNNING
+        assert (await asyncio.wait_for(second.wait(cid, "e1"), 10)).exit_status == 7
+        with open(os.path.join(bundle, "rootfs", "ran")) as handle:
+            assert handle.read() == "ran\n"
     finally:
         get_reaper().remove_listener(listener)
         await second.shutdown(cid, now=True)

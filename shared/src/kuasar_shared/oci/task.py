@@ -415,12 +415,16 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         deadline = loop.time() + timeout
         pid = 0
         while True:
+            # look for the runtime before its pid file: it writes the file, then exits, so a runtime that is
+            # gone by the look has left its file for the read below (the other order lost an exec that
+            # finished during the /proc scan, and the Start then ran it a second time)
+            runtime_runs = _runs_with_argument(spec_path)
             if os.path.exists(pid_file):
                 with contextlib.suppress(KuasarError):
                     pid = read_pid_file(pid_file)
                     if self.hooks.internal_exec_pids:
                         proc.runtime_pid = read_pid_file(internal)
-            if pid or not _runs_with_argument(spec_path) or loop.time() > deadline:
+            if pid or not runtime_runs or loop.time() > deadline:
                 break
             await asyncio.sleep(0.05)
         for path in (spec_path, pid_file, internal):
