@@ -1,5 +1,6 @@
-"""Fixtures for end-to-end tests through kuasar-ctl: a private runc-sandboxer, a busybox image, and (from
-support.py) the vmm guest image and a module-scoped vmm-sandboxer."""
+"""Fixtures for end-to-end tests through kuasar-ctl: a private runc-sandboxer, a private sandboxer of the type a
+test is parametrised with (``sandboxer``), a busybox image, the wasm ticker image, and (from support.py) the vmm
+guest image and a module-scoped vmm-sandboxer."""
 from __future__ import annotations
 
 import os
@@ -8,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the e2e modules import support.py
 
-from support import REPO, guest_image, tool as _tool, vmm  # noqa: E402,F401  (fixtures for every e2e module)
+from support import REPO, TICKER_C, guest_image, pids_with, start_daemon, stop_daemon, tool as _tool, vmm, \
+    wasm_image  # noqa: E402,F401  (fixtures for every e2e module)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +25,34 @@ def images(tmp_path_factory) -> str:
     subprocess.run(["sh", os.path.join(REPO, "hack", "make-busybox-rootfs.sh"), str(out / "busybox")],
                    check=True, stdout=subprocess.DEVNULL)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def ticker_images(tmp_path_factory) -> str:
+    """The image ``ticker`` holding /bin/ticker.wasm (support.TICKER_C), wasm's spelling of support.KINDS."""
+    images = tmp_path_factory.mktemp("ticker-images")
+    wasm_image(images, "ticker", "ticker.wasm", TICKER_C)
+    return str(images)
+
+
+@pytest.fixture
+def sandboxer(request, tmp_path) -> Iterator[tuple[str, str]]:
+    """The sandboxer of the test's type (indirect parameter: runc, wasm or quark) on a private socket and dir;
+    it, its task front and server, and anything of a failed test are stopped afterwards."""
+    kind = request.param
+    if os.geteuid() != 0 or {"runc": not shutil.which("runc"), "quark": not shutil.which("runsc")}.get(kind):
+        pytest.skip(f"needs root and the {kind} runtime")
+    listen, state = str(tmp_path / f"{kind}.sock"), str(tmp_path / "dir")
+    proc = start_daemon([_tool(f"{kind}-sandboxer"), "--listen", listen, "--dir", state, "--log-level", "info"],
+                        listen, str(tmp_path / "sandboxer.log"))
+    yield listen, state
+    stop_daemon(proc)
+    # the task front and server outlive the sandboxer by design (the forked first server has its command line)
+    for pid in pids_with(state):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

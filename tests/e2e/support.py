@@ -2,8 +2,12 @@
 
 Generic: :class:`Ctl` (kuasar-ctl for any sandbox type), :func:`wait_for`, :func:`pids_with`,
 :func:`running`, :func:`kill`, :func:`tool`, :func:`start_daemon` / :func:`stop_daemon` (a sandboxer on a
-private socket), :func:`pod_config` / :func:`container_config` (CRI configs for kuasar-ctl), and for cleanup
-checks :func:`stop_and_remove`, :func:`mounts_under`, :func:`cgroups_named` and :func:`assert_gone`.
+private socket), :func:`task_server_record`, :func:`pod_config` / :func:`container_config` (CRI configs for
+kuasar-ctl), :func:`wasm_image` (a WASI module compiled into an image), and for cleanup checks
+:func:`stop_and_remove`, :func:`mounts_under`, :func:`cgroups_named` and :func:`assert_gone`.
+For the types with a task server (runc, wasm, quark): :data:`KINDS`, how each spells a ticking container and
+one that exits 42 (wasm's with :data:`TICKER_C`; conftest.py's ``sandboxer`` and ``ticker_images`` fixtures
+start one and build the other).
 For vmm pods: the ``guest_image`` and ``vmm`` fixtures (registered for every e2e module by conftest.py; a
 module-scoped fixture there gives each module its own sandboxer and VM), :class:`Sandboxer`,
 :func:`running_sandboxer` (one with other config settings) and :func:`assert_nothing_left`.
@@ -21,6 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
@@ -32,6 +38,42 @@ IMAGE_DIR = default_outdir()
 QEMU = "/usr/bin/qemu-system-x86_64"
 
 T = TypeVar("T")
+
+#: the wasm workload: "tick" prints forever, "exit N" exits with N after a second, "echo X" prints X
+TICKER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "tick")) { for (int i = 0;; i++) { printf("tick %d\n", i); fflush(stdout); usleep(200000); } }
+    if (!strcmp(mode, "exit")) { sleep(1); return atoi(argv[2]); }
+    if (!strcmp(mode, "echo")) { usleep(300000); printf("%s\n", argv[2]); return 0; }
+    return 1;
+}
+"""
+
+
+@dataclass
+class Kind:
+    """How one sandbox type's workload is spelled."""
+
+    name: str
+    image: str
+    tick: list[str]
+    exit42: list[str]
+    exec_echo: list[str]  # the exec prints its last argument after ~0.3 s
+
+
+SHELL = dict(tick=["/bin/sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+             exit42=["/bin/sh", "-c", "sleep 1; exit 42"], exec_echo=["sh", "-c", "sleep 0.3; echo $0", "done"])
+KINDS = {
+    "runc": Kind("runc", "busybox", **SHELL),
+    "quark": Kind("quark", "busybox", **SHELL),
+    "wasm": Kind("wasm", "ticker", ["/bin/ticker.wasm", "tick"], ["/bin/ticker.wasm", "exit", "42"],
+                 ["/bin/ticker.wasm", "echo", "done"]),
+}
 
 
 def tool(name: str) -> str:
@@ -130,6 +172,25 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 15.0) -> bool:
         proc.kill()
         proc.wait()
         return False
+
+
+def wasm_image(images: Path, image: str, module: str, c_source: str) -> Path:
+    """Compile ``c_source`` for WASI into ``<images>/<image>/bin/<module>`` (an image of kuasar-ctl's
+    ``--images``); returns that bin directory. Skips the test where the toolchain cannot be installed."""
+    if not shutil.which("clang") or not os.path.exists("/usr/lib/wasm32-wasi/libc.a"):
+        pytest.skip("needs clang, lld, wasi-libc and libclang-rt-dev-wasm32 (hack/setup.sh installs them)")
+    bin_dir = images / image / "bin"
+    bin_dir.mkdir(parents=True)
+    source = images / (os.path.splitext(module)[0] + ".c")
+    source.write_text(c_source)
+    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", "-o", str(bin_dir / module), str(source)], check=True)
+    return bin_dir
+
+
+def task_server_record(state_dir: str) -> dict:
+    """The sandboxer's record of its task server and front (``<dir>/task-server.json``)."""
+    with open(os.path.join(state_dir, "task-server.json")) as f:
+        return json.load(f)
 
 
 def pod_config(path: str, name: str, cgroup_parent: str, log_directory: str, hostname: str = "",

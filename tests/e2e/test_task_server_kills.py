@@ -16,18 +16,16 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from support import Ctl, cgroups_named, container_config, pids_with, pod_config, start_daemon, \
-    stop_daemon, tool, wait_for
+from support import KINDS, SHELL, Ctl, cgroups_named, container_config, pids_with, pod_config, task_server_record, \
+    tool, wait_for
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.ttrpc import Client
@@ -37,43 +35,6 @@ PODS = 3
 #: a whole pod cycle runs across every this many kills (each costs a pod start and removal)
 CYCLE_EVERY = 4
 TASK = "containerd.task.v3.Task"
-
-#: the wasm workload: "tick" prints forever, "exit N" exits with N after a second, "echo X" prints X
-TICKER_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    const char *mode = argc > 1 ? argv[1] : "";
-    if (!strcmp(mode, "tick")) { for (int i = 0;; i++) { printf("tick %d\n", i); fflush(stdout); usleep(200000); } }
-    if (!strcmp(mode, "exit")) { sleep(1); return atoi(argv[2]); }
-    if (!strcmp(mode, "echo")) { usleep(300000); printf("%s\n", argv[2]); return 0; }
-    return 1;
-}
-"""
-
-
-@dataclass
-class Kind:
-    """How one sandbox type's workload is spelled."""
-
-    name: str
-    image: str
-    tick: list[str]
-    exit42: list[str]
-    exec_echo: list[str]  # the exec prints its last argument after ~0.3 s
-
-
-SHELL = dict(tick=["/bin/sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
-             exit42=["/bin/sh", "-c", "sleep 1; exit 42"], exec_echo=["sh", "-c", "sleep 0.3; echo $0", "done"])
-KINDS = {
-    "runc": Kind("runc", "busybox", **SHELL),
-    "quark": Kind("quark", "busybox", **SHELL),
-    "wasm": Kind("wasm", "ticker", ["/bin/ticker.wasm", "tick"], ["/bin/ticker.wasm", "exit", "42"],
-                 ["/bin/ticker.wasm", "echo", "done"]),
-}
-
 
 class HeldWaits:
     """A containerd-like Task API client: one connection to the task address, a Wait held per container."""
@@ -97,43 +58,6 @@ class HeldWaits:
         self.thread.join(10)
 
 
-@pytest.fixture(scope="module")
-def ticker_images(tmp_path_factory) -> str:
-    if not shutil.which("clang") or not os.path.exists("/usr/lib/wasm32-wasi/libc.a"):
-        pytest.skip("needs clang, lld, wasi-libc and libclang-rt-dev-wasm32 (hack/setup.sh installs them)")
-    images = tmp_path_factory.mktemp("ticker-images")
-    bin_dir = images / "ticker" / "bin"
-    bin_dir.mkdir(parents=True)
-    (images / "ticker.c").write_text(TICKER_C)
-    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", "-o", str(bin_dir / "ticker.wasm"),
-                    str(images / "ticker.c")], check=True)
-    return str(images)
-
-
-@pytest.fixture
-def sandboxer(request, tmp_path) -> Iterator[tuple[str, str]]:
-    """The sandboxer of the test's type on a private socket and dir; it, its task front and server, and
-    anything of a failed test are stopped afterwards."""
-    kind = request.param
-    if os.geteuid() != 0 or {"runc": not shutil.which("runc"), "quark": not shutil.which("runsc")}.get(kind):
-        pytest.skip(f"needs root and the {kind} runtime")
-    listen, state = str(tmp_path / f"{kind}.sock"), str(tmp_path / "dir")
-    proc = start_daemon([tool(f"{kind}-sandboxer"), "--listen", listen, "--dir", state, "--log-level", "info"],
-                        listen, str(tmp_path / "sandboxer.log"))
-    yield listen, state
-    stop_daemon(proc)
-    for pid in pids_with(state):  # the task front and server outlive the sandboxer by design
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _record(state: str) -> dict:
-    with open(os.path.join(state, "task-server.json")) as f:
-        return json.load(f)
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -144,9 +68,10 @@ def _alive(pid: int) -> bool:
 
 def _kill_task_server(state: str) -> int:
     """kill -9 the recorded task server; returns once its successor is recorded and alive."""
-    old = _record(state)["pid"]
+    old = task_server_record(state)["pid"]
     os.kill(old, signal.SIGKILL)
-    return wait_for(lambda: (lambda new: new if new != old and _alive(new) else 0)(_record(state)["pid"]), 20)
+    return wait_for(lambda: (lambda new: new if new != old and _alive(new) else 0)(task_server_record(state)["pid"]),
+                    20)
 
 
 def _status(ctl: Ctl, ctr: str) -> dict:
@@ -269,14 +194,14 @@ def test_live_upgrade_while_waits_are_held(tmp_path, sandboxer, images) -> None:
     try:
         held = waits.hold(ticker)
         for _ in range(3):
-            old = _record(state)["pid"]
+            old = task_server_record(state)["pid"]
             running_exec = subprocess.Popen(ctl.base + ["exec", ticker, "--", "sh", "-c", "sleep 1; echo finished"],
                                             stdout=subprocess.PIPE)
             threading.Event().wait(0.5)
             upgrade = subprocess.run([tool("python"), "-m", "kuasar_shared.sandbox.upgrade", "--dir", state],
                                      capture_output=True, text=True, timeout=120)
             assert upgrade.returncode == 0, upgrade.stderr
-            new = _record(state)["pid"]
+            new = task_server_record(state)["pid"]
             assert new != old and not _alive(old) and f"new pid {new}" in upgrade.stdout
             assert running_exec.communicate(timeout=60)[0] == b"finished\n" and running_exec.returncode == 0
             assert not held.done() and _status(ctl, ticker)["state"] == "CONTAINER_RUNNING"

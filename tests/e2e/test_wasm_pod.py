@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import uuid
 
 import pytest
 from support import (Ctl, assert_gone, cgroups_named, container_config, kill, mounts_under, pids_with, pod_config,
-                     start_daemon, stop_and_remove, stop_daemon, tool, wait_for)
+                     start_daemon, stop_and_remove, stop_daemon, tool, wait_for, wasm_image)
 
 #: the demo module: "serve NAME" prints and sleeps (WASI poll_oneoff), "exit N" exits, "trap" traps
 DEMO_C = r"""
@@ -37,15 +35,9 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def wasm_images(tmp_path_factory) -> str:
-    if not shutil.which("clang") or not os.path.exists("/usr/lib/wasm32-wasi/libc.a"):
-        pytest.skip("needs clang, lld, wasi-libc and libclang-rt-dev-wasm32 (hack/setup.sh installs them)")
     images = tmp_path_factory.mktemp("wasm-images")
-    bin_dir = images / "wasm-demo" / "bin"
-    bin_dir.mkdir(parents=True)
-    (images / "demo.c").write_text(DEMO_C)
+    bin_dir = wasm_image(images, "wasm-demo", "demo.wasm", DEMO_C)
     (bin_dir / "readme.txt").write_text("not a module\n")
-    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", "-o", str(bin_dir / "demo.wasm"), str(images / "demo.c")],
-                   check=True)
     return str(images)
 
 

@@ -11,7 +11,7 @@ from kuasar_shared.config import ConfigError
 from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.sandbox.server import serve_until_shutdown
-from kuasar_shared.sandbox.task_supervisor import TaskServer, find_command, start_task_server
+from kuasar_shared.sandbox.task_supervisor import TaskProgram, TaskServer, fork_first_task_server, start_task_server
 
 from kuasar_quark_sandboxer import __version__, config
 from kuasar_quark_sandboxer.kernel import Kernel
@@ -20,8 +20,8 @@ from kuasar_quark_sandboxer.kernels.runsc import RunscKernel
 from kuasar_quark_sandboxer.sandboxer import QuarkSandboxer
 
 NAME = "quark-sandboxer"
-#: how to start the runsc task server (see kuasar_shared.sandbox.task_supervisor)
-QUARK_TASK = find_command("quark-task", "kuasar_quark_sandboxer.task")
+#: the runsc task server's program (see kuasar_shared.sandbox.task_supervisor)
+QUARK_TASK_PROGRAM = TaskProgram.find("quark-task", "kuasar_quark_sandboxer.task")
 log = logging.getLogger(__name__)
 
 
@@ -36,12 +36,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.sandbox.log_level:
         args.log_level = cfg.sandbox.log_level
     kernel: Kernel = RunscKernel(args.dir, cfg.runsc) if cfg.sandbox.kernel == "runsc" else QuarkKernel(cfg.quark)
+    # while single-threaded: the first task server's zygote (when none is running), which shares our interpreter
+    # pages; quark's own kernel has no task server
+    zygote = fork_first_task_server(args, QUARK_TASK_PROGRAM) if kernel.uses_task_server else None
 
     async def serve(ctx: DaemonContext) -> None:
         os.makedirs(args.dir, mode=0o700, exist_ok=True)
         task_server: Optional[TaskServer] = None
         if kernel.uses_task_server:
-            task_server = await start_task_server(ctx, QUARK_TASK, "quark-task.log")
+            task_server = await start_task_server(ctx, QUARK_TASK_PROGRAM, zygote=zygote)
         sandboxer = QuarkSandboxer(args.dir, kernel, task_server)
         try:
             await serve_until_shutdown(ctx, sandboxer, f"{kernel.name} pods, tasks at "

@@ -11,11 +11,11 @@ from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.server import serve_until_shutdown
-from kuasar_shared.sandbox.task_supervisor import fork_task_zygote, start_task_server
+from kuasar_shared.sandbox.task_supervisor import fork_first_task_server, start_task_server
 
 from kuasar_runc_sandboxer import __version__
 from kuasar_runc_sandboxer.holder import HolderParent
-from kuasar_runc_sandboxer.sandboxer import RUNC_TASK, RUNC_TASK_MODULE, RuncSandboxer
+from kuasar_runc_sandboxer.sandboxer import RUNC_TASK_PROGRAM, RuncSandboxer
 
 NAME = "runc-sandboxer"
 log = logging.getLogger(__name__)
@@ -26,13 +26,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.dir = os.path.abspath(args.dir)
     # Fork the namespace-holder helper while still single-threaded (no loop, no grpc threads).
     holders = HolderParent.fork()
-    # and the first task server's zygote (when none is running), which shares our interpreter pages; not with
-    # --daemon: python-daemon's double fork would leave it (and the orphans of its server) outside our subreaping
-    zygote = None if args.daemon else fork_task_zygote(args.dir, RUNC_TASK, RUNC_TASK_MODULE, "runc-task")
+    # then the first task server's zygote (when none is running), which shares our interpreter pages
+    zygote = fork_first_task_server(args, RUNC_TASK_PROGRAM)
 
     async def serve(ctx: DaemonContext) -> None:
-        task_server = await start_task_server(ctx, RUNC_TASK, "runc-task.log", own_children=(holders.pid,),
-                                              zygote=zygote)
+        task_server = await start_task_server(ctx, RUNC_TASK_PROGRAM, own_children=(holders.pid,), zygote=zygote)
 
         def helper_exited() -> None:
             # no pod can start without the helper, and it cannot be re-forked from a running loop:

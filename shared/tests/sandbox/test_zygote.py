@@ -3,6 +3,7 @@ task server of tests/task as the program: it must look like a spawned server to 
 the parent's interpreter pages, and be the only one: restarts spawn the installed command."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from kuasar_shared.process_identity import start_time, wait_exit
-from kuasar_shared.sandbox.task_supervisor import TaskServer, fork_task_zygote
+from kuasar_shared.sandbox.task_supervisor import TaskProgram, TaskServer, fork_first_task_server, fork_task_zygote
 from kuasar_shared.sandbox.zygote import TaskZygote
 
 TASK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "task")
@@ -139,3 +140,18 @@ def test_no_zygote_while_a_recorded_server_runs_or_for_another_installation(tmp_
     # ours but not importable: spawned
     assert fork_task_zygote(str(tmp_path), [sys.executable, "-m", "no_such_task_program"], "no_such_task_program",
                             "toy-task") is None
+
+
+def test_a_sandboxers_first_server_is_forked_only_without_daemon(tmp_path) -> None:
+    """--daemon's double fork would put the zygote outside the sandboxer's subreaping: spawned then."""
+    program = TaskProgram.find("no-such-toy-task", "toy_task_server")
+    assert program.command == (sys.executable, "-m", "toy_task_server")
+    assert fork_first_task_server(argparse.Namespace(dir=str(tmp_path), daemon=True), program) is None
+    sys.path.insert(0, TASK_DIR)
+    try:
+        made = fork_first_task_server(argparse.Namespace(dir=str(tmp_path), daemon=False), program)
+    finally:
+        sys.path.remove(TASK_DIR)
+    assert made is not None and made.command == list(program.command)
+    made.close()
+    assert os.waitpid(made.pid, 0)[1] == 0

@@ -20,15 +20,17 @@ from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.sandbox import CreateSandbox, SandboxStatus
 from kuasar_shared.sandbox.lifecycle import PodSandboxer
 from kuasar_shared.sandbox.pods import PodRecord, PodState, check_create, parse_time
-from kuasar_shared.sandbox.task_supervisor import TaskServer, find_command
+from kuasar_shared.sandbox.task_supervisor import TaskProgram, TaskServer
 from kuasar_shared.values import CgroupStats
 
-__all__ = ["WasmSandboxer", "Pod", "PodState", "WASM_TASK", "DEFAULT_CGROUP_ROOT"]
+__all__ = ["WasmSandboxer", "Pod", "PodState", "WASM_TASK", "WASM_TASK_PROGRAM", "DEFAULT_CGROUP_ROOT"]
 
 log = logging.getLogger(__name__)
 
-#: how to start the wasm task server (see kuasar_shared.sandbox.task_supervisor)
-WASM_TASK = find_command("wasm-task", "kuasar_wasm_sandboxer.task")
+#: the wasm task server's program (see kuasar_shared.sandbox.task_supervisor)
+WASM_TASK_PROGRAM = TaskProgram.find("wasm-task", "kuasar_wasm_sandboxer.task")
+#: how to start it
+WASM_TASK = list(WASM_TASK_PROGRAM.command)
 #: parent of the cgroups of pods whose config names no cgroup_parent
 DEFAULT_CGROUP_ROOT = "kuasar-wasm"
 

@@ -13,11 +13,12 @@ on a private socket behind it: the engine's open connections and calls in flight
 task server crash, and :func:`upgrade` replaces the server with new code the same way.
 
 A sandboxer that finds no running server makes its first one from a :class:`~kuasar_shared.sandbox.zygote.TaskZygote`
-forked at start-up (:func:`fork_task_zygote`), which shares the sandboxer's interpreter pages; restarts and
-upgrades spawn the installed command.
+forked at start-up (:func:`fork_task_zygote`, or :func:`fork_first_task_server` from a sandboxer's ``main()``), which
+shares the sandboxer's interpreter pages; restarts and upgrades spawn the installed command.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -25,6 +26,7 @@ import os
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Sequence, Union
 
 from google.protobuf import empty_pb2
@@ -43,8 +45,8 @@ from kuasar_shared.ttrpc import Client
 if TYPE_CHECKING:
     from kuasar_shared.daemon.run import DaemonContext
 
-__all__ = ["TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "fork_task_zygote", "front_executable",
-           "start_task_server", "upgrade"]
+__all__ = ["TaskProgram", "TaskServer", "TASK_SERVICE", "EXITS_DIR", "find_command", "fork_first_task_server",
+           "fork_task_zygote", "front_executable", "start_task_server", "upgrade"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,25 @@ def find_command(script: str, module: str) -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-m", module]
+
+
+@dataclass(frozen=True)
+class TaskProgram:
+    """A sandbox type's task server program, as its sandboxer starts it.
+
+    ``name`` is its console script, its process name (``PR_SET_NAME``, also of a forked first server) and,
+    with ``--daemon``, its log ``<dir>/<name>.log``; ``module`` is the module whose ``main(argv)`` serves
+    (what the zygote imports); ``command`` is how it is spawned (:func:`find_command`).
+    """
+
+    name: str
+    module: str
+    command: tuple[str, ...]
+
+    @classmethod
+    def find(cls, name: str, module: str) -> "TaskProgram":
+        """The program with the installed command of ``name`` (``python -m module`` when none is)."""
+        return cls(name, module, tuple(find_command(name, module)))
 
 
 class TaskServer:
@@ -411,8 +432,21 @@ def fork_task_zygote(directory: str, command: Sequence[str], module: str, name: 
         return None
 
 
-async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_name: str,
-                            own_children: Sequence[int] = (), zygote: Optional[TaskZygote] = None) -> TaskServer:
+def fork_first_task_server(args: argparse.Namespace, program: TaskProgram) -> Optional[TaskZygote]:
+    """The zygote of the sandboxer's first task server (:func:`fork_task_zygote` for ``args.dir``), or None with
+    ``--daemon``: python-daemon's double fork would leave it, and the orphans of its server, outside the
+    sandboxer's subreaping.
+
+    Call from ``main()`` before the loop and any thread start, after any helper the sandboxer forks (the
+    zygote closes every fd it inherits, but a helper forked later would inherit the zygote's socket).
+    """
+    if args.daemon:
+        return None
+    return fork_task_zygote(args.dir, program.command, program.module, program.name)
+
+
+async def start_task_server(ctx: "DaemonContext", program: TaskProgram, own_children: Sequence[int] = (),
+                            zygote: Optional[TaskZygote] = None) -> TaskServer:
     """The task server of the sandboxer's ``--dir``, re-adopted or started, and restarted whenever it exits.
 
     It serves its metrics on ``<dir>/task-metrics.sock`` when the sandboxer has ``--metrics-listen`` (the
@@ -421,14 +455,14 @@ async def start_task_server(ctx: "DaemonContext", command: Sequence[str], log_na
 
     Processes orphaned by a dead task server re-parent to the sandboxer: their exits are recorded
     in ``<dir>/exits`` for the next task server. ``own_children``: the sandboxer's other children
-    (helpers), whose exits are not recorded. A new server logs to ``<dir>/<log_name>`` with
-    ``--daemon``, else to the sandboxer's stderr. ``zygote`` (from :func:`fork_task_zygote`) makes a new
-    server; unused, it is told to exit.
+    (helpers), whose exits are not recorded. A new server logs to ``<dir>/<program name>.log`` with
+    ``--daemon``, else to the sandboxer's stderr. ``zygote`` (from :func:`fork_first_task_server`) makes a
+    new server; unused, it is told to exit.
     """
     args = ctx.args
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
-    log_file = os.path.join(args.dir, log_name) if args.daemon else None
-    command = list(command)
+    log_file = os.path.join(args.dir, program.name + ".log") if args.daemon else None
+    command = list(program.command)
     metrics_path = os.path.join(os.path.abspath(args.dir), _METRICS_SOCKET)
     if getattr(args, "metrics_listen", ""):
         command += ["--metrics-listen", "unix:" + metrics_path]
