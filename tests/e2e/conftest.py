@@ -36,15 +36,22 @@ def ticker_images(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def sandboxer(request, tmp_path) -> Iterator[tuple[str, str]]:
+def sandboxer_metrics() -> bool:
+    """Whether ``sandboxer`` serves metrics (on <tmp_path>/metrics.sock); a test parametrizes it to turn them on."""
+    return False
+
+
+@pytest.fixture
+def sandboxer(request, tmp_path, sandboxer_metrics) -> Iterator[tuple[str, str]]:
     """The sandboxer of the test's type (indirect parameter: runc, wasm or quark) on a private socket and dir;
     it, its task front and server, and anything of a failed test are stopped afterwards."""
     kind = request.param
     if os.geteuid() != 0 or {"runc": not shutil.which("runc"), "quark": not shutil.which("runsc")}.get(kind):
         pytest.skip(f"needs root and the {kind} runtime")
     listen, state = str(tmp_path / f"{kind}.sock"), str(tmp_path / "dir")
-    proc = start_daemon([_tool(f"{kind}-sandboxer"), "--listen", listen, "--dir", state, "--log-level", "info"],
-                        listen, str(tmp_path / "sandboxer.log"))
+    metrics = ["--metrics-listen", "unix:" + str(tmp_path / "metrics.sock")] if sandboxer_metrics else []
+    proc = start_daemon([_tool(f"{kind}-sandboxer"), "--listen", listen, "--dir", state, "--log-level", "info",
+                         *metrics], listen, str(tmp_path / "sandboxer.log"))
     yield listen, state
     stop_daemon(proc)
     # the task front and server outlive the sandboxer by design (the forked first server has its command line)

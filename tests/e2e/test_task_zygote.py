@@ -4,6 +4,7 @@ server to everything that finds it and runs containers to their exact exit codes
 installed command (so it runs upgraded code), and the pods survive the change."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import uuid
 import pytest
 from support import KINDS, Ctl, container_config, pod_config, running, task_server_record, wait_for
 
+from kuasar_shared.metrics import scrape_unix
 from kuasar_shared.sandbox.task_supervisor import TaskProgram
 
 
@@ -47,6 +49,7 @@ def _shared_dirty_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("Shared_Dirty:"))
 
 
+@pytest.mark.parametrize("sandboxer_metrics", [True])
 @pytest.mark.parametrize("sandboxer,kind", [(k, k) for k in KINDS], indirect=["sandboxer"], ids=list(KINDS))
 def test_first_task_server_is_forked_and_a_restart_is_spawned(request, tmp_path, sandboxer, kind, images) -> None:
     endpoint, state = sandboxer
@@ -64,6 +67,8 @@ def test_first_task_server_is_forked_and_a_restart_is_spawned(request, tmp_path,
     assert fds[0] == os.devnull and fds[1] == fds[2] == _fds(parent)[2] == str(tmp_path / "sandboxer.log")
     assert all(t.startswith(("socket:", "anon_inode:", "pipe:")) for fd, t in fds.items() if fd > 2), fds
     assert not {t for t in fds.values() if t.startswith("socket:")} & set(_fds(parent).values())
+    # it got the flags a spawned one would: --metrics-listen on the sandboxer's private socket
+    assert b"# HELP" in asyncio.run(scrape_unix(os.path.join(state, "task-metrics.sock")))
 
     image_dir = request.getfixturevalue("ticker_images") if kind == "wasm" else images
     ctl = Ctl(kind, endpoint, str(tmp_path / "ctl"), image_dir, "fifo")
