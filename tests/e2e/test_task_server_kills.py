@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from support import KINDS, SHELL, Ctl, cgroups_named, container_config, pids_with, pod_config, task_server_record, \
-    tool, wait_for
+    running, tool, wait_for
 
 from kuasar_shared.api.containerd.runtime.task.v3 import shim_pb2
 from kuasar_shared.ttrpc import Client
@@ -58,19 +58,11 @@ class HeldWaits:
         self.thread.join(10)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _kill_task_server(state: str) -> int:
     """kill -9 the recorded task server; returns once its successor is recorded and alive."""
     old = task_server_record(state)["pid"]
     os.kill(old, signal.SIGKILL)
-    return wait_for(lambda: (lambda new: new if new != old and _alive(new) else 0)(task_server_record(state)["pid"]),
+    return wait_for(lambda: (lambda new: new if new != old and running(new) else 0)(task_server_record(state)["pid"]),
                     20)
 
 
@@ -202,7 +194,7 @@ def test_live_upgrade_while_waits_are_held(tmp_path, sandboxer, images) -> None:
                                      capture_output=True, text=True, timeout=120)
             assert upgrade.returncode == 0, upgrade.stderr
             new = task_server_record(state)["pid"]
-            assert new != old and not _alive(old) and f"new pid {new}" in upgrade.stdout
+            assert new != old and not running(old) and f"new pid {new}" in upgrade.stdout
             assert running_exec.communicate(timeout=60)[0] == b"finished\n" and running_exec.returncode == 0
             assert not held.done() and _status(ctl, ticker)["state"] == "CONTAINER_RUNNING"
             assert ctl.out("exec", ticker, "--", "echo", "hi") == "hi"
