@@ -367,7 +367,9 @@ def write_markdown(results: Dict[str, Any], path: str, image_prefix: str = "") -
                   + ", ".join(f"{k} ({v['date']})" for k, v in sorted(updates.items())) + "."]
     lines += ["", "This run drives Debian's containerd 1.6 shim and our sandboxers with the same client library. "
               "The issues' own method, a containerd 2.3.4 + crictl beside its runc shim (bench_cri.py), is "
-              f"reported in [{CRI_REPORT}]({image_prefix}{CRI_REPORT}) and [cri-vmm.md]({image_prefix}cri-vmm.md)."]
+              f"reported in [{CRI_REPORT}]({image_prefix}{CRI_REPORT}) and [cri-vmm.md]({image_prefix}cri-vmm.md); "
+              f"issue 19's runc targets, each step included, in one run of it in "
+              f"[cri-steps.md]({image_prefix}cri-steps.md)."]
     lines += [""] + _floor_section(results) + _ratio_table(results) + [""] + _latency_tables(results["sides"]) + [""]
     lines += _steps_table(results["sides"]) + [""] + _memory_tables(results["sides"]) + _cpu_table(results["sides"])
     lines += [""] + _profile_tables(results["sides"]) + _vmm_section(results)
