@@ -40,6 +40,26 @@ def test_agent_imports_without_host_only_dependencies():
     assert out.stdout.strip() == "[]"
 
 
+LOADED = """
+import sys, tempfile
+import kuasar_vmm_task.main as m
+from kuasar_vmm_task.params import TaskParams
+before = "google.protobuf.json_format" in sys.modules
+d = tempfile.mkdtemp()
+server = m.build_server(TaskParams(template=True), share=d + "/share", ns_dir=d + "/ns", runc_root=d + "/runc")
+server.load_task_services()
+print(before, all(name in sys.modules for name in m.TASK_MODULES))
+"""
+
+
+def test_registering_the_task_services_imports_what_a_create_needs():
+    """A template is saved once its Task services are registered, maybe before the preload thread is done:
+    registering them imports every task module, json_format too (a Create with runc Options needs it)."""
+    out = subprocess.run([sys.executable, "-c", LOADED], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_parse_args():
     args = parse_args(["--no-init", "--listen", "/tmp/a.sock", "--port=/dev/vport0p1", "--cmdline", "/c"])
     assert (args.init, args.listen, args.port, args.cmdline) == (False, "/tmp/a.sock", "/dev/vport0p1", "/c")

@@ -36,8 +36,10 @@ __all__ = ["Args", "UsageError", "parse_args", "GuestServer", "build_server", "m
 
 log = logging.getLogger("kuasar_vmm_task")
 
-#: what the Task and Streaming services need beyond the boot path, imported off the event loop
-TASK_MODULES = ("kuasar_shared.io", "kuasar_shared.task.service", "kuasar_vmm_task.tasks")
+#: what the Task and Streaming services need beyond the boot path, imported off the event loop; json_format
+#: decodes the runc Options containerd sends with every Create (its import is ~0.1 s of a first Create under TCG)
+TASK_MODULES = ("kuasar_shared.io", "kuasar_shared.task.service", "kuasar_vmm_task.tasks",
+                "google.protobuf.json_format")
 _USAGE = "usage: vmm-task [--version] [--no-init] [--listen PATH] [--port DEVICE] [--cmdline FILE]"
 _HELP = """Kuasar guest agent (PID 1 of the pod VM)
 
@@ -193,6 +195,10 @@ def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = 
                              adopt_macs=params.template)
 
     def task_services() -> List[Service]:
+        """Also imports what the preload thread would (:data:`TASK_MODULES`): a template registers its
+        services on a Task call that may come before the thread is done, and must be saved holding them."""
+        for name in TASK_MODULES:
+            importlib.import_module(name)
         from kuasar_shared.io import StreamingHub
         from kuasar_shared.task.service import TaskService
 
