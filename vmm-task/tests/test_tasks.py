@@ -114,26 +114,3 @@ async def test_backend_runs_the_share_bundle_and_watches_oom(tmp_path, tmp_path_
         reader.cancel()
         await backend.shutdown("", now=True)
         await backend.close()
-
-
-async def test_warm_up_runs_runc_version_at_idle_priority(tmp_path):
-    """A VM restored from a template warms runc up at SCHED_IDLE: a stand-in runc reports its policy."""
-    out = tmp_path / "out"
-    runc = tmp_path / "runc"
-    runc.write_text("#!/bin/sh\n"  # SCHED_IDLE is policy 5 (field 41 of /proc/<pid>/stat)
-                    "for i in $(seq 100); do\n"
-                    f"  [ \"$(awk '{{print $41}}' /proc/$$/stat)\" = 5 ] && {{ echo \"idle $*\" > {out}; exit 0; }}\n"
-                    "  sleep 0.05\n"
-                    "done\n"
-                    f"echo \"not idle $*\" > {out}\n")
-    runc.chmod(0o755)
-    backend = GuestTaskBackend(StreamingHub(), PodNamespaces(str(tmp_path / "ns")), EventQueue(),
-                               share=str(tmp_path / "share"), runc=str(runc), runc_root=str(tmp_path / "root"))
-    try:
-        backend.warm_up()
-        backend.warm_up()  # once per VM
-        assert backend._warming is not None
-        assert (await asyncio.wait_for(backend._warming, 20)).status == 0
-        assert out.read_text() == "idle --version\n"
-    finally:
-        await backend.close()

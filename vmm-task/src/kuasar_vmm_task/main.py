@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from kuasar_shared.daemon.log import setup_logging
 from kuasar_shared.daemon.reaper import get_reaper, set_child_subreaper
@@ -28,9 +28,6 @@ from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.params import TaskParams, parse_cmdline
 from kuasar_vmm_task.pod import PodNamespaces
 from kuasar_vmm_task.sandbox import SandboxService
-
-if TYPE_CHECKING:
-    from kuasar_vmm_task.tasks import GuestTaskBackend
 
 __all__ = ["Args", "UsageError", "parse_args", "GuestServer", "build_server", "main"]
 
@@ -179,13 +176,9 @@ def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = 
     events = EventQueue()
     pod_ns = PodNamespaces(ns_dir)
 
-    backends: "List[GuestTaskBackend]" = []
-
     async def restored() -> None:
-        """A VM restored from a template: runc's warm-up, its own entropy, then its pod's share (which a
-        template never mounts: QEMU cannot migrate a mounted 9p device, and the path is the pod's)."""
-        for backend in backends:
-            backend.warm_up()
+        """A VM restored from a template: its own entropy, then its pod's share (which a template never
+        mounts: QEMU cannot migrate a mounted 9p device, and the path is the pod's)."""
         log.info("restored from a template: %d bytes of host entropy, CRNG reseeded", entropy.reseed())
         boot.mount_share(params, share)
         boot.bind_resolv_conf(share)
@@ -206,7 +199,6 @@ def build_server(params: TaskParams, share: str = boot.SHARE_DIR, ns_dir: str = 
 
         hub = StreamingHub()
         backend = GuestTaskBackend(hub, pod_ns, events, share=share, runc_root=runc_root)
-        backends.append(backend)
         services = [*TaskService(backend).services(), hub.service()]
         if params.debug:  # task.debug: the debug console (kuasar-ctl vm-shell)
             from kuasar_vmm_task.console import DebugConsole

@@ -13,7 +13,6 @@ pod, so Shutdown covers every container.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import fcntl
 import logging
@@ -21,8 +20,6 @@ import os
 import shutil
 from typing import Any, Dict, Optional, Tuple
 
-from kuasar_shared import process
-from kuasar_shared.daemon.reaper import ExitEvent
 from kuasar_shared.ids import validate_id
 from kuasar_shared.io import StreamingHub
 from kuasar_shared.oci import clamp_oom_score_adj, drop_hostname_if_shared_uts
@@ -30,7 +27,6 @@ from kuasar_shared.task.records import Container
 from kuasar_shared.oci.task import OciHooks, OciTaskBackend, Placement
 from kuasar_shared.task.backend import CreateTask
 
-from kuasar_vmm_task import boot
 from kuasar_vmm_task.boot import SHARE_DIR
 from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.pod import PodNamespaces
@@ -143,30 +139,6 @@ class GuestTaskBackend(OciTaskBackend):
         super().__init__(os.path.join(runc_root, "kuasar-work"), GuestHooks(pod_ns, events, runc, runc_root),
                          hub=hub)
         self.share = share
-        self._warming: "Optional[asyncio.Future[ExitEvent]]" = None
-
-    def warm_up(self) -> None:
-        """Start ``runc --version`` at idle priority (SCHED_IDLE) and let it run.
-
-        Why: a VM restored from a template has lost QEMU's translations of runc's code (TCG keeps them
-        outside the migrated state), and the first container's ``runc create`` (and ``runc init``, the
-        same binary) translates the Go runtime's start-up again: ~0.14 s under TCG. Done here, it takes
-        the time in which the vCPU would wait for its host anyway; SCHED_IDLE never takes CPU from the
-        agent or its containers. Cold-booted VMs skip it: their host calls follow each other at once.
-        """
-        if self._warming is not None:
-            return
-        try:
-            proc = process.spawn([self.runc, "--version"], stdout=process.DEVNULL, stderr=process.DEVNULL,
-                                 env=boot.ENV)
-        except process.CommandError as err:
-            log.warning("runc warm-up not started: %s", err)
-            return
-        try:
-            os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
-        except OSError as err:  # gone already, or no SCHED_IDLE: it ran at normal priority
-            log.debug("runc warm-up pid %d keeps its priority: %s", proc.pid, err)
-        self._warming = asyncio.ensure_future(proc.wait())
 
     async def close(self) -> None:
         await super().close()
