@@ -159,7 +159,7 @@ class CriNode:
         self.proc: Optional[subprocess.Popen] = None
         self._log: Any = None
         self._versions: Dict[str, str] = {}
-        self.cgroup_parent = "/kuasar-bench-cri"
+        self.cgroup_parent = f"/kuasar-bench-cri-{os.getpid()}"  # two runs at once must not share it
 
     def sandboxer_socket(self, sandbox_type: str) -> str:
         return os.path.join(self.work, f"{sandbox_type}-sandboxer.sock")
@@ -392,6 +392,7 @@ class CriKuasarSide(KuasarSide):
         self.node = node
         self.name = f"kuasar-{profile.sandbox_type}{'-' + profile.variant if profile.variant else ''} (CRI)"
         self.listen = node.sandboxer_socket(profile.sandbox_type)
+        self.cgroup_parent = f"{node.cgroup_parent}-{profile.sandbox_type}"  # the Engine's pods (engine_steps)
         self._image = IMAGES[profile.image if profile.image in IMAGES else "busybox"]()
 
     async def start_pod(self) -> str:
