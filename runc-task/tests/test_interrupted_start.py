@@ -4,10 +4,12 @@ container made without a record is removed before the Create runs again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import uuid
+from typing import AsyncIterator
 
 import pytest
 
@@ -33,6 +35,23 @@ async def _running_container(state_dir: str, bundle_factory) -> tuple[RuncTaskBa
     return backend, cid, bundle
 
 
+@contextlib.asynccontextmanager
+async def _successor(tmp_path, state_dir: str, cid: str) -> AsyncIterator[RuncTaskBackend]:
+    """The next task server's backend, recovered from ``state_dir``; this test process plays the sandboxer
+    too (the subreaper recording exits of orphans). Removes container ``cid`` afterwards."""
+    exits = ExitRecorder(str(tmp_path / "exits"))
+    listener = exits.listener(lambda pid: False)
+    get_reaper().add_listener(listener)
+    second = RuncTaskBackend(state_dir, exits=exits)
+    await second.recover()
+    try:
+        yield second
+    finally:
+        get_reaper().remove_listener(listener)
+        await second.shutdown(cid, now=True)
+        await second.close()
+
+
 @pytest.mark.asyncio
 async def test_exec_the_dead_server_started_is_adopted_with_its_exit_status(tmp_path, bundle_factory) -> None:
     state_dir = str(tmp_path / "tasks")
@@ -47,13 +66,7 @@ async def test_exec_the_dead_server_started_is_adopted_with_its_exit_status(tmp_
                                                    os.path.join(work, "exec-log.json"))
     await first.close()
 
-    # this test process plays the sandboxer too: the subreaper recording exits of orphans
-    exits = ExitRecorder(str(tmp_path / "exits"))
-    listener = exits.listener(lambda pid: False)
-    get_reaper().add_listener(listener)
-    second = RuncTaskBackend(state_dir, exits=exits)
-    await second.recover()
-    try:
+    async with _successor(tmp_path, state_dir, cid) as second:
         assert (await second.state(cid, "e1")).status is TaskStatus.CREATED
         assert await second.interrupted_start(cid, "e1") == started
         assert (await second.state(cid, "e1")).status is TaskStatus.RUNNING
@@ -61,10 +74,6 @@ async def test_exec_the_dead_server_started_is_adopted_with_its_exit_status(tmp_
         with open(os.path.join(bundle, "rootfs", "ran")) as handle:
             assert handle.read() == "ran\n"
         assert not os.path.exists(spec_path) and not os.path.exists(os.path.join(work, "e1.pid"))
-    finally:
-        get_reaper().remove_listener(listener)
-        await second.shutdown(cid, now=True)
-        await second.close()
 
 
 @pytest.mark.asyncio
@@ -89,21 +98,12 @@ async def test_exec_whose_runtime_finishes_during_the_look_is_adopted(tmp_path, 
         return real_scan(argument)
     monkeypatch.setattr(task_module, "_runs_with_argument", runtime_finishes_during_scan)
 
-    exits = ExitRecorder(str(tmp_path / "exits"))
-    listener = exits.listener(lambda pid: False)
-    get_reaper().add_listener(listener)
-    second = RuncTaskBackend(state_dir, exits=exits)
-    await second.recover()
-    try:
+    async with _successor(tmp_path, state_dir, cid) as second:
         pid = await second.interrupted_start(cid, "e1")
         assert pid and (await second.state(cid, "e1")).status is TaskStatus.RUNNING
         assert (await asyncio.wait_for(second.wait(cid, "e1"), 10)).exit_status == 7
         with open(os.path.join(bundle, "rootfs", "ran")) as handle:
             assert handle.read() == "ran\n"
-    finally:
-        get_reaper().remove_listener(listener)
-        await second.shutdown(cid, now=True)
-        await second.close()
 
 
 @pytest.mark.asyncio
