@@ -3,7 +3,7 @@
 # the sandboxer and the task server it started.
 #
 # Before sourcing, set: repo (the repository root), kind (runc|wasm|quark|vmm) and leftovers (paths the
-# clean-up also removes, may be empty); task_server when the type's task server is not <kind>-task.
+# clean-up also removes, may be empty).
 # Defines: work, sock, ctl, step, start_sandboxer.
 
 PATH="$repo/.venv/bin:$PATH"
@@ -19,8 +19,12 @@ cleanup() {
         for pod in $(ctl pods -q 2>/dev/null); do ctl rmp "$pod" >/dev/null; done
         kill -TERM "$sandboxer_pid" 2>/dev/null
         wait "$sandboxer_pid" 2>/dev/null
-        # the task server outlives the sandboxer on purpose (restart promise); the demo stops it too
-        for pid in $(pgrep -f "${task_server:-$kind-task} .*$work/dir"); do kill -TERM "$pid"; done
+        # the task server and its front outlive the sandboxer on purpose (restart promise); the demo stops
+        # them too: every process whose command line names this demo's --dir (the first task server is a
+        # fork of the sandboxer and keeps the sandboxer's command line)
+        pkill -TERM -f -- "$work/dir" 2>/dev/null
+        i=0
+        while pgrep -f -- "$work/dir" >/dev/null && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
     fi
     # shellcheck disable=SC2086 # leftovers is a list of paths
     rm -rf "$work" $leftovers

@@ -12,7 +12,6 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$(dirname "$here")")
 kind=vmm
-task_server=vmm-task-relay
 leftovers=/tmp/kuasar-demo/logs   # the log_directory of examples/pod.yaml
 images=${KUASAR_GUEST_IMAGE_DIR:-/var/lib/kuasar}
 . "$repo/examples/lib.sh"
