@@ -20,7 +20,7 @@ from kuasar_shared.sandbox.task_supervisor import TaskProgram
 def _programs() -> dict[str, TaskProgram]:
     """Each type's task program, as its sandboxer finds it (imported here: the test process is in the same venv)."""
     from kuasar_quark_sandboxer.main import QUARK_TASK_PROGRAM
-    from kuasar_runc_sandboxer.main import RUNC_TASK_PROGRAM
+    from kuasar_runc_sandboxer.sandboxer import RUNC_TASK_PROGRAM
     from kuasar_wasm_sandboxer.sandboxer import WASM_TASK_PROGRAM
     return {"runc": RUNC_TASK_PROGRAM, "wasm": WASM_TASK_PROGRAM, "quark": QUARK_TASK_PROGRAM}
 

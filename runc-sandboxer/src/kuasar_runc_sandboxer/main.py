@@ -11,15 +11,13 @@ from kuasar_shared.daemon.args import parse_args
 from kuasar_shared.daemon.run import DaemonContext, run_daemon
 from kuasar_shared.process_identity import ExitWatch
 from kuasar_shared.sandbox.server import serve_until_shutdown
-from kuasar_shared.sandbox.task_supervisor import TaskProgram, fork_first_task_server, start_task_server
+from kuasar_shared.sandbox.task_supervisor import fork_first_task_server, start_task_server
 
 from kuasar_runc_sandboxer import __version__
 from kuasar_runc_sandboxer.holder import HolderParent
-from kuasar_runc_sandboxer.sandboxer import RUNC_TASK, RUNC_TASK_MODULE, RuncSandboxer
+from kuasar_runc_sandboxer.sandboxer import RUNC_TASK_PROGRAM, RuncSandboxer
 
 NAME = "runc-sandboxer"
-#: the runc task server's program (see kuasar_shared.sandbox.task_supervisor)
-RUNC_TASK_PROGRAM = TaskProgram("runc-task", RUNC_TASK_MODULE, tuple(RUNC_TASK))
 log = logging.getLogger(__name__)
 
 

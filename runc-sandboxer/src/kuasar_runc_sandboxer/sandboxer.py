@@ -25,20 +25,20 @@ from kuasar_shared.mounts import MountError
 from kuasar_shared.sandbox.lifecycle import PodSandboxer
 from kuasar_shared.sandbox.podfiles import mount_pod_shm, unmount_pod_shm, write_pod_files
 from kuasar_shared.sandbox.pods import PodRecord, PodState, check_create, parse_time
-from kuasar_shared.sandbox.task_supervisor import TaskServer, find_command
+from kuasar_shared.sandbox.task_supervisor import TaskProgram, TaskServer
 
 from kuasar_runc_sandboxer.holder import HolderParent
 from kuasar_runc_sandboxer.nsfiles import bind_namespaces, namespaces_match, unbind_namespaces
 from kuasar_runc_sandboxer.sysctls import sysctl_files
 
-__all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK", "RUNC_TASK_MODULE"]
+__all__ = ["RuncSandboxer", "Pod", "PodState", "RUNC_TASK", "RUNC_TASK_PROGRAM"]
 
 log = logging.getLogger(__name__)
 
-#: how to start the runc task server (see kuasar_shared.sandbox.task_supervisor)
-#: runc-task's program, run by the sandboxer's first task server (kuasar_shared.sandbox.zygote)
-RUNC_TASK_MODULE = "kuasar_runc_task.main"
-RUNC_TASK = find_command("runc-task", RUNC_TASK_MODULE)
+#: the runc task server's program (see kuasar_shared.sandbox.task_supervisor)
+RUNC_TASK_PROGRAM = TaskProgram.find("runc-task", "kuasar_runc_task.main")
+#: how to start it
+RUNC_TASK = list(RUNC_TASK_PROGRAM.command)
 
 
 @dataclass
