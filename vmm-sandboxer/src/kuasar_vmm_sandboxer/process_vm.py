@@ -174,6 +174,16 @@ class ProcessVM(VM, abc.ABC):
         self.pid, self.pid_start = int(record.get("pid", 0)), record.get("pid_start")
         self.virtiofsd_pid, self.virtiofsd_start = int(record.get("virtiofsd_pid", 0)), record.get("virtiofsd_start")
 
+    def take_over(self, other: "ProcessVM") -> None:
+        """Become ``other``, a running VM of this one's kind whose files were moved to this VM's directory
+        (a warm VM a pod takes): its child handles and identity are ours from now on, ``other`` drops them."""
+        other.close()
+        self._proc, self._helper = other._proc, other._helper
+        self.pid, self.pid_start = other.pid, other.pid_start
+        self.virtiofsd_pid, self.virtiofsd_start = other.virtiofsd_pid, other.virtiofsd_start
+        other._proc = other._helper = None
+        other.pid = other.virtiofsd_pid = 0
+
     def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()

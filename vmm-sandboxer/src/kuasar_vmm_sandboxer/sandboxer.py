@@ -57,6 +57,7 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
         self.factory = factory
         self.hooks = hooks
         self.relay = RelayControl(task_server.socket_path)
+        factory.use_directory(directory)
         self.booter = Booter(factory, hooks, self.relay, float(config.hypervisor.boot_timeout_secs))
         self.log_level = log_level
         address = config.sandbox.containerd_ttrpc_address
@@ -78,8 +79,9 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
                 "debug": str(pod.debug or self.config.hypervisor.debug).lower(),
                 "hypervisor": self.config.hypervisor.type}
         info.update({"start_%s_ms" % k: "%.1f" % v for k, v in pod.timings.items()})
-        if pod.vm.get("template"):  # restored from a VM template (QEMU)
+        if pod.vm.get("template"):  # restored from a VM template (QEMU), ahead of the pod when warm
             info["template"] = str(pod.vm["template"])
+            info["warm"] = str(bool(pod.vm.get("warm"))).lower()
         return SandboxStatus(id=pod.id, ready=ready, pid=int(pod.vm.get("pid", 0)) if ready else 0,
                              created_at=parse_time(pod.created_at), exited_at=parse_time(pod.exited_at),
                              address="ttrpc+unix://" + os.path.join(self.pods.pod_dir(pod.id), TASK_SOCKET),
@@ -230,6 +232,7 @@ class VmmSandboxer(PodSandboxer[VmmPod]):
 
     async def close(self) -> None:
         await self.running.close()
+        await self.factory.close()
         await super().close()
 
 

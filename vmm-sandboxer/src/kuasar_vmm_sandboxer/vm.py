@@ -121,6 +121,13 @@ class VMFactory(abc.ABC):
     async def recover(self, spec: VMSpec, record: dict[str, Any]) -> VM:
         """Re-attach to a running VM. :raise Unavailable: it is gone or does not answer."""
 
+    def use_directory(self, directory: str) -> None:
+        """The sandboxer's ``--dir``, before it recovers its pods: where a factory may keep VMs that belong to no
+        pod yet (QEMU's warm pool), on the pods' own filesystem. A hypervisor without such VMs ignores it."""
+
+    async def close(self) -> None:
+        """The sandboxer stops: stop the VMs that belong to no pod (pods' VMs keep running)."""
+
     async def prepare_class(self, spec: VMSpec) -> None:
         """Make ready, before any pod asks, what VMs of ``spec``'s class start from (QEMU: a template).
 

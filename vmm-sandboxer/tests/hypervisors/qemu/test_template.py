@@ -4,7 +4,6 @@ lists and removes what it made."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -12,57 +11,15 @@ import sys
 import time
 
 import pytest
-from google.protobuf import empty_pb2
+from agent_calls import exec_in_guest, setup_pod
 
-from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import FailedPrecondition
-from kuasar_shared.ttrpc import Client
 from kuasar_shared.ttrpc.mux import MuxConnection
-from kuasar_vmm_sandboxer import config
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
 from kuasar_vmm_sandboxer.hypervisors.qemu.template import (TemplateStore, Templates, stop_abandoned_builders,
                                                            template_key)
 from kuasar_vmm_sandboxer.vm import Nic, VMSpec
-from kuasar_vmm_task.image.build import build, default_outdir
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-IMAGE_DIR = default_outdir()
-SVC = "grpc.SandboxService"
-
-
-@pytest.fixture
-def tpl_config(short_tmp):
-    build(IMAGE_DIR, os.path.join(IMAGE_DIR, ".cache"))
-    cfg = config.load(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")).hypervisor
-    assert isinstance(cfg, QemuConfig)
-    cfg.memory_in_mb = 256
-    cfg.kernel_path, cfg.initrd_path = os.path.join(IMAGE_DIR, "vmlinux.bin"), os.path.join(IMAGE_DIR, "kuasar.initrd")
-    cfg.template, cfg.template_dir = "auto", os.path.join(short_tmp, "templates")
-    return cfg
-
-
-async def _exec(mux: MuxConnection, command: str) -> str:
-    client = Client(*(await mux.open()))
-    try:
-        resp = await client.call(SVC, "ExecVMProcess", sandbox_pb2.ExecVMProcessRequest(command=command),
-                                 sandbox_pb2.ExecVMProcessResponse, timeout=60)
-    finally:
-        await client.close()
-    return resp.out
-
-
-async def _setup(mux: MuxConnection, hostname: str) -> None:
-    client = Client(*(await mux.open()))
-    req = sandbox_pb2.SetupSandboxRequest()
-    req.config.type_url = "PodSandboxConfig"
-    req.config.value = json.dumps({"hostname": hostname}).encode()
-    try:
-        await client.call(SVC, "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=30)
-        await client.call(SVC, "SetupSandbox", req, empty_pb2.Empty, timeout=60)
-    finally:
-        await client.close()
-
 
 async def test_two_pods_from_one_template_each_have_their_own_identity(tpl_config, short_tmp):
     factory = QemuFactory(tpl_config)
@@ -79,7 +36,7 @@ async def test_two_pods_from_one_template_each_have_their_own_identity(tpl_confi
             await vm.start()
             assert vm.ram is not None and vm.ram.incoming, "the pod did not restore from a template"
             muxes.append(MuxConnection(*(await asyncio.open_unix_connection(vm.agent_socket)), is_host=True))
-            await _setup(muxes[i], "pod-%d" % i)
+            await setup_pod(muxes[i], "pod-%d" % i)
             print("pod %d: restore + Check + SetupSandbox %.2f s" % (i, time.monotonic() - begin))
         store = TemplateStore(tpl_config.template_dir)
         made = store.all()
@@ -87,9 +44,9 @@ async def test_two_pods_from_one_template_each_have_their_own_identity(tpl_confi
         assert made[0].memory_mb == 256 and made[0].nics == 0
         outs = []
         for mux in muxes:
-            out = await _exec(mux, "cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1 | "
-                                   "tr -d ' \\n'; echo; nsenter --uts=/run/sandbox-ns/uts hostname; "
-                                   "ls /run/kuasar/state; grep -c ' 9p kuasar ' /proc/self/mountinfo")
+            out = await exec_in_guest(mux, "cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An "
+                                           "-tx1 | tr -d ' \\n'; echo; nsenter --uts=/run/sandbox-ns/uts hostname; "
+                                           "ls /run/kuasar/state; grep -c ' 9p kuasar ' /proc/self/mountinfo")
             outs.append(out.split())
         for i, (boot_id, random, hostname, share, mounts) in enumerate(outs):
             assert hostname == "pod-%d" % i and share == "mine-%d" % i and mounts == "1"

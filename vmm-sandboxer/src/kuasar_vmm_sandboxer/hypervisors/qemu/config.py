@@ -18,6 +18,8 @@ ACCELS = ("auto", "kvm", "tcg")
 #: the log says why); ``required``: a pod that cannot fails Start
 TEMPLATE_MODES = ("auto", "off", "required")
 DEFAULT_TEMPLATE_DIR = "/var/lib/kuasar/templates"
+#: warm VMs per template class at most (each holds its own QEMU and guest pages)
+MAX_TEMPLATE_POOL = 16
 #: the TCG default: the guest boots to its agent ~1.5-2 s sooner than on ``max`` (whose wider
 #: features cost emulation time); rdrand seeds the guest's RNG at once (random.trust_cpu), so
 #: Python does not wait for entropy at start
@@ -50,6 +52,9 @@ class QemuConfig(HypervisorConfig):
     #: make the template of the default pod VM ([hypervisor] vcpus and memory_in_mb, one NIC) when the sandboxer
     #: starts, so that the first such pod does not wait for it; other classes are made at their first pod
     template_at_start: bool = False
+    #: restored, warmed VMs kept ready per template class (:mod:`.pool`); each idles at ~120 MB and a pod that
+    #: takes one skips the restore and runc's first run under emulation. 0: none
+    template_pool: int = 0
 
     @property
     def cpu(self) -> str:
@@ -73,6 +78,12 @@ class QemuConfig(HypervisorConfig):
             raise ConfigError(path, "[hypervisor].template", "expected auto, off or required, got %r" % self.template)
         if self.template != "off" and not os.path.isabs(self.template_dir):
             raise ConfigError(path, "[hypervisor].template_dir", "must be an absolute path, got %r" % self.template_dir)
+        if not 0 <= self.template_pool <= MAX_TEMPLATE_POOL:
+            raise ConfigError(path, "[hypervisor].template_pool", "expected 0 to %d warm VMs per class, got %d"
+                              % (MAX_TEMPLATE_POOL, self.template_pool))
+        if self.template_pool and self.template == "off":
+            raise ConfigError(path, "[hypervisor].template_pool", 'a pool of %d warm VMs is restored from templates, '
+                              'but template = "off"' % self.template_pool)
         self.share_fs = share_name(self.share_fs, path)
         for key, value, low in (("msize_9p", self.msize_9p, 4096), ("tcg_tb_size_mb", self.tcg_tb_size_mb, 1)):
             if value < low:

@@ -2,7 +2,8 @@
 
 The factory decides the accelerator once, when the sandboxer starts (see :mod:`.accel`), logs why,
 and hands every VM a config whose ``accel`` is the decided one. With ``template`` other than ``off``
-its VMs ask :class:`~.template.Templates` at start whether to restore from a template.
+its VMs ask :class:`~.template.Templates` at start whether to restore from a template, and with
+``template_pool`` first take a warm VM of :class:`~.pool.WarmPool` when one is ready.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, choose
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_shared.errors import KuasarError
 
+from kuasar_vmm_sandboxer.hypervisors.qemu.pool import WarmPool
 from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates, unusable_reason
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.kvm import KvmProbe
@@ -36,6 +38,17 @@ class QemuFactory(ProcessVMFactory[QemuVM, QemuConfig]):
         self.config = replace(self.config, accel=self.accel.accel)
         self.unusable = self.accel.error
         self.templates: Optional[Templates] = Templates(self.config) if self.config.template != "off" else None
+        self.pool: Optional[WarmPool] = (WarmPool(self.config, self.templates)
+                                         if self.templates is not None and self.config.template_pool else None)
+
+    def use_directory(self, directory: str) -> None:
+        """The warm pool lives below the sandboxer's ``--dir`` (warm VMs an earlier one left are stopped)."""
+        if self.pool is not None:
+            self.pool.open(directory)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
 
     async def prepare_class(self, spec: VMSpec) -> None:
         """With ``template_at_start``: make ``spec``'s template now (a pod asking meanwhile waits for this one)."""
@@ -53,6 +66,9 @@ class QemuFactory(ProcessVMFactory[QemuVM, QemuConfig]):
             return
         log.info("template_at_start: template %s ready for pods of %d vCPU, %d MiB, %d NIC",
                  made.digest[:12], spec.vcpus, spec.memory_mb, len(spec.nics))
+        if self.pool is not None:
+            self.pool.keep(spec)
 
     def new_vm(self, spec: VMSpec) -> QemuVM:
-        return QemuVM(spec, self.config, ram_source=self.templates.ram_for if self.templates else None)
+        return QemuVM(spec, self.config, ram_source=self.templates.ram_for if self.templates else None,
+                      warm_source=self.pool.take if self.pool else None)

@@ -19,6 +19,7 @@ A template whose image or QEMU changed can never be used again and is removed wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 from google.protobuf import empty_pb2
 
@@ -42,7 +43,7 @@ from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM, RamFile
 from kuasar_vmm_sandboxer.vm import Nic, VMSpec
 
-__all__ = ["TemplateInfo", "TemplateStore", "Templates", "template_key", "unusable_reason", "FORMAT"]
+__all__ = ["TemplateInfo", "TemplateStore", "Templates", "agent_session", "template_key", "unusable_reason", "FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +309,14 @@ async def stop_abandoned_builders(work: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _wait_agent(socket_path: str, timeout: float, vm: QemuVM) -> None:
-    """Until the template's agent answers Check and has its Task services (a Task call on no container
-    loads them: every pod restored from the template then has them without importing them again);
-    then the channel is closed, which the agent waits out for the next host (the pod's relay)."""
+@contextlib.asynccontextmanager
+async def agent_session(socket_path: str, timeout: float, vm: QemuVM) -> AsyncIterator[Client]:
+    """A client on the agent of a VM no relay serves (a template being made, a warm VM of the pool), once it
+    answers Check. On leaving, the channel is closed and the agent given time to see the host leave: it then
+    waits for the next one (the pod's relay), whose first OPEN would otherwise be taken for the old host's.
+
+    :raise Unavailable: the socket takes no connection within ``timeout``, or the VM died.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -320,19 +325,26 @@ async def _wait_agent(socket_path: str, timeout: float, vm: QemuVM) -> None:
             break
         except OSError as err:
             if loop.time() > deadline or not vm.running():
-                raise Unavailable("template VM: agent socket %s: %s" % (socket_path, err)) from err
+                raise Unavailable("%s: agent socket %s: %s" % (vm.spec.id, socket_path, err)) from err
             await asyncio.sleep(0.01)
     mux = MuxConnection(reader, writer, is_host=True)
     try:
         client = Client(*(await mux.open()))
         await client.call("grpc.SandboxService", "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty,
                           timeout=max(deadline - loop.time(), 1.0))
-        try:
-            await client.call("containerd.task.v3.Task", "State", shim_pb2.StateRequest(id="template"),
-                              shim_pb2.StateResponse, timeout=max(deadline - loop.time(), 1.0))
-        except NotFound:
-            pass
+        yield client
         await client.close()
     finally:
         await mux.close()
-    await asyncio.sleep(0.2)  # the agent sees the host leave and waits for the next one
+    await asyncio.sleep(0.2)
+
+
+async def _wait_agent(socket_path: str, timeout: float, vm: QemuVM) -> None:
+    """Until the template's agent answers Check and has its Task services (a Task call on no container
+    loads them: every pod restored from the template then has them without importing them again)."""
+    async with agent_session(socket_path, timeout, vm) as client:
+        try:
+            await client.call("containerd.task.v3.Task", "State", shim_pb2.StateRequest(id="template"),
+                              shim_pb2.StateResponse, timeout=timeout)
+        except NotFound:
+            pass

@@ -29,7 +29,7 @@ from kuasar_vmm_sandboxer.process_vm import ProcessVM
 from kuasar_vmm_sandboxer.qmp import Qmp
 from kuasar_vmm_sandboxer.vm import Pids, VMSpec
 
-__all__ = ["QemuVM", "RamFile", "RamSource", "AGENT_PORT_NAME", "BASE_KERNEL_PARAMS"]
+__all__ = ["QemuVM", "RamFile", "RamSource", "WarmSource", "AGENT_PORT_NAME", "BASE_KERNEL_PARAMS"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class RamFile:
 
 #: decides at start whether a pod VM restores from a template (its RamFile) or boots cold (None)
 RamSource = Callable[[VMSpec], Awaitable[Optional[RamFile]]]
+#: a warm VM of the spec's class, its files moved to the spec's pod directory, or None
+WarmSource = Callable[[VMSpec], Awaitable[Optional["QemuVM"]]]
 
 
 class QemuVM(ProcessVM):
@@ -70,15 +72,19 @@ class QemuVM(ProcessVM):
     log_name = "qemu.log"
 
     def __init__(self, spec: VMSpec, config: QemuConfig, ram: Optional[RamFile] = None,
-                 ram_source: Optional[RamSource] = None) -> None:
+                 ram_source: Optional[RamSource] = None, warm_source: Optional[WarmSource] = None) -> None:
         """``ram``: a template's RAM file (set for a template VM, or for a restore decided already);
-        ``ram_source`` decides it in :meth:`start` (the factory's templates)."""
+        ``ram_source`` decides it in :meth:`start` (the factory's templates); ``warm_source`` may hand
+        :meth:`start` a warm VM to take over instead (the factory's pool)."""
         super().__init__(spec)
         self.config = config
         self.ram = ram
         self.ram_source = ram_source
+        self.warm_source = warm_source
         #: the digest of the template this VM was restored from ("" for a cold boot)
         self.template = ""
+        #: restored ahead of its pod by the warm pool
+        self.warm = False
         self.qmp = Qmp(self.path("qmp.sock"), "sandbox-" + spec.id)
 
     @property
@@ -184,6 +190,11 @@ class QemuVM(ProcessVM):
 
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> int:
+        if self.ram is None and self.warm_source is not None:
+            warm = await self.warm_source(self.spec)
+            if warm is not None:
+                self.take_over(warm)
+                return self.pid
         if self.ram is None and self.ram_source is not None:
             self.ram = await self.ram_source(self.spec)
         argv = self.in_netns(self.argv())  # before anything is spawned: it may raise
@@ -248,15 +259,23 @@ class QemuVM(ProcessVM):
     async def ping(self) -> None:
         await self.qmp.execute("query-status", timeout=2.0)
 
+    def take_over(self, other: ProcessVM) -> None:
+        super().take_over(other)
+        if isinstance(other, QemuVM):
+            self.ram, self.template, self.warm = other.ram, other.template, True
+
     def record(self) -> dict[str, Any]:
         record = super().record()
         if self.template:
             record["template"] = self.template
+        if self.warm:
+            record["warm"] = True
         return record
 
     def adopt(self, record: dict[str, Any]) -> None:
         super().adopt(record)
         self.template = str(record.get("template", ""))
+        self.warm = bool(record.get("warm", False))
 
 
 def _guest_cid(sandbox_id: str) -> int:
