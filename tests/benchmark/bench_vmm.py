@@ -26,9 +26,15 @@ The ``template`` variant (side ``kuasar-vmm-template``, issue 18) runs the same 
 and a private template_dir: its warm-up start makes the template, every measured start restores from it.
 QEMU PSS growth per additional pod is the least-squares slope of the VMs' total PSS over the pod counts
 (issue 18: <= 150 MB per idle pod with templates).
+
+The ``pool`` variant (side ``kuasar-vmm-pool``) adds ``template_pool = 2``: before each measured start and
+batch the side waits until both warm VMs are ready (:meth:`VmmSide.settle`), so each serial start is that
+of a pod arriving when the pool is full; the warm VMs count as per-pod processes in the memory rows.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import sys
@@ -45,6 +51,7 @@ from workload import Groups, parallel_batch  # noqa: E402
 
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient  # noqa: E402
 from kuasar_shared.ctl.engine import Engine, EngineOptions  # noqa: E402
+from kuasar_vmm_sandboxer.hypervisors.qemu.pool import POOL_DIR  # noqa: E402
 from kuasar_vmm_task.image.build import default_outdir  # noqa: E402
 
 __all__ = ["VmmSide", "TimedEngine", "breakdown", "task_steps", "summarize", "slope", "config_text", "TARGETS"]
@@ -55,6 +62,8 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 PARALLEL = 4
 #: the sandboxer's wait for the guest agent; three TCG guests booting at once on 2 cores need minutes
 BOOT_TIMEOUT_S = 240
+#: the ``pool`` variant's template_pool, and how long a measured start waits for the pool to be full
+POOL, POOL_FILL_S = 2, 120.0
 #: issue 5: management overhead p50 (ms) and management PSS growth per pod (KB)
 TARGETS = {"overhead_p50_ms": 50.0, "growth_pss_kb_per_pod": 300.0}
 
@@ -203,21 +212,36 @@ def summarize(serial: Mapping[str, Any], memory: Sequence[Mapping[str, Any]]) ->
     return out
 
 
-def config_text(template: str, image_dir: str, boot_timeout_s: int, vm_templates: str = "") -> str:
+def config_text(template: str, image_dir: str, boot_timeout_s: int, vm_templates: str = "", pool: int = 0) -> str:
     """The repository's QEMU config with the guest image in ``image_dir``, a boot timeout fit for TCG
-    and, with ``vm_templates`` (a directory), ``template = "auto"`` keeping its templates there.
+    and, with ``vm_templates`` (a directory), ``template = "auto"`` keeping its templates there and
+    ``template_pool = pool`` warm VMs per class.
 
-    :raise ValueError: the file has no ``boot_timeout_secs`` (or ``template``/``template_dir``) line to replace.
+    :raise ValueError: the file has no ``boot_timeout_secs`` (or ``template``/``template_dir``/``template_pool``)
+        line to replace.
     """
     settings = {"boot_timeout_secs": str(boot_timeout_s)}
     if vm_templates:
-        settings.update(template='"auto"', template_dir=f'"{vm_templates}"')
+        settings.update(template='"auto"', template_dir=f'"{vm_templates}"', template_pool=str(pool))
     text = template.replace("/var/lib/kuasar/", image_dir.rstrip("/") + "/")
     for key, value in settings.items():
         text, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
         if n != 1:
             raise ValueError(f"vmm-sandboxer/config_qemu.toml has no {key} line")
     return text
+
+
+def warm_vms(state_dir: str) -> int:
+    """Warm VMs ready in the pool of the sandboxer whose ``--dir`` is ``state_dir``."""
+    pool = os.path.join(state_dir, POOL_DIR)
+    ready = 0
+    for entry in os.listdir(pool) if os.path.isdir(pool) else ():
+        try:
+            with open(os.path.join(pool, entry, "warm.json")) as f:
+                ready += bool(json.load(f).get("ready"))
+        except (OSError, ValueError):
+            continue  # being made, or being taken
+    return ready
 
 
 def _guest_image(image_dir: str) -> Dict[str, Any]:
@@ -245,10 +269,15 @@ class VmmSide(KuasarSide):
         self.parallel = parallel
         self.image: Dict[str, Any] = {}
 
+    @property
+    def pool(self) -> int:
+        """Warm VMs the sandboxer keeps (the ``pool`` variant)."""
+        return POOL if self.profile.variant == "pool" else 0
+
     def sandboxer_config(self) -> Optional[str]:
-        templates = os.path.join(self.work, "templates") if self.profile.variant == "template" else ""
+        templates = os.path.join(self.work, "templates") if self.profile.variant in ("template", "pool") else ""
         with open(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
-            text = config_text(f.read(), IMAGE_DIR, BOOT_TIMEOUT_S, templates)
+            text = config_text(f.read(), IMAGE_DIR, BOOT_TIMEOUT_S, templates, self.pool)
         path = os.path.join(self.work, "config_qemu.toml")
         with open(path, "w") as f:
             f.write(text)
@@ -259,6 +288,17 @@ class VmmSide(KuasarSide):
             raise RuntimeError(f"the vmm side needs root and {QEMU}")
         self.image = _guest_image(IMAGE_DIR)
         await super().setup()
+
+    async def settle(self) -> None:
+        """The ``pool`` variant: until the sandboxer's pool is full (every warm VM ``ready`` in its warm.json).
+
+        :raise RuntimeError: not within :data:`POOL_FILL_S`.
+        """
+        deadline = time.monotonic() + POOL_FILL_S
+        while self.pool and warm_vms(self.state) < self.pool:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: {warm_vms(self.state)} of {self.pool} warm VMs after {POOL_FILL_S} s")
+            await asyncio.sleep(0.1)
 
     async def start_pod(self) -> str:
         pod = await super().start_pod()

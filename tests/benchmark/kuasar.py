@@ -107,6 +107,10 @@ PROFILES: Dict[str, Profile] = {
     "vmm-template": Profile("vmm", "vmm-sandboxer", "vmm-task-relay", smoke=None, log_level="info",
                             sandbox_deadline=300.0, plan=Plan(serial=10, parallel=(), pods=(1, 3, 5), warmup=1),
                             variant="template"),
+    # the same with a pool of warm VMs restored from the template (template_pool = 2)
+    "vmm-pool": Profile("vmm", "vmm-sandboxer", "vmm-task-relay", smoke=None, log_level="info",
+                        sandbox_deadline=300.0, plan=Plan(serial=10, parallel=(), pods=(1, 3, 5), warmup=1),
+                        variant="pool"),
 }
 
 

@@ -44,8 +44,9 @@ CDF_PNG = "start-cdf.png"
 MEMORY_PNG = "memory-vs-pods.png"
 VMM = "kuasar-vmm"
 VMM_TEMPLATE = "kuasar-vmm-template"
+VMM_POOL = "kuasar-vmm-pool"
 #: sides left out of the shared plots: VM boots take seconds and hundreds of MiB, flattening every other curve
-_NOT_PLOTTED = (VMM, VMM_TEMPLATE)
+_NOT_PLOTTED = (VMM, VMM_TEMPLATE, VMM_POOL)
 
 
 def _mib(kb: float) -> str:

@@ -78,6 +78,10 @@ class Side(abc.ABC):
     def groups(self) -> Groups:
         """The processes that make up the management plane, the daemon and per-pod infrastructure now."""
 
+    async def settle(self) -> None:
+        """Before each measured start and batch: wait until what the side keeps ready for starts is ready
+        (the vmm pool's warm VMs), so that every start meets the side in the same state."""
+
     def take_transient_cpu(self) -> procstats.CpuTimes:
         """CPU of short-lived management processes that exited since the last call (shim ``start``)."""
         return procstats.CpuTimes()
@@ -109,6 +113,7 @@ async def _serial(side: Side, n: int) -> Dict[str, Any]:
     cpu_mgmt, cpu_daemon = procstats.CpuTimes(), procstats.CpuTimes()
     pods: List[Any] = []
     for _ in range(n):
+        await side.settle()
         before = side.groups()
         side.take_transient_cpu()
         mgmt0, daemon0 = procstats.cpu_times(_all(before.management)), procstats.cpu_times(_all(before.daemon))
@@ -138,6 +143,7 @@ async def parallel_batch(side: Side, n: int) -> Dict[str, Any]:
 
     :raise RuntimeError: when any start failed (after removing the pods that did start).
     """
+    await side.settle()
     t0 = time.perf_counter()
     results = await asyncio.gather(*(_timed_start(side) for _ in range(n)), return_exceptions=True)
     wall = (time.perf_counter() - t0) * 1000

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Optional
 
 from kuasar_vmm_sandboxer.config import HypervisorConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.accel import AccelChoice, choose
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_shared.errors import KuasarError
 
-from kuasar_vmm_sandboxer.hypervisors.qemu.pool import WarmPool
+from kuasar_vmm_sandboxer.hypervisors.qemu.pool import REFILL_DELAY_S, WarmPool
 from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates, unusable_reason
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.kvm import KvmProbe
@@ -68,6 +68,13 @@ class QemuFactory(ProcessVMFactory[QemuVM, QemuConfig]):
                  made.digest[:12], spec.vcpus, spec.memory_mb, len(spec.nics))
         if self.pool is not None:
             self.pool.keep(spec)
+
+    async def recover(self, spec: VMSpec, record: dict[str, Any]) -> QemuVM:
+        """Re-attach; the pool keeps warm VMs of a re-attached template pod's class, as it did before the restart."""
+        vm = await super().recover(spec, record)
+        if self.pool is not None and vm.template:
+            self.pool.keep(spec, REFILL_DELAY_S)
+        return vm
 
     def new_vm(self, spec: VMSpec) -> QemuVM:
         return QemuVM(spec, self.config, ram_source=self.templates.ram_for if self.templates else None,

@@ -7,7 +7,8 @@ restored, answered Check and ran a throw-away container with the agent's own sea
 pages the pod's containers will run, so QEMU's translations of them are reused).
 
 ``template_pool = N`` keeps N warm VMs per class (a template's digest) that pods have asked for since the
-sandboxer started, and for the default class when ``template_at_start`` made its template. A warm VM lives
+sandboxer started or that its re-attached pods have, and for the default class when ``template_at_start``
+made its template. A warm VM lives
 in ``<dir>/.vm-pool/<entry>/`` (hidden: the pod table skips it) with its sockets, logs and an empty share.
 A pod takes one by renaming those into its own directory, after moving its pod files into the warm share:
 QEMU holds the share (its 9p root is an open directory), the logs and the listening sockets by inode, so it
@@ -18,7 +19,8 @@ identity of a pod before it is taken: entropy, clock, hostname and the share are
 Pools serve classes without NICs (pods on the node's network): a pod NIC's tap is opened by QEMU in the
 pod's network namespace, which does not exist before the pod. Pods with NICs restore from their template.
 
-Leftovers: each entry records its QEMU (pid + start time); a sandboxer that starts kills the warm VMs an
+Leftovers: each entry records its QEMU (pid + start time) and, once warm, ``"ready": true`` in ``warm.json``
+(what an operator or a benchmark can count); a sandboxer that starts kills the warm VMs an
 earlier one left (a crash) and removes their entries, and :meth:`WarmPool.close` stops its own.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates, agent_sess
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import VMSpec
 
-__all__ = ["WarmPool", "POOL_DIR", "WARM_UP"]
+__all__ = ["WarmPool", "POOL_DIR", "REFILL_DELAY_S", "WARM_UP"]
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +209,7 @@ class WarmPool:
                     (await self.templates.get(spec)).ram)
         try:
             await vm.start()
-            with open(os.path.join(entry, _RECORD), "w") as handle:
-                json.dump({"pid": vm.pid, "pid_start": vm.pid_start, "template": digest}, handle)
+            _record(entry, vm, digest, ready=False)
             timeout = float(self.config.boot_timeout_secs)
             async with agent_session(vm.agent_socket, timeout, vm) as agent:
                 done = await agent.call("grpc.SandboxService", "ExecVMProcess",
@@ -217,6 +218,7 @@ class WarmPool:
             if not done.out.rstrip().endswith("warm"):
                 log.warning("warm VM %s: the warm-up container failed (the VM is still used): %s", vm.spec.id,
                             done.out.strip()[-500:])
+            _record(entry, vm, digest, ready=True)
         except BaseException:
             await vm.stop(force=True)
             shutil.rmtree(entry, ignore_errors=True)
@@ -253,3 +255,11 @@ class WarmPool:
     async def _discard(self, warm: _Warm) -> None:
         await warm.vm.stop(force=True)
         shutil.rmtree(warm.entry, ignore_errors=True)
+
+
+def _record(entry: str, vm: QemuVM, digest: str, ready: bool) -> None:
+    """``warm.json``: the QEMU to stop if this sandboxer dies, and whether the VM waits warm (``ready``)."""
+    path = os.path.join(entry, _RECORD)
+    with open(path + ".tmp", "w") as handle:
+        json.dump({"pid": vm.pid, "pid_start": vm.pid_start, "template": digest, "ready": ready}, handle)
+    os.replace(path + ".tmp", path)
