@@ -347,7 +347,8 @@ def assert_nothing_left(sandboxer: Sandboxer, pod_id: str, netns: str, roots: li
     try:
         wait_for(lambda: not leftovers(), 10)
     except AssertionError:
-        assert leftovers() == []
+        found = leftovers()
+        assert found == [], "left behind: %s" % found
 
 
 def ip(*args: str) -> str:

@@ -51,9 +51,9 @@ def pods(pooled, images, tmp_path_factory) -> Iterator[list[dict]]:
     tmp = tmp_path_factory.mktemp("vmmpool")
     ctl = Ctl("vmm", pooled.listen, str(tmp / "ctl"), images)
     out: list[dict] = []
-    tag = uuid.uuid4().hex[:6]
     try:
         for i in range(2):
+            tag = uuid.uuid4().hex[:6]  # a cgroup parent of each pod's own, as the kubelet gives
             if i == 1:  # the first pod's class is kept from now on: its warm VM is made in the background
                 wait_for(lambda: _warm(pooled), 120)
             cfg = tmp / f"pod{i}.json"
