@@ -60,3 +60,44 @@ def test_the_sandboxer_starts_without_pyroute2():
     code = "import sys, kuasar_vmm_sandboxer.main; print('pyroute2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+#: the mirror filters of the pod's veth and of its tap
+WIRES = "tc filter show dev eth0 parent ffff:; tc filter show dev tap_kua_0 parent ffff:"
+
+
+@pytest.fixture
+def vm_netns(pod_netns):
+    """A second namespace standing in for a warm VM's, holding its tap ``kwtest0`` (alias ``from-vm``)."""
+    name = pod_netns["pod"].replace("kvpod-", "kvvm-")
+    subprocess.run(["sh", "-c", f"set -e; ip netns add {name}; ip -n {name} tuntap add kwtest0 mode tap; "
+                                f"ip -n {name} link set kwtest0 alias from-vm"], check=True)
+    yield f"/var/run/netns/{name}"
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def test_a_vms_tap_takes_the_place_of_the_pods(pod_netns, vm_netns):
+    net = await network.setup(pod_netns["path"])
+    try:
+        with pytest.raises(OSError, match="missing0 is not in"):
+            await network.adopt_taps(vm_netns, pod_netns["path"], net.nics, ["missing0"])
+        assert "tap_kua_0" in _sh(pod_netns["pod"], "ip link")  # nothing of the pod's was touched
+        await network.adopt_taps(vm_netns, pod_netns["path"], net.nics, ["kwtest0"])
+        link = _sh(pod_netns["pod"], "ip -d link show tap_kua_0")
+        assert "alias from-vm" in link and "UP" in link and "kwtest0" not in _sh(pod_netns["pod"], "ip link")
+        assert "kwtest0" not in subprocess.run(["ip", "-n", vm_netns.rsplit("/", 1)[1], "link"], capture_output=True,
+                                               text=True).stdout
+        filters = _sh(pod_netns["pod"], WIRES)
+        assert filters.count("Egress Redirect to device tap_kua_0") == 1 and "Redirect to device eth0" in filters
+
+        _sh(pod_netns["pod"], "ip link del tap_kua_0")  # what a failed adoption can leave: the pod without its tap
+        await network.restore_taps(pod_netns["path"], net.nics)
+        link = _sh(pod_netns["pod"], "ip -d link show tap_kua_0")
+        assert "UP" in link and "from-vm" not in link
+        filters = _sh(pod_netns["pod"], WIRES)
+        assert filters.count("Egress Redirect to device tap_kua_0") == 1 and "Redirect to device eth0" in filters
+        with pytest.raises(OSError, match="no veth with MAC"):
+            await network.restore_taps(pod_netns["path"], (network.Nic("tap_kua_9", "02:00:00:00:00:99"),))
+    finally:
+        await network.destroy(net)
+    assert "tap_kua_0" not in _sh(pod_netns["pod"], "ip link")

@@ -10,18 +10,21 @@ the calling thread's namespace). pyroute2's ``NetNS`` is not used: it forks the 
 SIGTERMed on close, writes into the inherited signal wakeup fd, so the daemon would shut itself down.
 pyroute2 is imported in that thread, on first use: importing it costs ~100 ms, which every sandboxer
 restart would pay. Its NetlinkError leaves the thread as an OSError with the same errno.
-:func:`destroy` removes exactly what :func:`setup` made.
+:func:`destroy` removes exactly what :func:`setup` made. A VM started before its pod (a warm VM of the QEMU
+pool, in a network namespace of its own) gets the pod's NICs by :func:`adopt_taps`: its open taps are moved
+into the pod namespace and take the place and names of the taps :func:`setup` made.
 """
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import socket
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 from kuasar_shared.errors import InvalidArgument
 from kuasar_shared.values import Route
@@ -31,7 +34,7 @@ from kuasar_vmm_sandboxer.vm import Nic
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-__all__ = ["Address", "Interface", "PodNetwork", "setup", "destroy"]
+__all__ = ["Address", "Interface", "PodNetwork", "setup", "destroy", "adopt_taps", "restore_taps"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,69 @@ def _mirror(ns: IPRoute, src: int, dst: int) -> None:
           action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": dst})
 
 
+def _wire(ns: IPRoute, veth: int, tap: int, mtu: int) -> None:
+    """Bring ``tap`` up with the veth's MTU and make the two one wire."""
+    ns.link("set", index=tap, mtu=mtu, state="up")
+    _mirror(ns, veth, tap)
+    _mirror(ns, tap, veth)
+
+
+def _add_tap(ns: IPRoute, veth: int, name: str, mtu: int) -> None:
+    ns.link("add", ifname=name, kind="tuntap", mode="tap")
+    _wire(ns, veth, ns.link_lookup(ifname=name)[0], mtu)
+
+
+def _veths_by_mac(ns: IPRoute, nics: Sequence[Nic]) -> dict[str, int]:
+    """The index of the veth of each NIC (by the MAC the NIC copied). :raise OSError: one has none."""
+    veths = {link.get_attr("IFLA_ADDRESS"): link["index"] for link in ns.get_links() if _kind(link) == "veth"}
+    for nic in nics:
+        if nic.mac not in veths:
+            raise OSError(errno.ENODEV, "no veth with MAC %s (of %s) in the pod netns" % (nic.mac, nic.tap))
+    return veths
+
+
+def _drop_ingress(ns: IPRoute, index: int) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        ns.tc("del", "ingress", index=index, handle="ffff:")
+    except NetlinkError as err:
+        if err.code not in (errno.EINVAL, errno.ENOENT):
+            raise
+
+
+def _send_taps(ns: IPRoute, taps: Sequence[str], netns: str) -> None:
+    target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for name in taps:
+            found = ns.link_lookup(ifname=name)
+            if not found:
+                raise OSError(errno.ENODEV, "tap %s is not in the VM's network namespace" % name)
+            ns.link("set", index=found[0], net_ns_fd=target)
+    finally:
+        os.close(target)
+
+
+def _swap_taps(ns: IPRoute, nics: Sequence[Nic], taps: Sequence[str]) -> None:
+    veths = _veths_by_mac(ns, nics)
+    for nic, name in zip(nics, taps):
+        veth = veths[nic.mac]
+        _drop_ingress(ns, veth)
+        for old in ns.link_lookup(ifname=nic.tap):
+            ns.link("del", index=old)
+        new = ns.link_lookup(ifname=name)[0]
+        ns.link("set", index=new, ifname=nic.tap)
+        _wire(ns, veth, new, nic.mtu)
+
+
+def _rewire(ns: IPRoute, nics: Sequence[Nic]) -> None:
+    veths = _veths_by_mac(ns, nics)
+    for nic in nics:
+        if not ns.link_lookup(ifname=nic.tap):
+            _drop_ingress(ns, veths[nic.mac])
+            _add_tap(ns, veths[nic.mac], nic.tap, nic.mtu)
+
+
 def _setup(ns: IPRoute, netns: str) -> PodNetwork:
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -164,14 +230,10 @@ def _setup(ns: IPRoute, netns: str) -> PodNetwork:
             index, name = link["index"], link.get_attr("IFLA_IFNAME")
             tap = "%s%d" % (_TAP_PREFIX, n)
             mtu = int(link.get_attr("IFLA_MTU") or 1500)
-            ns.link("add", ifname=tap, kind="tuntap", mode="tap")
-            tap_index = ns.link_lookup(ifname=tap)[0]
-            ns.link("set", index=tap_index, mtu=mtu, state="up")
             iface = Interface(name=name, mac=link.get_attr("IFLA_ADDRESS"), mtu=mtu, tap=tap,
                               flags=int(link["flags"]))
             net.interfaces.append(iface)
-            _mirror(ns, index, tap_index)
-            _mirror(ns, tap_index, index)
+            _add_tap(ns, index, tap, mtu)
             for addr in ns.get_addr(index=index):
                 if addr["scope"] == _SCOPE_LINK:
                     continue  # link-local: the guest makes its own
@@ -220,6 +282,28 @@ async def setup(netns: str) -> PodNetwork:
         return await _in_netns(netns, lambda ns: _setup(ns, netns))
     except OSError as err:
         raise InvalidArgument("cannot set up VM networking in %s: %s" % (netns, err)) from err
+
+
+async def adopt_taps(source_netns: str, netns: str, nics: Sequence[Nic], taps: Sequence[str]) -> None:
+    """Give a running VM's taps to a pod: move ``taps`` (opened by the VM in ``source_netns``, e.g. a warm VM's
+    ``/proc/<pid>/ns/net``) into the pod's ``netns``, where each replaces the tap :func:`setup` made for the NIC
+    of the same index (unused yet), under its name, wired to the NIC's veth.
+
+    :raise OSError: a tap or veth is missing or netlink refused; the pod's taps may be gone, and
+        :func:`restore_taps` makes them again once the VM (and its taps) are stopped.
+    """
+    if len(taps) != len(nics):
+        raise OSError(errno.EINVAL, "%d taps for %d NICs" % (len(taps), len(nics)))
+    await _in_netns(source_netns, lambda ns: _send_taps(ns, taps, netns))
+    await _in_netns(netns, lambda ns: _swap_taps(ns, nics, taps))
+
+
+async def restore_taps(netns: str, nics: Sequence[Nic]) -> None:
+    """Make again, as :func:`setup` does, each NIC tap missing from ``netns`` (after a failed :func:`adopt_taps`).
+
+    :raise OSError: netlink refused.
+    """
+    await _in_netns(netns, lambda ns: _rewire(ns, nics))
 
 
 async def destroy(net: PodNetwork) -> None:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 from google.protobuf import empty_pb2
 
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.ttrpc import Client
 from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_vmm_sandboxer.guest import interfaces_pb, routes_pb
+from kuasar_vmm_sandboxer.network import PodNetwork
 
 SVC = "grpc.SandboxService"
 
@@ -23,10 +26,10 @@ async def exec_in_guest(mux: MuxConnection, command: str) -> str:
     return resp.out
 
 
-async def setup_pod(mux: MuxConnection, hostname: str) -> None:
-    """Check, then SetupSandbox of a pod named ``hostname``."""
+async def setup_pod(mux: MuxConnection, hostname: str, net: Optional[PodNetwork] = None) -> None:
+    """Check, then SetupSandbox of a pod named ``hostname`` (with ``net``'s interfaces and routes)."""
     client = Client(*(await mux.open()))
-    req = sandbox_pb2.SetupSandboxRequest()
+    req = sandbox_pb2.SetupSandboxRequest(interfaces=interfaces_pb(net), routes=routes_pb(net))
     req.config.type_url = "PodSandboxConfig"
     req.config.value = json.dumps({"hostname": hostname}).encode()
     try:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 from google.protobuf import empty_pb2
@@ -18,6 +20,7 @@ from kuasar_shared.config import ConfigError
 from kuasar_shared.process_identity import is_same_process
 from kuasar_shared.ttrpc import Client
 from kuasar_shared.ttrpc.mux import MuxConnection
+from kuasar_vmm_sandboxer import network
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
 from kuasar_vmm_sandboxer.hypervisors.qemu.pool import POOL_DIR, WARM_UP
@@ -113,7 +116,7 @@ async def test_a_pod_takes_a_warm_vm_of_its_class_and_the_pool_fills_again(tpl_c
     assert all(not vm.alive() for vm in vms)
 
 
-async def test_closing_stops_the_warm_vms_and_pods_with_nics_are_not_served(tpl_config, short_tmp):
+async def test_closing_stops_the_warm_vms(tpl_config, short_tmp):
     factory = QemuFactory(QemuConfig(**{**tpl_config.__dict__, "template_pool": 2, "template_at_start": True}))
     factory.use_directory(short_tmp)
     assert factory.pool is not None
@@ -128,12 +131,55 @@ async def test_closing_stops_the_warm_vms_and_pods_with_nics_are_not_served(tpl_
                 record = json.load(f)
             pids.append((record["pid"], record["pid_start"]))
         assert len(pids) == 2
-        with_nic = VMSpec("n", os.path.join(short_tmp, "n"), 1, 256, nics=(Nic("tap_kua_0", "02:00:00:00:00:09"),))
-        assert await factory.pool.take(with_nic) is None and factory.pool.ready(digest) == 2
+        other = VMSpec("o", os.path.join(short_tmp, "o"), 1, 256, nics=(Nic("tap_kua_0", "02:00:00:00:00:09"),))
+        assert await factory.pool.take(other) is None, "a warm VM of another class was handed out"
+        assert factory.pool.ready(digest) == 2
     finally:
         await factory.close()
     assert not any(is_same_process(pid, start) for pid, start in pids)
     assert os.listdir(os.path.join(short_tmp, POOL_DIR)) == []
+
+
+def _ip(netns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
+
+
+async def test_a_pod_with_a_nic_takes_a_warm_vm_and_its_tap(tpl_config, short_tmp, pod_netns):
+    """The warm VM's tap, made in its own netns, replaces the pod's under the same name: the guest reaches the
+    pod network's peer through it; removing the pod's network leaves no tap."""
+    factory = QemuFactory(QemuConfig(**{**tpl_config.__dict__, "template_pool": 1, "template_at_start": True}))
+    factory.use_directory(short_tmp)
+    assert factory.pool is not None
+    net = await network.setup(pod_netns["path"])
+    spec = replace(_pod(short_tmp, "pn"), netns=pod_netns["path"], nics=net.nics)
+    await factory.prepare_class(replace(spec, id="default", nics=(Nic(tap="", mac=""),)))
+    digest = template_key(factory.config, spec)[0]
+    vm = factory.create(spec)
+    mux = None
+    try:
+        await _until(lambda: factory.pool.ready(digest) == 1, 180, "no warm VM with a NIC")
+        made_by_setup = _ip(pod_netns["pod"], "-o", "link", "show", "tap_kua_0").split(":")[0]
+        await vm.start()
+        assert vm.warm
+        tap = _ip(pod_netns["pod"], "-o", "link", "show", "tap_kua_0")
+        assert tap.split(":")[0] != made_by_setup and "UP" in tap, "the pod's tap was not replaced by the VM's"
+        assert "kw" not in _ip(pod_netns["pod"], "-o", "link")
+        wired = subprocess.run(["ip", "netns", "exec", pod_netns["pod"], "sh", "-c", "tc filter show dev eth0 parent "
+                                "ffff:; tc filter show dev tap_kua_0 parent ffff:"], capture_output=True, text=True,
+                               check=True).stdout
+        assert "Redirect to device tap_kua_0" in wired and "Redirect to device eth0" in wired, wired
+        mux = await _mux(vm)
+        await setup_pod(mux, "pn", net)
+        out = await exec_in_guest(mux, "ping -c 1 -W 5 10.231.0.1 >/dev/null && echo reached; cat /sys/class/net/"
+                                       "eth0/address")
+        assert out.split() == ["reached", net.interfaces[0].mac], out
+    finally:
+        if mux is not None:
+            await mux.close()
+        await vm.stop(force=True)
+        await factory.close()
+        await network.destroy(net)
+    assert "tap_kua" not in _ip(pod_netns["pod"], "-o", "link")
 
 
 async def test_the_warm_up_runs_a_container_with_the_agents_sealed_runc(tpl_config, short_tmp):
@@ -149,7 +195,8 @@ async def test_the_warm_up_runs_a_container_with_the_agents_sealed_runc(tpl_conf
         await client.close()
         out = await exec_in_guest(mux, WARM_UP)
         assert out.split()[-1:] == ["warm"], out
-        left = await exec_in_guest(mux, "ls -d /run/kuasar-warm.* 2>/dev/null | wc -l; ls /sys/fs/cgroup | grep -c warm")
+        left = await exec_in_guest(mux, "ls -d /run/kuasar-warm.* 2>/dev/null | wc -l; "
+                                        "ls /sys/fs/cgroup | grep -c warm")
         assert left.split() == ["0", "0"], "the warm-up left its bundle or cgroup: " + left
         out = await exec_in_guest(mux, WARM_UP.replace("$PPID", "$$"))  # a process without the copy: a clear error
         assert "no sealed runc copy" in out and "warm" not in out.split(), out

@@ -16,8 +16,10 @@ keeps serving them under the pod's paths, and the guest mounts the share only at
 the VM is the pod's like any restored VM (pid + start time in the pod's record). A warm VM takes no
 identity of a pod before it is taken: entropy, clock, hostname and the share are given at SetupSandbox.
 
-Pools serve classes without NICs (pods on the node's network): a pod NIC's tap is opened by QEMU in the
-pod's network namespace, which does not exist before the pod. Pods with NICs restore from their template.
+A warm VM of a class with NICs runs in a network namespace of its own (``unshare --net``), where QEMU made
+its taps; a pod that takes it gets them moved into its own namespace, in place of (and named as) the taps
+its network set-up made (:func:`~kuasar_vmm_sandboxer.network.adopt_taps`). That QEMU stays in its empty
+namespace, where a cold or restored pod's QEMU runs in the pod's: it holds its taps by fd and opens no socket.
 
 Leftovers: each entry records its QEMU (pid + start time) and, once warm, ``"ready": true`` in ``warm.json``
 (what an operator or a benchmark can count); a sandboxer that starts kills the warm VMs an
@@ -36,13 +38,15 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from kuasar_shared.api.kuasar import sandbox_pb2
-from kuasar_shared.errors import KuasarError
+from kuasar_shared.errors import Internal, KuasarError
 from kuasar_shared.process_identity import is_same_process, kill
 
+from kuasar_vmm_sandboxer import network
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
-from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates, agent_session, template_key, unusable_reason
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import (Templates, agent_session, nic_mac, template_key,
+                                                           unusable_reason)
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
-from kuasar_vmm_sandboxer.vm import VMSpec
+from kuasar_vmm_sandboxer.vm import Nic, VMSpec
 
 __all__ = ["WarmPool", "POOL_DIR", "REFILL_DELAY_S", "WARM_UP"]
 
@@ -136,7 +140,7 @@ class WarmPool:
             return
         digest, _ = template_key(self.config, spec)
         if digest not in self._classes:
-            self._classes[digest] = replace(spec, id="warm", netns="", nics=())
+            self._classes[digest] = replace(spec, id="warm", netns="")
             self._refill(digest, delay)
 
     async def take(self, spec: VMSpec) -> Optional[QemuVM]:
@@ -153,10 +157,15 @@ class WarmPool:
         while queue and taken is None:
             warm = queue.pop(0)
             try:
+                if spec.nics:
+                    await network.adopt_taps("/proc/%d/ns/net" % warm.vm.pid, spec.netns, spec.nics,
+                                             [nic.tap for nic in warm.vm.spec.nics])
                 taken = self._hand_over(warm, spec)
             except OSError as err:
                 log.warning("sandbox %s: warm VM %s cannot be taken: %s", spec.id, warm.vm.spec.id, err)
                 await self._discard(warm)
+                if spec.nics:
+                    await _restore_network(spec)
         self._refill(digest, delay=REFILL_DELAY_S)
         if taken is not None:
             log.info("sandbox %s: took warm VM pid %d (template %s; %d more ready)", spec.id, taken.pid,
@@ -175,7 +184,7 @@ class WarmPool:
                 await self._discard(queue.pop())
 
     def _serves(self, spec: VMSpec) -> bool:
-        return (self.size > 0 and bool(self.directory) and not self._closed and not spec.nics
+        return (self.size > 0 and bool(self.directory) and not self._closed
                 and unusable_reason(self.config, spec) is None)
 
     def _refill(self, digest: str, delay: float) -> None:
@@ -207,8 +216,10 @@ class WarmPool:
         name = uuid.uuid4().hex[:10]
         entry = os.path.join(self.directory, name)
         os.makedirs(os.path.join(entry, "shared"), mode=0o700)
-        vm = QemuVM(replace(spec, id="warm-" + name, pod_dir=entry), self.config,
+        taps = tuple(Nic(tap="kw%s%d" % (name, i), mac=nic_mac(i)) for i in range(len(spec.nics)))
+        vm = QemuVM(replace(spec, id="warm-" + name, pod_dir=entry, nics=taps), self.config,
                     (await self.templates.get(spec)).ram)
+        vm.own_netns = bool(taps)
         try:
             await vm.start()
             _record(entry, vm, digest, ready=False)
@@ -257,6 +268,18 @@ class WarmPool:
     async def _discard(self, warm: _Warm) -> None:
         await warm.vm.stop(force=True)
         shutil.rmtree(warm.entry, ignore_errors=True)
+
+
+async def _restore_network(spec: VMSpec) -> None:
+    """The pod's taps again, after a warm VM that had begun to take their place was stopped.
+
+    :raise Internal: they cannot be made: the pod's network is broken, and its start fails.
+    """
+    try:
+        await network.restore_taps(spec.netns, spec.nics)
+    except OSError as err:
+        raise Internal("sandbox %s: cannot restore its taps in %s after a warm VM failed: %s"
+                       % (spec.id, spec.netns, err)) from err
 
 
 def _record(entry: str, vm: QemuVM, digest: str, ready: bool) -> None:

@@ -43,7 +43,8 @@ from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM, RamFile
 from kuasar_vmm_sandboxer.vm import Nic, VMSpec
 
-__all__ = ["TemplateInfo", "TemplateStore", "Templates", "agent_session", "template_key", "unusable_reason", "FORMAT"]
+__all__ = ["TemplateInfo", "TemplateStore", "Templates", "agent_session", "nic_mac", "template_key", "unusable_reason",
+           "FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _file_id(path: str) -> list[Any]:
     return [path, st.st_size, st.st_mtime_ns]
 
 
-def _nic_mac(index: int) -> str:
+def nic_mac(index: int) -> str:
     """A template NIC's MAC (locally administered); the guest gives the pod's MAC to it at SetupSandbox."""
     return "02:6b:75:00:00:%02x" % index
 
@@ -88,7 +89,7 @@ def _image_identity(config: QemuConfig) -> list[Any]:
 def template_key(config: QemuConfig, spec: VMSpec) -> tuple[str, dict[str, Any]]:
     """(digest, description) of the VM class of ``spec``: the image, QEMU and every setting that shapes the
     VM's state (not the pod's id, paths, taps or MACs, which a restored VM gets as its own)."""
-    vm = QemuVM(replace(spec, nics=tuple(Nic(tap="", mac=_nic_mac(i)) for i in range(len(spec.nics)))), config,
+    vm = QemuVM(replace(spec, nics=tuple(Nic(tap="", mac=nic_mac(i)) for i in range(len(spec.nics)))), config,
                 RamFile(path=""))
     described = {
         "image": _image_identity(config),
@@ -233,7 +234,7 @@ class Templates:
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         tspec = VMSpec(id="template-" + digest[:12], pod_dir=work, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
-                       nics=tuple(Nic(tap="", mac=_nic_mac(i)) for i in range(len(spec.nics))),
+                       nics=tuple(Nic(tap="", mac=nic_mac(i)) for i in range(len(spec.nics))),
                        debug=spec.debug, log_level=spec.log_level)
         vm = QemuVM(tspec, self.config, RamFile(path=os.path.join(work, MEMORY), template=digest))
         try:

@@ -85,11 +85,18 @@ class QemuVM(ProcessVM):
         self.template = ""
         #: restored ahead of its pod by the warm pool
         self.warm = False
+        #: spawn QEMU in a new network namespace of its own (a warm VM's taps wait there for their pod's)
+        self.own_netns = False
         self.qmp = Qmp(self.path("qmp.sock"), "sandbox-" + spec.id)
 
     @property
     def agent_socket(self) -> str:
         return self.path("agent.sock")
+
+    def in_netns(self, argv: list[str]) -> list[str]:
+        if self.own_netns:
+            return ["unshare", "--net", "--"] + argv
+        return super().in_netns(argv)
 
     # --- command line ----------------------------------------------------------------------
     def kernel_params(self) -> str:
