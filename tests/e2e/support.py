@@ -321,6 +321,38 @@ def running_sandboxer(image_dir: str, config_file: bool = True, **settings: str)
         sandboxer.cleanup()
 
 
+@contextlib.contextmanager
+def template_sandboxer(image_dir: str, **settings: str) -> Iterator[tuple[Sandboxer, str]]:
+    """A started :class:`Sandboxer` with ``template = "auto"`` and a template_dir of its own (removed afterwards)."""
+    tdir = tempfile.mkdtemp(prefix="kvtpl", dir="/tmp")
+    try:
+        with running_sandboxer(image_dir, template='"auto"', template_dir=f'"{tdir}"', **settings) as sandboxer:
+            yield sandboxer, tdir
+    finally:
+        shutil.rmtree(tdir, ignore_errors=True)
+
+
+def start_sleeping_pod(ctl: Ctl, tmp: Any, name: str, network: int, runp: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``runp`` (with ``runp`` options) of a pod ``name`` with a cgroup parent of its own and the CRI network mode
+    ``network`` (0 pod, 2 node), then a busybox ``sleep`` container in it; how long that took."""
+    tag = uuid.uuid4().hex[:6]
+    cfg = tmp / f"{name}.json"
+    cfg.write_text(json.dumps({
+        "metadata": {"name": f"{name}-{tag}", "namespace": "e2e", "uid": uuid.uuid4().hex},
+        "hostname": f"{name}-{tag}", "log_directory": str(tmp / f"logs-{name}"),
+        "linux": {"cgroup_parent": f"/kuasar-e2e-{name}-{tag}",
+                  "security_context": {"namespace_options": {"network": network, "pid": 0, "ipc": 0}}}}))
+    started = time.monotonic()
+    pod_id = ctl.out("runp", *runp, str(cfg), timeout=180)
+    ctr_cfg = tmp / f"{name}-c.json"
+    ctr_cfg.write_text(json.dumps({"metadata": {"name": "c"}, "image": {"image": "busybox"},
+                                   "log_path": "c.log", "command": ["sleep", "3600"]}))
+    ctr = ctl.out("create", pod_id, str(ctr_cfg), str(cfg))
+    ctl("start", ctr)
+    return {"id": pod_id, "ctr": ctr, "hostname": f"{name}-{tag}", "cgroup": f"kuasar-e2e-{name}-{tag}",
+            "seconds": time.monotonic() - started, "ctl": ctl, "root": ctl.root}
+
+
 @pytest.fixture(scope="module")
 def vmm(guest_image: str) -> Iterator[Sandboxer]:
     """A running vmm-sandboxer for one test module."""

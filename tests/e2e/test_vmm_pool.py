@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import time
-import uuid
 from typing import Iterator
 
 import pytest
-from support import Ctl, Sandboxer, assert_nothing_left, pids_with, running, wait_for
+from support import (Ctl, Sandboxer, assert_nothing_left, pids_with, running, start_sleeping_pod, template_sandboxer,
+                     wait_for)
 
 POOL = ".vm-pool"
 
@@ -35,15 +32,8 @@ def _warm(sandboxer: Sandboxer) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pooled(guest_image: str) -> Iterator[Sandboxer]:
-    tdir = tempfile.mkdtemp(prefix="kvpool", dir="/tmp")
-    sandboxer = Sandboxer(guest_image, template='"auto"', template_dir=f'"{tdir}"', template_pool="1")
-    sandboxer.start()
-    try:
+    with template_sandboxer(guest_image, template_pool="1") as (sandboxer, _):
         yield sandboxer
-    finally:
-        sandboxer.stop()
-        sandboxer.cleanup()
-        shutil.rmtree(tdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +42,9 @@ def pods(pooled, images, tmp_path_factory) -> Iterator[list[dict]]:
     ctl = Ctl("vmm", pooled.listen, str(tmp / "ctl"), images)
     out: list[dict] = []
     try:
-        for i in range(2):
-            tag = uuid.uuid4().hex[:6]  # a cgroup parent of each pod's own, as the kubelet gives
-            if i == 1:  # the first pod's class is kept from now on: its warm VM is made in the background
-                wait_for(lambda: _warm(pooled), 120)
-            cfg = tmp / f"pod{i}.json"
-            cfg.write_text(json.dumps({
-                "metadata": {"name": f"pool{i}-{tag}", "namespace": "e2e", "uid": uuid.uuid4().hex},
-                "hostname": f"pool{i}-{tag}", "log_directory": str(tmp / f"logs{i}"),
-                "linux": {"cgroup_parent": f"/kuasar-e2e-pool-{tag}",
-                          "security_context": {"namespace_options": {"network": 2, "pid": 0, "ipc": 0}}}}))
-            started = time.monotonic()
-            pod_id = ctl.out("runp", str(cfg), timeout=180)
-            ctr_cfg = tmp / f"c{i}.json"
-            ctr_cfg.write_text(json.dumps({"metadata": {"name": "c"}, "image": {"image": "busybox"},
-                                           "log_path": "c.log", "command": ["sleep", "3600"]}))
-            ctr = ctl.out("create", pod_id, str(ctr_cfg), str(cfg))
-            ctl("start", ctr)
-            out.append({"id": pod_id, "ctr": ctr, "hostname": f"pool{i}-{tag}", "cgroup": f"kuasar-e2e-pool-{tag}",
-                        "seconds": time.monotonic() - started, "ctl": ctl, "root": str(tmp / "ctl")})
+        out.append(start_sleeping_pod(ctl, tmp, "pool0", 2))
+        wait_for(lambda: _warm(pooled), 120)  # the first pod's class is kept: its warm VM is made meanwhile
+        out.append(start_sleeping_pod(ctl, tmp, "pool1", 2))
         yield out
     finally:
         for pod in out:

@@ -9,30 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from typing import Iterator
 
 import pytest
-from support import Ctl, Sandboxer, assert_nothing_left, running, tool, veth_netns_pair
+from support import (Ctl, Sandboxer, assert_nothing_left, running, start_sleeping_pod, template_sandboxer, tool,
+                     veth_netns_pair)
 
 PODS = 2
 
 
 @pytest.fixture(scope="module")
 def templated(guest_image: str) -> Iterator[tuple[Sandboxer, str]]:
-    tdir = tempfile.mkdtemp(prefix="kvtpl", dir="/tmp")
-    sandboxer = Sandboxer(guest_image, template='"auto"', template_dir=f'"{tdir}"')
-    sandboxer.start()
-    try:
-        yield sandboxer, tdir
-    finally:
-        sandboxer.stop()
-        sandboxer.cleanup()
-        shutil.rmtree(tdir, ignore_errors=True)
+    with template_sandboxer(guest_image) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -57,24 +49,8 @@ def pods(templated, nets, images, tmp_path_factory) -> Iterator[list[dict]]:
     sandboxer, _ = templated
     tmp = tmp_path_factory.mktemp("vmmtpl")
     ctl = Ctl("vmm", sandboxer.listen, str(tmp / "ctl"), images)
-    out = []
-    for i, net in enumerate(nets):
-        tag = uuid.uuid4().hex[:6]
-        cfg = tmp / f"pod{i}.json"
-        cfg.write_text(json.dumps({
-            "metadata": {"name": f"tpl{i}-{tag}", "namespace": "e2e", "uid": uuid.uuid4().hex},
-            "hostname": f"tpl{i}-{tag}", "log_directory": str(tmp / f"logs{i}"),
-            "linux": {"cgroup_parent": f"/kuasar-e2e-tpl-{tag}",
-                      "security_context": {"namespace_options": {"network": 0, "pid": 0, "ipc": 0}}}}))
-        started = time.monotonic()
-        pod_id = ctl.out("runp", "--netns", net["path"], str(cfg), timeout=180)
-        ctr_cfg = tmp / f"c{i}.json"
-        ctr_cfg.write_text(json.dumps({"metadata": {"name": "c"}, "image": {"image": "busybox"},
-                                       "log_path": "c.log", "command": ["sleep", "3600"]}))
-        ctr = ctl.out("create", pod_id, str(ctr_cfg), str(cfg))
-        ctl("start", ctr)
-        out.append({"id": pod_id, "ctr": ctr, "hostname": f"tpl{i}-{tag}", "cgroup": f"kuasar-e2e-tpl-{tag}",
-                    "seconds": time.monotonic() - started, "net": net, "ctl": ctl, "root": str(tmp / "ctl")})
+    out = [start_sleeping_pod(ctl, tmp, f"tpl{i}", 0, ("--netns", net["path"])) | {"net": net}
+           for i, net in enumerate(nets)]
     yield out
     for pod in out:
         ctl("rmp", pod["id"], check=False)
