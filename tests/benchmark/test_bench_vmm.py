@@ -92,8 +92,18 @@ def test_repository_config_has_what_the_bench_replaces() -> None:
         text = bench_vmm.config_text(f.read(), "/img", 240)
     assert '"/img/vmlinux.bin"' in text and '"/img/kuasar.initrd"' in text
     with open(os.path.join(bench_vmm.REPO, "vmm-sandboxer", "config_qemu.toml")) as f:
-        text = bench_vmm.config_text(f.read(), "/img", 240, "/w/templates")
-    assert 'template = "auto"' in text and 'template_dir = "/w/templates"' in text
+        text = bench_vmm.config_text(f.read(), "/img", 240, "/w/templates", pool=2)
+    assert 'template = "auto"' in text and 'template_dir = "/w/templates"' in text and "template_pool = 2" in text
+
+
+def test_warm_vms_counts_the_ready_ones(tmp_path) -> None:
+    pool = tmp_path / bench_vmm.POOL_DIR
+    for name, record in (("a", '{"ready": true}'), ("b", '{"ready": false}'), ("c", "not json"), ("d", None)):
+        (pool / name).mkdir(parents=True)
+        if record is not None:
+            (pool / name / "warm.json").write_text(record)
+    assert bench_vmm.warm_vms(str(tmp_path)) == 1
+    assert bench_vmm.warm_vms(str(tmp_path / "nowhere")) == 0
 
 
 def test_report_has_the_vmm_section(tmp_path) -> None:
