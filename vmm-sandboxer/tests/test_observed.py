@@ -10,7 +10,7 @@ import pytest
 from kuasar_shared.process_identity import start_time
 from kuasar_shared.sandbox.pods import PodState
 
-from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, from_template, vmm_metrics, vmm_pss_bytes
+from kuasar_vmm_sandboxer.observed import BOOT_TO_AGENT, from_template, from_warm_pool, vmm_metrics, vmm_pss_bytes
 from kuasar_vmm_sandboxer.pod import VmmPod
 
 
@@ -56,3 +56,13 @@ def test_from_template_says_how_a_ready_pod_started() -> None:
     assert from_template(restored) == 1.0
     assert from_template(_pod(1, None)) == 0.0
     assert from_template(_pod(1, None, PodState.STOPPED)) is None
+
+
+def test_from_warm_pool_says_whether_a_ready_pod_took_a_warm_vm() -> None:
+    warm = _pod(1, None)
+    warm.vm.update(template="ab" * 32, warm=True)
+    assert from_warm_pool(warm) == 1.0 and from_template(warm) == 1.0
+    restored = _pod(1, None)
+    restored.vm["template"] = "ab" * 32
+    assert from_warm_pool(restored) == 0.0
+    assert from_warm_pool(_pod(1, None, PodState.STOPPED)) is None

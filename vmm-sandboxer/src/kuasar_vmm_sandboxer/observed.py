@@ -18,14 +18,15 @@ from kuasar_shared.sandbox.pods import PodState
 
 from kuasar_vmm_sandboxer.pod import VmmPod
 
-__all__ = ["BOOT_TO_AGENT", "VMM_PSS", "FROM_TEMPLATE", "vmm_metrics", "vmm_pss_bytes", "from_template",
-           "trace_boot"]
+__all__ = ["BOOT_TO_AGENT", "VMM_PSS", "FROM_TEMPLATE", "FROM_WARM_POOL", "vmm_metrics", "vmm_pss_bytes",
+           "from_template", "from_warm_pool", "trace_boot"]
 
 log = logging.getLogger(__name__)
 
 BOOT_TO_AGENT = "kuasar_vm_boot_to_agent_seconds"
 VMM_PSS = "kuasar_vmm_memory_pss_bytes"
 FROM_TEMPLATE = "kuasar_vm_from_template"
+FROM_WARM_POOL = "kuasar_vm_from_warm_pool"
 #: a KVM boot takes a fraction of a second, a TCG one tens of seconds
 _BOOT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
@@ -53,6 +54,14 @@ def from_template(pod: VmmPod) -> Optional[float]:
     return 1.0 if pod.vm.get("template") else 0.0
 
 
+def from_warm_pool(pod: VmmPod) -> Optional[float]:
+    """1 when a ready pod took a warm VM of the pool, 0 otherwise (the mean is the pool's hit rate: what an operator
+    sizes ``template_pool`` by); None while it is not ready."""
+    if pod.state is not PodState.READY:
+        return None
+    return 1.0 if pod.vm.get("warm") else 0.0
+
+
 def vmm_metrics() -> TypeMetrics[VmmPod]:
     """The vmm sandboxer's own series (recorded only once the metrics endpoint binds them)."""
     return TypeMetrics(
@@ -60,7 +69,8 @@ def vmm_metrics() -> TypeMetrics[VmmPod]:
                               _BOOT_BUCKETS)],
         pod_gauges=[PodGauge(VMM_PSS, "Proportional set size of the pod's VMM process (QEMU...)", vmm_pss_bytes),
                     PodGauge(FROM_TEMPLATE, "1 when the pod's VM was restored from a VM template, 0 when it booted "
-                             "cold", from_template)])
+                             "cold", from_template),
+                    PodGauge(FROM_WARM_POOL, "1 when the pod took a warm VM of the pool, 0 otherwise", from_warm_pool)])
 
 
 def trace_boot(pod: VmmPod, begin: float) -> None:
