@@ -23,8 +23,8 @@ from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_sandboxer import network
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
-from kuasar_vmm_sandboxer.hypervisors.qemu.pool import POOL_DIR, WARM_UP
-from kuasar_vmm_sandboxer.hypervisors.qemu.template import template_key
+from kuasar_vmm_sandboxer.hypervisors.qemu.pool import POOL_DIR, WARM_UP, WarmPool, _Warm
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import Templates, template_key
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import Nic, VMSpec
 
@@ -204,6 +204,31 @@ async def test_the_warm_up_runs_a_container_with_the_agents_sealed_runc(tpl_conf
         if mux is not None:
             await mux.close()
         await vm.stop(force=True)
+
+
+async def test_warm_vms_of_a_changed_image_are_stopped_when_pods_ask_for_the_new_one(short_tmp):
+    """A class's digest follows its kernel: after an image upgrade its warm VMs can never be taken again."""
+    kernel = os.path.join(short_tmp, "vmlinux.bin")
+    with open(kernel, "w") as f:
+        f.write("old kernel")
+    cfg = QemuConfig(**{**QemuConfig().__dict__, "template": "auto", "template_pool": 1, "accel": "tcg",
+                        "kernel_path": kernel, "template_dir": os.path.join(short_tmp, "templates")})
+    pool = WarmPool(cfg, Templates(cfg))
+    pool.open(short_tmp)
+    spec = VMSpec("p", os.path.join(short_tmp, "p"), 1, 256)
+    old = template_key(cfg, spec)[0]
+    entry = os.path.join(short_tmp, POOL_DIR, "old")
+    os.makedirs(entry)
+    pool._classes[old] = spec  # as keep() left it, with one warm VM ready
+    pool._ready[old] = [_Warm(vm=QemuVM(replace(spec, id="warm-old", pod_dir=entry), cfg), digest=old, entry=entry)]
+    try:
+        with open(kernel, "w") as f:
+            f.write("new kernel, another size")
+        assert await pool.take(spec) is None  # the new class is kept from now on; the old one is gone
+        assert pool.ready(old) == 0 and old not in pool._classes and not os.path.exists(entry)
+        assert list(pool._classes) == [template_key(cfg, spec)[0]]
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize("changes, message", [

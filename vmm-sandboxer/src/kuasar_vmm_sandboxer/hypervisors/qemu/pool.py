@@ -21,6 +21,7 @@ its taps; a pod that takes it gets them moved into its own namespace, in place o
 its network set-up made (:func:`~kuasar_vmm_sandboxer.network.adopt_taps`). That QEMU stays in its empty
 namespace, where a cold or restored pod's QEMU runs in the pod's: it holds its taps by fd and opens no socket.
 
+A class whose image or QEMU changed is dropped, with its warm VMs, when a pod first asks for the new one.
 Leftovers: each entry records its QEMU (pid + start time) and, once warm, ``"ready": true`` in ``warm.json``
 (what an operator or a benchmark can count); a sandboxer that starts kills the warm VMs an
 earlier one left (a crash) and removes their entries, and :meth:`WarmPool.close` stops its own.
@@ -150,6 +151,7 @@ class WarmPool:
             return None
         digest, _ = template_key(self.config, spec)
         if digest not in self._classes:
+            await self._drop_stale()
             self.keep(spec, REFILL_DELAY_S)
             return None
         queue = self._ready.get(digest, [])
@@ -182,6 +184,22 @@ class WarmPool:
         for queue in self._ready.values():
             while queue:
                 await self._discard(queue.pop())
+
+    async def _drop_stale(self) -> None:
+        """Stop keeping the classes whose image or QEMU changed since (their digest is not theirs any more):
+        no pod can take their warm VMs again."""
+        for digest, spec in list(self._classes.items()):
+            if template_key(self.config, spec)[0] == digest:
+                continue
+            log.info("warm VM pool: template %s is stale (its image or QEMU changed); stopping its warm VMs",
+                     digest[:12])
+            del self._classes[digest]
+            filler = self._fillers.pop(digest, None)
+            if filler is not None:
+                filler.cancel()
+                await asyncio.gather(filler, return_exceptions=True)
+            for warm in self._ready.pop(digest, []):
+                await self._discard(warm)
 
     def _serves(self, spec: VMSpec) -> bool:
         return (self.size > 0 and bool(self.directory) and not self._closed
