@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Iterator
 
 import pytest
@@ -61,6 +62,8 @@ def test_the_second_pod_takes_the_warm_vm_the_first_had_the_pool_make(pooled, po
     assert first["template"] == second["template"]
     for pod in pods:
         assert pod["ctl"].out("exec", pod["ctr"], "--", "hostname") == pod["hostname"]
+        clock = int(pod["ctl"].out("vm-exec", pod["id"], "--", "date", "+%s"))
+        assert abs(clock - time.time()) < 5, "guest clock not synced when the pod took its VM"
     print("pod + container running: restored %.2f s, warm %.2f s" % (pods[0]["seconds"], pods[1]["seconds"]))
     pod_dir = os.path.join(pooled.dir, pods[1]["id"])
     assert {"agent.sock", "qmp.sock", "console.log", "shared"} <= set(os.listdir(pod_dir))
