@@ -23,7 +23,7 @@ from kuasar_shared.daemon.reaper import get_reaper, set_child_subreaper
 from kuasar_shared.ttrpc import Server, Service
 from kuasar_shared.ttrpc.service import Method
 
-from kuasar_vmm_task import __version__, boot, channel, entropy
+from kuasar_vmm_task import __version__, boot, channel, entropy, kmod
 from kuasar_vmm_task.events import EventQueue
 from kuasar_vmm_task.params import TaskParams, parse_cmdline
 from kuasar_vmm_task.pod import PodNamespaces
@@ -279,6 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     set_child_subreaper(True)
     log.info("vmm-task %s starting (pid %d, share %s, uptime %.2f s)", __version__, os.getpid(),
              params.sharefs_type, _uptime())
+    if args.init:
+        loaded = kmod.load_modules(cmdline=cmdline)
+        log.info("%d kernel modules loaded (uptime %.2f s)", len(loaded), _uptime())
     while True:
         try:
             asyncio.run(_serve(args, params))

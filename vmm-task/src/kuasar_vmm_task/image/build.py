@@ -1,7 +1,7 @@
 """Build the guest image: ``vmlinux.bin`` (PVH-bootable kernel) and ``kuasar.initrd``.
 
-The initrd holds a stage-1 ``/init`` (busybox), the kernel modules in load order and, below
-``/rootfs``, the root filesystem: busybox, python3.11 (pruned stdlib, precompiled), python3-protobuf,
+The initrd holds a stage-1 ``/init`` (busybox) and, below ``/rootfs``, the root filesystem: the kernel
+modules in load order (which vmm-task loads), busybox, python3.11 (pruned stdlib, precompiled), python3-protobuf,
 runc, the shared libraries they need, kuasar_shared and kuasar_vmm_task, with vmm-task as
 ``/sbin/init``. Everything comes from Debian packages unpacked with ``dpkg -x``.
 
@@ -31,6 +31,7 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
+from kuasar_vmm_task import kmod
 from kuasar_vmm_task.image import cpio, debs, elf, kernel
 from kuasar_vmm_task.image.kernel import ImageError
 
@@ -232,18 +233,23 @@ def _rootfs(rootfs: str, stage: str) -> None:
     _compile(rootfs)
 
 
-def _stage1(stage1: str, kroot: str, script: str) -> None:
+def _modules(rootfs: str, kroot: str) -> None:
+    """The guest's kernel modules and their load order, for vmm-task to load (:mod:`kuasar_vmm_task.kmod`)."""
     version = os.listdir(os.path.join(kroot, "lib/modules"))[0]
     vdir = os.path.join(kroot, "lib/modules", version)
     order = kernel.load_order(kernel.GUEST_MODULES, kernel.module_index(os.path.join(vdir, "kernel")),
                               kernel.builtin_modules(vdir))
-    os.makedirs(os.path.join(stage1, "modules"))
+    target = os.path.join(rootfs, kmod.MODULES_DIR.lstrip("/"))
+    os.makedirs(target)
     names = []
     for path in order:
         names.append(os.path.basename(path))
-        shutil.copy2(path, os.path.join(stage1, "modules", names[-1]))
-    with open(os.path.join(stage1, "modules.order"), "w") as handle:
+        shutil.copy2(path, os.path.join(target, names[-1]))
+    with open(os.path.join(target, kmod.ORDER_FILE), "w") as handle:
         handle.write("".join(n + "\n" for n in names))
+
+
+def _stage1(stage1: str, script: str) -> None:
     for d in ("proc", "sys", "dev"):
         os.makedirs(os.path.join(stage1, d))
     shutil.copy2(script, os.path.join(stage1, "init"))
@@ -299,8 +305,9 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
         with open(vmlinuz, "rb") as handle:
             vmlinux = kernel.extract_vmlinux(handle.read())
         stage1, rootfs = os.path.join(work, "stage1"), os.path.join(work, "rootfs")
-        _stage1(stage1, kroot, os.path.join(here, "init.sh"))
+        _stage1(stage1, os.path.join(here, "init.sh"))
         _rootfs(rootfs, stage)
+        _modules(rootfs, kroot)
         with tempfile.TemporaryFile() as raw:
             cpio.write_tree(raw, [(stage1, ""), (rootfs, "rootfs")], char_devices=[("dev/console", 5, 1)])
             raw.seek(0)
