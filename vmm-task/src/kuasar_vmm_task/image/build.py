@@ -249,9 +249,21 @@ def _modules(rootfs: str, kroot: str) -> None:
         handle.write("".join(n + "\n" for n in names))
 
 
+#: stage 1's mounts, in order (init.sh runs ``mount -a`` over them)
+_STAGE1_FSTAB = """proc /proc proc defaults 0 0
+sysfs /sys sysfs defaults 0 0
+devtmpfs /dev devtmpfs defaults 0 0
+/rootfs /rootfs none bind 0 0
+/dev /rootfs/dev none move 0 0
+/proc /rootfs/proc none move 0 0
+/sys /rootfs/sys none move 0 0
+"""
+
+
 def _stage1(stage1: str, script: str) -> None:
     for d in ("proc", "sys", "dev"):
         os.makedirs(os.path.join(stage1, d))
+    _write_file(os.path.join(stage1, "fstab"), _STAGE1_FSTAB)
     shutil.copy2(script, os.path.join(stage1, "init"))
     os.chmod(os.path.join(stage1, "init"), 0o755)
 

@@ -4,13 +4,11 @@
 # runc needs pivot_root, which refuses a root on the initramfs mount itself. A bind mount of /rootfs
 # is a mount of its own (with the initramfs as its parent), so moving it onto / gives a root that
 # pivot_root accepts, without copying the root file system anywhere.
+# One `mount -a` over /fstab (in its order: /proc, /sys, /dev, the bind of /rootfs, and /dev, /proc, /sys
+# moved into it; /dev kept because Python reads /dev/urandom before the entropy pool is ready) instead of a
+# busybox exec per mount: each exec costs ~10 ms of boot under TCG.
 B=/rootfs/bin/busybox
-$B mount -t proc proc /proc
-$B mount -t sysfs sysfs /sys
-$B mount -t devtmpfs devtmpfs /dev
-$B mount --bind /rootfs /rootfs
-# keep /dev (Python reads /dev/urandom before the entropy pool is ready), /proc and /sys
-for d in dev proc sys; do $B mount --move /$d /rootfs/$d; done
+$B mount -a -T /fstab
 cd /rootfs
 $B mount --move . /
 exec $B chroot . /sbin/init
