@@ -9,6 +9,7 @@ thread after that first answer (see :class:`GuestServer`).
 """
 from __future__ import annotations
 
+import kuasar_shared.daemon.notls  # noqa: F401 (first: asyncio must not try ssl, which the image cannot load)
 import asyncio
 import dataclasses
 import importlib
