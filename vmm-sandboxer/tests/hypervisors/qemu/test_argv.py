@@ -25,7 +25,7 @@ def test_microvm_9p_argv(monkeypatch):
     assert vm.argv() == [
         "/usr/bin/qemu-system-x86_64", "-name", "sandbox-p1", "-cpu", "qemu64,+rdrand", "-smp", "1,maxcpus=1",
         "-m", "256M", "-kernel", "/k/vmlinux.bin", "-initrd", "/k/kuasar.initrd",
-        "-append", BASE_KERNEL_PARAMS + " task.sharefs_type=9p task.log_level=info tsc_early_khz=2445430",
+        "-append", BASE_KERNEL_PARAMS + " quiet task.sharefs_type=9p task.log_level=info tsc_early_khz=2445430",
         "-qmp", "unix:/run/k/p1/qmp.sock,server=on,wait=off", "-serial", "file:/run/k/p1/console.log",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-machine", "microvm", "-accel", "tcg,tb-size=128",
@@ -93,6 +93,7 @@ def test_q35_virtiofs_nics_debug_kvm():
     argv = vm.argv()
     assert argv[argv.index("-cpu") + 1] == "host"
     assert argv[argv.index("-append") + 1].endswith("task.sharefs_type=virtiofs task.log_level=info task.debug foo=1")
+    assert "quiet" not in argv[argv.index("-append") + 1].split()  # a debug VM's console has the whole kernel log
     tail = argv[argv.index("-machine"):]
     assert tail[:6] == ["-machine", "q35,memory-backend=mem0", "-accel", "kvm", "-object",
                         "memory-backend-memfd,id=mem0,size=512M,share=on"]
