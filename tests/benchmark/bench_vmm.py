@@ -34,7 +34,6 @@ of a pod arriving when the pool is full; the warm VMs count as per-pod processes
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import sys
@@ -51,7 +50,7 @@ from workload import Groups, parallel_batch  # noqa: E402
 
 from kuasar_shared.ctl.clients import SandboxClient, TaskClient  # noqa: E402
 from kuasar_shared.ctl.engine import Engine, EngineOptions  # noqa: E402
-from kuasar_vmm_sandboxer.hypervisors.qemu.pool import POOL_DIR  # noqa: E402
+from kuasar_vmm_sandboxer.hypervisors.qemu.pool import entries as pool_entries  # noqa: E402
 from kuasar_vmm_task.image.build import default_outdir  # noqa: E402
 
 __all__ = ["VmmSide", "TimedEngine", "breakdown", "task_steps", "summarize", "slope", "config_text", "TARGETS"]
@@ -233,15 +232,7 @@ def config_text(template: str, image_dir: str, boot_timeout_s: int, vm_templates
 
 def warm_vms(state_dir: str) -> int:
     """Warm VMs ready in the pool of the sandboxer whose ``--dir`` is ``state_dir``."""
-    pool = os.path.join(state_dir, POOL_DIR)
-    ready = 0
-    for entry in os.listdir(pool) if os.path.isdir(pool) else ():
-        try:
-            with open(os.path.join(pool, entry, "warm.json")) as f:
-                ready += bool(json.load(f).get("ready"))
-        except (OSError, ValueError):
-            continue  # being made, or being taken
-    return ready
+    return sum(bool(record.get("ready")) for record in pool_entries(state_dir).values())
 
 
 def _guest_image(image_dir: str) -> Dict[str, Any]:

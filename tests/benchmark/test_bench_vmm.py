@@ -97,7 +97,7 @@ def test_repository_config_has_what_the_bench_replaces() -> None:
 
 
 def test_warm_vms_counts_the_ready_ones(tmp_path) -> None:
-    pool = tmp_path / bench_vmm.POOL_DIR
+    pool = tmp_path / ".vm-pool"
     for name, record in (("a", '{"ready": true}'), ("b", '{"ready": false}'), ("c", "not json"), ("d", None)):
         (pool / name).mkdir(parents=True)
         if record is not None:

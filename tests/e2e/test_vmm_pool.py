@@ -11,24 +11,15 @@ import time
 from typing import Iterator
 
 import pytest
+from kuasar_vmm_sandboxer.hypervisors.qemu.pool import POOL_DIR, entries
 from support import (Ctl, Sandboxer, assert_nothing_left, pids_with, running, start_sleeping_pod, template_sandboxer,
                      wait_for)
 
-POOL = ".vm-pool"
 
 
 def _warm(sandboxer: Sandboxer) -> list[dict]:
     """The records of the warm VMs ready in the sandboxer's pool."""
-    pool, found = os.path.join(sandboxer.dir, POOL), []
-    for entry in os.listdir(pool) if os.path.isdir(pool) else ():
-        try:
-            with open(os.path.join(pool, entry, "warm.json")) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if record.get("ready"):
-            found.append(record)
-    return found
+    return [record for record in entries(sandboxer.dir).values() if record.get("ready")]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +82,6 @@ def test_removed_pods_and_a_stopped_sandboxer_leave_nothing(pooled, pods):
         assert_nothing_left(pooled, pod["id"], "", [pod["root"]], pod["cgroup"])
     wait_for(lambda: _warm(pooled), 120)  # the restarted sandboxer keeps the class of the pods it re-attached
     pooled.stop()
-    wait_for(lambda: not pids_with(os.path.join(pooled.dir, POOL)), 15)
-    assert os.listdir(os.path.join(pooled.dir, POOL)) == []
+    wait_for(lambda: not pids_with(os.path.join(pooled.dir, POOL_DIR)), 15)
+    assert os.listdir(os.path.join(pooled.dir, POOL_DIR)) == []
     pooled.start()  # for the fixture's stop

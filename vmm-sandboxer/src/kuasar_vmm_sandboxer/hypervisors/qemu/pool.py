@@ -36,7 +36,7 @@ import shutil
 import signal
 import uuid
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 from kuasar_shared.api.kuasar import sandbox_pb2
 from kuasar_shared.errors import Internal, KuasarError
@@ -49,7 +49,7 @@ from kuasar_vmm_sandboxer.hypervisors.qemu.template import (Templates, agent_ses
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import Nic, VMSpec
 
-__all__ = ["WarmPool", "POOL_DIR", "REFILL_DELAY_S", "WARM_UP"]
+__all__ = ["WarmPool", "POOL_DIR", "REFILL_DELAY_S", "WARM_UP", "entries"]
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +114,12 @@ class WarmPool:
     def open(self, directory: str) -> None:
         """Keep warm VMs below ``directory`` (the sandboxer's ``--dir``); stop those an earlier sandboxer left."""
         self.directory = os.path.join(directory, POOL_DIR)
-        try:
-            entries = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
-        for name in entries:
-            entry = os.path.join(self.directory, name)
-            try:
-                with open(os.path.join(entry, _RECORD)) as handle:
-                    record = json.load(handle)
-                pid, start = int(record["pid"]), record.get("pid_start")
-            except (OSError, ValueError, KeyError, TypeError):
-                pid, start = 0, None  # never got as far as running: nothing to stop
+        for entry, record in entries(directory).items():
+            pid, start = int(record.get("pid", 0)), record.get("pid_start")
             if pid and is_same_process(pid, start):
                 log.info("warm VM pool: stopping QEMU pid %d left by an earlier sandboxer", pid)
                 kill(pid, signal.SIGKILL)
-            shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(os.path.join(self.directory, entry), ignore_errors=True)
 
     def ready(self, digest: str) -> int:
         """How many warm VMs of class ``digest`` wait to be taken."""
@@ -298,6 +288,25 @@ async def _restore_network(spec: VMSpec) -> None:
     except OSError as err:
         raise Internal("sandbox %s: cannot restore its taps in %s after a warm VM failed: %s"
                        % (spec.id, spec.netns, err)) from err
+
+
+def entries(state_dir: str) -> dict[str, dict[str, Any]]:
+    """The pool entries below a sandboxer's ``--dir`` ``state_dir`` and their ``warm.json`` (``{}`` for an entry
+    that never got as far as running a VM): what a starting sandboxer stops, and what ``"ready"`` VMs wait."""
+    pool = os.path.join(state_dir, POOL_DIR)
+    try:
+        names = os.listdir(pool)
+    except FileNotFoundError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            with open(os.path.join(pool, name, _RECORD)) as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):  # being made or taken, or a torn write of a killed sandboxer
+            record = {}
+        found[name] = record if isinstance(record, dict) else {}
+    return found
 
 
 def _record(entry: str, vm: QemuVM, digest: str, ready: bool) -> None:
