@@ -106,6 +106,40 @@ async def test_exec_whose_runtime_finishes_during_the_look_is_adopted(tmp_path, 
             assert handle.read() == "ran\n"
 
 
+class _Killed(BaseException):
+    """The task server dies here: nothing after this point of its Start runs."""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("dies_after", ["e1.process.json", "e1.pid"])
+async def test_server_killed_while_removing_the_runtimes_files_leaves_the_start_visible(
+        tmp_path, bundle_factory, monkeypatch, dies_after: str) -> None:
+    """A server killed after `runc exec` answered, as it removes the runtime's files: its successor must
+    still see the exec as started (by the record or the pid file), else the replayed Start runs it twice
+    (CI saw an exec's output twice in the kill test)."""
+    state_dir = str(tmp_path / "tasks")
+    first, cid, bundle = await _running_container(state_dir, bundle_factory)
+    victim = os.path.join(first.store.work_dir(cid), dies_after)
+    real_unlink = os.unlink
+
+    def unlink_then_die(path, *args, **kwargs) -> None:
+        real_unlink(path, *args, **kwargs)
+        if os.fspath(path) == victim:
+            raise _Killed(path)
+    monkeypatch.setattr(task_module.os, "unlink", unlink_then_die)
+    with pytest.raises(_Killed):
+        await first.start(cid, "e1")
+    monkeypatch.setattr(task_module.os, "unlink", real_unlink)
+    started = first._get(cid).execs["e1"].pid
+    await first.close()
+
+    async with _successor(tmp_path, state_dir, cid) as second:
+        assert await second.interrupted_start(cid, "e1") == started
+        assert (await asyncio.wait_for(second.wait(cid, "e1"), 10)).exit_status == 7
+        with open(os.path.join(bundle, "rootfs", "ran")) as handle:
+            assert handle.read() == "ran\n"
+
+
 @pytest.mark.asyncio
 async def test_exec_and_init_that_never_started_may_start_again(tmp_path, bundle_factory) -> None:
     state_dir = str(tmp_path / "tasks")

@@ -113,6 +113,12 @@ def _runs_with_argument(argument: str) -> bool:
     return False
 
 
+def _remove_files(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def _fds(pio: ProcessIO) -> StdioFds:
     return StdioFds(stdin=pio.stdin, stdout=pio.stdout, stderr=pio.stderr)
 
@@ -298,12 +304,12 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
     async def start(self, id: str, exec_id: str) -> int:
         async with self._lock(id):
             container, proc = self._startable(id, exec_id)
-            if not exec_id:
-                await self._start_init(container)
-                if not self.hooks.init_pid_is_own:
-                    self._own(self._runtime_wait(container))
-            else:
+            if exec_id:
                 await self._start_exec(container, proc)
+                return proc.pid
+            await self._start_init(container)
+            if not self.hooks.init_pid_is_own:
+                self._own(self._runtime_wait(container))
             if proc.status is TaskStatus.CREATED:
                 proc.status = TaskStatus.RUNNING
             self.store.save(container)
@@ -338,6 +344,7 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
         internal = os.path.join(work, proc.exec_id + ".ipid") if self.hooks.internal_exec_pids else None
         with tracing.span("io setup", container_id=container.id, exec_id=proc.exec_id):
             pio = await open_process_io(proc.stdio_value(), self.hub, name=f"{container.id}-{proc.exec_id}")
+        runtime_files = [path for path in (spec_path, pid_file, internal) if path is not None]
         try:
             with tracing.span("runtime exec", container_id=container.id, exec_id=proc.exec_id,
                               runtime=container.binary):
@@ -349,15 +356,18 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
                 proc.runtime_pid = read_pid_file(internal)
         except BaseException:
             await pio.close()
+            _remove_files(runtime_files)
             raise
         finally:
             pio.child_started()
-            for path in (spec_path, pid_file, internal):
-                if path is not None and os.path.exists(path):
-                    os.unlink(path)
         self._io[(container.id, proc.exec_id)] = pio
-        proc.pid, proc.start_time = pid, start_time(pid)
+        proc.pid, proc.start_time, proc.status = pid, start_time(pid), TaskStatus.RUNNING
         self._watch_child(container, proc)
+        # the record says RUNNING before the runtime's pid file goes: a successor of a server killed in
+        # between judges the Start by one or the other (interrupted_start), never by neither, which ran
+        # the exec a second time
+        self.store.save(container)
+        _remove_files(runtime_files)
 
     async def interrupted_create(self, req: CreateTask) -> None:
         """Undo what a Create cut short by a restart left without a record: the runtime's container
@@ -427,9 +437,7 @@ class OciTaskBackend(RecordedTaskBackend[Container]):
             if pid or not runtime_runs or loop.time() > deadline:
                 break
             await asyncio.sleep(0.05)
-        for path in (spec_path, pid_file, internal):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        _remove_files([spec_path, pid_file, internal])
         return pid
 
     async def kill(self, id: str, exec_id: str, signal: int, all: bool) -> None:
