@@ -15,8 +15,25 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the e2e modules import support.py
 
-from support import REPO, TICKER_C, guest_image, pids_with, start_daemon, stop_daemon, tool as _tool, vmm, \
-    wasm_image  # noqa: E402,F401  (fixtures for every e2e module)
+from support import REPO, TICKER_C, Sandboxer, guest_image, log_tail, pids_with, start_daemon, stop_daemon, \
+    tool as _tool, vmm, wasm_image  # noqa: E402,F401  (fixtures for every e2e module)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the logs of the sandboxers it used (their dirs go with the clean-up)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    args = getattr(item, "funcargs", {})
+    for name, value in args.items():
+        for sandboxer in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(sandboxer, Sandboxer):
+                report.sections += [(f"{name}: {title}", text) for title, text in sandboxer.diagnostics()]
+    tmp = args.get("tmp_path")
+    if tmp is not None and (tmp / "sandboxer.log").exists():
+        report.sections.append(("sandboxer log", log_tail(str(tmp / "sandboxer.log"))))
 
 
 @pytest.fixture(scope="session")

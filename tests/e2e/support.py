@@ -15,6 +15,7 @@ module-scoped fixture there gives each module its own sandboxer and VM), :class:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -261,6 +262,13 @@ def guest_image() -> str:
     return IMAGE_DIR
 
 
+def log_tail(path: str, lines: int = 120) -> str:
+    """The last ``lines`` lines of the text file at ``path``."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * lines))
+        return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+
+
 class Sandboxer:
     """A vmm-sandboxer on a private socket and dir (short: unix socket paths < 108 bytes)."""
 
@@ -301,6 +309,14 @@ class Sandboxer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        """The ends of its log and of each remaining VM's console log (a failed test shows them: CI keeps
+        nothing else)."""
+        logs = [("vmm-sandboxer log", self.log)]
+        logs += [(f"console of {os.path.basename(os.path.dirname(path))}", path)
+                 for path in sorted(glob.glob(os.path.join(self.dir, "*", "console.log")))]
+        return [(title, log_tail(path)) for title, path in logs if os.path.exists(path)]
 
     def cleanup(self) -> None:
         """The relay (and a pod's QEMU) outlive the sandboxer by design; kill whatever is left of ours."""
