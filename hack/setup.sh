@@ -13,12 +13,14 @@ fi
 # runc: the runc type; busybox: image stand-in; gcc: the task front, the wasm type's native runner and runc's
 # sandbox-parent helper (built by pip and by rpmbuild); clang/lld/wasi-libc: wasm test modules; runsc: the quark
 # type (gVisor); qemu: the vmm type; containerd: the shim v2 baseline of the benchmarks; rpm, systemd and
-# the distribution's python3-* packages: building the RPMs and installing them into a throwaway root.
+# the distribution's python3-* packages: building the RPMs and installing them into a throwaway root;
+# make, flex, bison, bc, libelf and libssl headers, xz: building the vmm guest's kernel (vmm-task's image).
 deb_pkgs=(runc busybox-static iproute2 python3 python3-venv python3-protobuf
           gcc clang lld wasi-libc libclang-rt-dev-wasm32 runsc qemu-system-x86 containerd
           rpm systemd python3-pip python3-setuptools python3-wheel python3-grpcio python3-h2 python3-pyroute2
-          python3-daemon python3-yaml python3-tomli)
-rpm_pkgs=(runc busybox iproute python3 python3-protobuf gcc clang lld qemu-system-x86_64 containerd)
+          python3-daemon python3-yaml python3-tomli make flex bison bc libelf-dev libssl-dev xz-utils)
+rpm_pkgs=(runc busybox iproute python3 python3-protobuf gcc clang lld qemu-system-x86_64 containerd
+          make flex bison bc elfutils-libelf-devel openssl-devel xz)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${deb_pkgs[@]}"; do

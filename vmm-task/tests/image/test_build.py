@@ -19,7 +19,14 @@ def test_image_outputs_and_cache(guest_image):
     again = build(image_dir, os.path.join(image_dir, ".cache"))
     assert again["cached"] is True and again["digest"] == record["digest"]
     with open(os.path.join(image_dir, "kuasar-image.stamp")) as handle:
-        assert json.load(handle)["packages"]["runc"]
+        stamp = json.load(handle)
+    assert stamp["packages"]["runc"] and stamp["kernel"] == "own"
+    assert any(p.startswith("linux-source-") for p in stamp["packages"])
+
+
+def test_unknown_kernel_kind_is_refused(tmp_path):
+    with pytest.raises(ImageError, match="unknown kernel 'fedora': expected one of own, debian"):
+        build(str(tmp_path), str(tmp_path / "cache"), kernel_kind="fedora")
 
 
 def test_candidates_in_one_apt_run_name_what_is_missing():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 
 import pytest
@@ -106,3 +107,38 @@ async def test_microvm_boots_to_the_agent_over_virtio_mmio(hv_config, short_tmp)
             await mux.close()
         await vm.stop(force=True)
     assert not vm.alive()
+
+
+async def _boot_to_check(cfg: QemuConfig, pod_dir: str) -> str:
+    """Boot ``cfg``'s VM to its agent's Check; its console log."""
+    os.makedirs(pod_dir)
+    vm = QemuVM(VMSpec("t5", pod_dir, 1, 256), cfg)
+    await vm.start()
+    mux = None
+    try:
+        mux = MuxConnection(*(await asyncio.open_unix_connection(vm.agent_socket)), is_host=True)
+        client = Client(*(await mux.open()))
+        await client.call("grpc.SandboxService", "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=120)
+        await client.close()
+    finally:
+        if mux is not None:
+            await mux.close()
+        await vm.stop(force=True)
+        with open(vm.path("console.log"), errors="replace") as f:
+            console = f.read()
+    return console
+
+
+async def test_both_guest_kernels_boot_to_the_agent(hv_config, short_tmp, tmp_path):
+    """The default image's own kernel has its drivers built in (the agent loads no module); an image built with
+    ``--kernel debian`` boots Debian's generic kernel, whose virtio, 9p and vsock modules the agent loads."""
+    own = await _boot_to_check(hv_config, os.path.join(short_tmp, "own"))
+    assert "0 kernel modules loaded" in own
+    debian_dir = str(tmp_path / "debian-image")
+    record = build(debian_dir, os.path.join(IMAGE_DIR, ".cache"), kernel_kind="debian")
+    assert record["kernel"] == "debian"
+    cfg = QemuConfig(**{**hv_config.__dict__, "kernel_path": os.path.join(debian_dir, "vmlinux.bin"),
+                        "initrd_path": os.path.join(debian_dir, "kuasar.initrd")})
+    console = await _boot_to_check(cfg, os.path.join(short_tmp, "debian"))
+    loaded = re.search(r"(\d+) kernel modules loaded", console)
+    assert loaded and int(loaded.group(1)) >= 10, console[-3000:]

@@ -1,8 +1,10 @@
 """Build the guest image: ``vmlinux.bin`` (PVH-bootable kernel) and ``kuasar.initrd``.
 
-The initrd holds a stage-1 ``/init`` (busybox) and, below ``/rootfs``, the root filesystem: the kernel
-modules in load order (which vmm-task loads), busybox, python3.11 (pruned stdlib, precompiled), python3-protobuf,
-runc, the shared libraries they need, kuasar_shared and kuasar_vmm_task, with vmm-task as
+The kernel is our own by default, built from Debian's kernel source with every guest driver built in
+(:mod:`~kuasar_vmm_task.image.kbuild`); ``--kernel debian`` takes Debian's generic kernel instead, and its
+driver modules go into the image in load order (which vmm-task loads). The initrd holds a stage-1 ``/init``
+(busybox) and, below ``/rootfs``, the root filesystem: busybox, python3.11 (pruned stdlib, precompiled),
+python3-protobuf, runc, the shared libraries they need, kuasar_shared and kuasar_vmm_task, with vmm-task as
 ``/sbin/init``. Everything comes from Debian packages unpacked with ``dpkg -x``.
 
 The initrd is an uncompressed cpio: under TCG the guest kernel's gunzip of 16 MB cost ~1.2 s of
@@ -32,17 +34,21 @@ import time
 from typing import Dict, List, Tuple
 
 from kuasar_vmm_task import kmod
-from kuasar_vmm_task.image import cpio, debs, elf, kernel
+from kuasar_vmm_task.image import cpio, debs, elf, kbuild, kernel
 from kuasar_vmm_task.image.kernel import ImageError
 
-__all__ = ["DEFAULT_OUTDIR", "ENV_IMAGE_DIR", "PACKAGES", "build", "default_outdir", "main"]
+__all__ = ["DEFAULT_OUTDIR", "ENV_IMAGE_DIR", "KERNEL_OWN", "KERNEL_DEBIAN", "KERNELS", "PACKAGES", "build",
+           "default_outdir", "main"]
 
 #: where vmm-sandboxer's defaults expect ``vmlinux.bin`` and ``kuasar.initrd``
 DEFAULT_OUTDIR = "/var/lib/kuasar"
 #: environment variable that moves the image elsewhere (tests, benchmarks, demo)
 ENV_IMAGE_DIR = "KUASAR_GUEST_IMAGE_DIR"
 
-#: userland packages (the kernel package is resolved from linux-image-amd64)
+#: the guest kernels an image can have (see :func:`build`)
+KERNEL_OWN, KERNEL_DEBIAN = "own", "debian"
+KERNELS = (KERNEL_OWN, KERNEL_DEBIAN)
+#: userland packages (the kernel package is resolved from linux-source or linux-image-amd64)
 PACKAGES = ("busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
             "python3-protobuf", "libprotobuf32", "libstdc++6", "libgcc-s1", "runc", "libc6", "zlib1g", "libexpat1",
             "libffi8", "libseccomp2")
@@ -282,12 +288,18 @@ def default_outdir() -> str:
     return os.environ.get(ENV_IMAGE_DIR) or DEFAULT_OUTDIR
 
 
-def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
+def build(outdir: str, cache: str, force: bool = False, kernel_kind: str = KERNEL_OWN) -> Dict[str, object]:
     """Build into ``outdir`` unless the stamp says the outputs are current; return the stamp record.
+
+    ``kernel_kind``: :data:`KERNEL_OWN` (built from Debian's kernel source, every guest driver built in:
+    :mod:`~kuasar_vmm_task.image.kbuild`) or :data:`KERNEL_DEBIAN` (Debian's generic kernel, whose driver
+    modules go into the image for vmm-task to load).
 
     :raise ImageError: a package, module or library is missing, a tool failed, or ``outdir`` holds an
         image without our stamp (and ``force`` is not set).
     """
+    if kernel_kind not in KERNELS:
+        raise ImageError(f"unknown kernel {kernel_kind!r}: expected one of {', '.join(KERNELS)}")
     started = time.monotonic()
     stamp_path = os.path.join(outdir, _STAMP)
     outputs = [os.path.join(outdir, KERNEL_NAME), os.path.join(outdir, INITRD_NAME)]
@@ -296,30 +308,39 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
         if foreign:
             raise ImageError("%s: not built by build-image.sh (no %s beside it); keeping it. Pass --force to "
                              "replace it, or build into another directory" % (", ".join(foreign), _STAMP))
-    kpkg = debs.kernel_package()
+    own = kernel_kind == KERNEL_OWN
+    kpkg = debs.versioned_package(*((kbuild.SOURCE_META, "linux-source-") if own
+                                    else ("linux-image-amd64", "linux-image-")))
     packages = debs.candidates((kpkg, *PACKAGES))
     here = os.path.dirname(os.path.abspath(__file__))
-    digest = _digest(packages, [here, _source_dir("kuasar_vmm_task"), _source_dir("kuasar_shared")])
+    with open(kbuild.FRAGMENT, "rb") as handle:
+        kernel_input = ("kernel", kernel_kind + (":" + hashlib.sha256(handle.read()).hexdigest() if own else ""))
+    digest = _digest([*packages, kernel_input], [here, _source_dir("kuasar_vmm_task"), _source_dir("kuasar_shared")])
     if not force and all(os.path.exists(p) for p in outputs) and os.path.exists(stamp_path):
         with open(stamp_path) as handle:
             record: dict[str, object] = json.load(handle)
         if record.get("digest") == digest:
             record["cached"] = True
             return record
-    found = debs.fetch(packages, os.path.join(cache, "debs"))
+    deb_cache = os.path.join(cache, "debs")
+    # the kernel source package (~140 MB) is fetched only when its build is not cached
+    found = debs.fetch([p for p in packages if not (own and p[0] == kpkg)], deb_cache)
+    if own:
+        vmlinux = kbuild.kernel(kpkg, dict(packages)[kpkg], deb_cache, kbuild.cache_dir(cache))
     os.makedirs(outdir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kuasar-image-", dir=cache) as work:
         stage, kroot = os.path.join(work, "stage"), os.path.join(work, "kernel")
         for name, deb in found.items():
             debs.unpack(deb, kroot if name == kpkg else stage)
-        boot = os.path.join(kroot, "boot")
-        vmlinuz = next(os.path.join(boot, f) for f in os.listdir(boot) if f.startswith("vmlinuz-"))
-        with open(vmlinuz, "rb") as handle:
-            vmlinux = kernel.extract_vmlinux(handle.read())
         stage1, rootfs = os.path.join(work, "stage1"), os.path.join(work, "rootfs")
         _stage1(stage1, os.path.join(here, "init.sh"))
         _rootfs(rootfs, stage)
-        _modules(rootfs, kroot)
+        if not own:
+            boot = os.path.join(kroot, "boot")
+            vmlinuz = next(os.path.join(boot, f) for f in os.listdir(boot) if f.startswith("vmlinuz-"))
+            with open(vmlinuz, "rb") as handle:
+                vmlinux = kernel.extract_vmlinux(handle.read())
+            _modules(rootfs, kroot)
         with tempfile.TemporaryFile() as raw:
             cpio.write_tree(raw, [(stage1, ""), (rootfs, "rootfs")], char_devices=[("dev/console", 5, 1)])
             raw.seek(0)
@@ -327,7 +348,7 @@ def build(outdir: str, cache: str, force: bool = False) -> Dict[str, object]:
         rootfs_bytes = sum(os.lstat(os.path.join(d, f)).st_size for d, _s, fs in os.walk(rootfs) for f in fs)
     _write_atomic(outputs[0], vmlinux)
     _write_atomic(outputs[1], initrd)
-    record = {"digest": digest, "packages": dict(packages), "kernel_bytes": len(vmlinux),
+    record = {"digest": digest, "packages": dict(packages), "kernel": kernel_kind, "kernel_bytes": len(vmlinux),
               "initrd_bytes": len(initrd), "rootfs_bytes": rootfs_bytes,
               "build_seconds": round(time.monotonic() - started, 2), "cached": False}
     _write_atomic(stamp_path, json.dumps(record, indent=1, sort_keys=True).encode())
@@ -341,10 +362,15 @@ def main(argv: "List[str] | None" = None) -> int:
     parser.add_argument("--cache", default="", help="where .debs and work files go (default: <outdir>/.cache)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when the stamp matches, and replace an image this script did not build")
+    parser.add_argument("--kernel", choices=KERNELS, default=KERNEL_OWN,
+                        help="own: built from Debian's linux-source with the guest's drivers built in (default; the "
+                             "first build takes minutes, then it is cached); debian: Debian's generic kernel and its "
+                             "modules")
     args = parser.parse_args(argv)
     outdir = os.path.abspath(args.outdir)
     try:
-        record = build(outdir, os.path.abspath(args.cache or os.path.join(outdir, ".cache")), args.force)
+        record = build(outdir, os.path.abspath(args.cache or os.path.join(outdir, ".cache")), args.force,
+                       args.kernel)
     except ImageError as err:
         print(f"build-image: {err}", file=sys.stderr)
         return 1

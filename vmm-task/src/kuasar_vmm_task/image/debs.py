@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from kuasar_vmm_task.image.kernel import ImageError
 
-__all__ = ["candidates", "kernel_package", "fetch", "unpack"]
+__all__ = ["candidates", "versioned_package", "fetch", "unpack"]
 
 
 def _run(argv: List[str], cwd: str = ".") -> str:
@@ -48,13 +48,17 @@ def candidates(packages: Sequence[str]) -> List[Tuple[str, str]]:
     return [(p, found[p]) for p in packages]
 
 
-def kernel_package(meta: str = "linux-image-amd64") -> str:
-    """The versioned kernel package the metapackage depends on (linux-image-6.1.0-NN-amd64)."""
+def versioned_package(meta: str, prefix: str) -> str:
+    """The versioned package a kernel metapackage depends on: ``linux-image-amd64`` ->
+    ``linux-image-6.1.0-NN-amd64``, ``linux-source`` -> ``linux-source-6.1``.
+
+    :raise ImageError: ``meta`` depends on no package named ``prefix``*.
+    """
     for line in _run(["apt-cache", "depends", meta]).splitlines():
         line = line.strip()
-        if line.startswith("Depends:") and "linux-image-" in line:
+        if line.startswith("Depends:") and line.split(":", 1)[1].strip().startswith(prefix):
             return line.split(":", 1)[1].strip()
-    raise ImageError(f"{meta} depends on no linux-image package")
+    raise ImageError(f"{meta} depends on no {prefix}* package")
 
 
 def _cached(cache: str, package: str, version: str) -> str:
