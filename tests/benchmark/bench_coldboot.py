@@ -1,13 +1,15 @@
 """Cold boot to the guest agent (issue 18): QEMU spawn to the first Check answered, per variant.
 
 Each boot is the sandboxer's own VM (``QemuVM`` of the shipped ``config_qemu.toml``: its machine type, vCPUs,
-memory and kernel command line) booting the guest image cold; a variant appends kernel parameters. Boots
+memory and kernel command line) booting a guest image cold; a variant appends kernel parameters and may boot
+an image of its own (``--image NAME=DIR``, e.g. one built with ``--kernel debian``). Boots
 alternate between the variants (round-robin) so that a change of machine load hits all of them alike, and run
 under ``flock /tmp/kuasar-vm.lock`` like every QEMU user on the machine. The guest's own uptimes come from the
 agent's log lines on the console (``starting``, ``modules loaded``, ``serving``).
 
     .venv/bin/python tests/benchmark/bench_coldboot.py --boots 4 --variant base= \\
         --variant nokprobe=initcall_blacklist=init_kprobe_trace --out results/vmm-coldboot-params.json
+    .venv/bin/python tests/benchmark/bench_coldboot.py --variant own= --variant debian= --image debian=/tmp/deb-image
 """
 from __future__ import annotations
 
@@ -97,15 +99,18 @@ def _summary(boots: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def run(variants: dict[str, str], boots: int, image_dir: str, vcpus: int, memory_mb: int) -> dict[str, Any]:
-    base = shipped_config(image_dir)
+async def run(variants: dict[str, str], boots: int, images: dict[str, str], vcpus: int,
+              memory_mb: int) -> dict[str, Any]:
+    """``images``: the image directory of each variant."""
+    configs = {name: shipped_config(images[name]) for name in variants}
+    base = next(iter(configs.values()))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="kcb", dir="/tmp") as work:
         for round_no in range(boots):
             for name, params in variants.items():
-                cfg = QemuConfig(**{**base.__dict__,
-                                    "kernel_params": " ".join(p for p in (base.kernel_params, params) if p)})
+                cfg = QemuConfig(**{**configs[name].__dict__, "kernel_params": " ".join(
+                    p for p in (configs[name].kernel_params, params) if p)})
                 with open(VM_LOCK, "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     boot = await boot_once(cfg, vcpus, memory_mb, work)
@@ -117,8 +122,8 @@ async def run(variants: dict[str, str], boots: int, image_dir: str, vcpus: int, 
                     "config_qemu.toml; variants append kernel parameters; boots alternate between variants)",
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_begin_end": loads,
             "machine_type": base.machine_type, "vcpus": vcpus, "memory_mb": memory_mb,
-            "variants": {name: {"kernel_params": variants[name], **_summary(results[name]), "boots": results[name]}
-                         for name in variants}}
+            "variants": {name: {"kernel_params": variants[name], "image_dir": images[name], **_summary(results[name]),
+                                "boots": results[name]} for name in variants}}
 
 
 def _variant(text: str) -> tuple[str, str]:
@@ -128,6 +133,13 @@ def _variant(text: str) -> tuple[str, str]:
     return name, params
 
 
+def _image(text: str) -> tuple[str, str]:
+    name, sep, directory = text.partition("=")
+    if not sep or not name or not directory:
+        raise argparse.ArgumentTypeError(f"image {text!r}: expected NAME=DIRECTORY")
+    return name, os.path.abspath(directory)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boots", type=int, default=4, help="boots per variant (default 4)")
@@ -135,7 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="NAME=EXTRA_KERNEL_PARAMS (repeatable; default: one variant 'shipped=')")
     parser.add_argument("--vcpus", type=int, default=0, help="default: the config's vcpus")
     parser.add_argument("--memory-mb", type=int, default=0, help="default: the config's memory_in_mb")
-    parser.add_argument("--image-dir", default=default_outdir())
+    parser.add_argument("--image-dir", default=default_outdir(), help="the image of variants without --image")
+    parser.add_argument("--image", type=_image, action="append", default=[],
+                        help="NAME=DIR: variant NAME boots the image in DIR (built beforehand; repeatable)")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.boots < 1:
@@ -143,9 +157,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     variants = dict(args.variant or [("shipped", "")])
     if len(variants) != len(args.variant or [1]):
         parser.error("variant names must differ")
+    images = {name: args.image_dir for name in variants}
+    for name, directory in args.image:
+        if name not in variants:
+            parser.error(f"--image {name}: no variant of that name")
+        if not os.path.exists(os.path.join(directory, "vmlinux.bin")):
+            parser.error(f"--image {name}: {directory} holds no vmlinux.bin")
+        images[name] = directory
     build(args.image_dir, os.path.join(args.image_dir, ".cache"))
     shipped = config.load(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")).hypervisor
-    result = asyncio.run(run(variants, args.boots, args.image_dir, args.vcpus or shipped.vcpus,
+    result = asyncio.run(run(variants, args.boots, images, args.vcpus or shipped.vcpus,
                              args.memory_mb or shipped.memory_in_mb))
     text = json.dumps(result, indent=1)
     print(text)

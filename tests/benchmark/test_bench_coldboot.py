@@ -28,6 +28,12 @@ def test_variants_need_a_name_and_an_equals_sign(capsys) -> None:
     with pytest.raises(SystemExit):
         bench_coldboot.main(["--variant", "a=", "--variant", "a=quiet"])
     assert "variant names must differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_coldboot.main(["--variant", "a=", "--image", "b=/tmp"])
+    assert "--image b: no variant of that name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_coldboot.main(["--variant", "a=", "--image", "a=/nonexistent-kuasar-image"])
+    assert "holds no vmlinux.bin" in capsys.readouterr().err
 
 
 @pytest.mark.e2e
