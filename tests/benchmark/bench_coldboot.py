@@ -26,14 +26,10 @@ import time
 import uuid
 from typing import Any, Optional, Sequence
 
-from google.protobuf import empty_pb2
-
-from kuasar_shared.api.kuasar import sandbox_pb2
-from kuasar_shared.ttrpc import Client
-from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_sandboxer import config
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import agent_session
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import VMSpec
 from kuasar_vmm_task.image.build import build, default_outdir
@@ -72,16 +68,10 @@ async def boot_once(cfg: QemuConfig, vcpus: int, memory_mb: int, work: str) -> d
     loop = asyncio.get_running_loop()
     began = loop.time()
     await vm.start()
-    mux: Optional[MuxConnection] = None
     try:
-        mux = MuxConnection(*(await asyncio.open_unix_connection(vm.agent_socket)), is_host=True)
-        client = Client(*(await mux.open()))
-        await client.call("grpc.SandboxService", "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=120)
-        seconds = loop.time() - began
-        await client.close()
+        async with agent_session(vm.agent_socket, 120, vm):  # entered once the agent answered Check
+            seconds = loop.time() - began
     finally:
-        if mux is not None:
-            await mux.close()
         await vm.stop(force=True)
     with open(vm.path("console.log"), errors="replace") as handle:
         marks = guest_marks(handle.read())

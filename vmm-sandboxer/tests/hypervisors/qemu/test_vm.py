@@ -18,6 +18,7 @@ from kuasar_shared.ttrpc.mux import MuxConnection
 from kuasar_vmm_sandboxer import config
 from kuasar_vmm_sandboxer.hypervisors.qemu.config import QemuConfig
 from kuasar_vmm_sandboxer.hypervisors.qemu.factory import QemuFactory
+from kuasar_vmm_sandboxer.hypervisors.qemu.template import agent_session
 from kuasar_vmm_sandboxer.hypervisors.qemu.vm import QemuVM
 from kuasar_vmm_sandboxer.vm import VMSpec
 from kuasar_vmm_task.image.build import build, default_outdir
@@ -114,19 +115,13 @@ async def _boot_to_check(cfg: QemuConfig, pod_dir: str) -> str:
     os.makedirs(pod_dir)
     vm = QemuVM(VMSpec("t5", pod_dir, 1, 256), cfg)
     await vm.start()
-    mux = None
     try:
-        mux = MuxConnection(*(await asyncio.open_unix_connection(vm.agent_socket)), is_host=True)
-        client = Client(*(await mux.open()))
-        await client.call("grpc.SandboxService", "Check", sandbox_pb2.CheckRequest(), empty_pb2.Empty, timeout=120)
-        await client.close()
+        async with agent_session(vm.agent_socket, 120, vm):
+            pass
     finally:
-        if mux is not None:
-            await mux.close()
         await vm.stop(force=True)
-        with open(vm.path("console.log"), errors="replace") as f:
-            console = f.read()
-    return console
+    with open(vm.path("console.log"), errors="replace") as f:
+        return f.read()
 
 
 async def test_both_guest_kernels_boot_to_the_agent(hv_config, short_tmp, tmp_path):
