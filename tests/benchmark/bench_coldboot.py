@@ -155,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--image {name}: {directory} holds no vmlinux.bin")
         images[name] = directory
     build(args.image_dir, os.path.join(args.image_dir, ".cache"))
-    shipped = config.load(os.path.join(REPO, "vmm-sandboxer", "config_qemu.toml")).hypervisor
+    shipped = shipped_config(args.image_dir)
     result = asyncio.run(run(variants, args.boots, images, args.vcpus or shipped.vcpus,
                              args.memory_mb or shipped.memory_in_mb))
     text = json.dumps(result, indent=1)

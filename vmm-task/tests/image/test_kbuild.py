@@ -1,6 +1,5 @@
 """kbuild: the fragment's options are checked against the final configuration, builds are cached by source
 version and fragment, and a failed step says what failed. The real build runs in the guest_image fixture."""
-import hashlib
 import os
 
 import pytest
@@ -40,11 +39,18 @@ def test_shipped_fragment_builds_everything_in() -> None:
 
 def test_a_cached_build_is_used_without_fetching(tmp_path) -> None:
     """The cache is keyed by package, version and fragment: a hit needs neither apt nor a compiler."""
-    with open(kbuild.FRAGMENT, "rb") as handle:
-        digest = hashlib.sha256(b"linux-source-test=1.0\n" + handle.read()).hexdigest()[:16]
-    (tmp_path / ("vmlinux-" + digest)).write_bytes(b"\x7fELF cached")
+    (tmp_path / ("vmlinux-" + kbuild.build_key("linux-source-test", "1.0"))).write_bytes(b"\x7fELF cached")
     assert kbuild.kernel("linux-source-test", "1.0", str(tmp_path / "debs"), str(tmp_path)) == b"\x7fELF cached"
     assert not (tmp_path / "debs").exists()
+
+
+def test_the_build_key_follows_the_version_and_the_fragment(tmp_path, monkeypatch) -> None:
+    key = kbuild.build_key("linux-source-6.1", "6.1.1-1")
+    assert key != kbuild.build_key("linux-source-6.1", "6.1.2-1")
+    fragment = tmp_path / "kernel.config"
+    fragment.write_text("CONFIG_64BIT=y\n")
+    monkeypatch.setattr(kbuild, "FRAGMENT", str(fragment))
+    assert kbuild.build_key("linux-source-6.1", "6.1.1-1") != key
 
 
 def test_a_missing_tool_and_a_failed_step_are_named(tmp_path) -> None:

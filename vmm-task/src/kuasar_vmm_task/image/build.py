@@ -313,8 +313,7 @@ def build(outdir: str, cache: str, force: bool = False, kernel_kind: str = KERNE
                                     else ("linux-image-amd64", "linux-image-")))
     packages = debs.candidates((kpkg, *PACKAGES))
     here = os.path.dirname(os.path.abspath(__file__))
-    with open(kbuild.FRAGMENT, "rb") as handle:
-        kernel_input = ("kernel", kernel_kind + (":" + hashlib.sha256(handle.read()).hexdigest() if own else ""))
+    kernel_input = ("kernel", kernel_kind + (":" + kbuild.build_key(kpkg, dict(packages)[kpkg]) if own else ""))
     digest = _digest([*packages, kernel_input], [here, _source_dir("kuasar_vmm_task"), _source_dir("kuasar_shared")])
     if not force and all(os.path.exists(p) for p in outputs) and os.path.exists(stamp_path):
         with open(stamp_path) as handle:

@@ -21,7 +21,7 @@ from kuasar_vmm_task.image import debs
 from kuasar_vmm_task.image.kernel import ImageError
 
 __all__ = ["SOURCE_META", "FRAGMENT", "ENV_KERNEL_CACHE", "cache_dir", "fragment_options", "config_mismatches",
-           "kernel"]
+           "build_key", "kernel"]
 
 #: the metapackage that names the current kernel source package (linux-source-6.1 on Debian 12)
 SOURCE_META = "linux-source"
@@ -104,6 +104,13 @@ def _build(deb: str, work: str, log: str) -> bytes:
         return handle.read()
 
 
+def build_key(package: str, version: str) -> str:
+    """What a built kernel depends on: the source package at ``version`` and :data:`FRAGMENT` (names its cache
+    file; the image's digest includes it)."""
+    with open(FRAGMENT, "rb") as handle:
+        return hashlib.sha256(f"{package}={version}\n".encode() + handle.read()).hexdigest()[:16]
+
+
 def kernel(package: str, version: str, deb_cache: str, cache: str) -> bytes:
     """The PVH-bootable ``vmlinux`` built from ``package`` (``linux-source-6.1``) at ``version``: from
     ``cache`` when it holds the build of this version and fragment, else built (minutes) and kept there.
@@ -111,8 +118,7 @@ def kernel(package: str, version: str, deb_cache: str, cache: str) -> bytes:
     :raise ImageError: the package cannot be fetched, a build tool is missing, or the build failed (the
         message holds the end of the build log).
     """
-    with open(FRAGMENT, "rb") as handle:
-        digest = hashlib.sha256(f"{package}={version}\n".encode() + handle.read()).hexdigest()[:16]
+    digest = build_key(package, version)
     path = os.path.join(cache, _NAME + digest)
     if os.path.exists(path):
         with open(path, "rb") as handle:
